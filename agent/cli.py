@@ -1,0 +1,125 @@
+"""``weave-py``: the agent (``run``), its status views, and the lab."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from agent import client, config, status
+
+log = logging.getLogger("weave-py")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    result: int = args.func(args)
+    return result
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="weave-py", description=__doc__)
+    sub = parser.add_subparsers()
+
+    run = sub.add_parser("run", help="run the agent on this node")
+    config.add_arguments(run)
+    run.set_defaults(func=cmd_run)
+
+    st = sub.add_parser("status", help="print Weave-style status from the local agent")
+    st.add_argument("view", nargs="?", default="", choices=sorted(status.VIEWS))
+    _api_arguments(st)
+    st.set_defaults(func=cmd_status)
+
+    rep = sub.add_parser("report", help="print the agent's status snapshot as JSON")
+    _api_arguments(rep)
+    rep.set_defaults(func=cmd_report)
+
+    ref = sub.add_parser("config-reference", help="print the configuration reference")
+    ref.set_defaults(func=lambda a: print(config.reference()) or 0)
+
+    lab = sub.add_parser("lab", help="a multi-node cluster on this machine")
+    labsub = lab.add_subparsers()
+    up = labsub.add_parser("up", help="build the lab and show pods reaching each other")
+    up.add_argument("--name", default="lab", help="lab name (1-10 of [a-z0-9]); default lab")
+    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--pods", type=int, default=2, help="pods per node")
+    up.add_argument("--dir", help="lab directory (logs, sockets); default /tmp/weave-py-lab/NAME")
+    up.set_defaults(func=cmd_lab_up)
+    down = labsub.add_parser("down", help="remove everything the lab made")
+    down.add_argument("--name", default="lab")
+    down.add_argument("--dir")
+    down.set_defaults(func=cmd_lab_down)
+    return parser
+
+
+def _api_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--socket", default=None, help="agent unix socket (default from WEAVE_SOCKET)")
+    p.add_argument("--http-addr", default=None, help="agent HTTP address instead of the socket")
+
+
+def _api_target(args: argparse.Namespace) -> dict[str, str | None]:
+    if args.http_addr:
+        return {"http_addr": args.http_addr}
+    return {"socket_path": args.socket or os.environ.get("WEAVE_SOCKET", config.Config.socket_path)}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        cfg = config.load(args, os.environ)
+    except config.ConfigError as exc:
+        print(f"weave-py: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from agent import logs
+
+    logs.setup(cfg.log_level, cfg.log_format)
+    if cfg.netns:
+        from overlay.netlink import enter_netns
+
+        enter_netns(cfg.netns)
+    from agent.daemon import Agent
+
+    try:
+        asyncio.run(Agent(cfg).run())
+    except (OSError, ValueError) as exc:
+        log.error("agent failed: %s", exc)
+        return 1
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    path = "/status" + (f"/{args.view}" if args.view else "")
+    try:
+        code, body = client.get(path, **_api_target(args))
+    except OSError as exc:
+        print(f"weave-py: cannot reach the agent: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(body)
+    return 0 if code == 200 else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    try:
+        code, body = client.get("/report", **_api_target(args))
+    except OSError as exc:
+        print(f"weave-py: cannot reach the agent: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(body)
+    return 0 if code == 200 else 1
+
+
+def cmd_lab_up(args: argparse.Namespace) -> int:
+    from agent.lab import run
+
+    return run.up(args.name, args.nodes, args.pods, args.dir)
+
+
+def cmd_lab_down(args: argparse.Namespace) -> int:
+    from agent.lab import run
+
+    return run.down(args.name, args.dir)

@@ -1,0 +1,254 @@
+"""The agent daemon: wires configuration, node setup, the sleeve and the API together.
+
+Supervision: one TaskGroup; any task that fails takes the agent down loudly (the DaemonSet
+restarts it) rather than leaving a half-working node. SIGTERM/SIGINT end it cleanly with exit
+status 0, leaving bridge, TUN and routes in place so a restarted agent resumes at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from agent import __version__
+from agent.api import Api
+from agent.config import Config, split_hostport
+from agent.status import Snapshot
+from gossip.identity import Identity, name_for, new_identity, peer_id
+from overlay import frame, node, udp
+from overlay.datapath import Datapath
+from overlay.netlink import Netlink
+from overlay.sleeve import PeerEvent, PeerSpec, Sleeve
+from overlay.tun import Tun, open_tun
+
+log = logging.getLogger("weave-py")
+DEFAULT_UNDERLAY_MTU = 1500
+T = TypeVar("T")
+
+
+def peer_specs(config: Config) -> list[PeerSpec]:
+    return [
+        PeerSpec(peer_id(name_for(p.name)), p.name, (p.host, p.port), p.blocks)
+        for p in config.peers
+    ]
+
+
+def gateway_of(block: ipaddress.IPv4Network) -> ipaddress.IPv4Interface:
+    return ipaddress.IPv4Interface(f"{block.network_address + 1}/{block.prefixlen}")
+
+
+def detect_underlay_mtu(nl: Netlink, config: Config) -> int:
+    """MTU of the interface that carries traffic to the first peer (1500 when unknown)."""
+    for peer in config.peers:
+        link = nl.route_device(ipaddress.IPv4Address(peer.host))
+        if link is not None and link.mtu:
+            return link.mtu
+    return DEFAULT_UNDERLAY_MTU
+
+
+class Agent:
+    def __init__(self, config: Config) -> None:
+        if config.pod_block is None:
+            raise ValueError("pod_block is required (static block assignment)")
+        self.config = config
+        self.identity: Identity = new_identity(config.node_name)
+        self.block = config.pod_block
+        # pyroute2's synchronous API runs an event loop of its own, so every netlink call runs
+        # on one worker thread (created after the agent entered its namespace).
+        self._netlink_thread = ThreadPoolExecutor(1, thread_name_prefix="netlink")
+        self.nl: Netlink | None = None
+        self.tun: Tun | None = None
+        self.sock: socket.socket | None = None
+        self.underlay_mtu = DEFAULT_UNDERLAY_MTU
+        self.mtu = 0
+        self.ready = False
+        self.started_at = time.time()
+        self.sleeve: Sleeve | None = None
+        self.datapath: Datapath | None = None
+        self.routes: list[dict[str, str]] = []
+
+    # -- node setup --------------------------------------------------------------------------
+
+    def node_spec(self) -> node.NodeSpec:
+        remote = frozenset(b for p in self.config.peers for b in p.blocks)
+        return node.NodeSpec(
+            bridge=self.config.bridge,
+            tun=self.config.tun,
+            mtu=self.mtu,
+            gso_max_size=self.config.gso_max_size,
+            gateways=(gateway_of(self.block),),
+            remote_blocks=remote,
+        )
+
+    async def _netlink(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._netlink_thread, fn, *args)
+
+    def setup_kernel(self) -> None:
+        """Bridge, TUN, routes and sysctls (on the netlink thread)."""
+        c = self.config
+        self.nl = Netlink()
+        self.underlay_mtu = detect_underlay_mtu(self.nl, c)
+        self.mtu = c.mtu or self.underlay_mtu - frame.OVERHEAD
+        self.tun = open_tun(c.tun, offload=c.offload)
+        log.info("open tun: %s offload=%s", c.tun, self.tun.offload)
+        spec = self.node_spec()
+        actions = self._reconcile(spec)
+        changed = node.ensure_forwarding(spec)
+        log.info(
+            "reconcile node: %d change(s)%s; mtu %d (underlay %d)",
+            len(actions), f", sysctl {' '.join(changed)}" if changed else "", self.mtu,
+            self.underlay_mtu,
+        )
+
+    def setup(self) -> None:
+        """The sleeve: socket, core and driver (on the event loop)."""
+        c = self.config
+        assert self.tun is not None
+        self.sock = udp.open_udp(c.bind_address, c.port, c.socket_buffer)
+        self.sleeve = Sleeve(
+            self.identity.peer_id, self.identity.uid, [self.block], self.mtu,
+            router_address=gateway_of(self.block).ip.packed,
+            fast_interval=c.heartbeat_interval, slow_interval=c.heartbeat_slow_interval,
+            timeout=c.heartbeat_timeout,
+        )
+        self.sleeve.set_peers(peer_specs(c), time.monotonic())
+        self.datapath = Datapath(self.sleeve, self.tun.fd, self.sock, self.underlay_mtu, self._event)
+        for p in c.peers:
+            log.info("add peer: %s(%s) %s:%d blocks %s", name_for(p.name), p.name, p.host, p.port,
+                     ",".join(map(str, p.blocks)))
+        self.ready = True
+
+    def _event(self, event: PeerEvent) -> None:
+        p = event.peer
+        where = f"sleeve ->[{p.address[0]}:{p.address[1]}|{name_for(p.name)}({p.name})]"
+        if event.kind == "established":
+            log.info("%s: data path established (%s), mtu=%d", where, event.detail, self.mtu)
+        elif event.kind == "lost":
+            log.warning("%s: data path lost: %s", where, event.detail)
+        else:
+            log.info("%s: peer restarted (%s)", where, event.detail)
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self._netlink(self.setup_kernel)
+        self.setup()
+        assert self.datapath is not None
+        api = Api(self.snapshot)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(self.close)
+            for server in await self._servers(api):
+                stack.push_async_callback(_close_server, server)
+            log.info("agent ready: %s, %d peer(s)", self.identity, len(self.config.peers))
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self.datapath.run(), name="datapath")
+                    tasks.create_task(self._reconcile_loop(), name="reconcile")
+                    tasks.create_task(self._peer_table_loop(), name="peer-table")
+                    await stop.wait()
+                    raise _Stop
+            except* _Stop:
+                log.info("stop agent: signal received, kernel state kept for restart")
+
+    async def _servers(self, api: Api) -> list[asyncio.AbstractServer]:
+        servers = []
+        path = self.config.socket_path
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        servers.append(await asyncio.start_unix_server(api.handle, path))
+        hostport = split_hostport(self.config.http_addr) if self.config.http_addr else None
+        if hostport:
+            servers.append(await asyncio.start_server(api.handle, *hostport, reuse_address=True))
+        hostport = split_hostport(self.config.metrics_addr) if self.config.metrics_addr else None
+        if hostport:
+            public = Api(self.snapshot, metrics_only=True)
+            servers.append(await asyncio.start_server(public.handle, *hostport, reuse_address=True))
+        return servers
+
+    def _reconcile(self, spec: node.NodeSpec) -> list[node.Action]:
+        assert self.nl is not None
+        actions = node.Reconciler(self.nl).run(spec)
+        self.routes = [
+            {"destination": str(r.destination), "device": r.device} for r in self.nl.list_routes()
+        ]
+        return actions
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reconcile_interval)
+            actions = await self._netlink(self._reconcile, self.node_spec())
+            if actions:
+                log.warning("reconcile node: repaired drift with %d change(s)", len(actions))
+
+    async def _peer_table_loop(self) -> None:
+        """A compact peer table in the log every minute, for ``kubectl logs``."""
+        while True:
+            await asyncio.sleep(60)
+            for p in self.snapshot()["peers"]:
+                log.info("peer %s(%s) %s %s tx=%d rx=%d drops=%d", p["name"], p["nickname"],
+                         p["address"], p["state"], p["tx_packets"], p["rx_packets"],
+                         sum(p["drops"].values()))
+
+    def close(self) -> None:
+        for closer in (self.sock, self.tun):
+            if closer is not None:
+                closer.close()
+        if self.nl is not None:
+            self._netlink_thread.submit(self.nl.close).result()
+        self._netlink_thread.shutdown()
+
+    # -- status ------------------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        sleeve = self.sleeve
+        peers: list[dict[str, Any]] = []
+        if sleeve is not None:
+            for state in sleeve.peers.values():
+                spec, c = state.spec, state.counters
+                peers.append({
+                    "name": name_for(spec.name), "nickname": spec.name,
+                    "address": f"{spec.address[0]}:{spec.address[1]}",
+                    "blocks": [str(b) for b in spec.blocks],
+                    "state": "established" if state.established else "pending",
+                    "rtt_ms": None if state.rtt is None else round(state.rtt * 1e3, 3),
+                    "mtu": state.mtu, "tx_packets": c.tx_packets, "tx_bytes": c.tx_bytes,
+                    "rx_packets": c.rx_packets, "rx_bytes": c.rx_bytes, "drops": dict(c.drops),
+                })
+        return {
+            "version": __version__,
+            "ready": self.ready,
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "router": {
+                "name": self.identity.name, "nickname": self.identity.nickname,
+                "uid": f"{self.identity.uid:x}", "port": self.config.port, "mtu": self.mtu,
+                "underlay_mtu": self.underlay_mtu,
+                "offload": self.tun.offload if self.tun else "unknown",
+            },
+            "ipam": {"range": str(self.config.ipalloc_range), "blocks": [str(self.block)]},
+            "peers": peers,
+            "drops": dict(sleeve.drops) if sleeve else {},
+            "routes": self.routes,
+        }
+
+
+class _Stop(Exception):
+    pass
+
+
+async def _close_server(server: asyncio.AbstractServer) -> None:
+    server.close()
+    await server.wait_closed()

@@ -1,0 +1,231 @@
+"""Build, run and tear down a lab.
+
+Topology: an underlay namespace holding a bridge, one namespace per node wired to it by a veth
+pair (node i = 192.168.1.(6+i)), a real agent process per node, and pods (namespaces) attached
+to each node's bridge. Nothing is created in the caller's own namespace. Everything the lab
+made is written to ``<directory>/lab.json`` so ``down`` removes exactly that, also after a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from agent import client
+from agent.lab.plan import POD_RANGE, LabPlan
+from overlay import netlink, pods
+from overlay.netlink import Netlink
+
+log = logging.getLogger("weave-py.lab")
+DEFAULT_ROOT = "/tmp/weave-py-lab"
+
+
+def default_directory(name: str) -> str:
+    return f"{DEFAULT_ROOT}/{name}"
+
+
+class Lab:
+    def __init__(self, plan: LabPlan, agent_args: tuple[str, ...] = ()) -> None:
+        self.plan = plan
+        self.agent_args = agent_args
+        self.pids: dict[int, int] = {}
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    # -- building ----------------------------------------------------------------------------
+
+    def up(self, timeout: float = 20.0) -> None:
+        """Create namespaces, start the agents, attach the pods. Raises on any failure."""
+        p = self.plan
+        os.makedirs(p.directory, exist_ok=True)
+        self._save()
+        netlink.ensure_netns(p.underlay_ns)
+        with Netlink(p.underlay_ns) as ul:
+            ul.ensure_bridge(p.underlay_bridge)
+            ul.set_link(p.underlay_bridge, up=True)
+            for i in range(1, p.nodes + 1):
+                self._add_node(ul, i)
+        for i in range(1, p.nodes + 1):
+            self.start_agent(i)
+        self.wait_ready(timeout)
+        for i, j in p.all_pods():
+            self.add_pod(i, j)
+
+    def _add_node(self, ul: Netlink, i: int) -> None:
+        p = self.plan
+        ns = p.node_ns(i)
+        netlink.ensure_netns(ns)
+        outer, inner = p.node_uplink(i)
+        ul.ensure_veth(outer, inner, ns)
+        ul.set_link(outer, master=p.underlay_bridge, up=True)
+        with Netlink(ns) as nl:
+            nl.set_link("lo", up=True)
+            nl.set_link(inner, up=True)
+            nl.ensure_address(inner, p.node_address(i))
+        os.makedirs(p.node_dir(i), exist_ok=True)
+
+    def agent_command(self, i: int) -> list[str]:
+        p = self.plan
+        cmd = [
+            sys.executable, "-m", "agent", "run",
+            "--netns", p.node_ns(i),
+            "--node-name", p.node_name(i),
+            "--ipalloc-range", str(POD_RANGE),
+            "--pod-block", str(p.block(i)),
+            "--bridge", p.bridge,
+            "--tun", p.tun,
+            "--socket", p.socket_path(i),
+            "--state-dir", f"{p.node_dir(i)}/state",
+        ]
+        for k in range(1, p.nodes + 1):
+            if k != i:
+                peer = f"{p.node_name(k)}@{p.node_address(k).ip}=" + str(p.block(k))
+                cmd += ["--peer", peer]
+        return cmd + list(self.agent_args)
+
+    def start_agent(self, i: int) -> int:
+        log_path = f"{self.plan.node_dir(i)}/agent.log"
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(
+                self.agent_command(i), stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, cwd=_source_root(),
+            )
+        self.procs[i] = proc
+        self.pids[i] = proc.pid
+        self._save()
+        return proc.pid
+
+    def stop_agent(self, i: int, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        """Signal node i's agent and wait for it; its exit status (None if it was not ours)."""
+        pid = self.pids.pop(i, None)
+        self._save()
+        proc = self.procs.pop(i, None)
+        if pid is None or not _is_our_agent(pid, self.plan.node_ns(i)):
+            return None
+        os.kill(pid, sig)
+        if proc is not None:
+            return proc.wait(timeout)
+        _wait_gone(pid, timeout)
+        return None
+
+    def wait_ready(self, timeout: float) -> None:
+        """Until every agent answers and sees every peer's data path established."""
+        deadline = time.monotonic() + timeout
+        for i in range(1, self.plan.nodes + 1):
+            while True:
+                proc = self.procs.get(i)
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"agent of node {i} exited with status {proc.returncode}; "
+                                       f"see {self.plan.node_dir(i)}/agent.log")
+                try:
+                    snap = self.report(i)
+                    if snap["ready"] and all(x["state"] == "established" for x in snap["peers"]):
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"node {i} not ready within {timeout}s; see "
+                                       f"{self.plan.node_dir(i)}/agent.log")
+                time.sleep(0.05)
+
+    def report(self, i: int) -> dict[str, Any]:
+        return client.report(socket_path=self.plan.socket_path(i), timeout=2.0)
+
+    def add_pod(self, i: int, j: int) -> None:
+        p = self.plan
+        netlink.ensure_netns(p.pod_ns(i, j))
+        snap = self.report(i)
+        spec = pods.PodSpec(
+            netns=p.pod_ns(i, j), key=p.pod_ns(i, j), address=p.pod_address(i, j),
+            gateway=p.block(i).network_address + 1, mtu=snap["router"]["mtu"],
+            gso_max_size=64000,
+        )
+        with Netlink(p.node_ns(i)) as nl:
+            pods.attach_pod(nl, p.bridge, spec)
+
+    # -- tearing down ------------------------------------------------------------------------
+
+    def down(self) -> list[str]:
+        """Stop our agents, delete our namespaces and files. Safe to repeat."""
+        p = self.plan
+        saved = _load(p.directory)
+        pids = {int(k): v for k, v in saved.get("pids", {}).items()}
+        pids.update(self.pids)
+        for i, pid in pids.items():
+            if _is_our_agent(pid, p.node_ns(i)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        for i, pid in pids.items():
+            proc = self.procs.get(i)
+            if proc is not None:
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            elif not _wait_gone(pid, 5) and _is_our_agent(pid, p.node_ns(i)):
+                os.kill(pid, signal.SIGKILL)
+        self.pids.clear()
+        self.procs.clear()
+        removed = []
+        for ns in netlink.list_netns():
+            if ns.startswith(p.prefix + "-"):
+                netlink.remove_netns(ns)
+                removed.append(ns)
+        if os.path.isdir(p.directory):
+            subprocess.run(["rm", "-rf", "--one-file-system", p.directory], check=False)
+        return removed
+
+    def _save(self) -> None:
+        p = self.plan
+        state = {"name": p.name, "nodes": p.nodes, "pods": p.pods, "pids": self.pids}
+        tmp = f"{p.directory}/lab.json.tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, f"{p.directory}/lab.json")
+
+
+def _load(directory: str) -> dict[str, Any]:
+    try:
+        with open(f"{directory}/lab.json") as f:
+            data: dict[str, Any] = json.load(f)
+            return data
+    except (OSError, ValueError):
+        return {}
+
+
+def load_plan(name: str, directory: str | None = None) -> LabPlan:
+    directory = directory or default_directory(name)
+    saved = _load(directory)
+    return LabPlan(name, int(saved.get("nodes", 1)), int(saved.get("pods", 0)), directory)
+
+
+def _is_our_agent(pid: int, node_ns: str) -> bool:
+    """True only for a live agent process this lab started for ``node_ns`` (never a reused pid)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return b"agent" in argv and node_ns.encode() in argv
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not os.path.exists(f"/proc/{pid}"):
+            return True
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.02)
+    return False
+
+
+def _source_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,0 +1,62 @@
+"""``weave-py lab up`` / ``lab down``: build the lab, print peers, routes and the matrix."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from agent import status
+from agent.lab import probe
+from agent.lab.lab import Lab, default_directory, load_plan
+from agent.lab.plan import LabPlan
+
+
+def up(name: str, nodes: int, pods: int, directory: str | None) -> int:
+    try:
+        plan = LabPlan(name, nodes, pods, directory or default_directory(name))
+    except ValueError as exc:
+        print(f"weave-py lab: {exc}", file=sys.stderr)
+        return 2
+    lab = Lab(plan)
+    started = time.monotonic()
+    try:
+        lab.up()
+    except (OSError, RuntimeError) as exc:
+        print(f"weave-py lab: up failed: {exc}", file=sys.stderr)
+        print(f"weave-py lab: logs are in {plan.directory}; run 'weave-py lab down --name {name}'",
+              file=sys.stderr)
+        return 1
+    print(f"lab {name}: {nodes} node(s), {pods} pod(s) each, up in "
+          f"{time.monotonic() - started:.1f}s; logs in {plan.directory}\n")
+    for i in range(1, nodes + 1):
+        snap = lab.report(i)
+        print(f"== node{i} ({plan.node_ns(i)}, {plan.node_address(i).ip}, block {plan.block(i)})")
+        print(status.render_connections(snap) + status.render_routes(snap))
+    addresses = {plan.pod_ns(i, j): str(plan.pod_address(i, j).ip) for i, j in plan.all_pods()}
+    if len(addresses) < 2:
+        print("fewer than two pods: no reachability matrix")
+        return 0
+    results = probe.matrix(addresses)
+    print("pod-to-pod reachability (rows send; ok = ICMP + TCP, receiver saw the sender's pod IP):")
+    print(probe.render(addresses, results))
+    failed = [pair for pair, r in results.items() if not r.ok(addresses[pair[0]])]
+    rtts = [r.rtt_ms for r in results.values() if r.rtt_ms is not None]
+    if rtts:
+        print(f"ICMP rtt: min {min(rtts):.3f} ms, max {max(rtts):.3f} ms over {len(rtts)} pairs")
+    if failed:
+        print(f"{len(failed)} of {len(results)} pod pairs FAILED", file=sys.stderr)
+        return 1
+    print(f"all {len(results)} pod pairs reach each other. Remove with: "
+          f"weave-py lab down --name {name}")
+    return 0
+
+
+def down(name: str, directory: str | None) -> int:
+    try:
+        plan = load_plan(name, directory)
+    except ValueError as exc:
+        print(f"weave-py lab: {exc}", file=sys.stderr)
+        return 2
+    removed = Lab(plan).down()
+    print(f"lab {name}: removed {len(removed)} namespace(s)")
+    return 0

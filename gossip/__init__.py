@@ -1,0 +1,2 @@
+"""Generic mesh: identity, handshake, wire messages, topology, routing. Imports nothing from
+``overlay`` or ``agent``."""

@@ -1,0 +1,1 @@
+"""Data plane and node network state. Imports nothing from ``agent``."""

@@ -1,0 +1,186 @@
+"""Sleeve wire format: one UDP datagram carries one frame.
+
+Layout (network byte order)::
+
+    0   u8   version            VERSION; anything else is dropped as "version"
+    1   u8   type               MessageType (append-only: the numbers are the protocol)
+    2   u8   flags              FLAG_AEAD: an AEAD extension follows and a tag ends the frame
+    3   u8   hops               hops left before a relaying peer must drop the frame
+    4   u32  length             bytes of body after the header (and extension), tag excluded
+    8   u64  source peer id
+    16  u64  destination peer id
+   [24  u32  key id, u64 counter nonce]            only with FLAG_AEAD
+    body
+   [16-byte AEAD tag]                               only with FLAG_AEAD
+
+A DATA body is a sequence of records, each ``u16 packet length`` followed by the 10-byte
+virtio-net header and the packet exactly as the TUN device returned them. Records are never
+split across datagrams; a TSO super-packet travels as one record in one (IP-fragmented) datagram.
+
+HEARTBEAT and HEARTBEAT_ACK bodies are ``u64 sequence, u64 sender uid``. MTU_PROBE and
+MTU_PROBE_ACK bodies are ``u64 sequence, u16 probed size`` plus padding up to that size.
+
+Every decoder turns malformed input into one DecodeError whose ``reason`` is a short
+counter label; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+
+VERSION = 1
+HEADER = struct.Struct("!BBBBIQQ")
+HEADER_SIZE = HEADER.size  # 24
+AEAD_EXTENSION = struct.Struct("!IQ")
+AEAD_TAG_SIZE = 16
+FLAG_AEAD = 0x01
+KNOWN_FLAGS = FLAG_AEAD
+RECORD = struct.Struct("!H")
+RECORD_SIZE = RECORD.size  # 2
+VNET_HEADER = struct.Struct("=BBHHHH")
+VNET_HEADER_SIZE = VNET_HEADER.size  # 10
+HEARTBEAT = struct.Struct("!QQ")
+MTU_PROBE = struct.Struct("!QH")
+DEFAULT_HOPS = 4
+MAX_PACKET = 0xFFFF
+
+# Outer IPv4 + UDP + frame header + one record header + virtio-net header.
+OVERHEAD = 20 + 8 + HEADER_SIZE + RECORD_SIZE + VNET_HEADER_SIZE  # 64 bytes
+AEAD_OVERHEAD = AEAD_EXTENSION.size + AEAD_TAG_SIZE  # 28 more bytes once encryption lands
+MAX_DATAGRAM = 65507  # largest UDP payload over IPv4
+MAX_RECORD_PACKET = MAX_DATAGRAM - HEADER_SIZE - RECORD_SIZE - VNET_HEADER_SIZE
+
+
+class MessageType(IntEnum):
+    DATA = 1
+    HEARTBEAT = 2
+    HEARTBEAT_ACK = 3
+    MTU_PROBE = 4
+    MTU_PROBE_ACK = 5
+
+
+class DecodeError(Exception):
+    """A datagram we cannot accept; ``reason`` is the drop counter label."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    type: int
+    flags: int
+    hops: int
+    length: int
+    source: int
+    destination: int
+    body_offset: int
+
+
+def encode_header(
+    buf: bytearray | memoryview,
+    msg_type: int,
+    length: int,
+    source: int,
+    destination: int,
+    hops: int = DEFAULT_HOPS,
+) -> None:
+    """Write a plaintext header into the first HEADER_SIZE bytes of ``buf``."""
+    HEADER.pack_into(buf, 0, VERSION, msg_type, 0, hops, length, source, destination)
+
+
+def decode_header(data: bytes | bytearray | memoryview, size: int) -> Header:
+    """Check the header of a received datagram of ``size`` bytes held in ``data``."""
+    if size < HEADER_SIZE:
+        raise DecodeError("short")
+    version, msg_type, flags, hops, length, source, destination = HEADER.unpack_from(data, 0)
+    if version != VERSION:
+        raise DecodeError("version")
+    if flags & ~KNOWN_FLAGS:
+        raise DecodeError("flags")
+    if flags & FLAG_AEAD:
+        raise DecodeError("encrypted")  # no keys exist yet: the security issue adds them
+    if msg_type not in _TYPES:
+        raise DecodeError("type")
+    if length != size - HEADER_SIZE:
+        raise DecodeError("length")
+    return Header(msg_type, flags, hops, length, source, destination, HEADER_SIZE)
+
+
+_TYPES = frozenset(int(t) for t in MessageType)
+
+
+def iter_records(data: bytes | bytearray | memoryview, start: int, end: int) -> Iterator[int]:
+    """Yield the offset of each record's virtio-net header; its packet follows it.
+
+    The record's packet length is read back with ``record_length``. Raises DecodeError on the
+    first record that does not fit, after yielding the good ones before it.
+    """
+    pos = start
+    while pos < end:
+        if end - pos < RECORD_SIZE + VNET_HEADER_SIZE:
+            raise DecodeError("record")
+        (plen,) = RECORD.unpack_from(data, pos)
+        stop = pos + RECORD_SIZE + VNET_HEADER_SIZE + plen
+        if plen == 0 or stop > end:
+            raise DecodeError("record")
+        yield pos + RECORD_SIZE
+        pos = stop
+
+
+def record_length(data: bytes | bytearray | memoryview, vnet_offset: int) -> int:
+    """Length of vnet header + packet for the record whose vnet header is at ``vnet_offset``."""
+    (plen,) = RECORD.unpack_from(data, vnet_offset - RECORD_SIZE)
+    return int(VNET_HEADER_SIZE + plen)
+
+
+def encode_data(source: int, destination: int, packets: list[bytes]) -> bytes:
+    """A whole DATA datagram; each packet is virtio-net header + IP packet. Not the hot path."""
+    body = bytearray()
+    for p in packets:
+        if len(p) <= VNET_HEADER_SIZE or len(p) - VNET_HEADER_SIZE > MAX_PACKET:
+            raise ValueError(f"packet of {len(p)} bytes cannot be framed")
+        body += RECORD.pack(len(p) - VNET_HEADER_SIZE)
+        body += p
+    out = bytearray(HEADER_SIZE)
+    encode_header(out, MessageType.DATA, len(body), source, destination)
+    return bytes(out + body)
+
+
+def encode_heartbeat(
+    msg_type: MessageType, source: int, destination: int, sequence: int, uid: int
+) -> bytes:
+    out = bytearray(HEADER_SIZE + HEARTBEAT.size)
+    encode_header(out, msg_type, HEARTBEAT.size, source, destination)
+    HEARTBEAT.pack_into(out, HEADER_SIZE, sequence, uid)
+    return bytes(out)
+
+
+def decode_heartbeat(data: bytes | bytearray | memoryview, header: Header) -> tuple[int, int]:
+    if header.length < HEARTBEAT.size:
+        raise DecodeError("heartbeat")
+    sequence, uid = HEARTBEAT.unpack_from(data, header.body_offset)
+    return int(sequence), int(uid)
+
+
+def encode_mtu_probe(
+    msg_type: MessageType, source: int, destination: int, sequence: int, size: int
+) -> bytes:
+    """A probe whose whole UDP payload is ``size`` bytes (an ack stays small)."""
+    body = max(MTU_PROBE.size, size - HEADER_SIZE) if msg_type == MessageType.MTU_PROBE else 0
+    body = max(body, MTU_PROBE.size)
+    out = bytearray(HEADER_SIZE + body)
+    encode_header(out, msg_type, body, source, destination)
+    MTU_PROBE.pack_into(out, HEADER_SIZE, sequence, size)
+    return bytes(out)
+
+
+def decode_mtu_probe(data: bytes | bytearray | memoryview, header: Header) -> tuple[int, int]:
+    if header.length < MTU_PROBE.size:
+        raise DecodeError("mtu_probe")
+    sequence, size = MTU_PROBE.unpack_from(data, header.body_offset)
+    return int(sequence), int(size)

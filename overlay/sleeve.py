@@ -1,0 +1,256 @@
+"""Sans-IO core of the sleeve data plane.
+
+Rules this module keeps:
+- It never touches a socket, a device or a clock. The driver passes ``now`` (monotonic seconds)
+  in, and takes datagrams to send, the next deadline and events out.
+- It owns the forwarding table (remote block -> peer), per-peer health from UDP heartbeats and
+  every counter. Drops are counted by reason, globally and per peer when the peer is known.
+- Data packets are classified here but copied and sent by the driver: the core hands back the
+  peer and the driver frames the bytes it already holds.
+
+Heartbeats: every ``fast_interval`` until a peer acknowledges one, then every ``slow_interval``;
+a peer whose last acknowledgement is older than ``timeout`` is no longer established.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from overlay import frame, icmp
+from overlay.frame import MessageType
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    """What the configuration (later: gossip) says about one remote peer."""
+
+    peer_id: int
+    name: str
+    address: Address
+    blocks: tuple[ipaddress.IPv4Network, ...]
+
+
+@dataclass
+class PeerCounters:
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    drops: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class PeerState:
+    spec: PeerSpec
+    mtu: int
+    counters: PeerCounters = field(default_factory=PeerCounters)
+    established: bool = False
+    remote_uid: int = 0
+    last_ack_at: float | None = None
+    next_heartbeat_at: float = 0.0
+    sequence: int = 0
+    rtt: float | None = None
+    sent_at: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def peer_id(self) -> int:
+        return self.spec.peer_id
+
+
+@dataclass(frozen=True)
+class PeerEvent:
+    kind: str  # "established", "lost", "restarted"
+    peer: PeerSpec
+    detail: str = ""
+
+
+class Sleeve:
+    def __init__(
+        self,
+        local_id: int,
+        local_uid: int,
+        local_blocks: Iterable[ipaddress.IPv4Network],
+        mtu: int,
+        router_address: bytes = b"\0\0\0\0",
+        fast_interval: float = 0.5,
+        slow_interval: float = 5.0,
+        timeout: float = 15.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.local_id = local_id
+        self.local_uid = local_uid
+        self.mtu = mtu
+        self.router_address = router_address
+        self.fast_interval = fast_interval
+        self.slow_interval = slow_interval
+        self.timeout = timeout
+        self.peers: dict[int, PeerState] = {}
+        self.drops: Counter[str] = Counter()
+        self._rng = rng or random.Random()
+        self._outbox: list[tuple[bytes, Address]] = []
+        self._events: list[PeerEvent] = []
+        self._local = _BlockTable()
+        for block in local_blocks:
+            self._local.add(block, True)
+        self._table: _BlockTable = _BlockTable()
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def set_peers(self, specs: Iterable[PeerSpec], now: float) -> None:
+        """Replace the peer set; state of peers that stay is kept."""
+        wanted = {s.peer_id: s for s in specs if s.peer_id != self.local_id}
+        for peer_id in list(self.peers):
+            if peer_id not in wanted:
+                del self.peers[peer_id]
+        for peer_id, spec in wanted.items():
+            state = self.peers.get(peer_id)
+            if state is None:
+                # Spread first heartbeats a little so a restart does not send them in lockstep.
+                jitter = self._rng.uniform(0, self.fast_interval / 4)
+                self.peers[peer_id] = PeerState(spec, self.mtu, next_heartbeat_at=now + jitter)
+            else:
+                state.spec = spec
+        table = _BlockTable()
+        for state in self.peers.values():
+            for block in state.spec.blocks:
+                table.add(block, state)
+        self._table = table
+
+    # -- data path helpers (called by the driver per packet) --------------------------------
+
+    def peer_for(self, destination: int) -> PeerState | None:
+        """The peer owning the IPv4 destination address ``destination`` (an int)."""
+        found = self._table.lookup(destination)
+        return found if isinstance(found, PeerState) else None
+
+    def is_local(self, destination: int) -> bool:
+        return self._local.lookup(destination) is not None
+
+    def too_big(self, packet: bytes | bytearray | memoryview, mtu: int) -> bytes | None:
+        """ICMP 'fragmentation needed' for a non-GSO IPv4 packet with DF that exceeds ``mtu``."""
+        return icmp.frag_needed(packet, mtu, self.router_address)
+
+    def drop(self, reason: str, peer: PeerState | None = None) -> None:
+        self.drops[reason] += 1
+        if peer is not None:
+            peer.counters.drops[reason] += 1
+
+    # -- control messages --------------------------------------------------------------------
+
+    def receive_control(
+        self, data: bytes | bytearray | memoryview, header: frame.Header, addr: Address, now: float
+    ) -> None:
+        peer = self.peers.get(header.source)
+        if peer is None:
+            self.drop("unknown_peer")
+            return
+        try:
+            if header.type == MessageType.HEARTBEAT:
+                sequence, uid = frame.decode_heartbeat(data, header)
+                self._note_uid(peer, uid)
+                ack = frame.encode_heartbeat(
+                    MessageType.HEARTBEAT_ACK, self.local_id, peer.peer_id, sequence,
+                    self.local_uid,
+                )
+                self._outbox.append((ack, addr))
+            elif header.type == MessageType.HEARTBEAT_ACK:
+                sequence, uid = frame.decode_heartbeat(data, header)
+                self._note_uid(peer, uid)
+                self._acked(peer, sequence, now)
+            elif header.type == MessageType.MTU_PROBE:
+                sequence, size = frame.decode_mtu_probe(data, header)
+                ack = frame.encode_mtu_probe(
+                    MessageType.MTU_PROBE_ACK, self.local_id, peer.peer_id, sequence, size
+                )
+                self._outbox.append((ack, addr))
+            else:
+                frame.decode_mtu_probe(data, header)  # acks of probes we do not send yet
+        except frame.DecodeError as exc:
+            self.drop(exc.reason, peer)
+
+    def _note_uid(self, peer: PeerState, uid: int) -> None:
+        if peer.remote_uid and uid != peer.remote_uid:
+            self._events.append(PeerEvent("restarted", peer.spec, f"uid {uid:x}"))
+        peer.remote_uid = uid
+
+    def _acked(self, peer: PeerState, sequence: int, now: float) -> None:
+        sent = peer.sent_at.pop(sequence, None)
+        if sent is None:
+            self.drop("stale_ack", peer)
+            return
+        peer.sent_at.clear()
+        peer.rtt = now - sent
+        peer.last_ack_at = now
+        if not peer.established:
+            peer.established = True
+            peer.next_heartbeat_at = now + self.slow_interval
+            self._events.append(PeerEvent("established", peer.spec, f"rtt {peer.rtt * 1e3:.2f}ms"))
+
+    # -- timers ------------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        if not self.peers:
+            return None
+        return min(p.next_heartbeat_at for p in self.peers.values())
+
+    def handle_timer(self, now: float) -> None:
+        for peer in self.peers.values():
+            if peer.established and peer.last_ack_at is not None:
+                if now - peer.last_ack_at >= self.timeout:
+                    peer.established = False
+                    self._events.append(PeerEvent("lost", peer.spec, "heartbeat timeout"))
+            if now < peer.next_heartbeat_at:
+                continue
+            peer.sequence += 1
+            peer.sent_at[peer.sequence] = now
+            if len(peer.sent_at) > 64:
+                peer.sent_at.pop(next(iter(peer.sent_at)))
+            beat = frame.encode_heartbeat(
+                MessageType.HEARTBEAT, self.local_id, peer.peer_id, peer.sequence, self.local_uid
+            )
+            self._outbox.append((beat, peer.spec.address))
+            interval = self.slow_interval if peer.established else self.fast_interval
+            if peer.established and peer.last_ack_at is not None:
+                # Probe faster once an answer is overdue, so loss is noticed within the timeout.
+                if now - peer.last_ack_at > self.slow_interval:
+                    interval = self.fast_interval
+            peer.next_heartbeat_at = now + interval
+
+    # -- outputs -----------------------------------------------------------------------------
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def events(self) -> list[PeerEvent]:
+        out, self._events = self._events, []
+        return out
+
+
+class _BlockTable:
+    """Longest-prefix lookup over a few prefix lengths: one dict per length."""
+
+    def __init__(self) -> None:
+        self._by_len: dict[int, dict[int, object]] = {}
+        self._order: list[tuple[int, dict[int, object]]] = []
+
+    def add(self, block: ipaddress.IPv4Network, value: object) -> None:
+        table = self._by_len.setdefault(block.prefixlen, {})
+        table[int(block.network_address)] = value
+        self._order = [
+            (0xFFFFFFFF ^ ((1 << (32 - n)) - 1), self._by_len[n])
+            for n in sorted(self._by_len, reverse=True)
+        ]
+
+    def lookup(self, address: int) -> object | None:
+        for mask, table in self._order:
+            found = table.get(address & mask)
+            if found is not None:
+                return found
+        return None

@@ -1,0 +1,31 @@
+"""The sleeve's UDP socket: non-blocking, large buffers, kernel fragmentation allowed."""
+
+from __future__ import annotations
+
+import socket
+
+IP_MTU_DISCOVER = 10
+IP_PMTUDISC_DONT = 0
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+
+
+def open_udp(host: str, port: int, buffer_bytes: int) -> socket.socket:
+    """Bind ``host:port``. Super-packets leave as one datagram the kernel fragments, so the
+    socket must not set DF; buffers are forced large because user-space tunnels lose packets
+    at socket queues long before they run out of CPU."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF), (SO_RCVBUFFORCE, socket.SO_RCVBUF)):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, force, buffer_bytes)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, plain, buffer_bytes)
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
