@@ -24,16 +24,19 @@ from agent.metrics import SnapshotCollector
 
 log = logging.getLogger("weave-py.api")
 MAX_REQUEST = 8192
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           503: "Service Unavailable"}
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
 
 
 class Api:
     """``metrics_only``: the public metrics listener serves /metrics and nothing else."""
 
-    def __init__(
-        self, snapshot: Callable[[], status.Snapshot], metrics_only: bool = False
-    ) -> None:
+    def __init__(self, snapshot: Callable[[], status.Snapshot], metrics_only: bool = False) -> None:
         self.snapshot = snapshot
         self.metrics_only = metrics_only
         self.registry = CollectorRegistry()
@@ -71,7 +74,8 @@ class Api:
         data = body.encode()
         writer.write(
             f"HTTP/1.1 {code} {REASONS[code]}\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+            + data
         )
         try:
             await writer.drain()

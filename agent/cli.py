@@ -63,10 +63,11 @@ def _api_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http-addr", default=None, help="agent HTTP address instead of the socket")
 
 
-def _api_target(args: argparse.Namespace) -> dict[str, str | None]:
+def _get(args: argparse.Namespace, path: str) -> tuple[int, str]:
     if args.http_addr:
-        return {"http_addr": args.http_addr}
-    return {"socket_path": args.socket or os.environ.get("WEAVE_SOCKET", config.Config.socket_path)}
+        return client.get(path, http_addr=args.http_addr)
+    default = os.environ.get("WEAVE_SOCKET", config.Config.socket_path)
+    return client.get(path, socket_path=args.socket or default)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -95,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     path = "/status" + (f"/{args.view}" if args.view else "")
     try:
-        code, body = client.get(path, **_api_target(args))
+        code, body = _get(args, path)
     except OSError as exc:
         print(f"weave-py: cannot reach the agent: {exc}", file=sys.stderr)
         return 1
@@ -105,7 +106,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     try:
-        code, body = client.get("/report", **_api_target(args))
+        code, body = _get(args, "/report")
     except OSError as exc:
         print(f"weave-py: cannot reach the agent: {exc}", file=sys.stderr)
         return 1

@@ -20,8 +20,9 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def get(path: str, socket_path: str | None = None, http_addr: str | None = None,
-        timeout: float = 5.0) -> tuple[int, str]:
+def get(
+    path: str, socket_path: str | None = None, http_addr: str | None = None, timeout: float = 5.0
+) -> tuple[int, str]:
     """(status, body) of GET ``path``; raises OSError when the agent cannot be reached."""
     if socket_path:
         conn: http.client.HTTPConnection = _UnixConnection(socket_path, timeout)
@@ -38,8 +39,9 @@ def get(path: str, socket_path: str | None = None, http_addr: str | None = None,
         conn.close()
 
 
-def report(socket_path: str | None = None, http_addr: str | None = None,
-           timeout: float = 5.0) -> dict[str, Any]:
+def report(
+    socket_path: str | None = None, http_addr: str | None = None, timeout: float = 5.0
+) -> dict[str, Any]:
     code, body = get("/report", socket_path, http_addr, timeout)
     if code != 200:
         raise OSError(f"agent answered {code}")

@@ -48,29 +48,38 @@ def _setting(env: str | None, flag: str, doc: str, default: Any = MISSING, **kw:
 @dataclass(frozen=True)
 class Config:
     node_name: str = _setting(
-        "HOSTNAME", "--node-name",
+        "HOSTNAME",
+        "--node-name",
         "This node's name (the Kubernetes node name); the peer name derives from it. "
-        "Default: the host name.", "",
+        "Default: the host name.",
+        "",
     )
     ipalloc_range: ipaddress.IPv4Network = _setting(
-        "IPALLOC_RANGE", "--ipalloc-range",
+        "IPALLOC_RANGE",
+        "--ipalloc-range",
         "Cluster range (CIDR) that pod blocks come from. Default 10.32.0.0/12, as Weave.",
         ipaddress.IPv4Network("10.32.0.0/12"),
     )
     pod_block: ipaddress.IPv4Network | None = _setting(
-        "WEAVE_POD_BLOCK", "--pod-block",
+        "WEAVE_POD_BLOCK",
+        "--pod-block",
         "This node's pod block (CIDR inside the range); its first address is the pods' "
-        "gateway on the bridge. Required until IPAM allocates blocks.", None,
+        "gateway on the bridge. Required until IPAM allocates blocks.",
+        None,
     )
     peers: tuple[StaticPeer, ...] = _setting(
-        "WEAVE_PEERS", "--peer",
+        "WEAVE_PEERS",
+        "--peer",
         "Remote nodes as NAME@HOST[:PORT]=BLOCK[,BLOCK]; repeat the flag, or separate with "
-        "spaces or ';' in the variable.", default_factory=tuple,
+        "spaces or ';' in the variable.",
+        default_factory=tuple,
     )
     mtu: int | None = _setting(
-        "WEAVE_MTU", "--mtu",
+        "WEAVE_MTU",
+        "--mtu",
         "Overlay MTU in bytes for the bridge, TUN and pods. Default: the underlay MTU of the "
-        "interface that reaches the first peer, minus 64 bytes of encapsulation.", None,
+        "interface that reaches the first peer, minus 64 bytes of encapsulation.",
+        None,
     )
     port: int = _setting(
         "WEAVE_PORT", "--port", "UDP port of the sleeve data plane (and, later, TCP gossip).", 6783
@@ -81,43 +90,60 @@ class Config:
     bridge: str = _setting("WEAVE_BRIDGE", "--bridge", "Name of the pod bridge.", "weave")
     tun: str = _setting("WEAVE_TUN", "--tun", "Name of the TUN device.", "weave-tun")
     offload: bool = _setting(
-        "WEAVE_OFFLOAD", "--offload",
+        "WEAVE_OFFLOAD",
+        "--offload",
         "Ask the TUN for TSO/USO/checksum offloads (probed, best accepted mode wins); 'false' "
-        "moves plain MTU-sized packets only (slower, for kernels that misbehave).", True,
+        "moves plain MTU-sized packets only (slower, for kernels that misbehave).",
+        True,
     )
     gso_max_size: int = _setting(
-        "WEAVE_GSO_MAX_SIZE", "--gso-max-size",
+        "WEAVE_GSO_MAX_SIZE",
+        "--gso-max-size",
         "Largest super-packet in bytes the TUN and pod interfaces accept, so one fits in a "
-        "single UDP datagram with our headers.", 64000,
+        "single UDP datagram with our headers.",
+        64000,
     )
     socket_buffer: int = _setting(
-        "WEAVE_SOCKET_BUFFER", "--socket-buffer",
+        "WEAVE_SOCKET_BUFFER",
+        "--socket-buffer",
         "Send and receive buffer of the sleeve socket in bytes (forced past rmem_max).",
         8 * 1024 * 1024,
     )
     heartbeat_interval: float = _setting(
-        "WEAVE_HEARTBEAT_INTERVAL", "--heartbeat-interval",
+        "WEAVE_HEARTBEAT_INTERVAL",
+        "--heartbeat-interval",
         "Seconds between UDP heartbeats to a peer until it answers (and when an answer is "
-        "overdue).", 0.5,
+        "overdue).",
+        0.5,
     )
     heartbeat_slow_interval: float = _setting(
-        "WEAVE_HEARTBEAT_SLOW_INTERVAL", "--heartbeat-slow-interval",
-        "Seconds between heartbeats to an established peer.", 5.0,
+        "WEAVE_HEARTBEAT_SLOW_INTERVAL",
+        "--heartbeat-slow-interval",
+        "Seconds between heartbeats to an established peer.",
+        5.0,
     )
     heartbeat_timeout: float = _setting(
-        "WEAVE_HEARTBEAT_TIMEOUT", "--heartbeat-timeout",
-        "Seconds without an answer before a peer's data path is no longer established.", 15.0,
+        "WEAVE_HEARTBEAT_TIMEOUT",
+        "--heartbeat-timeout",
+        "Seconds without an answer before a peer's data path is no longer established.",
+        15.0,
     )
     http_addr: str = _setting(
-        "WEAVE_HTTP_ADDR", "--http-addr", "Local HTTP API (status, report, healthz), HOST:PORT.",
+        "WEAVE_HTTP_ADDR",
+        "--http-addr",
+        "Local HTTP API (status, report, healthz), HOST:PORT.",
         "127.0.0.1:6784",
     )
     metrics_addr: str = _setting(
-        "WEAVE_METRICS_ADDR", "--metrics-addr",
-        "Prometheus endpoint HOST:PORT; empty disables it.", "0.0.0.0:6782",
+        "WEAVE_METRICS_ADDR",
+        "--metrics-addr",
+        "Prometheus endpoint HOST:PORT; empty disables it.",
+        "0.0.0.0:6782",
     )
     socket_path: str = _setting(
-        "WEAVE_SOCKET", "--socket", "Unix socket of the local API (and, later, the CNI plugin).",
+        "WEAVE_SOCKET",
+        "--socket",
+        "Unix socket of the local API (and, later, the CNI plugin).",
         "/run/weave-py/weave-py.sock",
     )
     state_dir: str = _setting(
@@ -128,12 +154,16 @@ class Config:
         "WEAVE_LOG_LEVEL", "--log-level", "debug, info, warning or error.", "info"
     )
     reconcile_interval: float = _setting(
-        "WEAVE_RECONCILE_INTERVAL", "--reconcile-interval",
-        "Seconds between full reconciliations of bridge, TUN and routes (repairs drift).", 30.0,
+        "WEAVE_RECONCILE_INTERVAL",
+        "--reconcile-interval",
+        "Seconds between full reconciliations of bridge, TUN and routes (repairs drift).",
+        30.0,
     )
     netns: str | None = _setting(
-        None, "--netns", "Run inside this network namespace (a name under /run/netns); for the "
-        "lab and tests.", None,
+        None,
+        "--netns",
+        "Run inside this network namespace (a name under /run/netns); for the lab and tests.",
+        None,
     )
 
     @property

@@ -105,7 +105,9 @@ class Agent:
         changed = node.ensure_forwarding(spec)
         log.info(
             "reconcile node: %d change(s)%s; mtu %d (underlay %d)",
-            len(actions), f", sysctl {' '.join(changed)}" if changed else "", self.mtu,
+            len(actions),
+            f", sysctl {' '.join(changed)}" if changed else "",
+            self.mtu,
             self.underlay_mtu,
         )
 
@@ -115,16 +117,28 @@ class Agent:
         assert self.tun is not None
         self.sock = udp.open_udp(c.bind_address, c.port, c.socket_buffer)
         self.sleeve = Sleeve(
-            self.identity.peer_id, self.identity.uid, [self.block], self.mtu,
+            self.identity.peer_id,
+            self.identity.uid,
+            [self.block],
+            self.mtu,
             router_address=gateway_of(self.block).ip.packed,
-            fast_interval=c.heartbeat_interval, slow_interval=c.heartbeat_slow_interval,
+            fast_interval=c.heartbeat_interval,
+            slow_interval=c.heartbeat_slow_interval,
             timeout=c.heartbeat_timeout,
         )
         self.sleeve.set_peers(peer_specs(c), time.monotonic())
-        self.datapath = Datapath(self.sleeve, self.tun.fd, self.sock, self.underlay_mtu, self._event)
+        self.datapath = Datapath(
+            self.sleeve, self.tun.fd, self.sock, self.underlay_mtu, self._event
+        )
         for p in c.peers:
-            log.info("add peer: %s(%s) %s:%d blocks %s", name_for(p.name), p.name, p.host, p.port,
-                     ",".join(map(str, p.blocks)))
+            log.info(
+                "add peer: %s(%s) %s:%d blocks %s",
+                name_for(p.name),
+                p.name,
+                p.host,
+                p.port,
+                ",".join(map(str, p.blocks)),
+            )
         self.ready = True
 
     def _event(self, event: PeerEvent) -> None:
@@ -164,7 +178,7 @@ class Agent:
                 log.info("stop agent: signal received, kernel state kept for restart")
 
     async def _servers(self, api: Api) -> list[asyncio.AbstractServer]:
-        servers = []
+        servers: list[asyncio.AbstractServer] = []
         path = self.config.socket_path
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
@@ -199,9 +213,16 @@ class Agent:
         while True:
             await asyncio.sleep(60)
             for p in self.snapshot()["peers"]:
-                log.info("peer %s(%s) %s %s tx=%d rx=%d drops=%d", p["name"], p["nickname"],
-                         p["address"], p["state"], p["tx_packets"], p["rx_packets"],
-                         sum(p["drops"].values()))
+                log.info(
+                    "peer %s(%s) %s %s tx=%d rx=%d drops=%d",
+                    p["name"],
+                    p["nickname"],
+                    p["address"],
+                    p["state"],
+                    p["tx_packets"],
+                    p["rx_packets"],
+                    sum(p["drops"].values()),
+                )
 
     def close(self) -> None:
         for closer in (self.sock, self.tun):
@@ -219,22 +240,32 @@ class Agent:
         if sleeve is not None:
             for state in sleeve.peers.values():
                 spec, c = state.spec, state.counters
-                peers.append({
-                    "name": name_for(spec.name), "nickname": spec.name,
-                    "address": f"{spec.address[0]}:{spec.address[1]}",
-                    "blocks": [str(b) for b in spec.blocks],
-                    "state": "established" if state.established else "pending",
-                    "rtt_ms": None if state.rtt is None else round(state.rtt * 1e3, 3),
-                    "mtu": state.mtu, "tx_packets": c.tx_packets, "tx_bytes": c.tx_bytes,
-                    "rx_packets": c.rx_packets, "rx_bytes": c.rx_bytes, "drops": dict(c.drops),
-                })
+                peers.append(
+                    {
+                        "name": name_for(spec.name),
+                        "nickname": spec.name,
+                        "address": f"{spec.address[0]}:{spec.address[1]}",
+                        "blocks": [str(b) for b in spec.blocks],
+                        "state": "established" if state.established else "pending",
+                        "rtt_ms": None if state.rtt is None else round(state.rtt * 1e3, 3),
+                        "mtu": state.mtu,
+                        "tx_packets": c.tx_packets,
+                        "tx_bytes": c.tx_bytes,
+                        "rx_packets": c.rx_packets,
+                        "rx_bytes": c.rx_bytes,
+                        "drops": dict(c.drops),
+                    }
+                )
         return {
             "version": __version__,
             "ready": self.ready,
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "router": {
-                "name": self.identity.name, "nickname": self.identity.nickname,
-                "uid": f"{self.identity.uid:x}", "port": self.config.port, "mtu": self.mtu,
+                "name": self.identity.name,
+                "nickname": self.identity.nickname,
+                "uid": f"{self.identity.uid:x}",
+                "port": self.config.port,
+                "mtu": self.mtu,
                 "underlay_mtu": self.underlay_mtu,
                 "offload": self.tun.offload if self.tun else "unknown",
             },

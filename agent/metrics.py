@@ -21,7 +21,9 @@ class SnapshotCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         s = self.snapshot()
         conns = GaugeMetricFamily(
-            "weave_connections", "Connections to peers by state.", labels=["state", "type", "encryption"]
+            "weave_connections",
+            "Connections to peers by state.",
+            labels=["state", "type", "encryption"],
         )
         for state in ("established", "pending"):
             n = sum(1 for p in s["peers"] if p["state"] == state)
@@ -53,8 +55,12 @@ class SnapshotCollector(Collector):
             all_drops.add_metric([reason], n)
         yield all_drops
         rtt = GaugeMetricFamily("weave_py_peer_rtt_seconds", "Heartbeat round trip.", labels=labels)
-        mtu = GaugeMetricFamily("weave_py_peer_mtu_bytes", "Overlay MTU towards the peer.", labels=labels)
-        up = GaugeMetricFamily("weave_py_peer_established", "1 while heartbeats are answered.", labels=labels)
+        mtu = GaugeMetricFamily(
+            "weave_py_peer_mtu_bytes", "Overlay MTU towards the peer.", labels=labels
+        )
+        up = GaugeMetricFamily(
+            "weave_py_peer_established", "1 while heartbeats are answered.", labels=labels
+        )
         for p in s["peers"]:
             who = [p["name"], p["nickname"]]
             if p["rtt_ms"] is not None:

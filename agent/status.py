@@ -25,7 +25,10 @@ def render_status(s: Snapshot) -> str:
         ("Targets", str(len(peers))),
         ("Connections", f"{len(peers)}" + (f" ({', '.join(counts)})" if counts else "")),
         ("Peers", str(len(peers) + 1)),
-        ("DataPath", f"sleeve, offload {r['offload']}, mtu {r['mtu']} (underlay {r['underlay_mtu']})"),
+        (
+            "DataPath",
+            f"sleeve, offload {r['offload']}, mtu {r['mtu']} (underlay {r['underlay_mtu']})",
+        ),
         ("", ""),
         ("Service", "ipam"),
         ("Status", "ready" if s["ready"] else "idle"),
@@ -39,7 +42,9 @@ def render_connections(s: Snapshot) -> str:
     lines = []
     for p in s["peers"]:
         state = p["state"]
-        detail = f"sleeve {p['name']}({p['nickname']}) mtu={p['mtu']}" if state == "established" else ""
+        detail = (
+            f"sleeve {p['name']}({p['nickname']}) mtu={p['mtu']}" if state == "established" else ""
+        )
         lines.append(f"-> {p['address']:<21} {state:<11} {detail}".rstrip())
     return "\n".join(lines) + ("\n" if lines else "")
 
@@ -54,7 +59,9 @@ def render_peers(s: Snapshot) -> str:
         rx = f"{p['rx_packets']}p/{_bytes(p['rx_bytes'])}"
         drops = ",".join(f"{k}={v}" for k, v in sorted(p["drops"].items())) or "0"
         who = f"{p['name']}({p['nickname']})"
-        lines.append(f"{who:<28} {p['address']:<21} {p['state']:<11} {rtt:>8} {tx:>16} {rx:>16} {drops}")
+        lines.append(
+            f"{who:<28} {p['address']:<21} {p['state']:<11} {rtt:>8} {tx:>16} {rx:>16} {drops}"
+        )
     other = ",".join(f"{k}={v}" for k, v in sorted(s["drops"].items()))
     if other:
         lines.append(f"drops (all peers): {other}")
@@ -65,7 +72,9 @@ def render_routes(s: Snapshot) -> str:
     lines = [f"{'DESTINATION':<20} {'VIA':<12} PEER"]
     owners = {b: f"{p['name']}({p['nickname']})" for p in s["peers"] for b in p["blocks"]}
     for r in s["routes"]:
-        lines.append(f"{r['destination']:<20} {r['device']:<12} {owners.get(r['destination'], '-')}")
+        lines.append(
+            f"{r['destination']:<20} {r['device']:<12} {owners.get(r['destination'], '-')}"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,7 @@ per drain, nothing logged above DEBUG. Every failure is counted and the loop goe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -68,10 +69,8 @@ class Datapath:
                 deadline = self.sleeve.get_timer()
                 timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
                 self._wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
-                except TimeoutError:
-                    pass
         finally:
             loop.remove_reader(self.tun_fd)
             loop.remove_reader(self.sock.fileno())
@@ -133,8 +132,15 @@ class Datapath:
                 del entry[1][HEADER_SIZE:]
             header = self._header
             HEADER.pack_into(
-                header, 0, frame.VERSION, MessageType.DATA, 0, frame.DEFAULT_HOPS,
-                RECORD_SIZE + n, sleeve.local_id, peer.peer_id,
+                header,
+                0,
+                frame.VERSION,
+                MessageType.DATA,
+                0,
+                frame.DEFAULT_HOPS,
+                RECORD_SIZE + n,
+                sleeve.local_id,
+                peer.peer_id,
             )
             RECORD.pack_into(header, HEADER_SIZE, size)
             self._sendmsg((header, view[:n]), peer)

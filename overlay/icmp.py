@@ -23,9 +23,7 @@ def checksum(data: bytes | bytearray) -> int:
     return ~total & 0xFFFF
 
 
-def frag_needed(
-    packet: bytes | bytearray | memoryview, mtu: int, source: bytes
-) -> bytes | None:
+def frag_needed(packet: bytes | bytearray | memoryview, mtu: int, source: bytes) -> bytes | None:
     """The ICMP reply for ``packet`` (an IPv4 packet) if it has DF set and exceeds ``mtu``.
 
     ``source`` is the 4-byte address the reply comes from (this node's gateway address).

@@ -123,13 +123,6 @@ class Netlink:
         assert link is not None
         return link
 
-    def ensure_dummy(self, name: str) -> Link:
-        if self.link(name) is None:
-            self._create(name, kind="dummy")
-        link = self.link(name)
-        assert link is not None
-        return link
-
     def _create(self, name: str, **kwargs: Any) -> None:
         try:
             self._ipr.link("add", ifname=name, **kwargs)
@@ -266,7 +259,10 @@ class Netlink:
             return False
         try:
             self._ipr.route(
-                "del", dst=str(route.destination), proto=protocol, table=MAIN_TABLE,
+                "del",
+                dst=str(route.destination),
+                proto=protocol,
+                table=MAIN_TABLE,
                 oif=self._index(route.device),
             )
         except NetlinkError as exc:
@@ -358,7 +354,8 @@ def run_in_netns(target: str | int, fn: Callable[..., T], *args: Any) -> T:
     thread.join()
     if "error" in box:
         raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
+    value: T = box["value"]
+    return value
 
 
 def _sysctl_path(key: str) -> str:

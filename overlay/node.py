@@ -121,9 +121,7 @@ def apply(nl: Netlink, actions: list[Action]) -> None:
         if isinstance(action, CreateBridge):
             nl.ensure_bridge(action.name)
         elif isinstance(action, SetLink):
-            nl.set_link(
-                action.name, mtu=action.mtu, up=action.up, gso_max_size=action.gso_max_size
-            )
+            nl.set_link(action.name, mtu=action.mtu, up=action.up, gso_max_size=action.gso_max_size)
         elif isinstance(action, AddAddress):
             nl.ensure_address(action.device, action.address)
         elif isinstance(action, RemoveAddress):

@@ -155,7 +155,10 @@ class Sleeve:
                 sequence, uid = frame.decode_heartbeat(data, header)
                 self._note_uid(peer, uid)
                 ack = frame.encode_heartbeat(
-                    MessageType.HEARTBEAT_ACK, self.local_id, peer.peer_id, sequence,
+                    MessageType.HEARTBEAT_ACK,
+                    self.local_id,
+                    peer.peer_id,
+                    sequence,
                     self.local_uid,
                 )
                 self._outbox.append((ack, addr))
@@ -201,10 +204,10 @@ class Sleeve:
 
     def handle_timer(self, now: float) -> None:
         for peer in self.peers.values():
-            if peer.established and peer.last_ack_at is not None:
-                if now - peer.last_ack_at >= self.timeout:
-                    peer.established = False
-                    self._events.append(PeerEvent("lost", peer.spec, "heartbeat timeout"))
+            overdue = None if peer.last_ack_at is None else now - peer.last_ack_at
+            if peer.established and overdue is not None and overdue >= self.timeout:
+                peer.established = False
+                self._events.append(PeerEvent("lost", peer.spec, "heartbeat timeout"))
             if now < peer.next_heartbeat_at:
                 continue
             peer.sequence += 1
@@ -215,11 +218,10 @@ class Sleeve:
                 MessageType.HEARTBEAT, self.local_id, peer.peer_id, peer.sequence, self.local_uid
             )
             self._outbox.append((beat, peer.spec.address))
-            interval = self.slow_interval if peer.established else self.fast_interval
-            if peer.established and peer.last_ack_at is not None:
-                # Probe faster once an answer is overdue, so loss is noticed within the timeout.
-                if now - peer.last_ack_at > self.slow_interval:
-                    interval = self.fast_interval
+            # Slow once established, fast again when an answer is overdue, so that loss is
+            # noticed well within the timeout.
+            slow = peer.established and overdue is not None and overdue <= self.slow_interval
+            interval = self.slow_interval if slow else self.fast_interval
             peer.next_heartbeat_at = now + interval
 
     # -- outputs -----------------------------------------------------------------------------

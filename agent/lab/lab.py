@@ -73,15 +73,26 @@ class Lab:
     def agent_command(self, i: int) -> list[str]:
         p = self.plan
         cmd = [
-            sys.executable, "-m", "agent", "run",
-            "--netns", p.node_ns(i),
-            "--node-name", p.node_name(i),
-            "--ipalloc-range", str(POD_RANGE),
-            "--pod-block", str(p.block(i)),
-            "--bridge", p.bridge,
-            "--tun", p.tun,
-            "--socket", p.socket_path(i),
-            "--state-dir", f"{p.node_dir(i)}/state",
+            sys.executable,
+            "-m",
+            "agent",
+            "run",
+            "--netns",
+            p.node_ns(i),
+            "--node-name",
+            p.node_name(i),
+            "--ipalloc-range",
+            str(POD_RANGE),
+            "--pod-block",
+            str(p.block(i)),
+            "--bridge",
+            p.bridge,
+            "--tun",
+            p.tun,
+            "--socket",
+            p.socket_path(i),
+            "--state-dir",
+            f"{p.node_dir(i)}/state",
         ]
         for k in range(1, p.nodes + 1):
             if k != i:
@@ -93,8 +104,12 @@ class Lab:
         log_path = f"{self.plan.node_dir(i)}/agent.log"
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
-                self.agent_command(i), stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, cwd=_source_root(),
+                self.agent_command(i),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=_source_root(),
             )
         self.procs[i] = proc
         self.pids[i] = proc.pid
@@ -121,8 +136,10 @@ class Lab:
             while True:
                 proc = self.procs.get(i)
                 if proc is not None and proc.poll() is not None:
-                    raise RuntimeError(f"agent of node {i} exited with status {proc.returncode}; "
-                                       f"see {self.plan.node_dir(i)}/agent.log")
+                    raise RuntimeError(
+                        f"agent of node {i} exited with status {proc.returncode}; "
+                        f"see {self.plan.node_dir(i)}/agent.log"
+                    )
                 try:
                     snap = self.report(i)
                     if snap["ready"] and all(x["state"] == "established" for x in snap["peers"]):
@@ -130,8 +147,10 @@ class Lab:
                 except OSError:
                     pass
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"node {i} not ready within {timeout}s; see "
-                                       f"{self.plan.node_dir(i)}/agent.log")
+                    raise TimeoutError(
+                        f"node {i} not ready within {timeout}s; see "
+                        f"{self.plan.node_dir(i)}/agent.log"
+                    )
                 time.sleep(0.05)
 
     def report(self, i: int) -> dict[str, Any]:
@@ -142,8 +161,11 @@ class Lab:
         netlink.ensure_netns(p.pod_ns(i, j))
         snap = self.report(i)
         spec = pods.PodSpec(
-            netns=p.pod_ns(i, j), key=p.pod_ns(i, j), address=p.pod_address(i, j),
-            gateway=p.block(i).network_address + 1, mtu=snap["router"]["mtu"],
+            netns=p.pod_ns(i, j),
+            key=p.pod_ns(i, j),
+            address=p.pod_address(i, j),
+            gateway=p.block(i).network_address + 1,
+            mtu=snap["router"]["mtu"],
             gso_max_size=64000,
         )
         with Netlink(p.node_ns(i)) as nl:

@@ -99,7 +99,9 @@ class Responder:
                     conn.sendall(addr[0].encode() + b"\n")
 
 
-def tcp_source(netns: str, destination: str, port: int = TCP_PORT, timeout: float = 2.0) -> str | None:
+def tcp_source(
+    netns: str, destination: str, port: int = TCP_PORT, timeout: float = 2.0
+) -> str | None:
     return run_in_netns(netns, _tcp_source, destination, port, timeout)
 
 
@@ -124,7 +126,7 @@ def matrix(pods: dict[str, str], timeout: float = 2.0) -> dict[tuple[str, str], 
     for r in responders:
         r.__enter__()
     try:
-        for src, src_ip in pods.items():
+        for src in pods:
             for dst, dst_ip in pods.items():
                 if src != dst:
                     rtt = ping(src, dst_ip, timeout)

@@ -23,11 +23,15 @@ def up(name: str, nodes: int, pods: int, directory: str | None) -> int:
         lab.up()
     except (OSError, RuntimeError) as exc:
         print(f"weave-py lab: up failed: {exc}", file=sys.stderr)
-        print(f"weave-py lab: logs are in {plan.directory}; run 'weave-py lab down --name {name}'",
-              file=sys.stderr)
+        print(
+            f"weave-py lab: logs are in {plan.directory}; run 'weave-py lab down --name {name}'",
+            file=sys.stderr,
+        )
         return 1
-    print(f"lab {name}: {nodes} node(s), {pods} pod(s) each, up in "
-          f"{time.monotonic() - started:.1f}s; logs in {plan.directory}\n")
+    print(
+        f"lab {name}: {nodes} node(s), {pods} pod(s) each, up in "
+        f"{time.monotonic() - started:.1f}s; logs in {plan.directory}\n"
+    )
     for i in range(1, nodes + 1):
         snap = lab.report(i)
         print(f"== node{i} ({plan.node_ns(i)}, {plan.node_address(i).ip}, block {plan.block(i)})")
@@ -46,8 +50,10 @@ def up(name: str, nodes: int, pods: int, directory: str | None) -> int:
     if failed:
         print(f"{len(failed)} of {len(results)} pod pairs FAILED", file=sys.stderr)
         return 1
-    print(f"all {len(results)} pod pairs reach each other. Remove with: "
-          f"weave-py lab down --name {name}")
+    print(
+        f"all {len(results)} pod pairs reach each other. Remove with: "
+        f"weave-py lab down --name {name}"
+    )
     return 0
 
 
