@@ -128,7 +128,7 @@ class Agent:
         )
         self.sleeve.set_peers(peer_specs(c), time.monotonic())
         self.datapath = Datapath(
-            self.sleeve, self.tun.fd, self.sock, self.underlay_mtu, self._event
+            self.sleeve, self.tun.fd, self.sock, self.underlay_mtu, self._event, c.udp_gso
         )
         for p in c.peers:
             log.info(
@@ -268,6 +268,9 @@ class Agent:
                 "mtu": self.mtu,
                 "underlay_mtu": self.underlay_mtu,
                 "offload": self.tun.offload if self.tun else "unknown",
+                "super_packets": "udp-gso"
+                if self.datapath is not None and self.datapath.udp_gso
+                else "ip-fragments",
             },
             "ipam": {"range": str(self.config.ipalloc_range), "blocks": [str(self.block)]},
             "peers": peers,

@@ -25,10 +25,8 @@ def render_status(s: Snapshot) -> str:
         ("Targets", str(len(peers))),
         ("Connections", f"{len(peers)}" + (f" ({', '.join(counts)})" if counts else "")),
         ("Peers", str(len(peers) + 1)),
-        (
-            "DataPath",
-            f"sleeve, offload {r['offload']}, mtu {r['mtu']} (underlay {r['underlay_mtu']})",
-        ),
+        ("DataPath", f"sleeve, offload {r['offload']}, super-packets {r['super_packets']}"),
+        ("MTU", f"{r['mtu']} (underlay {r['underlay_mtu']})"),
         ("", ""),
         ("Service", "ipam"),
         ("Status", "ready" if s["ready"] else "idle"),

@@ -17,6 +17,14 @@ A DATA body is a sequence of records, each ``u16 packet length`` followed by the
 virtio-net header and the packet exactly as the TUN device returned them. Records are never
 split across datagrams; a TSO super-packet travels as one record in one (IP-fragmented) datagram.
 
+A super-packet whose frame would not fit one underlay packet may instead travel as DATA_CHUNK
+frames, sent together with one ``sendmsg`` + ``UDP_SEGMENT`` (GSO) so the kernel moves them as
+one unit: each chunk's body is ``u32 offset, u32 total`` and a slice of what would have been
+the DATA body; ``total`` is set in the chunk at offset 0 only (zero in the others, so every
+header but two is the same for every train and is prebuilt). Chunks of one body are sent in
+order; the receiver appends them per source (see overlay/reassembly.py), a new offset 0 starts
+the next body, and handles the result as a DATA body.
+
 HEARTBEAT and HEARTBEAT_ACK bodies are ``u64 sequence, u64 sender uid``. MTU_PROBE and
 MTU_PROBE_ACK bodies are ``u64 sequence, u16 probed size`` plus padding up to that size.
 
@@ -44,8 +52,12 @@ VNET_HEADER = struct.Struct("=BBHHHH")
 VNET_HEADER_SIZE = VNET_HEADER.size  # 10
 HEARTBEAT = struct.Struct("!QQ")
 MTU_PROBE = struct.Struct("!QH")
+CHUNK = struct.Struct("!II")
+CHUNK_FRAME = struct.Struct("!BBBBIQQII")  # header + chunk fields, packed in one go
+CHUNK_OVERHEAD = CHUNK_FRAME.size  # 32
 DEFAULT_HOPS = 4
 MAX_PACKET = 0xFFFF
+MAX_BODY = RECORD_SIZE + VNET_HEADER_SIZE + MAX_PACKET
 
 # Outer IPv4 + UDP + frame header + one record header + virtio-net header.
 OVERHEAD = 20 + 8 + HEADER_SIZE + RECORD_SIZE + VNET_HEADER_SIZE  # 64 bytes
@@ -60,6 +72,7 @@ class MessageType(IntEnum):
     HEARTBEAT_ACK = 3
     MTU_PROBE = 4
     MTU_PROBE_ACK = 5
+    DATA_CHUNK = 6
 
 
 class DecodeError(Exception):
@@ -184,3 +197,16 @@ def decode_mtu_probe(data: bytes | bytearray | memoryview, header: Header) -> tu
         raise DecodeError("mtu_probe")
     sequence, size = MTU_PROBE.unpack_from(data, header.body_offset)
     return int(sequence), int(size)
+
+
+def decode_chunk(data: bytes | bytearray | memoryview, header: Header) -> tuple[int, int]:
+    """(offset, total) of a DATA_CHUNK (total 0 unless offset is 0); the slice follows."""
+    if header.length <= CHUNK.size:
+        raise DecodeError("chunk")
+    offset, total = CHUNK.unpack_from(data, header.body_offset)
+    if offset == 0:
+        if total > MAX_BODY or header.length - CHUNK.size > total:
+            raise DecodeError("chunk")
+    elif total != 0 or offset >= MAX_BODY:
+        raise DecodeError("chunk")
+    return int(offset), int(total)

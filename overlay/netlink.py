@@ -123,6 +123,31 @@ class Netlink:
         assert link is not None
         return link
 
+    def ensure_vxlan(
+        self,
+        name: str,
+        vni: int,
+        local: ipaddress.IPv4Address,
+        remote: ipaddress.IPv4Address,
+        port: int,
+    ) -> Link:
+        """A point-to-point kernel VXLAN device (``remote`` set: no fdb entries needed)."""
+        link = self.link(name)
+        if link is None:
+            self._create(
+                name,
+                kind="vxlan",
+                vxlan_id=vni,
+                vxlan_local=str(local),
+                vxlan_group=str(remote),
+                vxlan_port=port,
+            )
+            link = self.link(name)
+        elif link.kind != "vxlan":
+            raise NetlinkFailure(f"link {name} exists as {link.kind or 'device'}", errno.EEXIST)
+        assert link is not None
+        return link
+
     def _create(self, name: str, **kwargs: Any) -> None:
         try:
             self._ipr.link("add", ifname=name, **kwargs)

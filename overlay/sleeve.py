@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from overlay import frame, icmp
 from overlay.frame import MessageType
+from overlay.reassembly import Reassembler
 
 Address = tuple[str, int]
 
@@ -92,6 +93,7 @@ class Sleeve:
         self.timeout = timeout
         self.peers: dict[int, PeerState] = {}
         self.drops: Counter[str] = Counter()
+        self.reassembler = Reassembler(drops=self.drops)
         self._rng = rng or random.Random()
         self._outbox: list[tuple[bytes, Address]] = []
         self._events: list[PeerEvent] = []
@@ -203,6 +205,7 @@ class Sleeve:
         return min(p.next_heartbeat_at for p in self.peers.values())
 
     def handle_timer(self, now: float) -> None:
+        self.reassembler.expire(now)
         for peer in self.peers.values():
             overdue = None if peer.last_ack_at is None else now - peer.last_ack_at
             if peer.established and overdue is not None and overdue >= self.timeout:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 IP_MTU_DISCOVER = 10
 IP_PMTUDISC_DONT = 0
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
+SOL_UDP = 17
+UDP_SEGMENT = 103  # 2-byte cmsg: GSO segment size (Python 3.11's socket module lacks it)
+UDP_GRO = 104  # socket option and 4-byte int cmsg: coalesced segment size
 
 
 def open_udp(host: str, port: int, buffer_bytes: int) -> socket.socket:
-    """Bind ``host:port``. Super-packets leave as one datagram the kernel fragments, so the
-    socket must not set DF; buffers are forced large because user-space tunnels lose packets
-    at socket queues long before they run out of CPU."""
+    """Bind ``host:port``. The fallback path sends super-packets as one datagram the kernel
+    fragments, so the socket must not set DF; UDP_GRO is asked for so GSO chunk trains arrive
+    coalesced; buffers are forced large because user-space tunnels lose packets at socket
+    queues long before they run out of CPU."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -26,6 +31,8 @@ def open_udp(host: str, port: int, buffer_bytes: int) -> socket.socket:
             except PermissionError:
                 sock.setsockopt(socket.SOL_SOCKET, plain, buffer_bytes)
         sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+        with contextlib.suppress(OSError):  # kernels before 5.0: one datagram per read
+            sock.setsockopt(SOL_UDP, UDP_GRO, 1)
         sock.bind((host, port))
         sock.setblocking(False)
     except BaseException:

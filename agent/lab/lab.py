@@ -166,7 +166,7 @@ class Lab:
             address=p.pod_address(i, j),
             gateway=p.block(i).network_address + 1,
             mtu=snap["router"]["mtu"],
-            gso_max_size=64000,
+            gso_max_size=62000,
         )
         with Netlink(p.node_ns(i)) as nl:
             pods.attach_pod(nl, p.bridge, spec)
