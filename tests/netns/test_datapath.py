@@ -198,3 +198,21 @@ def test_pod_addresses_are_not_translated() -> None:
     assert not r.ok("10.244.1.2")
     assert probe.Result(rtt_ms=0.1, seen_source="10.244.1.2").ok("10.244.1.2")
     assert ipaddress.IPv4Address("10.244.1.2")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--udp-gso", "false"), ("--offload", "false")],
+    ids=["ip-fragments", "no-tun-offload"],
+)
+def test_fallback_modes_carry_bulk_tcp(lab_factory, args) -> None:
+    lab = lab_factory(nodes=2, pods=1, agent_args=args)
+    snap = lab.report(1)["router"]
+    if args[0] == "--udp-gso":
+        assert snap["super_packets"] == "ip-fragments"
+    else:
+        assert snap["offload"] == "off"
+    p = lab.plan
+    payload = random.Random(3).randbytes(8 * 1024 * 1024)
+    got = tcp_transfer(p.pod_ns(2, 1), p.pod_ns(1, 1), str(p.pod_address(1, 1).ip), payload)
+    assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
