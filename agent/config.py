@@ -209,6 +209,15 @@ def _parse_peers(value: Any) -> tuple[StaticPeer, ...]:
     return tuple(out)
 
 
+def _parse_int(value: Any) -> int:
+    """Whole numbers only: TOML's true/false and 6783.9 are errors, not 1 and 6783."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError("expected a whole number")
+    if isinstance(value, float):
+        return int(value)
+    return int(str(value).strip())
+
+
 def _optional(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
     return lambda v: None if v is None or str(v).strip() == "" else parse(str(v))
 
@@ -217,12 +226,12 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "ipalloc_range": lambda v: ipaddress.IPv4Network(str(v)),
     "pod_block": _optional(ipaddress.IPv4Network),
     "peers": _parse_peers,
-    "mtu": _optional(int),
-    "port": int,
+    "mtu": _optional(_parse_int),
+    "port": _parse_int,
     "offload": lambda v: v if isinstance(v, bool) else _parse_bool(str(v)),
     "udp_gso": lambda v: v if isinstance(v, bool) else _parse_bool(str(v)),
-    "gso_max_size": int,
-    "socket_buffer": int,
+    "gso_max_size": _parse_int,
+    "socket_buffer": _parse_int,
     "heartbeat_interval": float,
     "heartbeat_slow_interval": float,
     "heartbeat_timeout": float,
@@ -306,6 +315,8 @@ def validate(c: Config) -> None:
         if c.pod_block.num_addresses < 4:
             raise bad("pod_block", str(c.pod_block), "is too small (at least a /30)")
     for peer in c.peers:
+        if not 1 <= peer.port <= 65535:
+            raise bad("peers", str(peer), "has a port outside 1..65535")
         for block in peer.blocks:
             if c.pod_block is not None and block.overlaps(c.pod_block):
                 raise bad("peers", str(peer), f"overlaps this node's block {c.pod_block}")
@@ -315,6 +326,10 @@ def validate(c: Config) -> None:
         raise bad("heartbeat_slow_interval", c.heartbeat_slow_interval, "must be >= interval > 0")
     if c.heartbeat_timeout <= c.heartbeat_slow_interval:
         raise bad("heartbeat_timeout", c.heartbeat_timeout, "must exceed the slow interval")
+    if c.reconcile_interval <= 0:
+        raise bad("reconcile_interval", c.reconcile_interval, "must be > 0 seconds")
+    if c.socket_buffer < 65536:
+        raise bad("socket_buffer", c.socket_buffer, "is below 65536 bytes")
     if c.log_format not in ("text", "json"):
         raise bad("log_format", c.log_format, "is not 'text' or 'json'")
     if c.log_level not in ("debug", "info", "warning", "error"):

@@ -159,6 +159,8 @@ def encode_data(source: int, destination: int, packets: list[bytes]) -> bytes:
             raise ValueError(f"packet of {len(p)} bytes cannot be framed")
         body += RECORD.pack(len(p) - VNET_HEADER_SIZE)
         body += p
+    if HEADER_SIZE + len(body) > MAX_DATAGRAM:
+        raise ValueError(f"{len(body)} bytes of records do not fit one UDP datagram")
     out = bytearray(HEADER_SIZE)
     encode_header(out, MessageType.DATA, len(body), source, destination)
     return bytes(out + body)

@@ -62,7 +62,8 @@ class Reassembler:
         stale = [k for k, p in self._pending.items() if now - p.started_at >= self.timeout]
         for key in stale:
             del self._pending[key]
-        self.drops["chunk_incomplete"] += len(stale)
+        if stale:
+            self.drops["chunk_incomplete"] += len(stale)
 
     def __len__(self) -> int:
         return len(self._pending)

@@ -200,9 +200,14 @@ class Sleeve:
     # -- timers ------------------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
-        if not self.peers:
-            return None
-        return min(p.next_heartbeat_at for p in self.peers.values())
+        """The next heartbeat or, if sooner, the moment an established peer times out."""
+        deadlines = [p.next_heartbeat_at for p in self.peers.values()]
+        deadlines += [
+            p.last_ack_at + self.timeout
+            for p in self.peers.values()
+            if p.established and p.last_ack_at is not None
+        ]
+        return min(deadlines, default=None)
 
     def handle_timer(self, now: float) -> None:
         self.reassembler.expire(now)

@@ -62,8 +62,14 @@ def test_overrun_and_expiry() -> None:
     assert len(r) == 0 and r.drops["chunk_incomplete"] == 1
 
 
-@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 5000), st.integers(0, 5000),
-                          st.binary(max_size=1500)), max_size=60))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3), st.integers(0, 5000), st.integers(0, 5000), st.binary(max_size=1500)
+        ),
+        max_size=60,
+    )
+)
 def test_arbitrary_input_never_raises_and_stays_bounded(items) -> None:
     r = Reassembler()
     for source, offset, total, piece in items:

@@ -1,0 +1,1 @@
+"""Benchmarks of weave-py (run as ``python -m bench.<name>``)."""

@@ -1,0 +1,257 @@
+"""Data-plane benchmark: one TCP stream pod->pod across two nodes, weave-py against the kernel.
+
+``python -m bench.dataplane [--seconds N] [--name NAME] [--quick]`` builds, measures and removes,
+one after the other in this order (only one topology exists at a time):
+
+1. ``weave-py``: a real two-node lab (:class:`agent.lab.lab.Lab`), agents and all;
+2. ``vxlan``: the same shape, cross-node traffic over kernel VXLAN (MTU 1450);
+3. ``routing``: the same shape, plain kernel routing over the underlay (MTU 1500).
+
+For each: ``iperf3`` from pod 1 (node 1) to pod 2 (node 2) for ``--seconds`` (received rate and
+sender retransmits) and the average of a fast ICMP ping. Prints a table, then ONE JSON line with
+every figure (throughput in Gbit/s, RTT in µs, ratios weave/vxlan and weave/routing). The bar it
+documents: weave-py >= 0.5 x kernel VXLAN. Every namespace is named ``wp<name>...`` and removed
+in ``finally``, also on failure, Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from agent.lab.lab import Lab
+from agent.lab.plan import LabPlan
+from bench import topology
+from bench.topology import Baseline, Mode
+
+BAR = 0.5  # weave-py throughput / kernel VXLAN throughput
+NAME = re.compile(r"^[a-z0-9]{1,9}$")  # + one letter per case must fit LabPlan's 10
+IPERF_PORT = 5201
+RTT = re.compile(r"= [\d.]+/([\d.]+)/")
+
+
+@dataclass(frozen=True)
+class Result:
+    case: str
+    gbps: float
+    retransmits: int
+    rtt_us: float
+    mtu: int
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Where to measure: client namespace, server namespace and the server pod's address."""
+
+    client_ns: str
+    server_ns: str
+    server_ip: str
+
+
+def in_ns(ns: str, *argv: str) -> list[str]:
+    return ["nsenter", f"--net=/run/netns/{ns}", *argv]
+
+
+def _listening(pid: int, port: int) -> bool:
+    """True once process ``pid`` (in its own netns) has a TCP socket listening on ``port``."""
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/{pid}/net/{table}") as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            return False
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+def _start_server(ns: str, port: int) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(
+        in_ns(ns, "iperf3", "-s", "-1", "-p", str(port)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while not _listening(server.pid, port):
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            server.wait()
+            raise RuntimeError(f"iperf3 server in {ns} did not start")
+        time.sleep(0.02)
+    return server
+
+
+def iperf(pair: Pair, seconds: int, port: int = IPERF_PORT) -> tuple[float, int]:
+    """(received Gbit/s, sender retransmits) of one TCP stream client -> server."""
+    server = _start_server(pair.server_ns, port)
+    try:
+        argv = ["iperf3", "-c", pair.server_ip, "-p", str(port), "-t", str(seconds), "-J"]
+        done = subprocess.run(
+            in_ns(pair.client_ns, *argv), capture_output=True, text=True, timeout=seconds + 30
+        )
+        report: dict[str, Any] = json.loads(done.stdout or "{}")
+        if done.returncode != 0 or "error" in report:
+            raise RuntimeError(f"iperf3 failed: {report.get('error') or done.stderr.strip()}")
+        end = report["end"]
+        return end["sum_received"]["bits_per_second"] / 1e9, int(end["sum_sent"]["retransmits"])
+    finally:
+        if server.poll() is None:
+            os.kill(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+def ping_rtt_us(pair: Pair, count: int) -> float:
+    """Average ICMP round trip in µs over ``count`` pings 10 ms apart (after a warm-up)."""
+    base = ["ping", "-n", "-q", "-i", "0.01", "-W", "1"]
+    warm = subprocess.run(
+        in_ns(pair.client_ns, *base, "-c", "5", pair.server_ip), capture_output=True, timeout=30
+    )
+    if warm.returncode != 0:
+        raise RuntimeError(f"{pair.client_ns} cannot ping {pair.server_ip}")
+    done = subprocess.run(
+        in_ns(pair.client_ns, *base, "-c", str(count), pair.server_ip),
+        capture_output=True,
+        text=True,
+        timeout=count + 30,
+    )
+    found = RTT.search(done.stdout)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"ping {pair.server_ip} failed: {done.stdout}{done.stderr}")
+    return float(found.group(1)) * 1000
+
+
+def measure(case: str, pair: Pair, seconds: int, pings: int, mtu: int) -> Result:
+    log(f"{case}: ping x{pings}, iperf3 {seconds}s")
+    rtt = ping_rtt_us(pair, pings)
+    gbps, retransmits = iperf(pair, seconds)
+    return Result(case, gbps, retransmits, rtt, mtu)
+
+
+def pair_of(plan: LabPlan) -> Pair:
+    return Pair(plan.pod_ns(1, 1), plan.pod_ns(2, 1), str(plan.pod_address(2, 1).ip))
+
+
+def run_weave(name: str, seconds: int, pings: int) -> Result:
+    lab_name = f"{name}w"
+    plan = LabPlan(lab_name, nodes=2, pods=1, directory=f"/tmp/weave-py-bench/{lab_name}")
+    lab = Lab(plan)
+    try:
+        log(f"weave-py: lab {lab_name} up")
+        lab.up()
+        mtu = int(lab.report(1)["router"]["mtu"])
+        return measure("weave-py", pair_of(plan), seconds, pings, mtu)
+    finally:
+        lab.down()
+
+
+def run_baseline(name: str, mode: Mode, seconds: int, pings: int) -> Result:
+    baseline = Baseline.named(f"{name}{mode[0]}", mode)
+    try:
+        log(f"{mode}: build {baseline.plan.prefix}")
+        topology.build(baseline)
+        return measure(mode, pair_of(baseline.plan), seconds, pings, baseline.mtu)
+    finally:
+        topology.teardown(baseline)
+
+
+def summary(results: dict[str, Result], name: str, seconds: int) -> dict[str, Any]:
+    w, v, r = results["weave-py"], results["vxlan"], results["routing"]
+    out: dict[str, Any] = {"name": name, "seconds": seconds}
+    for key, res in (("weave", w), ("vxlan", v), ("routing", r)):
+        out[f"{key}_gbps"] = round(res.gbps, 3)
+        out[f"{key}_rtt_us"] = round(res.rtt_us, 1)
+        out[f"{key}_retransmits"] = res.retransmits
+        out[f"{key}_mtu"] = res.mtu
+    out["ratio_vxlan"] = round(w.gbps / v.gbps, 3)
+    out["ratio_routing"] = round(w.gbps / r.gbps, 3)
+    out["bar_ratio_vxlan"] = BAR
+    out["meets_bar"] = w.gbps >= BAR * v.gbps
+    out["order"] = list(results)
+    return out
+
+
+def render(results: dict[str, Result]) -> str:
+    weave = results["weave-py"]
+    lines = [
+        f"{'case':<10} {'throughput':>12} {'ratio(weave/x)':>15} {'rtt(avg)':>10} "
+        f"{'retr':>7} {'mtu':>5}"
+    ]
+    for res in results.values():
+        ratio = "-" if res is weave else f"{weave.gbps / res.gbps:.2f}"
+        lines.append(
+            f"{res.case:<10} {res.gbps:>7.2f} Gb/s {ratio:>15} {res.rtt_us:>7.0f} µs "
+            f"{res.retransmits:>7} {res.mtu:>5}"
+        )
+    return "\n".join(lines)
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+MAIN_PID = os.getpid()
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    """Unwind (running every ``finally``) in our process only: pyroute2 forks helpers that
+    inherit this handler (and are ended with SIGTERM); they must just die."""
+    if os.getpid() != MAIN_PID:
+        os._exit(128 + signum)
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.dataplane", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument("--seconds", type=int, default=10, help="iperf3 duration per case (10)")
+    ap.add_argument("--name", default=None, help="unique part of names, 1-9 of [a-z0-9]")
+    ap.add_argument("--quick", action="store_true", help="short run (2 s, 20 pings): smoke test")
+    args = ap.parse_args(argv)
+    args.name = args.name or "b" + secrets.token_hex(2)
+    if not NAME.match(args.name):
+        ap.error(f"--name {args.name!r}: use 1-9 lowercase letters and digits")
+    if args.quick:
+        args.seconds = 2
+    if args.seconds < 1:
+        ap.error("--seconds must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    pings = 20 if args.quick else 50
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _on_signal)
+    log(f"run wp{args.name}: {args.seconds}s per case, order weave-py, vxlan, routing")
+    try:
+        results = {"weave-py": run_weave(args.name, args.seconds, pings)}
+        for mode in ("vxlan", "routing"):
+            results[mode] = run_baseline(args.name, mode, args.seconds, pings)
+    except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
+        log(f"failed: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted; everything removed")
+        return 130
+    print(render(results))
+    print(f"bar: weave-py >= {BAR} x kernel VXLAN")
+    print(json.dumps(summary(results, args.name, args.seconds)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

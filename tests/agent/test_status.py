@@ -1,0 +1,312 @@
+"""Status views rendered from one hand-built snapshot, and the HTTP API's routing."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent import status
+from agent.api import Api
+
+SNAPSHOT: dict[str, Any] = {
+    "version": "0.1.0",
+    "ready": True,
+    "uptime_seconds": 12.5,
+    "router": {
+        "name": "aa:bb:cc:dd:ee:01",
+        "nickname": "node-1",
+        "uid": "1f2e3d",
+        "port": 6783,
+        "mtu": 1376,
+        "underlay_mtu": 1440,
+        "offload": "tso+csum",
+        "super_packets": "udp-gso",
+    },
+    "ipam": {"range": "10.32.0.0/12", "blocks": ["10.32.1.0/24"]},
+    "peers": [
+        {
+            "name": "aa:bb:cc:dd:ee:02",
+            "nickname": "node-2",
+            "address": "192.168.48.12:6783",
+            "blocks": ["10.32.2.0/24"],
+            "state": "established",
+            "rtt_ms": 0.412,
+            "mtu": 1376,
+            "tx_packets": 10,
+            "tx_bytes": 123456,
+            "rx_packets": 7,
+            "rx_bytes": 900,
+            "drops": {"too_big": 2},
+        },
+        {
+            "name": "aa:bb:cc:dd:ee:03",
+            "nickname": "node-3",
+            "address": "10.51.34.219:6783",
+            "blocks": ["10.32.3.0/24", "10.32.30.0/24"],
+            "state": "pending",
+            "rtt_ms": None,
+            "mtu": 1376,
+            "tx_packets": 0,
+            "tx_bytes": 0,
+            "rx_packets": 0,
+            "rx_bytes": 0,
+            "drops": {},
+        },
+        {
+            "name": "aa:bb:cc:dd:ee:04",
+            "nickname": "node-4",
+            "address": "255.255.255.255:65535",
+            "blocks": ["10.32.4.0/24"],
+            "state": "established",
+            "rtt_ms": 1.0,
+            "mtu": 1300,
+            "tx_packets": 1,
+            "tx_bytes": 5 * 1024 * 1024,
+            "rx_packets": 2,
+            "rx_bytes": 3 * 1024**3,
+            "drops": {"no_route": 1, "heartbeat": 4},
+        },
+    ],
+    "drops": {"unknown_peer": 3, "too_big": 2},
+    "routes": [
+        {"destination": "10.32.2.0/24", "device": "weave-tun"},
+        {"destination": "10.32.3.0/24", "device": "weave-tun"},
+        {"destination": "10.32.30.0/24", "device": "weave-tun"},
+        {"destination": "10.32.9.0/24", "device": "weave-tun"},
+    ],
+}
+
+
+def snap(**changes: Any) -> dict[str, Any]:
+    s = copy.deepcopy(SNAPSHOT)
+    s.update(changes)
+    return s
+
+
+def weave_sample(title: str) -> list[str]:
+    """The fenced example under ``title`` in WEAVE.md (Weave's own output), when available."""
+    path = Path("/work/shared/WEAVE.md")
+    if not path.exists():
+        pytest.skip("WEAVE.md not available")
+    text = path.read_text()
+    block = text.split(title, 1)[1].split("```", 2)[1]
+    return [line for line in block.splitlines() if line]
+
+
+# -- weave-py status ---------------------------------------------------------------------------
+
+
+def test_status_labels_right_aligned() -> None:
+    out = status.render_status(SNAPSHOT)
+    assert out.endswith("\n")
+    lines = out.splitlines()
+    filled = [line for line in lines if line]
+    assert all(line.index(":") == 15 for line in filled), out
+    assert all(re.match(r"^ *[A-Za-z]+: \S", line) for line in filled), out
+    rows = {}
+    for line in filled:
+        key, value = line.split(": ", 1)
+        rows.setdefault(key.strip(), value)
+    assert rows["Version"] == "weave-py 0.1.0"
+    assert rows["Name"] == "aa:bb:cc:dd:ee:01(node-1)"
+    assert rows["Connections"] == "3 (2 established, 1 pending)"
+    assert rows["Peers"] == "4"
+    assert rows["Targets"] == "3"
+    assert rows["Range"] == "10.32.0.0/12"
+    assert rows["Blocks"] == "10.32.1.0/24"
+    assert rows["Status"] == "ready"
+    assert "1376" in out and "1440" in out  # overlay and underlay MTU both shown
+    assert "tso+csum" in out  # the offload mode is visible
+    # Two services, each introduced by a blank line, as Weave prints them.
+    services = [line.split(": ")[1] for line in lines if line.strip().startswith("Service:")]
+    assert services == ["router", "ipam"]
+    assert lines[lines.index("        Service: ipam") - 1] == ""
+
+
+def test_status_alignment_matches_weave() -> None:
+    sample = weave_sample("## `weave status`")
+    ours = status.render_status(SNAPSHOT).splitlines()
+    weave_version = next(line for line in sample if "Version:" in line)
+    our_version = next(line for line in ours if "Version:" in line)
+    assert weave_version.index(":") == our_version.index(":")
+
+
+def test_status_without_peers_and_not_ready() -> None:
+    out = status.render_status(
+        snap(peers=[], ready=False, ipam={"range": "10.0.0.0/8", "blocks": []})
+    )
+    assert "    Connections: 0\n" in out
+    assert "          Peers: 1\n" in out
+    assert "         Status: idle\n" in out
+    assert "         Blocks: none\n" in out
+
+
+# -- weave-py status connections -------------------------------------------------------------
+
+
+def test_connections_layout() -> None:
+    lines = status.render_connections(SNAPSHOT).splitlines()
+    assert lines == [
+        "-> 192.168.48.12:6783    established sleeve aa:bb:cc:dd:ee:02(node-2) mtu=1376",
+        "-> 10.51.34.219:6783     pending",
+        "-> 255.255.255.255:65535 established sleeve aa:bb:cc:dd:ee:04(node-4) mtu=1300",
+    ]
+    for line, peer in zip(lines, SNAPSHOT["peers"], strict=True):
+        assert line[:3] == "-> "
+        assert line[3:24] == peer["address"].ljust(21)  # address, 21 wide
+        assert line[25:36].rstrip() == peer["state"]  # state, 11 wide
+
+
+def test_connections_columns_match_weave() -> None:
+    sample = weave_sample("## `weave status connections`")
+    ours = status.render_connections(SNAPSHOT).splitlines()
+    weave_line = next(line for line in sample if " established " in line)
+    assert weave_line.index("established") == ours[0].index("established") == 25
+    assert weave_line.index("established") + 12 == ours[0].index("sleeve")
+
+
+def test_connections_empty() -> None:
+    assert status.render_connections(snap(peers=[])) == ""
+
+
+# -- weave-py status routes / peers ----------------------------------------------------------
+
+
+def test_routes_map_blocks_to_owners() -> None:
+    lines = status.render_routes(SNAPSHOT).splitlines()
+    assert lines[0].split() == ["DESTINATION", "VIA", "PEER"]
+    table = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert table == {
+        "10.32.2.0/24": ["weave-tun", "aa:bb:cc:dd:ee:02(node-2)"],
+        "10.32.3.0/24": ["weave-tun", "aa:bb:cc:dd:ee:03(node-3)"],
+        "10.32.30.0/24": ["weave-tun", "aa:bb:cc:dd:ee:03(node-3)"],  # second block, same peer
+        "10.32.9.0/24": ["weave-tun", "-"],  # nobody owns it (yet)
+    }
+    assert len({line.index("weave-tun") for line in lines[1:]}) == 1  # one column
+
+
+def test_peers_table() -> None:
+    lines = status.render_peers(SNAPSHOT).splitlines()
+    assert lines[0].split() == ["PEER", "ADDRESS", "STATE", "RTT", "TX", "RX", "DROPS"]
+    node2 = next(line for line in lines if "node-2" in line)
+    assert node2.split() == [
+        "aa:bb:cc:dd:ee:02(node-2)",
+        "192.168.48.12:6783",
+        "established",
+        "0.41ms",
+        "10p/120.6KiB",
+        "7p/900B",
+        "too_big=2",
+    ]
+    node3 = next(line for line in lines if "node-3" in line)
+    assert node3.split()[3:] == ["-", "0p/0B", "0p/0B", "0"]
+    node4 = next(line for line in lines if "node-4" in line)
+    assert node4.split()[4:] == ["1p/5.0MiB", "2p/3.0GiB", "heartbeat=4,no_route=1"]
+    assert lines[-1] == "drops (all peers): too_big=2,unknown_peer=3"
+    # Columns line up under the header.
+    for line in (node2, node3, node4):
+        assert line[29:50].strip() in {p["address"] for p in SNAPSHOT["peers"]}
+
+
+# -- HTTP API --------------------------------------------------------------------------------
+
+
+def api(s: dict[str, Any] | None = None, metrics_only: bool = False) -> Api:
+    return Api(lambda: s if s is not None else SNAPSHOT, metrics_only=metrics_only)
+
+
+def test_healthz_needs_no_snapshot() -> None:
+    def broken() -> dict[str, Any]:
+        raise AssertionError("liveness must not depend on the snapshot")
+
+    assert Api(broken).respond("GET", "/healthz") == (200, "text/plain", "ok\n")
+
+
+def test_status_ready_and_not_ready() -> None:
+    code, ctype, body = api().respond("GET", "/status")
+    assert (code, ctype) == (200, "text/plain")
+    assert body == status.render_status(SNAPSHOT)
+    code, _, body = api(snap(ready=False)).respond("GET", "/status")
+    assert code == 503
+    assert "Status: idle" in body
+
+
+def test_report_is_the_snapshot_as_json() -> None:
+    code, ctype, body = api().respond("GET", "/report")
+    assert (code, ctype) == (200, "application/json")
+    assert json.loads(body) == SNAPSHOT
+
+
+@pytest.mark.parametrize(
+    ("path", "view"),
+    [
+        ("/status/peers", status.render_peers),
+        ("/status/connections", status.render_connections),
+        ("/status/routes", status.render_routes),
+        ("/status/peers/", status.render_peers),
+        ("/status/connections?verbose=1", status.render_connections),
+        ("/status?x", status.render_status),
+    ],
+)
+def test_status_views(path: str, view: Any) -> None:
+    assert api().respond("GET", path) == (200, "text/plain", view(SNAPSHOT))
+
+
+def test_metrics() -> None:
+    code, ctype, body = api().respond("GET", "/metrics")
+    assert code == 200 and ctype.startswith("text/plain")
+    assert "weave_connections" in body and "weave_py_peer_tx_bytes" in body
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+    }
+    for state, count in (("established", 2), ("pending", 1)):
+        labels = (("encryption", "no"), ("state", state), ("type", "sleeve"))
+        assert samples[("weave_connections", labels)] == count
+    node2 = (("nickname", "node-2"), ("peer", "aa:bb:cc:dd:ee:02"))
+    assert samples[("weave_py_peer_tx_bytes_total", node2)] == 123456
+    assert samples[("weave_py_peer_rx_packets_total", node2)] == 7
+    assert samples[("weave_py_peer_established", node2)] == 1
+    assert samples[("weave_py_peer_rtt_seconds", node2)] == pytest.approx(0.000412)
+    node3 = (("nickname", "node-3"), ("peer", "aa:bb:cc:dd:ee:03"))
+    assert samples[("weave_py_peer_established", node3)] == 0
+    assert ("weave_py_peer_rtt_seconds", node3) not in samples  # no answer yet, no RTT
+    assert samples[("weave_py_peer_drops_total", (*node2, ("reason", "too_big")))] == 2
+    assert samples[("weave_py_drops_total", (("reason", "unknown_peer"),))] == 3
+
+
+def test_metrics_reflect_the_snapshot_at_scrape_time() -> None:
+    current = snap()
+    a = Api(lambda: current)
+    current["peers"][0]["tx_bytes"] = 999
+    assert (
+        'weave_py_peer_tx_bytes_total{nickname="node-2",peer="aa:bb:cc:dd:ee:02"} 999.0'
+        in (a.respond("GET", "/metrics")[2])
+    )
+
+
+@pytest.mark.parametrize("path", ["/", "/nope", "/status/bogus", "/statusx", "/report/extra"])
+def test_not_found(path: str) -> None:
+    code, _, body = api().respond("GET", path)
+    assert code == 404
+    assert "no such endpoint" in body
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "HEAD"])
+def test_method_not_allowed(method: str) -> None:
+    assert api().respond(method, "/status")[0] == 405
+    assert api().respond(method, "/metrics")[0] == 405
+
+
+def test_metrics_only_listener() -> None:
+    public = api(metrics_only=True)
+    assert public.respond("GET", "/metrics")[0] == 200
+    for path in ("/status", "/report", "/healthz", "/status/peers"):
+        assert public.respond("GET", path)[0] == 404
