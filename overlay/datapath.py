@@ -82,6 +82,7 @@ class Datapath:
         self._udp_view = memoryview(self._udp_buf)
         self._header = bytearray(HEADER_SIZE)
         self._trains: dict[int, tuple[bytearray, list[memoryview]]] = {}
+        self._tail_cache: dict[int, list[tuple[int, ...]]] = {}
         self._gso_cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", self.segment))]
         self._wake = asyncio.Event()
 
@@ -314,15 +315,9 @@ class Datapath:
         stop = start + (count - 1) * stride
         if stop >= n:
             return start  # the train continues in a later read: the general path copies
-        for k, at in enumerate(range(start + stride, stop + 1, stride), 1):
-            if CHUNK_TAIL.unpack_from(buf, at) != (
-                frame.VERSION,
-                MessageType.DATA_CHUNK,
-                0,
-                k * step,
-                0,
-            ):
-                return start
+        unpack, tails = CHUNK_TAIL.unpack_from, self._tails(step)
+        if [unpack(buf, at) for at in range(start + stride, stop + 1, stride)] != tails[1:count]:
+            return start
         end = stop + CHUNK_OVERHEAD + total - (count - 1) * step
         if end > n or (end < n and end != stop + stride):
             return start
@@ -343,6 +338,16 @@ class Datapath:
             peer.counters.rx_packets += 1
             peer.counters.rx_bytes += total - RECORD_SIZE - VNET_HEADER_SIZE
         return end
+
+    def _tails(self, step: int) -> list[tuple[int, ...]]:
+        """What CHUNK_TAIL reads from chunk k of a train with ``step`` data bytes per chunk."""
+        found = self._tail_cache.get(step)
+        if found is None:
+            found = self._tail_cache[step] = [
+                (frame.VERSION, MessageType.DATA_CHUNK, 0, k * step, 0)
+                for k in range(-(-frame.MAX_BODY // step) + 1)
+            ]
+        return found
 
     def _receive(self, data: memoryview, addr: tuple[str, int]) -> None:
         sleeve = self.sleeve
