@@ -20,6 +20,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
+from agent.lab.lab import wire_node
 from agent.lab.plan import LabPlan
 from overlay import netlink
 from overlay.netlink import Netlink, Route
@@ -87,15 +88,9 @@ def build(b: Baseline) -> None:
 def _add_node(b: Baseline, ul: Netlink, i: int) -> None:
     p = b.plan
     ns = p.node_ns(i)
-    netlink.ensure_netns(ns)
-    outer, inner = p.node_uplink(i)
-    ul.ensure_veth(outer, inner, ns)
-    ul.set_link(outer, master=p.underlay_bridge, up=True)
+    wire_node(p, ul, i)
     netlink.run_in_netns(ns, netlink.ensure_sysctl, "net.ipv4.ip_forward", "1")
     with Netlink(ns) as nl:
-        nl.set_link("lo", up=True)
-        nl.set_link(inner, up=True)
-        nl.ensure_address(inner, p.node_address(i))
         nl.ensure_bridge(p.bridge)
         nl.ensure_address(p.bridge, b.gateway(i))
         nl.set_link(p.bridge, up=True)

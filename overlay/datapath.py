@@ -134,7 +134,6 @@ class Datapath:
             log.exception("drain udp: internal error")
 
     def _drain_tun(self) -> None:
-        sleeve, buf, view = self.sleeve, self._tun_buf, self._tun_view
         batches: dict[int, tuple[PeerState, bytearray]] = {}
         for _ in range(DRAIN_BUDGET):
             try:
@@ -142,58 +141,72 @@ class Datapath:
             except BlockingIOError:
                 break
             except OSError as exc:
-                sleeve.drop("tun_read_" + errno.errorcode.get(exc.errno or 0, "error"))
+                self.sleeve.drop("tun_read_" + errno.errorcode.get(exc.errno or 0, "error"))
                 break
-            if n < VNET_HEADER_SIZE + 20 or buf[IP] >> 4 != 4:
-                sleeve.drop("tun_not_ipv4")
-                continue
-            peer = sleeve.peer_for(IPV4_DST.unpack_from(buf, IP + 16)[0])
-            if peer is None:
-                sleeve.drop("no_route")
-                continue
-            size = n - VNET_HEADER_SIZE
-            if size > peer.mtu and buf[VNET + 1] == 0 and buf[IP + 6] & DF:
-                self._too_big(view[IP : VNET + n], peer)  # DF, no GSO: it cannot fit
-                continue
-            if size > frame.MAX_PACKET:
-                sleeve.drop("too_large", peer)
-                continue
-            counters = peer.counters
-            counters.tx_packets += 1
-            counters.tx_bytes += size
-            RECORD.pack_into(buf, 0, size)
-            body = view[: RECORD_SIZE + n]
-            entry = batches.get(peer.peer_id)
-            if size <= SMALL_PACKET:
-                if entry is None:
-                    entry = batches[peer.peer_id] = (peer, bytearray(HEADER_SIZE))
-                batch = entry[1]
-                if len(batch) + len(body) > self.segment:
-                    self._send_batch(peer, batch)
-                    del batch[HEADER_SIZE:]
-                batch += body
-                continue
-            if entry is not None and len(entry[1]) > HEADER_SIZE:
-                self._send_batch(peer, entry[1])  # keep the peer's packets in order
-                del entry[1][HEADER_SIZE:]
-            if HEADER_SIZE + len(body) > self.segment and self.udp_gso:
-                self._send_chunks(peer, len(body))
-                continue
-            header = self._header
-            HEADER.pack_into(
-                header, 0, frame.VERSION, MessageType.DATA, 0, frame.DEFAULT_HOPS,
-                len(body), sleeve.local_id, peer.peer_id,
-            )  # fmt: skip
-            self._send((header, body), peer.spec.address, peer)
+            peer = self._outbound_peer(n)
+            if peer is not None:
+                self._forward(peer, n, batches)
         for peer, batch in batches.values():
             if len(batch) > HEADER_SIZE:
                 self._send_batch(peer, batch)
 
+    def _outbound_peer(self, n: int) -> PeerState | None:
+        """The peer for the ``n``-byte read in the TUN buffer; None when it is dropped."""
+        sleeve, buf = self.sleeve, self._tun_buf
+        if n < VNET_HEADER_SIZE + 20 or buf[IP] >> 4 != 4:
+            sleeve.drop("tun_not_ipv4")
+            return None
+        peer = sleeve.peer_for(IPV4_DST.unpack_from(buf, IP + 16)[0])
+        if peer is None:
+            sleeve.drop("no_route")
+            return None
+        size = n - VNET_HEADER_SIZE
+        if size > peer.mtu and buf[VNET + 1] == 0 and buf[IP + 6] & DF:
+            self._too_big(self._tun_view[IP : VNET + n], peer)  # DF, no GSO: it cannot fit
+            return None
+        if size > frame.MAX_PACKET:
+            sleeve.drop("too_large", peer)
+            return None
+        return peer
+
+    def _forward(
+        self, peer: PeerState, n: int, batches: dict[int, tuple[PeerState, bytearray]]
+    ) -> None:
+        """Frame the read as one record: batched if small, else alone or as a GSO train."""
+        size = n - VNET_HEADER_SIZE
+        counters = peer.counters
+        counters.tx_packets += 1
+        counters.tx_bytes += size
+        RECORD.pack_into(self._tun_buf, 0, size)
+        body = self._tun_view[: RECORD_SIZE + n]
+        entry = batches.get(peer.peer_id)
+        if size <= SMALL_PACKET:
+            if entry is None:
+                entry = batches[peer.peer_id] = (peer, bytearray(HEADER_SIZE))
+            batch = entry[1]
+            if len(batch) + len(body) > self.segment:
+                self._send_batch(peer, batch)
+            batch += body
+            return
+        if entry is not None and len(entry[1]) > HEADER_SIZE:
+            self._send_batch(peer, entry[1])  # keep the peer's packets in order
+        if HEADER_SIZE + len(body) > self.segment and self.udp_gso:
+            self._send_chunks(peer, len(body))
+            return
+        header = self._header
+        HEADER.pack_into(
+            header, 0, frame.VERSION, MessageType.DATA, 0, frame.DEFAULT_HOPS,
+            len(body), self.sleeve.local_id, peer.peer_id,
+        )  # fmt: skip
+        self._send((header, body), peer.spec.address, peer)
+
     def _send_batch(self, peer: PeerState, batch: bytearray) -> None:
+        """Send and empty a peer's batch (its header is rewritten for the current length)."""
         frame.encode_header(
             batch, MessageType.DATA, len(batch) - HEADER_SIZE, self.sleeve.local_id, peer.peer_id
         )
         self._send((batch,), peer.spec.address, peer)
+        del batch[HEADER_SIZE:]
 
     def _send_chunks(self, peer: PeerState, total: int) -> None:
         """The DATA body at the start of the TUN buffer as a train of DATA_CHUNK frames: one

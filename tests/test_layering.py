@@ -61,25 +61,24 @@ def test_packages_exist() -> None:
         assert modules(package), f"no modules found under {package}/"
 
 
-@pytest.mark.parametrize("package", sorted(FORBIDDEN))
-def test_layering(package: str) -> None:
-    bad = [
+def imports_of(package: str, forbidden: set[str]) -> list[str]:
+    return [
         f"{path.relative_to(ROOT)} imports {name}"
         for path in modules(package)
         for name in sorted(imported(path))
-        if top(name) in FORBIDDEN[package]
+        if top(name) in forbidden
     ]
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_layering(package: str) -> None:
+    bad = imports_of(package, set(FORBIDDEN[package]))
     assert not bad, "layering violated:\n" + "\n".join(bad)
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_no_scapy_outside_tests(package: str) -> None:
-    bad = [
-        f"{path.relative_to(ROOT)} imports {name}"
-        for path in modules(package)
-        for name in sorted(imported(path))
-        if top(name) == "scapy"
-    ]
+    bad = imports_of(package, {"scapy"})
     assert not bad, "scapy is for tests only:\n" + "\n".join(bad)
 
 

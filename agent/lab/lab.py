@@ -58,17 +58,8 @@ class Lab:
             self.add_pod(i, j)
 
     def _add_node(self, ul: Netlink, i: int) -> None:
-        p = self.plan
-        ns = p.node_ns(i)
-        netlink.ensure_netns(ns)
-        outer, inner = p.node_uplink(i)
-        ul.ensure_veth(outer, inner, ns)
-        ul.set_link(outer, master=p.underlay_bridge, up=True)
-        with Netlink(ns) as nl:
-            nl.set_link("lo", up=True)
-            nl.set_link(inner, up=True)
-            nl.ensure_address(inner, p.node_address(i))
-        os.makedirs(p.node_dir(i), exist_ok=True)
+        wire_node(self.plan, ul, i)
+        os.makedirs(self.plan.node_dir(i), exist_ok=True)
 
     def agent_command(self, i: int) -> list[str]:
         p = self.plan
@@ -211,6 +202,19 @@ class Lab:
         with open(tmp, "w") as f:
             json.dump(state, f)
         os.replace(tmp, f"{p.directory}/lab.json")
+
+
+def wire_node(plan: LabPlan, ul: Netlink, i: int) -> None:
+    """Node i's namespace, plugged into the underlay bridge with its address (no agent)."""
+    ns = plan.node_ns(i)
+    netlink.ensure_netns(ns)
+    outer, inner = plan.node_uplink(i)
+    ul.ensure_veth(outer, inner, ns)
+    ul.set_link(outer, master=plan.underlay_bridge, up=True)
+    with Netlink(ns) as nl:
+        nl.set_link("lo", up=True)
+        nl.set_link(inner, up=True)
+        nl.ensure_address(inner, plan.node_address(i))
 
 
 def _load(directory: str) -> dict[str, Any]:
