@@ -275,6 +275,7 @@ class Agent:
             "ipam": {"range": str(self.config.ipalloc_range), "blocks": [str(self.block)]},
             "peers": peers,
             "drops": dict(sleeve.drops) if sleeve else {},
+            "super_packets_received": dict(sleeve.paths) if sleeve else {},
             "routes": self.routes,
         }
 

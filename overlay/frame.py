@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 VERSION = 1
 HEADER = struct.Struct("!BBBBIQQ")
@@ -83,8 +83,7 @@ class DecodeError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(NamedTuple):  # a tuple: built per datagram, so it must be cheap
     type: int
     flags: int
     hops: int

@@ -93,6 +93,7 @@ class Sleeve:
         self.timeout = timeout
         self.peers: dict[int, PeerState] = {}
         self.drops: Counter[str] = Counter()
+        self.paths: Counter[str] = Counter()  # how received super-packets were handled
         self.reassembler = Reassembler(drops=self.drops)
         self._rng = rng or random.Random()
         self._outbox: list[tuple[bytes, Address]] = []
