@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--nodes", type=int, default=3)
     up.add_argument("--pods", type=int, default=2, help="pods per node")
     up.add_argument("--dir", help="lab directory (logs, sockets); default /tmp/weave-py-lab/NAME")
+    up.add_argument(
+        "--gossip", action="store_true", help="agents know one seed each instead of every peer"
+    )
     up.set_defaults(func=cmd_lab_up)
     down = labsub.add_parser("down", help="remove everything the lab made")
     down.add_argument("--name", default="lab")
@@ -130,7 +133,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_lab_up(args: argparse.Namespace) -> int:
     from agent.lab import run
 
-    return run.up(args.name, args.nodes, args.pods, args.dir)
+    return run.up(args.name, args.nodes, args.pods, args.dir, args.gossip)
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:

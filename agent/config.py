@@ -74,6 +74,28 @@ class Config:
         "spaces or ';' in the variable.",
         default_factory=tuple,
     )
+    seeds: tuple[str, ...] = _setting(
+        "KUBE_PEERS",
+        "--seed",
+        "Gossip mode: addresses (HOST or HOST:PORT) of one or more other nodes to join through; "
+        "the rest are found by gossip. Repeat the flag, or separate with spaces in the "
+        "variable (as Weave's KUBE_PEERS). Used when no static peers are given.",
+        default_factory=tuple,
+    )
+    advertise_address: str = _setting(
+        "WEAVE_ADVERTISE_ADDR",
+        "--advertise-address",
+        "Gossip mode: this node's address as other nodes reach it (control and sleeve). "
+        "Default: the address of the interface that routes to the first seed.",
+        "",
+    )
+    conn_limit: int = _setting(
+        "CONN_LIMIT",
+        "--conn-limit",
+        "Gossip mode: most control connections this node holds. It dials about 2 log2(N) of "
+        "them; data paths do not depend on them.",
+        100,
+    )
     mtu: int | None = _setting(
         "WEAVE_MTU",
         "--mtu",
@@ -209,6 +231,20 @@ def _parse_peers(value: Any) -> tuple[StaticPeer, ...]:
     return tuple(out)
 
 
+def _parse_seeds(value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list | tuple) else re.split(r"[;,\s]+", str(value))
+    out = []
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        host, _, port = item.partition(":")
+        ipaddress.IPv4Address(host)
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError(f"{item!r} has a bad port")
+        out.append(item)
+    return tuple(out)
+
+
 def _parse_int(value: Any) -> int:
     """Whole numbers only: TOML's true/false and 6783.9 are errors, not 1 and 6783."""
     if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
@@ -227,6 +263,8 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "pod_block": _optional(ipaddress.IPv4Network),
     "peers": _parse_peers,
     "mtu": _optional(_parse_int),
+    "seeds": lambda v: _parse_seeds(v),
+    "conn_limit": _parse_int,
     "port": _parse_int,
     "offload": lambda v: v if isinstance(v, bool) else _parse_bool(str(v)),
     "udp_gso": lambda v: v if isinstance(v, bool) else _parse_bool(str(v)),
@@ -244,7 +282,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TOML file with settings (keys are field names)")
     for f in fields(Config):
         meta = f.metadata
-        action = "append" if f.name == "peers" else "store"
+        action = "append" if f.name in ("peers", "seeds") else "store"
         parser.add_argument(meta["flag"], dest=f.name, action=action, help=meta["doc"])
 
 
@@ -288,7 +326,7 @@ def _read_file(path: str) -> dict[str, tuple[str, Any]]:
 
 
 def _convert(name: str, source: str, value: Any) -> Any:
-    if isinstance(value, list) and name != "peers":
+    if isinstance(value, list) and name not in ("peers", "seeds"):
         value = value[-1]
     try:
         return PARSERS.get(name, str)(value)
@@ -326,6 +364,13 @@ def validate(c: Config) -> None:
         raise bad("heartbeat_slow_interval", c.heartbeat_slow_interval, "must be >= interval > 0")
     if c.heartbeat_timeout <= c.heartbeat_slow_interval:
         raise bad("heartbeat_timeout", c.heartbeat_timeout, "must exceed the slow interval")
+    if c.conn_limit < 1:
+        raise bad("conn_limit", c.conn_limit, "must be at least 1")
+    if c.advertise_address:
+        try:
+            ipaddress.IPv4Address(c.advertise_address)
+        except ValueError:
+            raise bad("advertise_address", c.advertise_address, "is not an IPv4 address") from None
     if c.reconcile_interval <= 0:
         raise bad("reconcile_interval", c.reconcile_interval, "must be > 0 seconds")
     if c.socket_buffer < 65536:

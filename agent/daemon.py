@@ -21,9 +21,10 @@ from typing import Any, TypeVar
 
 from agent import __version__
 from agent.api import Api
+from agent.cluster import Cluster
 from agent.config import Config, split_hostport
 from agent.status import Snapshot
-from gossip.identity import Identity, name_for, new_identity, peer_id
+from gossip.identity import Identity, load_or_create, name_for, new_identity, peer_id
 from overlay import frame, node, udp
 from overlay.datapath import Datapath
 from overlay.netlink import Netlink
@@ -37,9 +38,20 @@ T = TypeVar("T")
 
 def peer_specs(config: Config) -> list[PeerSpec]:
     return [
-        PeerSpec(peer_id(name_for(p.name)), p.name, (p.host, p.port), p.blocks)
+        PeerSpec(
+            peer_id(name_for(p.name)),
+            p.name,
+            (p.host, p.port),
+            p.blocks,
+            peer_name=name_for(p.name),
+        )
         for p in config.peers
     ]
+
+
+def first_hosts(config: Config) -> list[str]:
+    """Addresses of other nodes we were told about (static peers, then seeds)."""
+    return [p.host for p in config.peers] + [s.partition(":")[0] for s in config.seeds]
 
 
 def gateway_of(block: ipaddress.IPv4Network) -> ipaddress.IPv4Interface:
@@ -48,11 +60,23 @@ def gateway_of(block: ipaddress.IPv4Network) -> ipaddress.IPv4Interface:
 
 def detect_underlay_mtu(nl: Netlink, config: Config) -> int:
     """MTU of the interface that carries traffic to the first peer (1500 when unknown)."""
-    for peer in config.peers:
-        link = nl.route_device(ipaddress.IPv4Address(peer.host))
+    for host in first_hosts(config):
+        link = nl.route_device(ipaddress.IPv4Address(host))
         if link is not None and link.mtu:
             return link.mtu
     return DEFAULT_UNDERLAY_MTU
+
+
+def detect_advertise_address(nl: Netlink, config: Config) -> str:
+    """The address of the interface that routes to the first seed (gossip mode)."""
+    if config.advertise_address:
+        return config.advertise_address
+    for host in first_hosts(config):
+        link = nl.route_device(ipaddress.IPv4Address(host))
+        if link is not None:
+            for address in nl.list_addresses(link.name):
+                return str(address.ip)
+    raise ValueError("advertise_address is not set and no seed route shows which address to use")
 
 
 class Agent:
@@ -60,7 +84,14 @@ class Agent:
         if config.pod_block is None:
             raise ValueError("pod_block is required (static block assignment)")
         self.config = config
-        self.identity: Identity = new_identity(config.node_name)
+        self.gossip = not config.peers
+        self.identity: Identity = (
+            load_or_create(config.state_dir, config.node_name)
+            if self.gossip
+            else new_identity(config.node_name)
+        )
+        self.cluster: Cluster | None = None
+        self.advertise = ""
         self.block = config.pod_block
         # pyroute2's synchronous API runs an event loop of its own, so every netlink call runs
         # on one worker thread (created after the agent entered its namespace).
@@ -79,7 +110,10 @@ class Agent:
     # -- node setup --------------------------------------------------------------------------
 
     def node_spec(self) -> node.NodeSpec:
-        remote = frozenset(b for p in self.config.peers for b in p.blocks)
+        if self.sleeve is not None:
+            remote = frozenset(b for p in self.sleeve.peers.values() for b in p.spec.blocks)
+        else:
+            remote = frozenset(b for p in self.config.peers for b in p.blocks)
         return node.NodeSpec(
             bridge=self.config.bridge,
             tun=self.config.tun,
@@ -98,6 +132,8 @@ class Agent:
         self.nl = Netlink()
         self.underlay_mtu = detect_underlay_mtu(self.nl, c)
         self.mtu = c.mtu or self.underlay_mtu - frame.OVERHEAD
+        if self.gossip:
+            self.advertise = detect_advertise_address(self.nl, c)
         self.tun = open_tun(c.tun, offload=c.offload)
         log.info("open tun: %s offload=%s", c.tun, self.tun.offload)
         spec = self.node_spec()
@@ -127,6 +163,8 @@ class Agent:
             timeout=c.heartbeat_timeout,
         )
         self.sleeve.set_peers(peer_specs(c), time.monotonic())
+        if self.gossip:
+            self.cluster = Cluster(c, self.identity, self.block, self.advertise)
         self.datapath = Datapath(
             self.sleeve, self.tun.fd, self.sock, self.underlay_mtu, self._event, c.udp_gso
         )
@@ -143,7 +181,7 @@ class Agent:
 
     def _event(self, event: PeerEvent) -> None:
         p = event.peer
-        where = f"sleeve ->[{p.address[0]}:{p.address[1]}|{name_for(p.name)}({p.name})]"
+        where = f"sleeve ->[{p.address[0]}:{p.address[1]}|{p.peer_name}({p.name})]"
         if event.kind == "established":
             log.info("%s: data path established (%s), mtu=%d", where, event.detail, self.mtu)
         elif event.kind == "lost":
@@ -172,7 +210,13 @@ class Agent:
                     tasks.create_task(self.datapath.run(), name="datapath")
                     tasks.create_task(self._reconcile_loop(), name="reconcile")
                     tasks.create_task(self._peer_table_loop(), name="peer-table")
+                    if self.cluster is not None:
+                        tasks.create_task(self.cluster.driver.run(), name="mesh")
+                        tasks.create_task(self._follow_cluster(), name="follow-mesh")
                     await stop.wait()
+                    if self.cluster is not None:
+                        self.cluster.driver.leave()
+                        await asyncio.sleep(0.2)  # let the goodbyes leave
                     raise _Stop
             except* _Stop:
                 log.info("stop agent: signal received, kernel state kept for restart")
@@ -208,6 +252,28 @@ class Agent:
             if actions:
                 log.warning("reconcile node: repaired drift with %d change(s)", len(actions))
 
+    async def _follow_cluster(self) -> None:
+        """Sleeve peers and kernel routes follow the mesh's routes; our data-plane
+        exceptions go back into our record."""
+        assert self.cluster is not None and self.sleeve is not None
+        cluster, sleeve = self.cluster, self.sleeve
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cluster.changed.wait(), self.config.heartbeat_interval)
+            if cluster.changed.is_set():
+                cluster.changed.clear()
+                before = set(sleeve.peers)
+                sleeve.set_peers(cluster.peer_specs(), time.monotonic())
+                if self.datapath is not None:
+                    self.datapath.poke()
+                actions = await self._netlink(self._reconcile, self.node_spec())
+                if set(sleeve.peers) != before or actions:
+                    log.info("update routes: %d peer(s), %d kernel change(s)",
+                             len(sleeve.peers), len(actions))  # fmt: skip
+            unreachable = sleeve.unreachable(time.monotonic())
+            if tuple(unreachable) != cluster.topology.local.unreachable:
+                cluster.set_unreachable(unreachable)
+
     async def _peer_table_loop(self) -> None:
         """A compact peer table in the log every minute, for ``kubectl logs``."""
         while True:
@@ -242,7 +308,8 @@ class Agent:
                 spec, c = state.spec, state.counters
                 peers.append(
                     {
-                        "name": name_for(spec.name),
+                        "name": spec.peer_name,
+                        "via": None if spec.via is None else f"{spec.via[0]}:{spec.via[1]}",
                         "nickname": spec.name,
                         "address": f"{spec.address[0]}:{spec.address[1]}",
                         "blocks": [str(b) for b in spec.blocks],
@@ -253,6 +320,7 @@ class Agent:
                         "tx_bytes": c.tx_bytes,
                         "rx_packets": c.rx_packets,
                         "rx_bytes": c.rx_bytes,
+                        "relayed": c.relayed,
                         "drops": dict(c.drops),
                     }
                 )

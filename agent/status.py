@@ -43,6 +43,8 @@ def render_connections(s: Snapshot) -> str:
         detail = (
             f"sleeve {p['name']}({p['nickname']}) mtu={p['mtu']}" if state == "established" else ""
         )
+        if p.get("via"):
+            detail = f"{detail} relayed via {p['via']}"
         lines.append(f"-> {p['address']:<21} {state:<11} {detail}".rstrip())
     return "\n".join(lines) + ("\n" if lines else "")
 

@@ -87,6 +87,7 @@ class Datapath:
         self._column_cache: dict[int, list[bytes]] = {}
         self._gso_cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", self.segment))]
         self._wake = asyncio.Event()
+        self._relay_source: tuple[str, int] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -200,14 +201,14 @@ class Datapath:
             header, 0, frame.VERSION, MessageType.DATA, 0, frame.DEFAULT_HOPS,
             len(body), self.sleeve.local_id, peer.peer_id,
         )  # fmt: skip
-        self._send((header, body), peer.spec.address, peer)
+        self._send((header, body), peer.send_to, peer)
 
     def _send_batch(self, peer: PeerState, batch: bytearray) -> None:
         """Send and empty a peer's batch (its header is rewritten for the current length)."""
         frame.encode_header(
             batch, MessageType.DATA, len(batch) - HEADER_SIZE, self.sleeve.local_id, peer.peer_id
         )
-        self._send((batch,), peer.spec.address, peer)
+        self._send((batch,), peer.send_to, peer)
         del batch[HEADER_SIZE:]
 
     def _send_chunks(self, peer: PeerState, total: int) -> None:
@@ -250,7 +251,7 @@ class Datapath:
 
     def _send_gso(self, parts: list[memoryview], peer: PeerState) -> bool:
         try:
-            self.sock.sendmsg(parts, self._gso_cmsg, 0, peer.spec.address)
+            self.sock.sendmsg(parts, self._gso_cmsg, 0, peer.send_to)
         except BlockingIOError:
             self.sleeve.drop("send_buffer_full", peer)
             return False
@@ -374,13 +375,14 @@ class Datapath:
 
     def _receive(self, data: memoryview, addr: tuple[str, int]) -> None:
         sleeve = self.sleeve
+        self._relay_source = addr
         try:
             header = frame.decode_header(data, len(data))
         except frame.DecodeError as exc:
             sleeve.drop(exc.reason)
             return
         if header.destination != sleeve.local_id:
-            sleeve.drop("wrong_destination")
+            self._relay(data, header)
             return
         if header.type not in (MessageType.DATA, MessageType.DATA_CHUNK):
             sleeve.receive_control(data, header, addr, time.monotonic())
@@ -402,6 +404,19 @@ class Datapath:
         if body is not None:
             sleeve.paths["reassembled"] += 1
             self._deliver(memoryview(body), 0, len(body), peer)
+
+    def _relay(self, data: memoryview, header: frame.Header) -> None:
+        """Forward a frame for another peer, unchanged but for one hop less, to its next hop."""
+        target = self.sleeve.peers.get(header.destination)
+        if target is None:
+            self.sleeve.drop("wrong_destination")
+            return
+        if header.hops == 0 or target.send_to == self._relay_source:
+            self.sleeve.drop("relay_loop", target)
+            return
+        data[3] = header.hops - 1
+        target.counters.relayed += 1
+        self._send((data,), target.send_to, target)
 
     def _deliver(self, data: memoryview, start: int, end: int, peer: PeerState) -> None:
         """Write each record of a DATA body to the TUN (IPv4 for a local block only)."""

@@ -33,8 +33,10 @@ class PeerSpec:
 
     peer_id: int
     name: str
-    address: Address
+    address: Address  # the peer's own sleeve endpoint: heartbeats always go here
     blocks: tuple[ipaddress.IPv4Network, ...]
+    via: Address | None = None  # where its data goes when relayed (the next hop's endpoint)
+    peer_name: str = ""  # the mesh name ("aa:bb:..."); ``name`` is the nickname
 
 
 @dataclass
@@ -43,6 +45,7 @@ class PeerCounters:
     tx_bytes: int = 0
     rx_packets: int = 0
     rx_bytes: int = 0
+    relayed: int = 0  # frames for this peer that we forwarded on behalf of another
     drops: Counter[str] = field(default_factory=Counter)
 
 
@@ -59,9 +62,15 @@ class PeerState:
     rtt: float | None = None
     sent_at: dict[int, float] = field(default_factory=dict)
 
+    first_beat_at: float | None = None
+
     @property
     def peer_id(self) -> int:
         return self.spec.peer_id
+
+    @property
+    def send_to(self) -> Address:
+        return self.spec.via or self.spec.address
 
 
 @dataclass(frozen=True)
@@ -220,6 +229,8 @@ class Sleeve:
             if now < peer.next_heartbeat_at:
                 continue
             peer.sequence += 1
+            if peer.first_beat_at is None:
+                peer.first_beat_at = now
             peer.sent_at[peer.sequence] = now
             if len(peer.sent_at) > 64:
                 peer.sent_at.pop(next(iter(peer.sent_at)))
@@ -232,6 +243,16 @@ class Sleeve:
             slow = peer.established and overdue is not None and overdue <= self.slow_interval
             interval = self.slow_interval if slow else self.fast_interval
             peer.next_heartbeat_at = now + interval
+
+    def unreachable(self, now: float) -> list[str]:
+        """Peers whose direct data path has not answered for ``timeout``: the exceptions the
+        mesh gossips so that routes relay around them."""
+        out = []
+        for peer in self.peers.values():
+            last = peer.last_ack_at if peer.last_ack_at is not None else peer.first_beat_at
+            if not peer.established and last is not None and now - last >= self.timeout:
+                out.append(peer.spec.peer_name or peer.spec.name)
+        return sorted(out)
 
     # -- outputs -----------------------------------------------------------------------------
 

@@ -32,9 +32,12 @@ def default_directory(name: str) -> str:
 
 
 class Lab:
-    def __init__(self, plan: LabPlan, agent_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, plan: LabPlan, agent_args: tuple[str, ...] = (), gossip: bool = False
+    ) -> None:
         self.plan = plan
         self.agent_args = agent_args
+        self.gossip = gossip  # agents find each other from one seed each, else static peers
         self.pids: dict[int, int] = {}
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -85,6 +88,12 @@ class Lab:
             "--state-dir",
             f"{p.node_dir(i)}/state",
         ]
+        if self.gossip:
+            seed = i - 1 if i > 1 else 2
+            cmd += ["--advertise-address", str(p.node_address(i).ip)]
+            if seed <= p.nodes:
+                cmd += ["--seed", str(p.node_address(seed).ip)]
+            return cmd + list(self.agent_args)
         for k in range(1, p.nodes + 1):
             if k != i:
                 peer = f"{p.node_name(k)}@{p.node_address(k).ip}=" + str(p.block(k))
@@ -133,7 +142,12 @@ class Lab:
                     )
                 try:
                     snap = self.report(i)
-                    if snap["ready"] and all(x["state"] == "established" for x in snap["peers"]):
+                    peers = snap["peers"]
+                    if (
+                        snap["ready"]
+                        and len(peers) == self.plan.nodes - 1
+                        and all(x["state"] == "established" for x in peers)
+                    ):
                         break
                 except OSError:
                     pass

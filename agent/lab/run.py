@@ -11,13 +11,13 @@ from agent.lab.lab import Lab, default_directory, load_plan
 from agent.lab.plan import LabPlan
 
 
-def up(name: str, nodes: int, pods: int, directory: str | None) -> int:
+def up(name: str, nodes: int, pods: int, directory: str | None, gossip: bool = False) -> int:
     try:
         plan = LabPlan(name, nodes, pods, directory or default_directory(name))
     except ValueError as exc:
         print(f"weave-py lab: {exc}", file=sys.stderr)
         return 2
-    lab = Lab(plan)
+    lab = Lab(plan, gossip=gossip)
     started = time.monotonic()
     try:
         lab.up()

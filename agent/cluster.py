@@ -1,0 +1,82 @@
+"""Gossip mode: the mesh core and its driver, and what this node makes of the topology.
+
+The node publishes its record (endpoints, pod block, data-plane exceptions); every change in
+the routes the mesh computes becomes sleeve peers (direct or via a next hop) and kernel routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import random
+import time
+
+from agent.config import Config
+from gossip.driver import MeshDriver
+from gossip.handshake import Hello
+from gossip.identity import Identity, peer_id
+from gossip.mesh import Mesh, MeshConfig
+from gossip.topology import PeerRecord, Topology
+from overlay.sleeve import PeerSpec
+
+Address = tuple[str, int]
+
+
+def seed_address(seed: str, port: int) -> Address:
+    host, _, given = seed.partition(":")
+    return host, int(given) if given else port
+
+
+class Cluster:
+    def __init__(
+        self, config: Config, identity: Identity, block: ipaddress.IPv4Network, advertise: str
+    ) -> None:
+        endpoint = (advertise, config.port)
+        record = PeerRecord(
+            name=identity.name, nickname=identity.nickname, incarnation=time.time_ns(),
+            version=1, uid=identity.uid, data_endpoint=endpoint, control_endpoint=endpoint,
+            blocks=(str(block),),
+        )  # fmt: skip
+        self.topology = Topology(record)
+        self.mesh = Mesh(
+            self.topology,
+            MeshConfig(conn_limit=config.conn_limit),
+            random.Random(),
+            [seed_address(s, config.port) for s in config.seeds],
+        )
+        hello = Hello(
+            identity.name, identity.nickname, identity.uid, record.incarnation, endpoint, endpoint
+        )
+        self.driver = MeshDriver(self.mesh, hello, (config.bind_address, config.port), self._event)
+        self.changed = asyncio.Event()
+        self.changed.set()
+
+    def _event(self, kind: str, name: str) -> None:
+        if kind in ("routes", "reachable", "unreachable", "forgotten"):
+            self.changed.set()
+
+    def peer_specs(self) -> list[PeerSpec]:
+        """Every peer the routes reach: sent to directly, or via the next hop's endpoint."""
+        records = self.topology.records
+        specs = []
+        for name, hop in sorted(self.mesh.routes().items()):
+            r = records.get(name)
+            if r is None or hop not in records:
+                continue
+            via = None if hop == name else tuple(records[hop].data_endpoint)
+            specs.append(
+                PeerSpec(
+                    peer_id(name),
+                    r.nickname,
+                    tuple(r.data_endpoint),  # type: ignore[arg-type]
+                    tuple(ipaddress.IPv4Network(b) for b in r.blocks),
+                    via,  # type: ignore[arg-type]
+                    peer_name=name,
+                )
+            )
+        return specs
+
+    def set_unreachable(self, names: list[str]) -> None:
+        """Publish the peers whose direct data path does not answer (routes relay them)."""
+        self.mesh.set_local(time.monotonic(), unreachable=tuple(names))
+        self.driver.flush()

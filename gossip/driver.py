@@ -1,0 +1,198 @@
+"""The asyncio driver of the mesh core: TCP control connections, handshakes and timers.
+
+It does the I/O the core asks for and nothing else: accepts and dials connections, runs the
+handshake, feeds decoded messages to ``Mesh.receive``, writes ``Mesh.outbox()``, dials
+``Mesh.dial_targets()``, closes ``Mesh.to_close()``, re-arms one timer at ``Mesh.get_timer()``
+and hands mesh events to ``on_event``. Malformed input closes only that connection, with a log
+line naming the peer and the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable, Hashable
+
+from gossip.handshake import Accepted, Handshake, Hello, Refused
+from gossip.mesh import Mesh
+from gossip.wire import DecodeError
+
+log = logging.getLogger("weave-py.mesh")
+
+Address = tuple[str, int]
+HANDSHAKE_TIMEOUT = 10.0
+DIAL_TIMEOUT = 5.0
+READ_SIZE = 65536
+MAX_BUFFERED = 16 * 1024 * 1024  # a peer that lets this much pile up is closed
+
+
+class MeshDriver:
+    def __init__(
+        self,
+        mesh: Mesh,
+        hello: Hello,
+        listen: Address,
+        on_event: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.mesh = mesh
+        self.hello = hello
+        self.listen = listen
+        self.on_event = on_event or (lambda kind, name: None)
+        self.writers: dict[Hashable, asyncio.StreamWriter] = {}
+        self.remotes: dict[Hashable, str] = {}  # conn id -> "addr|name(nick)" for logs
+        self._ids = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        server = await asyncio.start_server(self._accept, *self.listen, reuse_address=True)
+        try:
+            while True:
+                self.mesh.handle_timer(time.monotonic())
+                self._pump()
+                self._wake.clear()
+                timeout = max(0.0, self.mesh.get_timer() - time.monotonic())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), min(timeout, 60.0))
+        finally:
+            server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            for writer in self.writers.values():
+                writer.close()
+
+    def flush(self) -> None:
+        """Carry out what the core asks for after a change made outside the driver."""
+        self._pump()
+
+    def leave(self) -> None:
+        """Clean departure: goodbye to every neighbour (sent before the writers close)."""
+        self.mesh.leave(time.monotonic())
+        self._pump()
+
+    # -- connections --------------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        where = f"{peer[0]}:{peer[1]}" if peer else "?"
+        log.info("->[%s] connection accepted", where)
+        await self._serve(reader, writer, None, where)
+
+    def _spawn_dial(self, addr: Address) -> None:
+        task = asyncio.get_running_loop().create_task(self._dial(addr))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _dial(self, addr: Address) -> None:
+        where = f"{addr[0]}:{addr[1]}"
+        log.info("->[%s] attempting connection", where)
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(*addr), DIAL_TIMEOUT)
+        except (OSError, TimeoutError) as exc:
+            retry = self.mesh.dial_failed(addr, time.monotonic()) - time.monotonic()
+            log.info("->[%s] retrying in %.1fs: %s", where, retry, exc or "timeout")
+            self._wake.set()
+            return
+        await self._serve(reader, writer, addr, where)
+
+    async def _serve(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        addr: Address | None,
+        where: str,
+    ) -> None:
+        try:
+            result = await self._handshake(reader, writer, where)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            log.info("->[%s] connection shutting down due to error: %s", where, exc or "timeout")
+            result = None
+        if not isinstance(result, Accepted):
+            if addr is not None:
+                self.mesh.dial_failed(addr, time.monotonic())
+            writer.close()
+            self._wake.set()
+            return
+        conn = next(self._ids)
+        where = f"{where}|{result.remote}"
+        if not self.mesh.connection_up(conn, result.remote.name, addr, time.monotonic()):
+            log.info("->[%s] connection deleted: already connected", where)
+            writer.close()
+            return
+        log.info("->[%s] connection ready; using protocol version %d", where, result.version)
+        self.writers[conn], self.remotes[conn] = writer, where
+        try:
+            for msg_type, fields in result.messages:
+                self.mesh.receive(conn, msg_type, fields, time.monotonic())
+            self._pump()
+            await self._read(conn, reader, result)
+        except (DecodeError, ValueError) as exc:
+            log.warning("->[%s] connection shutting down due to error: %s", where, exc)
+        except OSError as exc:
+            log.info("->[%s] connection shutting down due to error: %s", where, exc)
+        finally:
+            self.mesh.connection_down(conn, time.monotonic())
+            self.writers.pop(conn, None)
+            self.remotes.pop(conn, None)
+            writer.close()
+            log.info("->[%s] connection deleted", where)
+            self._pump()
+
+    async def _handshake(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str
+    ) -> Accepted | Refused | None:
+        shake = Handshake(self.hello, initiator=False)
+        writer.write(shake.start())
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
+        while True:
+            data = await asyncio.wait_for(reader.read(READ_SIZE), deadline - time.monotonic())
+            if not data:
+                log.info("->[%s] connection shutting down due to error: closed by peer", where)
+                return None
+            result = shake.receive(data)
+            if isinstance(result, Refused):
+                writer.write(shake.data_to_send())
+                log.warning("->[%s] connection shutting down due to error: %s", where,
+                            result.reason)  # fmt: skip
+                return result
+            if result is not None:
+                return result
+
+    async def _read(self, conn: int, reader: asyncio.StreamReader, accepted: Accepted) -> None:
+        decoder = accepted.decoder
+        while True:
+            data = await reader.read(READ_SIZE)
+            if not data:
+                return
+            now = time.monotonic()
+            for msg_type, fields in decoder.feed(data):
+                self.mesh.receive(conn, msg_type, fields, now)
+            self._pump()
+
+    # -- carrying out what the core asked for --------------------------------------------------
+
+    def _pump(self) -> None:
+        for conn, data in self.mesh.outbox():
+            writer = self.writers.get(conn)
+            if writer is None or writer.is_closing():
+                continue
+            if writer.transport.get_write_buffer_size() > MAX_BUFFERED:
+                log.warning("->[%s] connection shutting down due to error: peer too slow",
+                            self.remotes.get(conn))  # fmt: skip
+                writer.close()
+                continue
+            writer.write(data)
+        for conn in self.mesh.to_close():
+            writer = self.writers.get(conn)
+            if writer is not None:
+                writer.close()
+        for addr in self.mesh.dial_targets(time.monotonic()):
+            self._spawn_dial(addr)
+        for kind, name in self.mesh.events():
+            self.on_event(kind, name)
+        self._wake.set()

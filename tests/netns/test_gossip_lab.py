@@ -1,0 +1,63 @@
+"""Gossip mode in the lab: agents that know one seed each find the rest (real kernel)."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from agent.lab import probe
+
+pytestmark = pytest.mark.netns
+
+
+def blocks_routed(lab, i: int) -> set[str]:
+    return {r["destination"] for r in lab.report(i)["routes"]}
+
+
+def all_blocks_but(lab, i: int, *gone: int) -> set[str]:
+    return {str(lab.plan.block(k)) for k in range(1, lab.plan.nodes + 1) if k not in (i, *gone)}
+
+
+def wait_for(condition, timeout: float) -> float:
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, "condition not met in time"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def assert_matrix_complete(lab) -> None:
+    p = lab.plan
+    pods = {p.pod_ns(i, j): str(p.pod_address(i, j).ip) for i, j in p.all_pods()}
+    results = probe.matrix(pods)
+    assert all(r.ok(pods[src]) for (src, _), r in results.items()), probe.render(pods, results)
+
+
+def test_one_seed_each_finds_everyone_within_10s(lab_factory) -> None:
+    lab = lab_factory(nodes=3, pods=1, gossip=True)  # up() waits for every data path
+    for i in (1, 2, 3):
+        wait_for(lambda i=i: blocks_routed(lab, i) == all_blocks_but(lab, i), 10)
+    assert_matrix_complete(lab)
+    # node 3 was told only about node 2 (and node 1 only about node 2): the rest is gossip
+    assert "192.168.1.7" not in " ".join(lab.agent_command(3))
+
+
+def test_killed_agent_is_dropped_and_its_restart_rejoins(lab_factory) -> None:
+    lab = lab_factory(nodes=3, pods=1, gossip=True, agent_args=("--heartbeat-timeout", "6"))
+    lab.stop_agent(3, signal.SIGKILL)
+    took = wait_for(
+        lambda: all(blocks_routed(lab, i) == all_blocks_but(lab, i, 3) for i in (1, 2)), 8
+    )
+    assert took < 8
+    first_uid = None
+    lab.start_agent(3)
+    lab.wait_ready(15)
+    for i in (1, 2):
+        wait_for(lambda i=i: blocks_routed(lab, i) == all_blocks_but(lab, i), 10)
+        node3 = [p for p in lab.report(i)["peers"] if p["nickname"] == "node3"]
+        assert node3 and node3[0]["state"] == "established"
+        first_uid = first_uid or node3[0]["name"]
+    assert first_uid == lab.report(3)["router"]["name"]  # same persisted name after restart
+    assert_matrix_complete(lab)
