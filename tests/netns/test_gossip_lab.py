@@ -61,3 +61,51 @@ def test_killed_agent_is_dropped_and_its_restart_rejoins(lab_factory) -> None:
         first_uid = first_uid or node3[0]["name"]
     assert first_uid == lab.report(3)["router"]["name"]  # same persisted name after restart
     assert_matrix_complete(lab)
+
+
+def test_garbage_on_the_control_port_closes_only_that_connection(lab_factory) -> None:
+    import os
+    import socket
+    import struct
+
+    from gossip import wire
+    from gossip.handshake import Handshake, Hello
+    from overlay import netlink
+
+    lab = lab_factory(nodes=3, pods=1, gossip=True)
+    target = (str(lab.plan.node_address(2).ip), 6783)
+    hello = Hello("02:00:00:00:00:99", "intruder", 99, 1, ("192.168.1.7", 1), ("192.168.1.7", 1))
+    preamble = wire.Preamble(wire.PROTOCOL_MIN, wire.PROTOCOL_MAX).encode()
+    attacks = [
+        os.urandom(4096),
+        preamble + b"\x00\x00",  # truncated frame, then silence is cut by our close
+        preamble + struct.pack("!I", 1 << 31),  # oversized length prefix
+        Handshake(hello, initiator=True).start() + wire.encode(3, records="not a list"),
+        Handshake(hello, initiator=True).start() + struct.pack("!I", 3) + b"\xc1\xc1\xc1",
+    ]
+
+    def send_all() -> list[str]:
+        ports = []
+        for data in attacks:
+            with socket.create_connection(target, 2) as s:
+                ports.append(f"192.168.1.7:{s.getsockname()[1]}")
+                s.sendall(data)
+                s.settimeout(2)
+                try:
+                    while s.recv(65536):
+                        pass
+                except OSError:
+                    pass
+        return ports
+
+    ports = netlink.run_in_netns(lab.plan.node_ns(1), send_all)
+    with open(f"{lab.plan.node_dir(2)}/agent.log") as f:
+        logged = f.read()
+    for port in ports[1:]:  # the first may be cut before its address is logged with a reason
+        assert f"->[{port}" in logged and "shutting down due to error" in logged
+    for reason in ("too_large", "not a list", "msgpack"):
+        assert reason in logged, reason
+    assert lab.procs[2].poll() is None
+    for i in (1, 2, 3):
+        assert blocks_routed(lab, i) == all_blocks_but(lab, i)
+    assert_matrix_complete(lab)
