@@ -56,24 +56,22 @@ class Cluster:
             self.changed.set()
 
     def peer_specs(self) -> list[PeerSpec]:
-        """Every peer the routes reach: sent to directly, or via the next hop's endpoint."""
+        """Every peer the routes reach: sent to directly, or via the next hop's endpoint (at
+        the host we reach a neighbour at, when it differs from what it advertises)."""
         records = self.topology.records
+
+        def endpoint(name: str) -> tuple[str, int]:
+            host, port = records[name].data_endpoint
+            return self.driver.observed.get(name, host), port
+
         specs = []
         for name, hop in sorted(self.mesh.routes().items()):
             r = records.get(name)
             if r is None or hop not in records:
                 continue
-            via = None if hop == name else tuple(records[hop].data_endpoint)
-            specs.append(
-                PeerSpec(
-                    peer_id(name),
-                    r.nickname,
-                    tuple(r.data_endpoint),  # type: ignore[arg-type]
-                    tuple(ipaddress.IPv4Network(b) for b in r.blocks),
-                    via,  # type: ignore[arg-type]
-                    peer_name=name,
-                )
-            )
+            via = None if hop == name else endpoint(hop)
+            blocks = tuple(ipaddress.IPv4Network(b) for b in r.blocks)
+            specs.append(PeerSpec(peer_id(name), r.nickname, endpoint(name), blocks, via, name))
         return specs
 
     def set_unreachable(self, names: list[str]) -> None:

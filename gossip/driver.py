@@ -43,6 +43,9 @@ class MeshDriver:
         self.on_event = on_event or (lambda kind, name: None)
         self.writers: dict[Hashable, asyncio.StreamWriter] = {}
         self.remotes: dict[Hashable, str] = {}  # conn id -> "addr|name(nick)" for logs
+        # The host each neighbour was reached at (dialled, or the source of its connection):
+        # what its record advertises may be on a segment we cannot reach.
+        self.observed: dict[str, str] = {}
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -81,7 +84,7 @@ class MeshDriver:
         peer = writer.get_extra_info("peername")
         where = f"{peer[0]}:{peer[1]}" if peer else "?"
         log.info("->[%s] connection accepted", where)
-        await self._serve(reader, writer, None, where)
+        await self._serve(reader, writer, None, where, peer[0] if peer else None)
 
     def _spawn_dial(self, addr: Address) -> None:
         task = asyncio.get_running_loop().create_task(self._dial(addr))
@@ -98,7 +101,7 @@ class MeshDriver:
             log.info("->[%s] retrying in %.1fs: %s", where, retry, exc or "timeout")
             self._wake.set()
             return
-        await self._serve(reader, writer, addr, where)
+        await self._serve(reader, writer, addr, where, addr[0])
 
     async def _serve(
         self,
@@ -106,6 +109,7 @@ class MeshDriver:
         writer: asyncio.StreamWriter,
         addr: Address | None,
         where: str,
+        host: str | None,
     ) -> None:
         try:
             result = await self._handshake(reader, writer, where)
@@ -126,6 +130,8 @@ class MeshDriver:
             return
         log.info("->[%s] connection ready; using protocol version %d", where, result.version)
         self.writers[conn], self.remotes[conn] = writer, where
+        if host is not None:
+            self.observed[result.remote.name] = host
         try:
             for msg_type, fields in result.messages:
                 self.mesh.receive(conn, msg_type, fields, time.monotonic())

@@ -9,6 +9,7 @@ made is written to ``<directory>/lab.json`` so ``down`` removes exactly that, al
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -25,6 +26,8 @@ from overlay.netlink import Netlink
 
 log = logging.getLogger("weave-py.lab")
 DEFAULT_ROOT = "/tmp/weave-py-lab"
+SECOND_ADDRESS = ipaddress.IPv4Interface("192.168.2.8/24")  # node 2 on segment B
+THIRD_ADDRESS = ipaddress.IPv4Interface("192.168.2.9/24")  # node 3, on segment B only
 
 
 def default_directory(name: str) -> str:
@@ -33,11 +36,20 @@ def default_directory(name: str) -> str:
 
 class Lab:
     def __init__(
-        self, plan: LabPlan, agent_args: tuple[str, ...] = (), gossip: bool = False
+        self,
+        plan: LabPlan,
+        agent_args: tuple[str, ...] = (),
+        gossip: bool = False,
+        line: bool = False,
     ) -> None:
         self.plan = plan
         self.agent_args = agent_args
-        self.gossip = gossip  # agents find each other from one seed each, else static peers
+        self.gossip = gossip or line  # agents find each other from one seed each, else static
+        # line: two underlay segments, node 1 and node 3 on one each, node 2 on both, so 1 and
+        # 3 reach each other only through node 2's agent (3 nodes exactly)
+        self.line = line
+        if line and plan.nodes != 3:
+            raise ValueError("a line lab has exactly 3 nodes")
         self.pids: dict[int, int] = {}
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -50,8 +62,9 @@ class Lab:
         self._save()
         netlink.ensure_netns(p.underlay_ns)
         with Netlink(p.underlay_ns) as ul:
-            ul.ensure_bridge(p.underlay_bridge)
-            ul.set_link(p.underlay_bridge, up=True)
+            for bridge in [p.underlay_bridge] + ([self.segment_b] if self.line else []):
+                ul.ensure_bridge(bridge)
+                ul.set_link(bridge, up=True)
             for i in range(1, p.nodes + 1):
                 self._add_node(ul, i)
         for i in range(1, p.nodes + 1):
@@ -61,8 +74,30 @@ class Lab:
             self.add_pod(i, j)
 
     def _add_node(self, ul: Netlink, i: int) -> None:
-        wire_node(self.plan, ul, i)
+        if self.line and i == 3:
+            wire_node(self.plan, ul, 3, self.segment_b, self.address(3))
+        else:
+            wire_node(self.plan, ul, i)
+        if self.line and i == 2:
+            wire_node(self.plan, ul, 2, self.segment_b, SECOND_ADDRESS, suffix="b")
         os.makedirs(self.plan.node_dir(i), exist_ok=True)
+
+    @property
+    def segment_b(self) -> str:
+        return f"{self.plan.prefix}ul2"
+
+    def address(self, i: int) -> ipaddress.IPv4Interface:
+        """Node i's underlay address (node 3 of a line lab sits on the second segment)."""
+        if self.line and i == 3:
+            return THIRD_ADDRESS
+        return self.plan.node_address(i)
+
+    def set_uplinks(self, i: int, up: bool) -> None:
+        """Cut (or restore) node i's underlay links, leaving its agent running."""
+        with Netlink(self.plan.node_ns(i)) as nl:
+            for link in nl.list_links():
+                if link.name.startswith(f"{self.plan.prefix}e"):
+                    nl.set_link(link.name, up=up)
 
     def agent_command(self, i: int) -> list[str]:
         p = self.plan
@@ -90,9 +125,10 @@ class Lab:
         ]
         if self.gossip:
             seed = i - 1 if i > 1 else 2
-            cmd += ["--advertise-address", str(p.node_address(i).ip)]
+            cmd += ["--advertise-address", str(self.address(i).ip)]
             if seed <= p.nodes:
-                cmd += ["--seed", str(p.node_address(seed).ip)]
+                seed_ip = SECOND_ADDRESS.ip if self.line and i == 3 else self.address(seed).ip
+                cmd += ["--seed", str(seed_ip)]
             return cmd + list(self.agent_args)
         for k in range(1, p.nodes + 1):
             if k != i:
@@ -130,7 +166,8 @@ class Lab:
         return None
 
     def wait_ready(self, timeout: float) -> None:
-        """Until every agent answers and sees every peer's data path established."""
+        """Until every agent answers and has a working data path to every peer: established
+        directly, or relayed through a next hop."""
         deadline = time.monotonic() + timeout
         for i in range(1, self.plan.nodes + 1):
             while True:
@@ -146,7 +183,7 @@ class Lab:
                     if (
                         snap["ready"]
                         and len(peers) == self.plan.nodes - 1
-                        and all(x["state"] == "established" for x in peers)
+                        and all(x["state"] == "established" or x.get("via") for x in peers)
                     ):
                         break
                 except OSError:
@@ -218,17 +255,24 @@ class Lab:
         os.replace(tmp, f"{p.directory}/lab.json")
 
 
-def wire_node(plan: LabPlan, ul: Netlink, i: int) -> None:
-    """Node i's namespace, plugged into the underlay bridge with its address (no agent)."""
+def wire_node(
+    plan: LabPlan,
+    ul: Netlink,
+    i: int,
+    bridge: str | None = None,
+    address: ipaddress.IPv4Interface | None = None,
+    suffix: str = "",
+) -> None:
+    """Node i's namespace, plugged into an underlay bridge with an address (no agent)."""
     ns = plan.node_ns(i)
     netlink.ensure_netns(ns)
-    outer, inner = plan.node_uplink(i)
+    outer, inner = (name + suffix for name in plan.node_uplink(i))
     ul.ensure_veth(outer, inner, ns)
-    ul.set_link(outer, master=plan.underlay_bridge, up=True)
+    ul.set_link(outer, master=bridge or plan.underlay_bridge, up=True)
     with Netlink(ns) as nl:
         nl.set_link("lo", up=True)
         nl.set_link(inner, up=True)
-        nl.ensure_address(inner, plan.node_address(i))
+        nl.ensure_address(inner, address or plan.node_address(i))
 
 
 def _load(directory: str) -> dict[str, Any]:

@@ -109,3 +109,33 @@ def test_garbage_on_the_control_port_closes_only_that_connection(lab_factory) ->
     for i in (1, 2, 3):
         assert blocks_routed(lab, i) == all_blocks_but(lab, i)
     assert_matrix_complete(lab)
+
+
+FAST_HEARTBEATS = (
+    "--heartbeat-interval", "0.5", "--heartbeat-slow-interval", "1", "--heartbeat-timeout", "3",
+)  # fmt: skip
+
+
+def test_relay_through_the_node_on_both_segments(lab_factory) -> None:
+    from agent import status
+
+    lab = lab_factory(nodes=3, pods=1, line=True, agent_args=FAST_HEARTBEATS)
+    p = lab.plan
+    one, three = p.pod_ns(1, 1), p.pod_ns(3, 1)
+    ip1, ip3 = str(p.pod_address(1, 1).ip), str(p.pod_address(3, 1).ip)
+    assert probe.ping(one, ip3) is not None and probe.ping(three, ip1) is not None
+    with probe.Responder(three):
+        assert probe.tcp_source(one, ip3) == ip1  # relayed, still no NAT
+    view = status.render_connections(lab.report(1))
+    assert "relayed via 192.168.1.8:6783" in view, view
+    relayed_by_2 = {x["nickname"]: x["relayed"] for x in lab.report(2)["peers"]}
+    assert relayed_by_2["node3"] > 0 and relayed_by_2["node1"] > 0
+    pids = dict(lab.pids)
+    lab.set_uplinks(2, False)
+    wait_for(lambda: probe.ping(one, ip3, 0.3) is None, 10)
+    # node 1's heartbeats to node 2 go unanswered: its routes drop node 3's block too
+    wait_for(lambda: str(p.block(3)) not in blocks_routed(lab, 1), 15)
+    lab.set_uplinks(2, True)
+    wait_for(lambda: probe.ping(one, ip3, 0.3) is not None, 30)
+    assert probe.ping(three, ip1) is not None
+    assert lab.pids == pids and all(proc.poll() is None for proc in lab.procs.values())
