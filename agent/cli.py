@@ -53,7 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--pods", type=int, default=2, help="pods per node")
     up.add_argument("--dir", help="lab directory (logs, sockets); default /tmp/weave-py-lab/NAME")
     up.add_argument(
-        "--gossip", action="store_true", help="agents know one seed each instead of every peer"
+        "--static",
+        action="store_true",
+        help="give every agent every peer and block (no gossip); default: one seed each",
     )
     up.set_defaults(func=cmd_lab_up)
     down = labsub.add_parser("down", help="remove everything the lab made")
@@ -133,7 +135,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_lab_up(args: argparse.Namespace) -> int:
     from agent.lab import run
 
-    return run.up(args.name, args.nodes, args.pods, args.dir, args.gossip)
+    return run.up(args.name, args.nodes, args.pods, args.dir, not args.static)
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from overlay.tun import Tun, open_tun
 
 log = logging.getLogger("weave-py")
 DEFAULT_UNDERLAY_MTU = 1500
+ROUTE_GRACE = 10.0  # seconds a restarted agent in gossip mode keeps routes it found
 T = TypeVar("T")
 
 
@@ -91,6 +92,8 @@ class Agent:
             else new_identity(config.node_name)
         )
         self.cluster: Cluster | None = None
+        self.kept_routes: frozenset[ipaddress.IPv4Network] = frozenset()
+        self.keep_routes_until = 0.0
         self.advertise = ""
         self.block = config.pod_block
         # pyroute2's synchronous API runs an event loop of its own, so every netlink call runs
@@ -114,6 +117,8 @@ class Agent:
             remote = frozenset(b for p in self.sleeve.peers.values() for b in p.spec.blocks)
         else:
             remote = frozenset(b for p in self.config.peers for b in p.blocks)
+        if self.gossip and time.monotonic() < self.keep_routes_until:
+            remote |= self.kept_routes  # a restart keeps the old routes while the mesh forms
         return node.NodeSpec(
             bridge=self.config.bridge,
             tun=self.config.tun,
@@ -134,6 +139,8 @@ class Agent:
         self.mtu = c.mtu or self.underlay_mtu - frame.OVERHEAD
         if self.gossip:
             self.advertise = detect_advertise_address(self.nl, c)
+            self.kept_routes = frozenset(r.destination for r in self.nl.list_routes())
+            self.keep_routes_until = time.monotonic() + ROUTE_GRACE
         self.tun = open_tun(c.tun, offload=c.offload)
         log.info("open tun: %s offload=%s", c.tun, self.tun.offload)
         spec = self.node_spec()
@@ -270,6 +277,9 @@ class Agent:
                 if set(sleeve.peers) != before or actions:
                     log.info("update routes: %d peer(s), %d kernel change(s)",
                              len(sleeve.peers), len(actions))  # fmt: skip
+            if self.kept_routes and time.monotonic() >= self.keep_routes_until:
+                self.kept_routes = frozenset()  # grace over: routes follow the mesh alone
+                cluster.changed.set()
             unreachable = sleeve.unreachable(time.monotonic())
             if tuple(unreachable) != cluster.topology.local.unreachable:
                 cluster.set_unreachable(unreachable)

@@ -39,12 +39,12 @@ class Lab:
         self,
         plan: LabPlan,
         agent_args: tuple[str, ...] = (),
-        gossip: bool = False,
+        gossip: bool = True,
         line: bool = False,
     ) -> None:
         self.plan = plan
         self.agent_args = agent_args
-        self.gossip = gossip or line  # agents find each other from one seed each, else static
+        self.gossip = gossip or line  # agents find each other from one seed each; else static
         # line: two underlay segments, node 1 and node 3 on one each, node 2 on both, so 1 and
         # 3 reach each other only through node 2's agent (3 nodes exactly)
         self.line = line

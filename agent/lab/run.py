@@ -11,7 +11,7 @@ from agent.lab.lab import Lab, default_directory, load_plan
 from agent.lab.plan import LabPlan
 
 
-def up(name: str, nodes: int, pods: int, directory: str | None, gossip: bool = False) -> int:
+def up(name: str, nodes: int, pods: int, directory: str | None, gossip: bool = True) -> int:
     try:
         plan = LabPlan(name, nodes, pods, directory or default_directory(name))
     except ValueError as exc:

@@ -83,8 +83,9 @@ def tcp_transfer(src_ns: str, dst_ns: str, dst_ip: str, payload: bytes) -> bytes
     return bytes(received)
 
 
-def test_three_nodes_two_pods_full_matrix(lab_factory) -> None:
-    lab = lab_factory(nodes=3, pods=2)
+@pytest.mark.parametrize("gossip", [True, False], ids=["gossip", "static-peers"])
+def test_three_nodes_two_pods_full_matrix(lab_factory, gossip: bool) -> None:
+    lab = lab_factory(nodes=3, pods=2, gossip=gossip)
     assert_matrix_complete(lab)
     for i in (1, 2, 3):
         routes = {r["destination"] for r in lab.report(i)["routes"]}

@@ -36,7 +36,7 @@ def assert_matrix_complete(lab) -> None:
 
 
 def test_one_seed_each_finds_everyone_within_10s(lab_factory) -> None:
-    lab = lab_factory(nodes=3, pods=1, gossip=True)  # up() waits for every data path
+    lab = lab_factory(nodes=3, pods=1)  # up() waits for every data path
     for i in (1, 2, 3):
         wait_for(lambda i=i: blocks_routed(lab, i) == all_blocks_but(lab, i), 10)
     assert_matrix_complete(lab)
@@ -45,7 +45,7 @@ def test_one_seed_each_finds_everyone_within_10s(lab_factory) -> None:
 
 
 def test_killed_agent_is_dropped_and_its_restart_rejoins(lab_factory) -> None:
-    lab = lab_factory(nodes=3, pods=1, gossip=True, agent_args=("--heartbeat-timeout", "6"))
+    lab = lab_factory(nodes=3, pods=1, agent_args=("--heartbeat-timeout", "6"))
     lab.stop_agent(3, signal.SIGKILL)
     took = wait_for(
         lambda: all(blocks_routed(lab, i) == all_blocks_but(lab, i, 3) for i in (1, 2)), 8
@@ -72,7 +72,7 @@ def test_garbage_on_the_control_port_closes_only_that_connection(lab_factory) ->
     from gossip.handshake import Handshake, Hello
     from overlay import netlink
 
-    lab = lab_factory(nodes=3, pods=1, gossip=True)
+    lab = lab_factory(nodes=3, pods=1)
     target = (str(lab.plan.node_address(2).ip), 6783)
     hello = Hello("02:00:00:00:00:99", "intruder", 99, 1, ("192.168.1.7", 1), ("192.168.1.7", 1))
     preamble = wire.Preamble(wire.PROTOCOL_MIN, wire.PROTOCOL_MAX).encode()
