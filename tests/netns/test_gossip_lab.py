@@ -139,3 +139,22 @@ def test_relay_through_the_node_on_both_segments(lab_factory) -> None:
     wait_for(lambda: probe.ping(one, ip3, 0.3) is not None, 30)
     assert probe.ping(three, ip1) is not None
     assert lab.pids == pids and all(proc.poll() is None for proc in lab.procs.values())
+
+
+def test_partition_keeps_each_side_working_and_heals(lab_factory) -> None:
+    from overlay.netlink import Netlink
+
+    lab = lab_factory(nodes=3, pods=1, line=True, agent_args=FAST_HEARTBEATS)
+    p = lab.plan
+    pods = {i: (p.pod_ns(i, 1), str(p.pod_address(i, 1).ip)) for i in (1, 2, 3)}
+    with Netlink(p.node_ns(2)) as nl:  # node 1 | nodes 2 and 3
+        nl.set_link(f"{p.prefix}e2", up=False)
+    wait_for(lambda: str(p.block(2)) not in blocks_routed(lab, 1), 15)
+    assert probe.ping(pods[3][0], pods[2][1]) is not None
+    assert probe.ping(pods[2][0], pods[3][1]) is not None
+    assert probe.ping(pods[1][0], pods[3][1], 0.5) is None
+    with Netlink(p.node_ns(2)) as nl:
+        nl.set_link(f"{p.prefix}e2", up=True)
+    for i in (1, 2, 3):
+        wait_for(lambda i=i: blocks_routed(lab, i) == all_blocks_but(lab, i), 30)
+    wait_for(lambda: probe.ping(pods[1][0], pods[3][1], 0.3) is not None, 10)
