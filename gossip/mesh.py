@@ -29,6 +29,8 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 from gossip import routes, wire
 from gossip.topology import PeerRecord, Topology
 from gossip.wire import MessageType
@@ -90,7 +92,7 @@ class Mesh:
         self._live: set[str] = {topology.local.name}
         self._closing: list[Hashable] = []
         self._candidates: tuple[set[Address], set[Address]] | None = None
-        self._wire_cache: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        self._wire_cache: dict[str, tuple[tuple[Any, ...], bytes]] = {}
 
     @property
     def name(self) -> str:
@@ -202,7 +204,7 @@ class Mesh:
         """Clean departure: tell every neighbour at once."""
         record = self.topology.set_local(departed=True) or self.topology.local
         for conn in self.conns:
-            self._send(conn, MessageType.TOPOLOGY, records=[self._wire(record)])
+            self._send_records(conn, [record])
             self._send(conn, MessageType.GOODBYE)
 
     # -- receiving ----------------------------------------------------------------------------
@@ -335,19 +337,24 @@ class Mesh:
     def _send_records(self, conn: Hashable, records: list[PeerRecord]) -> None:
         step = self.config.max_records
         for at in range(0, len(records), step):
-            chunk = [self._wire(r) for r in records[at : at + step]]
-            self._send(conn, MessageType.TOPOLOGY, records=chunk)
+            chunk = [self._packed(r) for r in records[at : at + step]]
+            self._emit(
+                conn, MessageType.TOPOLOGY, wire.encode_list(MessageType.TOPOLOGY, "records", chunk)
+            )
 
-    def _wire(self, record: PeerRecord) -> dict[str, Any]:
-        """A record's wire form, built once per version (records are resent often)."""
+    def _packed(self, record: PeerRecord) -> bytes:
+        """A record packed for the wire, once per version (records are resent often)."""
         key = (record.name, record.stamp, record.uid)
         found = self._wire_cache.get(record.name)
         if found is None or found[0] != key:
-            found = self._wire_cache[record.name] = (key, record.to_wire())
+            packed = msgpack.packb(record.to_wire(), use_bin_type=True)
+            found = self._wire_cache[record.name] = (key, packed)
         return found[1]
 
     def _send(self, conn: Hashable, msg_type: MessageType, **fields: Any) -> None:
-        data = wire.encode(msg_type, **fields)
+        self._emit(conn, msg_type, wire.encode(msg_type, **fields))
+
+    def _emit(self, conn: Hashable, msg_type: MessageType, data: bytes) -> None:
         self._outbox.append((conn, data))
         s = self.stats
         s.bytes_sent += len(data)

@@ -32,6 +32,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -127,9 +128,15 @@ def _string(value: object, key: str) -> str:
 
 
 def _name(value: object, key: str) -> str:
-    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+    if not isinstance(value, str) or not _is_name(value):
         raise TopologyError(f"record field {key!r} holds {value!r}, not a peer name")
     return value
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _is_name(value: str) -> bool:
+    """Names recur in every record that lists them: check each distinct one once."""
+    return NAME_PATTERN.fullmatch(value) is not None
 
 
 def _uint(value: object, key: str) -> int:

@@ -112,6 +112,22 @@ def encode(msg_type: int, **fields: Any) -> bytes:
     return LENGTH.pack(len(body)) + body
 
 
+def encode_list(msg_type: int, key: str, packed: list[bytes]) -> bytes:
+    """A message ``{"t": msg_type, key: [...]}`` whose list items are already msgpack-packed
+    (each packed once and sent many times, as topology records are)."""
+    if len(packed) < 16:
+        head = bytes([0x90 | len(packed)])
+    elif len(packed) < 1 << 16:
+        head = b"\xdc" + struct.pack("!H", len(packed))
+    else:
+        head = b"\xdd" + struct.pack("!I", len(packed))
+    prefix = msgpack.packb({TYPE_KEY: int(msg_type)}, use_bin_type=True)
+    body = bytes([prefix[0] + 1]) + prefix[1:] + msgpack.packb(key) + head + b"".join(packed)
+    if len(body) > MAX_MESSAGE:
+        raise ValueError(f"message of {len(body)} bytes exceeds MAX_MESSAGE ({MAX_MESSAGE})")
+    return LENGTH.pack(len(body)) + body
+
+
 def decode_body(body: bytes) -> Message:
     """The type and fields (``"t"`` removed) of one message body."""
     try:
