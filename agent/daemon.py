@@ -310,6 +310,22 @@ class Agent:
 
     # -- status ------------------------------------------------------------------------------
 
+    def _connections(self, peers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Control connections with Weave's states: an established one whose UDP path is not
+        confirmed yet is 'pending'."""
+        if self.cluster is None:
+            return []
+        data = {p["name"]: p for p in peers}
+        out = []
+        for c in self.cluster.driver.connections():
+            peer = data.get(c.get("name", ""))
+            if c["state"] == "established" and (peer is None or peer["state"] != "established"):
+                c = {**c, "state": "pending"}
+            if peer is not None and c["state"] == "established":
+                c = {**c, "mtu": peer["mtu"]}
+            out.append(c)
+        return out
+
     def snapshot(self) -> Snapshot:
         sleeve = self.sleeve
         peers: list[dict[str, Any]] = []
@@ -355,6 +371,7 @@ class Agent:
             "drops": dict(sleeve.drops) if sleeve else {},
             "super_packets_received": dict(sleeve.paths) if sleeve else {},
             "routes": self.routes,
+            "connections": self._connections(peers),
         }
 
 

@@ -12,8 +12,11 @@ Snapshot = dict[str, Any]
 def render_status(s: Snapshot) -> str:
     r = s["router"]
     peers = s["peers"]
-    states = [p["state"] for p in peers]
-    counts = [f"{states.count(k)} {k}" for k in ("established", "pending", "failed") if k in states]
+    control = s.get("connections") or []
+    states = [c["state"] for c in control] or [p["state"] for p in peers]
+    order = ("established", "pending", "retrying", "failed", "connecting")
+    counts = [f"{states.count(k)} {k}" for k in order if k in states]
+    discovery = "enabled" if control or s.get("gossip") else "disabled (static peers)"
     rows = [
         ("Version", f"weave-py {s['version']}"),
         ("", ""),
@@ -21,9 +24,9 @@ def render_status(s: Snapshot) -> str:
         ("Protocol", "weave-py sleeve 1"),
         ("Name", f"{r['name']}({r['nickname']})"),
         ("Encryption", "disabled"),
-        ("PeerDiscovery", "disabled (static peers)"),
-        ("Targets", str(len(peers))),
-        ("Connections", f"{len(peers)}" + (f" ({', '.join(counts)})" if counts else "")),
+        ("PeerDiscovery", discovery),
+        ("Targets", str(len([c for c in control if c["direction"] == "->"]) or len(peers))),
+        ("Connections", f"{len(states)}" + (f" ({', '.join(counts)})" if counts else "")),
         ("Peers", str(len(peers) + 1)),
         ("DataPath", f"sleeve, offload {r['offload']}, super-packets {r['super_packets']}"),
         ("MTU", f"{r['mtu']} (underlay {r['underlay_mtu']})"),
@@ -37,6 +40,10 @@ def render_status(s: Snapshot) -> str:
 
 
 def render_connections(s: Snapshot) -> str:
+    """Weave's layout: direction, address (21 wide), state (11 wide), then peer or error.
+    Gossip mode lists control connections; static mode the configured data paths."""
+    if s.get("connections"):
+        return _render_control(s["connections"])
     lines = []
     for p in s["peers"]:
         state = p["state"]
@@ -44,9 +51,20 @@ def render_connections(s: Snapshot) -> str:
             f"sleeve {p['name']}({p['nickname']}) mtu={p['mtu']}" if state == "established" else ""
         )
         if p.get("via"):
-            detail = f"{detail} relayed via {p['via']}"
+            detail = f"{detail} relayed via {p['via']}".strip()
         lines.append(f"-> {p['address']:<21} {state:<11} {detail}".rstrip())
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _render_control(connections: list[dict[str, Any]]) -> str:
+    lines = []
+    for c in connections:
+        if c["state"] == "established":
+            detail = f"sleeve {c['peer']} mtu={c.get('mtu', '?')}"
+        else:
+            detail = c.get("peer") or c.get("detail", "")
+        lines.append(f"{c['direction']} {c['address']:<21} {c['state']:<11} {detail}".rstrip())
+    return "\n".join(lines) + "\n"
 
 
 def render_peers(s: Snapshot) -> str:
@@ -59,8 +77,10 @@ def render_peers(s: Snapshot) -> str:
         rx = f"{p['rx_packets']}p/{_bytes(p['rx_bytes'])}"
         drops = ",".join(f"{k}={v}" for k, v in sorted(p["drops"].items())) or "0"
         who = f"{p['name']}({p['nickname']})"
+        state = "relayed" if p.get("via") else p["state"]
+        via = f" via {p['via']}" if p.get("via") else ""
         lines.append(
-            f"{who:<28} {p['address']:<21} {p['state']:<11} {rtt:>8} {tx:>16} {rx:>16} {drops}"
+            f"{who:<28} {p['address']:<21} {state:<11} {rtt:>8} {tx:>16} {rx:>16} {drops}{via}"
         )
     other = ",".join(f"{k}={v}" for k, v in sorted(s["drops"].items()))
     if other:

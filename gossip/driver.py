@@ -46,6 +46,10 @@ class MeshDriver:
         # The host each neighbour was reached at (dialled, or the source of its connection):
         # what its record advertises may be on a segment we cannot reach.
         self.observed: dict[str, str] = {}
+        # What `status connections` shows, Weave-style: one entry per dialled address
+        # (connecting, retrying, failed, established) and per accepted connection.
+        self.outbound: dict[Address, dict[str, str]] = {}
+        self.inbound: dict[Hashable, dict[str, str]] = {}
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -78,6 +82,15 @@ class MeshDriver:
         self.mesh.leave(time.monotonic())
         self._pump()
 
+    def connections(self) -> list[dict[str, str]]:
+        """Control connections and dial targets, for the status views."""
+        out = [
+            {"direction": "->", "address": f"{a[0]}:{a[1]}", **entry}
+            for a, entry in sorted(self.outbound.items())
+        ]
+        out += [{"direction": "<-", **entry} for entry in self.inbound.values()]
+        return out
+
     # -- connections --------------------------------------------------------------------------
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -94,11 +107,13 @@ class MeshDriver:
     async def _dial(self, addr: Address) -> None:
         where = f"{addr[0]}:{addr[1]}"
         log.info("->[%s] attempting connection", where)
+        self.outbound[addr] = {"state": "connecting"}
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(*addr), DIAL_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             retry = self.mesh.dial_failed(addr, time.monotonic()) - time.monotonic()
             log.info("->[%s] retrying in %.1fs: %s", where, retry, exc or "timeout")
+            self.outbound[addr] = {"state": "retrying", "detail": f"{exc or 'timeout'}"}
             self._wake.set()
             return
         await self._serve(reader, writer, addr, where, addr[0])
@@ -119,6 +134,8 @@ class MeshDriver:
         if not isinstance(result, Accepted):
             if addr is not None:
                 self.mesh.dial_failed(addr, time.monotonic())
+                reason = result.reason if isinstance(result, Refused) else "handshake failed"
+                self.outbound[addr] = {"state": "failed", "detail": reason}
             writer.close()
             self._wake.set()
             return
@@ -126,12 +143,22 @@ class MeshDriver:
         where = f"{where}|{result.remote}"
         if not self.mesh.connection_up(conn, result.remote.name, addr, time.monotonic()):
             log.info("->[%s] connection deleted: already connected", where)
+            if addr is not None and self.outbound.get(addr, {}).get("state") != "established":
+                self.outbound.pop(addr, None)
             writer.close()
             return
         log.info("->[%s] connection ready; using protocol version %d", where, result.version)
         self.writers[conn], self.remotes[conn] = writer, where
         if host is not None:
             self.observed[result.remote.name] = host
+        entry = {"state": "established", "peer": str(result.remote), "name": result.remote.name}
+        advertised = tuple(result.remote.control_endpoint)
+        if advertised != addr:  # connected the other way: no dial of ours is pending there
+            self.outbound.pop(advertised, None)  # type: ignore[arg-type]
+        if addr is not None:
+            self.outbound[addr] = entry
+        else:
+            self.inbound[conn] = {**entry, "address": where.split("|")[0]}
         try:
             for msg_type, fields in result.messages:
                 self.mesh.receive(conn, msg_type, fields, time.monotonic())
@@ -143,6 +170,9 @@ class MeshDriver:
             log.info("->[%s] connection shutting down due to error: %s", where, exc)
         finally:
             self.mesh.connection_down(conn, time.monotonic())
+            self.inbound.pop(conn, None)
+            if addr is not None:
+                self.outbound.pop(addr, None)
             self.writers.pop(conn, None)
             self.remotes.pop(conn, None)
             writer.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 
@@ -126,8 +127,11 @@ def test_relay_through_the_node_on_both_segments(lab_factory) -> None:
     assert probe.ping(one, ip3) is not None and probe.ping(three, ip1) is not None
     with probe.Responder(three):
         assert probe.tcp_source(one, ip3) == ip1  # relayed, still no NAT
-    view = status.render_connections(lab.report(1))
-    assert "relayed via 192.168.1.8:6783" in view, view
+    view = status.render_peers(lab.report(1))
+    assert "relayed" in view and "via 192.168.1.8:6783" in view, view
+    control = status.render_connections(lab.report(1))
+    assert re.search(r"(->|<-) 192\.168\.1\.8:\d+ +established sleeve", control), control
+    assert "-> 192.168.2.9:6783      retrying    [Errno 101]" in control, control
     relayed_by_2 = {x["nickname"]: x["relayed"] for x in lab.report(2)["peers"]}
     assert relayed_by_2["node3"] > 0 and relayed_by_2["node1"] > 0
     pids = dict(lab.pids)
