@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ from overlay.tun import Tun, open_tun
 
 log = logging.getLogger("weave-py")
 DEFAULT_UNDERLAY_MTU = 1500
+SHUTDOWN_GRACE = 5.0  # seconds a stop may take before the process exits regardless
 ROUTE_GRACE = 10.0  # seconds a restarted agent in gossip mode keeps routes it found
 T = TypeVar("T")
 
@@ -221,6 +223,7 @@ class Agent:
                         tasks.create_task(self.cluster.driver.run(), name="mesh")
                         tasks.create_task(self._follow_cluster(), name="follow-mesh")
                     await stop.wait()
+                    _exit_if_stuck(SHUTDOWN_GRACE)
                     if self.cluster is not None:
                         self.cluster.driver.leave()
                         await asyncio.sleep(0.2)  # let the goodbyes leave
@@ -377,6 +380,20 @@ class Agent:
 
 class _Stop(Exception):
     pass
+
+
+def _exit_if_stuck(grace: float) -> None:
+    """A stop must end the process: if clean shutdown takes longer than ``grace`` seconds,
+    say so and exit anyway (kernel state is left in place either way)."""
+
+    def bail() -> None:
+        log.error("stop agent: clean shutdown took over %.0fs, exiting now", grace)
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(grace, bail)
+    timer.daemon = True
+    timer.start()
 
 
 async def _close_server(server: asyncio.AbstractServer) -> None:

@@ -53,6 +53,7 @@ class MeshDriver:
         self._ids = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self.closing = False  # set on shutdown: no new dials
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -67,6 +68,7 @@ class MeshDriver:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), min(timeout, 60.0))
         finally:
+            self.closing = True
             server.close()
             for task in list(self._tasks):
                 task.cancel()
@@ -81,6 +83,7 @@ class MeshDriver:
         """Clean departure: goodbye to every neighbour (sent before the writers close)."""
         self.mesh.leave(time.monotonic())
         self._pump()
+        self.closing = True
 
     def connections(self) -> list[dict[str, str]]:
         """Control connections and dial targets, for the status views."""
@@ -227,8 +230,9 @@ class MeshDriver:
             writer = self.writers.get(conn)
             if writer is not None:
                 writer.close()
-        for addr in self.mesh.dial_targets(time.monotonic()):
-            self._spawn_dial(addr)
+        if not self.closing:
+            for addr in self.mesh.dial_targets(time.monotonic()):
+                self._spawn_dial(addr)
         for kind, name in self.mesh.events():
             self.on_event(kind, name)
         self._wake.set()

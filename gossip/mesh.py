@@ -91,6 +91,7 @@ class Mesh:
         self._last_now = 0.0
         self._live: set[str] = {topology.local.name}
         self._closing: list[Hashable] = []
+        self._dialled: set[Hashable] = set()  # connections we initiated
         self._candidates: tuple[set[Address], set[Address]] | None = None
         self._wire_cache: dict[str, tuple[tuple[Any, ...], bytes]] = {}
 
@@ -165,8 +166,24 @@ class Mesh:
         our records, then listed by ``to_close``."""
         if addr is not None and addr in self._targets:
             self._targets[addr] = _Target()  # success resets the backoff
+        outbound = addr is not None
         if remote in self.by_name:
-            return False
+            # Both ends dialled at once: both keep the connection the lower name initiated,
+            # so they never each keep a different one and close the other.
+            old = self.by_name[remote]
+            keep_new = (outbound != (old in self._dialled)) and (
+                (self.name if outbound else remote) < (remote if outbound else self.name)
+            )
+            if not keep_new:
+                return False
+            del self.conns[old]
+            self._dialled.discard(old)
+            self._closing.append(old)
+            self.conns[conn] = remote
+            self.by_name[remote] = conn
+            if outbound:
+                self._dialled.add(conn)
+            return True
         if len(self.conns) >= self.config.conn_limit:
             # Full: still hand the newcomer what we know, so a peer whose only seed is busy
             # learns other addresses, then close.
@@ -175,11 +192,14 @@ class Mesh:
             return True
         self.conns[conn] = remote
         self.by_name[remote] = conn
+        if outbound:
+            self._dialled.add(conn)
         self._set_connections(now)
         self._send(conn, MessageType.DIGEST, digest=self._digest())
         return True
 
     def connection_down(self, conn: Hashable, now: float) -> None:
+        self._dialled.discard(conn)
         remote = self.conns.pop(conn, None)
         if remote is None:
             return
