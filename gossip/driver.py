@@ -85,6 +85,11 @@ class MeshDriver:
         self._pump()
         self.closing = True
 
+    def _set_outbound(self, addr: Address, entry: dict[str, str]) -> None:
+        """Record a dial's progress, never hiding an established connection to the address."""
+        if self.outbound.get(addr, {}).get("state") != "established":
+            self.outbound[addr] = entry
+
     def connections(self) -> list[dict[str, str]]:
         """Control connections and dial targets, for the status views."""
         out = [
@@ -110,13 +115,13 @@ class MeshDriver:
     async def _dial(self, addr: Address) -> None:
         where = f"{addr[0]}:{addr[1]}"
         log.info("->[%s] attempting connection", where)
-        self.outbound[addr] = {"state": "connecting"}
+        self._set_outbound(addr, {"state": "connecting"})
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(*addr), DIAL_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             retry = self.mesh.dial_failed(addr, time.monotonic()) - time.monotonic()
             log.info("->[%s] retrying in %.1fs: %s", where, retry, exc or "timeout")
-            self.outbound[addr] = {"state": "retrying", "detail": f"{exc or 'timeout'}"}
+            self._set_outbound(addr, {"state": "retrying", "detail": f"{exc or 'timeout'}"})
             self._wake.set()
             return
         await self._serve(reader, writer, addr, where, addr[0])
@@ -138,7 +143,7 @@ class MeshDriver:
             if addr is not None:
                 self.mesh.dial_failed(addr, time.monotonic())
                 reason = result.reason if isinstance(result, Refused) else "handshake failed"
-                self.outbound[addr] = {"state": "failed", "detail": reason}
+                self._set_outbound(addr, {"state": "failed", "detail": reason})
             writer.close()
             self._wake.set()
             return

@@ -91,7 +91,7 @@ class Mesh:
         self._last_now = 0.0
         self._live: set[str] = {topology.local.name}
         self._closing: list[Hashable] = []
-        self._dialled: set[Hashable] = set()  # connections we initiated
+        self._dialled: dict[Hashable, Address] = {}  # connections we initiated -> address
         self._candidates: tuple[set[Address], set[Address]] | None = None
         self._wire_cache: dict[str, tuple[tuple[Any, ...], bytes]] = {}
 
@@ -131,6 +131,7 @@ class Mesh:
         """(every address we could dial, those of peers and seeds we cannot reach)."""
         records = self.topology.records
         connected = {records[n].control_endpoint for n in self.by_name if n in records}
+        connected |= set(self._dialled.values())  # before their records arrive
         live = {records[n].control_endpoint for n in self._live if n in records}
         known = set(self.seeds)
         known.update(
@@ -177,29 +178,36 @@ class Mesh:
             if not keep_new:
                 return False
             del self.conns[old]
-            self._dialled.discard(old)
+            self._dialled.pop(old, None)
             self._closing.append(old)
             self.conns[conn] = remote
             self.by_name[remote] = conn
-            if outbound:
-                self._dialled.add(conn)
+            if addr is not None:
+                self._dialled[conn] = addr
             return True
         if len(self.conns) >= self.config.conn_limit:
-            # Full: still hand the newcomer what we know, so a peer whose only seed is busy
-            # learns other addresses, then close.
-            self._send_records(conn, self.topology.snapshot())
-            self._closing.append(conn)
-            return True
+            if remote in self._live:
+                # Full: still hand the newcomer what we know, so a peer whose only seed is
+                # busy learns other addresses, then close.
+                self._send_records(conn, self.topology.snapshot())
+                self._closing.append(conn)
+                return True
+            # A peer our control graph does not reach (say, across a healed partition): make
+            # room for it, or two full groups would never join again.
+            evicted = self.rng.choice(sorted(self.conns, key=str))
+            self._dialled.pop(evicted, None)
+            del self.by_name[self.conns.pop(evicted)]
+            self._closing.append(evicted)
         self.conns[conn] = remote
         self.by_name[remote] = conn
-        if outbound:
-            self._dialled.add(conn)
+        if addr is not None:
+            self._dialled[conn] = addr
         self._set_connections(now)
         self._send(conn, MessageType.DIGEST, digest=self._digest())
         return True
 
     def connection_down(self, conn: Hashable, now: float) -> None:
-        self._dialled.discard(conn)
+        self._dialled.pop(conn, None)
         remote = self.conns.pop(conn, None)
         if remote is None:
             return
