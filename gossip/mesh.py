@@ -91,6 +91,7 @@ class Mesh:
         self._last_now = 0.0
         self._live: set[str] = {topology.local.name}
         self._closing: list[Hashable] = []
+        self._evicted_at = float("-inf")
         self._dialled: dict[Hashable, Address] = {}  # connections we initiated -> address
         self._candidates: tuple[set[Address], set[Address]] | None = None
         self._wire_cache: dict[str, tuple[tuple[Any, ...], bytes]] = {}
@@ -186,14 +187,16 @@ class Mesh:
                 self._dialled[conn] = addr
             return True
         if len(self.conns) >= self.config.conn_limit:
-            if remote in self._live:
+            if remote in self._live or now - self._evicted_at < self.config.repair_interval:
                 # Full: still hand the newcomer what we know, so a peer whose only seed is
                 # busy learns other addresses, then close.
                 self._send_records(conn, self.topology.snapshot())
                 self._closing.append(conn)
                 return True
             # A peer our control graph does not reach (say, across a healed partition): make
-            # room for it, or two full groups would never join again.
+            # room for it, or two full groups would never join again (at most one eviction
+            # per repair interval, so a cold start through busy seeds does not churn).
+            self._evicted_at = now
             evicted = self.rng.choice(sorted(self.conns, key=str))
             self._dialled.pop(evicted, None)
             del self.by_name[self.conns.pop(evicted)]
