@@ -161,7 +161,12 @@ class Lab:
             return None
         os.kill(pid, sig)
         if proc is not None:
-            return proc.wait(timeout)
+            try:
+                return proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # never leave an agent behind, even one that hangs on stop
+                proc.wait()
+                raise
         _wait_gone(pid, timeout)
         return None
 
