@@ -1,0 +1,1 @@
+"""Address management: block ownership (ring), pod addresses (pool), persistence (store)."""
