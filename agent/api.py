@@ -1,10 +1,17 @@
 """The local HTTP API, on 127.0.0.1:6784 and the agent's unix socket.
 
-GET /healthz   liveness: the event loop answers
-GET /status    Weave's status text; 503 until the node is set up (the readiness probe)
-GET /status/{connections,peers,routes}
-GET /report    the status snapshot as JSON
-GET /metrics   Prometheus exposition (also alone on the metrics address)
+GET    /healthz          liveness: the event loop answers
+GET    /status           Weave's status text; 503 until the node is set up (the readiness probe)
+GET    /status/{connections,peers,ipam,routes}
+GET    /report           the status snapshot as JSON
+GET    /metrics          Prometheus exposition (also alone on the metrics address)
+POST   /ip/<container-id>[?ifname=eth0]   allocate the container's address (the CNI plugin's ADD)
+DELETE /ip/<container-id>[?ifname=X]      release its address(es) (the CNI plugin's DEL)
+DELETE /peer/<name>      rmpeer: take over the address ranges of a dead peer
+
+The POST/DELETE routes answer JSON: 200 with the action's result, or ``{"error": message}``
+with the refusal's code; 404 when the agent has no ``actions`` (no address management) and on
+the metrics-only listener. Path parts are percent-decoded; no request body is needed.
 
 A deliberately small HTTP/1.1 server (one request per connection) so the agent needs no web
 framework: requests are tiny, local and few.
@@ -16,6 +23,8 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -24,26 +33,60 @@ from agent.metrics import SnapshotCollector
 
 log = logging.getLogger("weave-py.api")
 MAX_REQUEST = 8192
+METHODS = ("GET", "POST", "DELETE")
+ACTION_METHODS = {"ip": ("POST", "DELETE"), "peer": ("DELETE",)}
 REASONS = {
     200: "OK",
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
+    409: "Conflict",
+    500: "Internal Server Error",
     503: "Service Unavailable",
+    507: "Insufficient Storage",
+    504: "Gateway Timeout",
 }
+
+Answer = tuple[int, str, str]  # status code, content type, body
+
+
+class ApiError(Exception):
+    """An action's refusal: answered with ``code`` and ``{"error": message}``."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Actions(Protocol):
+    """What the agent does on request; each raises ApiError to refuse."""
+
+    async def allocate(self, container_id: str, ifname: str) -> dict[str, Any]: ...
+
+    async def release(self, container_id: str, ifname: str | None) -> dict[str, Any]: ...
+
+    async def rmpeer(self, name: str) -> dict[str, Any]: ...
 
 
 class Api:
-    """``metrics_only``: the public metrics listener serves /metrics and nothing else."""
+    """``metrics_only``: the public metrics listener serves /metrics and nothing else.
+    ``actions``: the address-management calls; without it their routes answer 404."""
 
-    def __init__(self, snapshot: Callable[[], status.Snapshot], metrics_only: bool = False) -> None:
+    def __init__(
+        self,
+        snapshot: Callable[[], status.Snapshot],
+        metrics_only: bool = False,
+        actions: Actions | None = None,
+    ) -> None:
         self.snapshot = snapshot
         self.metrics_only = metrics_only
+        self.actions = actions
         self.registry = CollectorRegistry()
         self.registry.register(SnapshotCollector(snapshot))
 
-    def respond(self, method: str, path: str) -> tuple[int, str, str]:
-        """(status code, content type, body) for one request."""
+    def respond(self, method: str, path: str) -> Answer:
+        """The answer to one GET request (405 for any other method)."""
         if method != "GET":
             return 405, "text/plain", "only GET\n"
         path = path.split("?", 1)[0].rstrip("/") or "/"
@@ -62,18 +105,53 @@ class Api:
             return 200, "text/plain", status.VIEWS[path[8:]](snap)
         return 404, "text/plain", f"no such endpoint: {path}\n"
 
+    async def dispatch(self, method: str, target: str) -> Answer:
+        """The answer to any request: the action routes here, everything else by ``respond``."""
+        if method not in METHODS:
+            return 405, "text/plain", f"only {', '.join(METHODS)}\n"
+        parts = urlsplit(target)
+        route = action_route(parts.path)
+        if route is None:
+            return self.respond(method, target)
+        if self.metrics_only:
+            return 404, "text/plain", "only /metrics here\n"
+        kind, name = route
+        if self.actions is None:
+            return _json(404, {"error": "address management is not enabled on this agent"})
+        if name is None:
+            return _json(404, {"error": f"no such endpoint: {parts.path}"})
+        if method not in ACTION_METHODS[kind]:
+            return _json(405, {"error": f"use {' or '.join(ACTION_METHODS[kind])}"})
+        ifname = parse_qs(parts.query).get("ifname", [None])[-1]
+        return await self._act(self.actions, method, kind, name, ifname)
+
+    async def _act(
+        self, actions: Actions, method: str, kind: str, name: str, ifname: str | None
+    ) -> Answer:
+        try:
+            if kind == "peer":
+                result = await actions.rmpeer(name)
+            elif method == "POST":
+                result = await actions.allocate(name, ifname or "eth0")
+            else:
+                result = await actions.release(name, ifname)
+            return 200, "application/json", json.dumps(result) + "\n"
+        except ApiError as exc:
+            return _json(exc.code, {"error": exc.message})
+        except Exception:
+            log.exception("api %s /%s/%s: failed", method, kind, name)
+            return _json(500, {"error": "internal error, see the agent's log"})
+
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            if len(head) > MAX_REQUEST:
-                raise ValueError("request too large")
-            method, path, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
-            code, ctype, body = self.respond(method, path)
+            method, target = await read_request(reader)
         except (ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
             code, ctype, body = 400, "text/plain", "bad request\n"
+        else:
+            code, ctype, body = await self.dispatch(method, target)
         data = body.encode()
         writer.write(
-            f"HTTP/1.1 {code} {REASONS[code]}\r\nContent-Type: {ctype}\r\n"
+            f"HTTP/1.1 {code} {REASONS.get(code, 'Error')}\r\nContent-Type: {ctype}\r\n"
             f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
             + data
         )
@@ -83,3 +161,38 @@ class Api:
             pass
         finally:
             writer.close()
+
+
+def action_route(path: str) -> tuple[str, str | None] | None:
+    """("ip", container id) or ("peer", name), percent-decoded, for the action routes; the
+    name is None when the path has none or more than one part after the route. None for
+    every other path."""
+    parts = path.rstrip("/").split("/")
+    if len(parts) < 2 or parts[0] or parts[1] not in ACTION_METHODS:
+        return None
+    name = unquote(parts[2]) if len(parts) == 3 and parts[2] else None
+    return parts[1], name
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
+    """(method, target) of one request; a body (none is needed) is read and ignored so the
+    answer is not lost to a reset."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    if len(head) > MAX_REQUEST:
+        raise ValueError("request too large")
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = lines[0].split(" ", 2)
+    length = 0
+    for line in lines[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == "content-length":
+            length = int(value)
+    if not 0 <= length <= MAX_REQUEST:
+        raise ValueError("body too large")
+    if length:
+        await asyncio.wait_for(reader.readexactly(length), 5)
+    return method, target
+
+
+def _json(code: int, data: dict[str, Any]) -> Answer:
+    return code, "application/json", json.dumps(data) + "\n"

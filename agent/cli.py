@@ -1,14 +1,16 @@
-"""``weave-py``: the agent (``run``), its status views, and the lab."""
+"""``weave-py``: the agent (``run``), its status views, rmpeer, and the lab."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
 from collections.abc import Coroutine
 from typing import Any
+from urllib.parse import quote
 
 from agent import client, config, status
 
@@ -42,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     _api_arguments(rep)
     rep.set_defaults(func=cmd_report)
 
+    rm = sub.add_parser("rmpeer", help="take over the address ranges of a dead peer")
+    rm.add_argument("name", help="the peer's name, as `weave-py status ipam` shows it")
+    _api_arguments(rm)
+    rm.set_defaults(func=cmd_rmpeer)
+
     ref = sub.add_parser("config-reference", help="print the configuration reference")
     ref.set_defaults(func=lambda a: print(config.reference()) or 0)
 
@@ -70,11 +77,15 @@ def _api_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http-addr", default=None, help="agent HTTP address instead of the socket")
 
 
-def _get(args: argparse.Namespace, path: str) -> tuple[int, str]:
+def _request(args: argparse.Namespace, method: str, path: str) -> tuple[int, str]:
     if args.http_addr:
-        return client.get(path, http_addr=args.http_addr)
+        return client.request(method, path, http_addr=args.http_addr)
     default = os.environ.get("WEAVE_SOCKET", config.Config.socket_path)
-    return client.get(path, socket_path=args.socket or default)
+    return client.request(method, path, socket_path=args.socket or default)
+
+
+def _get(args: argparse.Namespace, path: str) -> tuple[int, str]:
+    return _request(args, "GET", path)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -130,6 +141,28 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 1
     sys.stdout.write(body)
     return 0 if code == 200 else 1
+
+
+def cmd_rmpeer(args: argparse.Namespace) -> int:
+    try:
+        code, body = _request(args, "DELETE", "/peer/" + quote(args.name, safe=""))
+    except OSError as exc:
+        print(f"weave-py: cannot reach the agent: {exc}", file=sys.stderr)
+        return 1
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = {}
+    if code != 200:
+        error = answer.get("error") if isinstance(answer, dict) else None
+        print(f"weave-py: rmpeer {args.name}: {error or f'agent answered {code}'}", file=sys.stderr)
+        return 1
+    taken = answer.get("taken") if isinstance(answer, dict) else None
+    if taken is None:
+        print(f"weave-py: rmpeer {args.name}: bad answer from agent: {body!r}", file=sys.stderr)
+        return 1
+    print(f"reclaimed {', '.join(taken)} from {args.name}" if taken else "nothing to reclaim")
+    return 0
 
 
 def cmd_lab_up(args: argparse.Namespace) -> int:

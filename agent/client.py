@@ -15,28 +15,44 @@ class _UnixConnection(http.client.HTTPConnection):
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.path)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+        except OSError:
+            sock.close()
+            raise
         self.sock = sock
 
 
-def get(
-    path: str, socket_path: str | None = None, http_addr: str | None = None, timeout: float = 5.0
+def request(
+    method: str,
+    path: str,
+    socket_path: str | None = None,
+    http_addr: str | None = None,
+    timeout: float = 5.0,
 ) -> tuple[int, str]:
-    """(status, body) of GET ``path``; raises OSError when the agent cannot be reached."""
+    """(status, body) of ``method path`` (no request body); raises OSError when the agent
+    cannot be reached."""
     if socket_path:
         conn: http.client.HTTPConnection = _UnixConnection(socket_path, timeout)
     else:
         host, _, port = (http_addr or "127.0.0.1:6784").rpartition(":")
         conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request(method, path)
         resp = conn.getresponse()
         return resp.status, resp.read().decode()
     except http.client.HTTPException as exc:
         raise OSError(f"bad answer from agent: {exc}") from None
     finally:
         conn.close()
+
+
+def get(
+    path: str, socket_path: str | None = None, http_addr: str | None = None, timeout: float = 5.0
+) -> tuple[int, str]:
+    """(status, body) of GET ``path``; raises OSError when the agent cannot be reached."""
+    return request("GET", path, socket_path, http_addr, timeout)
 
 
 def report(

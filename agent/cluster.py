@@ -1,7 +1,8 @@
 """Gossip mode: the mesh core and its driver, and what this node makes of the topology.
 
-The node publishes its record (endpoints, pod block, data-plane exceptions); every change in
-the routes the mesh computes becomes sleeve peers (direct or via a next hop) and kernel routes.
+The node publishes its record (endpoints, address claim, data-plane exceptions); every change
+in the routes the mesh computes becomes sleeve peers (direct or via a next hop) and kernel
+routes, for the space IPAM says each peer owns.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import asyncio
 import ipaddress
 import random
 import time
+from collections.abc import Callable
+from typing import Any
 
 from agent.config import Config
 from gossip.driver import MeshDriver
@@ -29,14 +32,21 @@ def seed_address(seed: str, port: int) -> Address:
 
 class Cluster:
     def __init__(
-        self, config: Config, identity: Identity, block: ipaddress.IPv4Network, advertise: str
+        self,
+        config: Config,
+        identity: Identity,
+        advertise: str,
+        incarnation: int,
+        claim: dict[str, Any],
+        routable: Callable[[PeerRecord], tuple[ipaddress.IPv4Network, ...]],
     ) -> None:
         endpoint = (advertise, config.port)
         record = PeerRecord(
-            name=identity.name, nickname=identity.nickname, incarnation=time.time_ns(),
+            name=identity.name, nickname=identity.nickname, incarnation=incarnation,
             version=1, uid=identity.uid, data_endpoint=endpoint, control_endpoint=endpoint,
-            blocks=(str(block),),
+            **claim,
         )  # fmt: skip
+        self.routable = routable
         self.topology = Topology(record)
         self.mesh = Mesh(
             self.topology,
@@ -52,7 +62,7 @@ class Cluster:
         self.changed.set()
 
     def _event(self, kind: str, name: str) -> None:
-        if kind in ("routes", "reachable", "unreachable", "forgotten"):
+        if kind in ("routes", "reachable", "unreachable", "forgotten", "updated"):
             self.changed.set()
 
     def peer_specs(self) -> list[PeerSpec]:
@@ -70,9 +80,14 @@ class Cluster:
             if r is None or hop not in records:
                 continue
             via = None if hop == name else endpoint(hop)
-            blocks = tuple(ipaddress.IPv4Network(b) for b in r.blocks)
+            blocks = self.routable(r)
             specs.append(PeerSpec(peer_id(name), r.nickname, endpoint(name), blocks, via, name))
         return specs
+
+    def publish(self, **changes: Any) -> None:
+        """Change our record (the address claim) and send it out now."""
+        self.mesh.set_local(time.monotonic(), **changes)
+        self.driver.flush()
 
     def set_unreachable(self, names: list[str]) -> None:
         """Publish the peers whose direct data path does not answer (routes relay them)."""

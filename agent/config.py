@@ -60,11 +60,35 @@ class Config:
         "Cluster range (CIDR) that pod blocks come from. Default 10.32.0.0/12, as Weave.",
         ipaddress.IPv4Network("10.32.0.0/12"),
     )
+    ipalloc_block: int = _setting(
+        "IPALLOC_BLOCK",
+        "--ipalloc-block",
+        "Prefix length of the blocks nodes use for pods (gossip IPAM); each block's first "
+        "address is its gateway on the bridge. 24 gives 253 pods a block; a node that fills "
+        "one takes another.",
+        24,
+    )
+    ipalloc_init: str = _setting(
+        "IPALLOC_INIT",
+        "--ipalloc-init",
+        "Gossip IPAM seeding: consensus=N, N being how many nodes start the cluster; the "
+        "range is seeded once N // 2 + 1 of them agree, so a minority never seeds. Default: "
+        "the number of seeds given plus one.",
+        "",
+    )
+    ipam_timeout: float = _setting(
+        "WEAVE_IPAM_TIMEOUT",
+        "--ipam-timeout",
+        "Seconds an address request may wait for the node to obtain space before it fails "
+        "with an error (the CNI plugin then reports 'try again later').",
+        10.0,
+    )
     pod_block: ipaddress.IPv4Network | None = _setting(
         "WEAVE_POD_BLOCK",
         "--pod-block",
-        "This node's pod block (CIDR inside the range); its first address is the pods' "
-        "gateway on the bridge. Required until IPAM allocates blocks.",
+        "kube IPAM mode: this node's fixed pod block (the Node's spec.podCIDR), inside the "
+        "range; its first address is the gateway. Unset (default): gossip IPAM allocates "
+        "blocks. Required with static peers.",
         None,
     )
     peers: tuple[StaticPeer, ...] = _setting(
@@ -261,6 +285,8 @@ def _optional(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
 PARSERS: dict[str, Callable[[Any], Any]] = {
     "ipalloc_range": lambda v: ipaddress.IPv4Network(str(v)),
     "pod_block": _optional(ipaddress.IPv4Network),
+    "ipalloc_block": _parse_int,
+    "ipam_timeout": float,
     "peers": _parse_peers,
     "mtu": _optional(_parse_int),
     "seeds": lambda v: _parse_seeds(v),
@@ -352,12 +378,22 @@ def validate(c: Config) -> None:
             raise bad("pod_block", str(c.pod_block), f"is not inside {c.ipalloc_range}")
         if c.pod_block.num_addresses < 4:
             raise bad("pod_block", str(c.pod_block), "is too small (at least a /30)")
+    widest = max(c.ipalloc_range.prefixlen, 8)
+    if not widest <= c.ipalloc_block <= 30:
+        why = f"is outside {widest}..30 (range {c.ipalloc_range})"
+        raise bad("ipalloc_block", c.ipalloc_block, why)
+    if c.ipalloc_init and init_count(c) < 1:
+        raise bad("ipalloc_init", c.ipalloc_init, "is not consensus=N with N >= 1")
+    if c.ipam_timeout <= 0:
+        raise bad("ipam_timeout", c.ipam_timeout, "must be > 0 seconds")
     for peer in c.peers:
         if not 1 <= peer.port <= 65535:
             raise bad("peers", str(peer), "has a port outside 1..65535")
         for block in peer.blocks:
             if c.pod_block is not None and block.overlaps(c.pod_block):
                 raise bad("peers", str(peer), f"overlaps this node's block {c.pod_block}")
+    if c.peers and c.pod_block is None:
+        raise bad("pod_block", None, "is required with static peers (no gossip IPAM)")
     if not 1024 <= c.gso_max_size <= 65000:
         raise bad("gso_max_size", c.gso_max_size, "is outside 1024..65000")
     if c.heartbeat_interval <= 0 or c.heartbeat_slow_interval < c.heartbeat_interval:
@@ -383,6 +419,14 @@ def validate(c: Config) -> None:
         value = getattr(c, name)
         if value and split_hostport(value) is None:
             raise bad(name, value, "is not HOST:PORT")
+
+
+def init_count(c: Config) -> int:
+    """How many nodes start the cluster (IPALLOC_INIT consensus=N); 0 when malformed."""
+    if not c.ipalloc_init:
+        return len(c.seeds) + 1
+    kind, _, n = c.ipalloc_init.partition("=")
+    return int(n) if kind.strip() == "consensus" and n.strip().isdigit() else 0
 
 
 def split_hostport(value: str) -> tuple[str, int] | None:

@@ -21,9 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from agent import __version__
-from agent.api import Api
+from agent.api import Api, ApiError
 from agent.cluster import Cluster
 from agent.config import Config, split_hostport
+from agent.ipam import Ipam, IpamError
 from agent.status import Snapshot
 from gossip.identity import Identity, load_or_create, name_for, new_identity, peer_id
 from overlay import frame, node, udp
@@ -57,10 +58,6 @@ def first_hosts(config: Config) -> list[str]:
     return [p.host for p in config.peers] + [s.partition(":")[0] for s in config.seeds]
 
 
-def gateway_of(block: ipaddress.IPv4Network) -> ipaddress.IPv4Interface:
-    return ipaddress.IPv4Interface(f"{block.network_address + 1}/{block.prefixlen}")
-
-
 def detect_underlay_mtu(nl: Netlink, config: Config) -> int:
     """MTU of the interface that carries traffic to the first peer (1500 when unknown)."""
     for host in first_hosts(config):
@@ -84,8 +81,6 @@ def detect_advertise_address(nl: Netlink, config: Config) -> str:
 
 class Agent:
     def __init__(self, config: Config) -> None:
-        if config.pod_block is None:
-            raise ValueError("pod_block is required (static block assignment)")
         self.config = config
         self.gossip = not config.peers
         self.identity: Identity = (
@@ -97,7 +92,8 @@ class Agent:
         self.kept_routes: frozenset[ipaddress.IPv4Network] = frozenset()
         self.keep_routes_until = 0.0
         self.advertise = ""
-        self.block = config.pod_block
+        self.incarnation = time.time_ns()
+        self.ipam = Ipam(config, self.identity.name, self.incarnation)
         # pyroute2's synchronous API runs an event loop of its own, so every netlink call runs
         # on one worker thread (created after the agent entered its namespace).
         self._netlink_thread = ThreadPoolExecutor(1, thread_name_prefix="netlink")
@@ -126,7 +122,7 @@ class Agent:
             tun=self.config.tun,
             mtu=self.mtu,
             gso_max_size=self.config.gso_max_size,
-            gateways=(gateway_of(self.block),),
+            gateways=self.ipam.gateways,
             remote_blocks=remote,
         )
 
@@ -164,16 +160,20 @@ class Agent:
         self.sleeve = Sleeve(
             self.identity.peer_id,
             self.identity.uid,
-            [self.block],
+            self.ipam.owned,
             self.mtu,
-            router_address=gateway_of(self.block).ip.packed,
+            router_address=self._router_address(),
             fast_interval=c.heartbeat_interval,
             slow_interval=c.heartbeat_slow_interval,
             timeout=c.heartbeat_timeout,
         )
         self.sleeve.set_peers(peer_specs(c), time.monotonic())
         if self.gossip:
-            self.cluster = Cluster(c, self.identity, self.block, self.advertise)
+            self.cluster = Cluster(
+                c, self.identity, self.advertise, self.incarnation, self.ipam.record_fields(),
+                self.ipam.routable,
+            )  # fmt: skip
+            self.ipam.kick = self.cluster.changed.set
         self.datapath = Datapath(
             self.sleeve, self.tun.fd, self.sock, self.underlay_mtu, self._event, c.udp_gso
         )
@@ -187,6 +187,10 @@ class Agent:
                 ",".join(map(str, p.blocks)),
             )
         self.ready = True
+
+    def _router_address(self) -> bytes:
+        gateways = self.ipam.gateways
+        return gateways[0].ip.packed if gateways else b"\0\0\0\0"
 
     def _event(self, event: PeerEvent) -> None:
         p = event.peer
@@ -204,7 +208,7 @@ class Agent:
         await self._netlink(self.setup_kernel)
         self.setup()
         assert self.datapath is not None
-        api = Api(self.snapshot)
+        api = Api(self.snapshot, actions=self)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -263,16 +267,21 @@ class Agent:
                 log.warning("reconcile node: repaired drift with %d change(s)", len(actions))
 
     async def _follow_cluster(self) -> None:
-        """Sleeve peers and kernel routes follow the mesh's routes; our data-plane
-        exceptions go back into our record."""
+        """Sleeve peers and kernel routes follow the mesh's routes and the space each peer
+        owns; our address claim and data-plane exceptions go back into our record."""
         assert self.cluster is not None and self.sleeve is not None
         cluster, sleeve = self.cluster, self.sleeve
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(cluster.changed.wait(), self.config.heartbeat_interval)
+            # IPAM steps on every change and every heartbeat interval (requests, seeding, grants).
+            if self.ipam.step(cluster.topology.records, cluster.mesh.live()):
+                cluster.publish(**self.ipam.record_fields())
+                cluster.changed.set()  # our space changed: gateways and local blocks follow
             if cluster.changed.is_set():
                 cluster.changed.clear()
                 before = set(sleeve.peers)
+                sleeve.set_local_blocks(self.ipam.owned, self._router_address())
                 sleeve.set_peers(cluster.peer_specs(), time.monotonic())
                 if self.datapath is not None:
                     self.datapath.poke()
@@ -311,6 +320,45 @@ class Agent:
             self._netlink_thread.submit(self.nl.close).result()
         self._netlink_thread.shutdown()
 
+    # -- actions the API offers (the CNI plugin's and rmpeer's) ---------------------------------
+
+    async def allocate(self, container_id: str, ifname: str) -> dict[str, Any]:
+        try:
+            a = await self.ipam.allocate(container_id, ifname)
+        except IpamError as exc:
+            raise ApiError(exc.code, exc.message) from None
+        await self._space_changed()  # a new block's gateway must be on the bridge first
+        return {"container_id": a.container_id, "ifname": a.ifname,
+                "address": str(a.address), "gateway": str(a.gateway)}  # fmt: skip
+
+    async def release(self, container_id: str, ifname: str | None) -> dict[str, Any]:
+        try:
+            released = self.ipam.release(container_id, ifname)
+        except IpamError as exc:
+            raise ApiError(exc.code, exc.message) from None
+        if released:
+            await self._space_changed()
+        return {"released": [str(a.address) for a in released]}
+
+    async def rmpeer(self, name: str) -> dict[str, Any]:
+        live = self.cluster.mesh.live() if self.cluster else set()
+        try:
+            taken = self.ipam.rmpeer(name, live)
+        except IpamError as exc:
+            raise ApiError(exc.code, exc.message) from None
+        await self._space_changed()
+        return {"name": name, "taken": [str(n) for n in taken]}
+
+    async def _space_changed(self) -> None:
+        """Gateways, local space and our claim follow the pool and the ring."""
+        if self.sleeve is not None:
+            self.sleeve.set_local_blocks(self.ipam.owned, self._router_address())
+        if self.cluster is not None:
+            self.cluster.publish(**self.ipam.record_fields())
+            self.cluster.changed.set()
+        if self.nl is not None:
+            await self._netlink(self._reconcile, self.node_spec())
+
     # -- status ------------------------------------------------------------------------------
 
     def _connections(self, peers: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -328,6 +376,14 @@ class Agent:
                 c = {**c, "mtu": peer["mtu"]}
             out.append(c)
         return out
+
+    def _ipam_status(self) -> dict[str, Any]:
+        if self.cluster is not None:
+            records = self.cluster.topology.records
+            live: set[str] = self.cluster.mesh.live()
+        else:
+            records, live = {}, set()
+        return self.ipam.status(records, live, self.identity.nickname)
 
     def snapshot(self) -> Snapshot:
         sleeve = self.sleeve
@@ -369,7 +425,7 @@ class Agent:
                 if self.datapath is not None and self.datapath.udp_gso
                 else "ip-fragments",
             },
-            "ipam": {"range": str(self.config.ipalloc_range), "blocks": [str(self.block)]},
+            "ipam": self._ipam_status(),
             "peers": peers,
             "drops": dict(sleeve.drops) if sleeve else {},
             "super_packets_received": dict(sleeve.paths) if sleeve else {},

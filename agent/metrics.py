@@ -1,7 +1,8 @@
 """Prometheus collector rendering the status snapshot at scrape time.
 
-Weave's names where the meaning matches (``weave_connections``), plus per-peer tunnel series
-Weave never had. The cores never import prometheus.
+Weave's names where the meaning matches (``weave_connections`` and the IPAM series
+``weave_ips``, ``weave_max_ips``, ``weave_ipam_*``, which dashboards and the kube-prometheus
+alerts use), plus per-peer tunnel series Weave never had. The cores never import prometheus.
 """
 
 from __future__ import annotations
@@ -73,3 +74,28 @@ class SnapshotCollector(Collector):
         )
         info.add_metric([s["router"]["offload"], str(s["router"]["mtu"])], 1)
         yield info
+        yield from _ipam(s["ipam"])
+
+
+IPAM_GAUGES = {
+    "capacity": ("weave_max_ips", "Size of IP address space used by allocator."),
+    "unreachable_percentage": (
+        "weave_ipam_unreachable_percentage",
+        "Percentage of IP addresses owned by unreachable peers.",
+    ),
+    "pending_allocates": ("weave_ipam_pending_allocates", "Number of pending allocates."),
+    "pending_claims": ("weave_ipam_pending_claims", "Number of pending claims."),
+}
+
+
+def _ipam(ipam: Snapshot) -> Iterator[GaugeMetricFamily]:
+    """Weave's IPAM series, same names and meanings."""
+    ips = GaugeMetricFamily("weave_ips", "Number of IP addresses.", labels=["state"])
+    ips.add_metric(["local-used"], ipam["used"])
+    yield ips
+    for key, (name, doc) in IPAM_GAUGES.items():
+        yield GaugeMetricFamily(name, doc, value=ipam[key])
+    unreachable = sum(1 for o in ipam["owners"] if not o["reachable"])
+    yield GaugeMetricFamily(
+        "weave_ipam_unreachable_count", "Number of unreachable peers.", value=unreachable
+    )

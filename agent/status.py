@@ -31,12 +31,48 @@ def render_status(s: Snapshot) -> str:
         ("DataPath", f"sleeve, offload {r['offload']}, super-packets {r['super_packets']}"),
         ("MTU", f"{r['mtu']} (underlay {r['underlay_mtu']})"),
         ("", ""),
-        ("Service", "ipam"),
-        ("Status", "ready" if s["ready"] else "idle"),
-        ("Range", s["ipam"]["range"]),
-        ("Blocks", ", ".join(s["ipam"]["blocks"]) or "none"),
+        *_ipam_rows(s["ipam"]),
     ]
     return "\n".join(f"{k:>15}: {v}" if k else "" for k, v in rows) + "\n"
+
+
+def _ipam_rows(ipam: dict[str, Any]) -> list[tuple[str, str]]:
+    """Weave's ipam service rows, plus this node's active blocks and any seeding conflict."""
+    rows = [
+        ("Service", "ipam"),
+        ("Status", ipam["status"]),
+        ("Range", ipam["range"]),
+        ("DefaultSubnet", ipam["range"]),
+        ("Blocks", ", ".join(ipam["blocks"]) or "none"),
+    ]
+    if ipam["conflict"]:
+        rows.append(("Conflict", ipam["conflict"]))
+    return rows
+
+
+def render_ipam(s: Snapshot) -> str:
+    """Weave's ``status ipam``: one line per peer owning address space, local first, then by
+    name; the name column padded to the longest name plus three spaces."""
+    ipam = s["ipam"]
+    owners = sorted(ipam["owners"], key=lambda o: (not o["local"], o["name"]))
+    whos = [f"{o['name']}({o['nickname']})" for o in owners]
+    width = max(map(len, whos), default=0) + 3
+    lines = [_owner_line(o, who, width) for o, who in zip(owners, whos, strict=True)]
+    if not owners:
+        lines.append(f"{ipam['status']}: no peer owns any of {ipam['range']} yet")
+    if ipam["conflict"]:
+        lines.append(f"conflict: {ipam['conflict']}")
+    return "\n".join(lines) + "\n"
+
+
+def _owner_line(owner: dict[str, Any], who: str, width: int) -> str:
+    line = (
+        f"{who:<{width}}{owner['addresses']} IPs ({owner['share']:.1f}% of total) "
+        f"({owner['active']} active)"
+    )
+    if not owner["local"] and not owner["reachable"]:
+        line += " - unreachable!"
+    return line
 
 
 def render_connections(s: Snapshot) -> str:
@@ -111,5 +147,6 @@ VIEWS = {
     "": render_status,
     "connections": render_connections,
     "peers": render_peers,
+    "ipam": render_ipam,
     "routes": render_routes,
 }

@@ -141,6 +141,7 @@ def measure(case: str, pair: Pair, seconds: int, pings: int, mtu: int) -> Result
 
 
 def pair_of(plan: LabPlan) -> Pair:
+    """The baselines' pods: fixed addresses from the plan (weave-py's come from its IPAM)."""
     return Pair(plan.pod_ns(1, 1), plan.pod_ns(2, 1), str(plan.pod_address(2, 1).ip))
 
 
@@ -152,7 +153,8 @@ def run_weave(name: str, seconds: int, pings: int) -> Result:
         log(f"weave-py: lab {lab_name} up")
         lab.up()
         mtu = int(lab.report(1)["router"]["mtu"])
-        return measure("weave-py", pair_of(plan), seconds, pings, mtu)
+        pair = Pair(plan.pod_ns(1, 1), plan.pod_ns(2, 1), str(lab.pod_address(2, 1).ip))
+        return measure("weave-py", pair, seconds, pings, mtu)
     finally:
         lab.down()
 

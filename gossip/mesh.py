@@ -253,6 +253,7 @@ class Mesh:
             if novel:
                 self._candidates = None
                 self._queue(novel, now)
+                self._events += [("updated", r.name) for r in novel]
         elif msg_type == MessageType.DIGEST:
             digest = _digest_from_wire(fields.get("digest"))
             self._send_records(conn, self.topology.newer_than(digest))

@@ -45,6 +45,7 @@ MAX_UINT = 2**64 - 1  # msgpack's largest integer
 MAX_PORT = 65535
 MAX_TOMBSTONES = 4096  # departed peers remembered after removal; oldest forgotten first
 MAX_COLLISIONS = 64  # reports kept in ``Topology.collisions``; oldest dropped first
+MAX_META = 32768  # bytes of application data in a record (opaque here, like memberlist's Meta)
 
 Stamp = tuple[int, int]
 Endpoint = tuple[str, int]
@@ -69,6 +70,7 @@ class PeerRecord:
     connections: tuple[str, ...] = ()  # names with an established control connection
     unreachable: tuple[str, ...] = ()  # names whose UDP data path we could NOT confirm
     departed: bool = False  # set on clean shutdown
+    meta: bytes = b""  # application data (the address claim), opaque to the mesh
 
     def __post_init__(self) -> None:
         for field in ("blocks", "connections", "unreachable"):
@@ -96,6 +98,8 @@ class PeerRecord:
                 wire[key] = list(names)
         if self.departed:
             wire["dp"] = True
+        if self.meta:
+            wire["m"] = self.meta
         return wire
 
     @classmethod
@@ -118,12 +122,19 @@ class PeerRecord:
             connections=tuple(_name(s, "c") for s in _list(d.get("c", []), "c")),
             unreachable=tuple(_name(s, "x") for s in _list(d.get("x", []), "x")),
             departed=departed,
+            meta=_bytes(d.get("m", b""), "m"),
         )
 
 
 def _string(value: object, key: str) -> str:
     if not isinstance(value, str) or len(value) > MAX_STRING:
         raise TopologyError(f"record field {key!r} is not a string of at most {MAX_STRING}")
+    return value
+
+
+def _bytes(value: object, key: str) -> bytes:
+    if not isinstance(value, bytes) or len(value) > MAX_META:
+        raise TopologyError(f"record field {key!r} is not bytes of at most {MAX_META}")
     return value
 
 
@@ -169,13 +180,13 @@ def _outranks(new: PeerRecord, old: PeerRecord) -> bool:
 
 def _rank(r: PeerRecord) -> tuple[Any, ...]:
     return (r.uid, r.nickname, r.data_endpoint, r.control_endpoint, r.blocks, r.connections,
-            r.unreachable, r.departed)  # fmt: skip
+            r.unreachable, r.departed, r.meta)  # fmt: skip
 
 
 # Fields only the record's owner may change through ``set_local``; the rest is identity and stamp.
 CHANGEABLE = frozenset(
     {"nickname", "data_endpoint", "control_endpoint", "blocks", "connections", "unreachable",
-     "departed"}
+     "departed", "meta"}
 )  # fmt: skip
 
 

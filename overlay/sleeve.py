@@ -108,11 +108,22 @@ class Sleeve:
         self._outbox: list[tuple[bytes, Address]] = []
         self._events: list[PeerEvent] = []
         self._local = _BlockTable()
-        for block in local_blocks:
-            self._local.add(block, True)
+        self.set_local_blocks(local_blocks, router_address)
         self._table: _BlockTable = _BlockTable()
 
     # -- configuration ---------------------------------------------------------------------
+
+    def set_local_blocks(
+        self, blocks: Iterable[ipaddress.IPv4Network], router_address: bytes | None = None
+    ) -> None:
+        """The space this node owns (packets for it are delivered here) and the address ICMP
+        errors come from; both change as IPAM obtains or gives away space."""
+        table = _BlockTable()
+        for block in blocks:
+            table.add(block, True)
+        self._local = table
+        if router_address is not None:
+            self.router_address = router_address
 
     def set_peers(self, specs: Iterable[PeerSpec], now: float) -> None:
         """Replace the peer set; state of peers that stay is kept."""

@@ -2,8 +2,10 @@
 
 Topology: an underlay namespace holding a bridge, one namespace per node wired to it by a veth
 pair (node i = 192.168.1.(6+i)), a real agent process per node, and pods (namespaces) attached
-to each node's bridge. Nothing is created in the caller's own namespace. Everything the lab
-made is written to ``<directory>/lab.json`` so ``down`` removes exactly that, also after a crash.
+to each node's bridge with addresses the node's agent allocates (gossip IPAM: no node is given
+a block; static mode: fixed blocks 10.244.i.0/24). Nothing is created in the caller's own
+namespace. Everything the lab made is written to ``<directory>/lab.json`` so ``down`` removes
+exactly that, also after a crash.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+from collections.abc import Iterable
 from typing import Any
 
 from agent import client
@@ -52,11 +56,13 @@ class Lab:
             raise ValueError("a line lab has exactly 3 nodes")
         self.pids: dict[int, int] = {}
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.pod_addresses: dict[tuple[int, int], ipaddress.IPv4Interface] = {}
 
     # -- building ----------------------------------------------------------------------------
 
-    def up(self, timeout: float = 20.0) -> None:
-        """Create namespaces, start the agents, attach the pods. Raises on any failure."""
+    def up(self, timeout: float = 20.0, start: int | None = None) -> None:
+        """Create namespaces, start the agents (of the first ``start`` nodes; default all),
+        attach their pods. Raises on any failure."""
         p = self.plan
         os.makedirs(p.directory, exist_ok=True)
         self._save()
@@ -67,10 +73,21 @@ class Lab:
                 ul.set_link(bridge, up=True)
             for i in range(1, p.nodes + 1):
                 self._add_node(ul, i)
-        for i in range(1, p.nodes + 1):
+        for i in range(1, (start or p.nodes) + 1):
             self.start_agent(i)
         self.wait_ready(timeout)
+        if self.gossip:
+            self.wait_space(timeout)
         for i, j in p.all_pods():
+            if i in self.pids:
+                self.add_pod(i, j)
+
+    def join(self, i: int, timeout: float = 20.0) -> None:
+        """Start node i's agent in a running lab (a node joining later) and attach its pods."""
+        self.start_agent(i)
+        self.wait_ready(timeout)
+        self.wait_space(timeout, self.pids)
+        for j in range(1, self.plan.pods + 1):
             self.add_pod(i, j)
 
     def _add_node(self, ul: Netlink, i: int) -> None:
@@ -112,8 +129,6 @@ class Lab:
             p.node_name(i),
             "--ipalloc-range",
             str(POD_RANGE),
-            "--pod-block",
-            str(p.block(i)),
             "--bridge",
             p.bridge,
             "--tun",
@@ -126,10 +141,12 @@ class Lab:
         if self.gossip:
             seed = i - 1 if i > 1 else 2
             cmd += ["--advertise-address", str(self.address(i).ip)]
+            cmd += ["--ipalloc-init", f"consensus={p.nodes}"]
             if seed <= p.nodes:
                 seed_ip = SECOND_ADDRESS.ip if self.line and i == 3 else self.address(seed).ip
                 cmd += ["--seed", str(seed_ip)]
             return cmd + list(self.agent_args)
+        cmd += ["--pod-block", str(p.block(i))]  # static peers: fixed blocks (kube-style)
         for k in range(1, p.nodes + 1):
             if k != i:
                 peer = f"{p.node_name(k)}@{p.node_address(k).ip}=" + str(p.block(k))
@@ -174,7 +191,8 @@ class Lab:
         """Until every agent answers and has a working data path to every peer: established
         directly, or relayed through a next hop."""
         deadline = time.monotonic() + timeout
-        for i in range(1, self.plan.nodes + 1):
+        running = sorted(self.pids)
+        for i in running:
             while True:
                 proc = self.procs.get(i)
                 if proc is not None and proc.poll() is not None:
@@ -187,7 +205,7 @@ class Lab:
                     peers = snap["peers"]
                     if (
                         snap["ready"]
-                        and len(peers) == self.plan.nodes - 1
+                        and len(peers) == len(running) - 1
                         and all(x["state"] == "established" or x.get("via") for x in peers)
                     ):
                         break
@@ -203,20 +221,70 @@ class Lab:
     def report(self, i: int) -> dict[str, Any]:
         return client.report(socket_path=self.plan.socket_path(i), timeout=2.0)
 
-    def add_pod(self, i: int, j: int) -> None:
+    def allocate(self, i: int, key: str, ifname: str = "eth0") -> dict[str, Any]:
+        """Ask node i's agent for a pod address, as the CNI plugin does; raises OSError with
+        the agent's error."""
+        path = f"/ip/{urllib.parse.quote(key, safe='')}?ifname={ifname}"
+        code, body = client.request("POST", path, socket_path=self.plan.socket_path(i),
+                                    timeout=30.0)  # fmt: skip
+        answer: dict[str, Any] = json.loads(body) if body.startswith("{") else {"error": body}
+        if code != 200:
+            raise OSError(f"node {i}: address for {key}: {answer.get('error', body).strip()}")
+        return answer
+
+    def add_pod(self, i: int, j: int) -> ipaddress.IPv4Interface:
+        """A pod namespace on node i with an address from the node's agent."""
         p = self.plan
         netlink.ensure_netns(p.pod_ns(i, j))
         snap = self.report(i)
+        got = self.allocate(i, p.pod_ns(i, j))
         spec = pods.PodSpec(
             netns=p.pod_ns(i, j),
             key=p.pod_ns(i, j),
-            address=p.pod_address(i, j),
-            gateway=p.block(i).network_address + 1,
+            address=ipaddress.IPv4Interface(got["address"]),
+            gateway=ipaddress.IPv4Address(got["gateway"]),
             mtu=snap["router"]["mtu"],
             gso_max_size=62000,
         )
         with Netlink(p.node_ns(i)) as nl:
             pods.attach_pod(nl, p.bridge, spec)
+        self.pod_addresses[i, j] = spec.address
+        self._save()
+        return spec.address
+
+    def pod_address(self, i: int, j: int) -> ipaddress.IPv4Interface:
+        return self.pod_addresses[i, j]
+
+    def pod_ips(self) -> dict[str, str]:
+        """Pod namespace -> address, for every pod the lab attached."""
+        pods = sorted(self.pod_addresses.items())
+        return {self.plan.pod_ns(i, j): str(a.ip) for (i, j), a in pods}
+
+    def owned(self, i: int) -> list[str]:
+        """The space node i's agent owns, as it reports it."""
+        owners = self.report(i)["ipam"]["owners"]
+        return [n for o in owners if o["local"] for n in o["owned"]]
+
+    def wait_space(self, timeout: float, nodes: Iterable[int] | None = None) -> None:
+        """Until each node owns space and routes every other node's space through the TUN."""
+        nodes = sorted(nodes or self.pids)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                owned = {i: self.owned(i) for i in nodes}
+                routed = {i: {r["destination"] for r in self.report(i)["routes"]} for i in nodes}
+                if all(owned.values()) and all(
+                    set(owned[k]) <= routed[i] for i in nodes for k in nodes if k != i
+                ):
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"nodes {nodes} did not all obtain and route address space within "
+                    f"{timeout}s; see the agent logs in {self.plan.directory}"
+                )
+            time.sleep(0.1)
 
     # -- tearing down ------------------------------------------------------------------------
 
@@ -253,7 +321,9 @@ class Lab:
 
     def _save(self) -> None:
         p = self.plan
-        state = {"name": p.name, "nodes": p.nodes, "pods": p.pods, "pids": self.pids}
+        addresses = {f"{i},{j}": str(a) for (i, j), a in self.pod_addresses.items()}
+        state = {"name": p.name, "nodes": p.nodes, "pods": p.pods, "pids": self.pids,
+                 "pod_addresses": addresses}  # fmt: skip
         tmp = f"{p.directory}/lab.json.tmp"
         with open(tmp, "w") as f:
             json.dump(state, f)

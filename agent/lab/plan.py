@@ -66,12 +66,14 @@ class LabPlan:
         return ipaddress.IPv4Interface(f"{host}/{UNDERLAY.prefixlen}")
 
     def block(self, i: int) -> ipaddress.IPv4Network:
+        """Node i's block in static mode and in the benchmarks' baselines."""
         return ipaddress.IPv4Network(f"10.244.{i}.0/24")
 
     def pod_ns(self, i: int, j: int) -> str:
         return f"{self.prefix}-n{i}p{j}"
 
     def pod_address(self, i: int, j: int) -> ipaddress.IPv4Interface:
+        """Fixed addressing for the benchmarks' baselines (the lab asks the agents)."""
         block = self.block(i)
         return ipaddress.IPv4Interface(f"{block.network_address + 1 + j}/{block.prefixlen}")
 

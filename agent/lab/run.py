@@ -34,9 +34,11 @@ def up(name: str, nodes: int, pods: int, directory: str | None, gossip: bool = T
     )
     for i in range(1, nodes + 1):
         snap = lab.report(i)
-        print(f"== node{i} ({plan.node_ns(i)}, {plan.node_address(i).ip}, block {plan.block(i)})")
+        owned = ", ".join(lab.owned(i)) or "none"
+        print(f"== node{i} ({plan.node_ns(i)}, {plan.node_address(i).ip}, owns {owned})")
         print(status.render_connections(snap) + status.render_routes(snap))
-    addresses = {plan.pod_ns(i, j): str(plan.pod_address(i, j).ip) for i, j in plan.all_pods()}
+    print(status.render_ipam(lab.report(1)))
+    addresses = lab.pod_ips()
     if len(addresses) < 2:
         print("fewer than two pods: no reachability matrix")
         return 0

@@ -11,10 +11,12 @@ Rules the module keeps:
 - One key, one address; one address, one key. Allocating a held key returns its allocation
   unchanged (CNI ADD is retried); releasing a free key is a no-op (CNI DEL must succeed twice).
 - Lowest first: a new key gets the lowest free address of the *active* blocks; when they are
-  full, the lowest owned block not yet active becomes active. The lowest owned block (the
-  primary) is always active, so a node with few pods keeps one stable gateway; any other block is
-  active exactly while it holds an allocation. ``free_space`` (owned minus active) is therefore
-  what the node can give back to the ring without renumbering a pod.
+  full, the lowest owned block not yet active becomes active. The primary block (the lowest
+  block holding an address, or with none the lowest owned block) is always active, so a node
+  keeps a gateway; any other block is active exactly while it holds an allocation, and space
+  added below the blocks in use (reclaimed with rmpeer, say) stays free to give away.
+  ``free_space`` (owned minus active) is therefore what the node can give back to the ring
+  without renumbering a pod.
 - Owned space never shrinks under an allocation: ``set_owned`` refuses to drop an allocated
   address. Running out is not an error: ``allocate`` returns None and the caller asks the ring
   for more space.
@@ -294,16 +296,20 @@ class Pool:
             address = pool._restore(row, f"state.allocations[{index}]")
             block = address - address % pool._size
             taken.setdefault(block, []).append(address - block)
-        primary = pool._primary()
-        if primary is not None:
-            taken.setdefault(primary, [])
         for block, offsets in taken.items():
             pool._activate(block, offsets)
+        primary = pool._primary()
+        if primary is not None and primary not in pool._blocks:
+            pool._activate(primary)
         return pool
 
     # -- internals ------------------------------------------------------------------------
 
     def _primary(self) -> int | None:
+        """The lowest block holding an address; with none, the lowest owned block."""
+        used = [block for block, state in self._blocks.items() if state.count > 0]
+        if used:
+            return min(used)
         return int(self._owned[0].network_address) if self._owned else None
 
     def _record(self, container_id: str, ifname: str, address: int) -> Allocation:
@@ -325,6 +331,9 @@ class Pool:
         state.give(address - block)
         if state.count == 0 and block != self._primary():
             self._deactivate(block)
+            primary = self._primary()
+            if primary is not None and primary not in self._blocks:
+                self._activate(primary)  # no pods left: back to the lowest owned block
         else:
             self._update_open(block)
 

@@ -16,8 +16,9 @@ only that peer changes it, so ownership changes only by the owner's own action:
   is therefore never held by two peers: the granter lets go before the grantee takes, and a
   serial is taken up once.
 - Reclaim. ``rmpeer`` (an operator's action, refused while the peer is live) adds a dead peer's
-  space to ours and publishes ``removed``: every peer then ignores the dead peer's claim, and a
-  granter takes back grants the dead peer never took up. A peer that finds itself removed
+  space -- what its last claim owned, and grants to it that it never took up -- to ours and
+  publishes ``removed``: every peer then ignores the dead peer's claim, and granters forget
+  their grants to it. A peer that finds itself removed
   (it was only partitioned, or restarted from old state) drops its space.
 - Two rings. Groups that seeded independently (a wrong ``IPALLOC_INIT`` count, say) hold
   different ring ids and never route to each other. When they meet, the older ring wins; a peer
@@ -131,7 +132,10 @@ class Ring:
         live = {n for n in live if n != self.name and n in self.known}
         winner = self._winning_ring(live)
         self._settle_conflict(winner, used)
+        owned_before = list(self.owned)
         self._take_grants()
+        if self.owned != owned_before:
+            need = False  # space just arrived: the caller says next time whether it suffices
         self._prune_acks()
         self._forget_taken_grants(markers)
         free = space.subtract(free_space, [g[0] for g in self.grants])
@@ -220,13 +224,12 @@ class Ring:
     def _forget_taken_grants(self, markers: Mapping[str, int]) -> None:
         kept: list[Grant] = []
         for grant in self.grants:
-            net, grantee, serial = grant
+            _net, grantee, serial = grant
             view = self.known.get(grantee)
             if view is not None and view.claim.ack_for(self.name) >= serial:
                 continue  # taken up
             if grantee in markers and (view is None or view.incarnation <= markers[grantee]):
-                self.owned = space.collapse([*self.owned, net])  # never taken: ours again
-                continue
+                continue  # the grantee was reclaimed: whoever ran rmpeer took this grant too
             kept.append(grant)
         self.grants = kept
 
@@ -345,7 +348,12 @@ class Ring:
             raise RmpeerError(f"peer {name} is not known to own any space")
         if self.ring is None:
             raise RmpeerError("this peer has no space yet; run rmpeer on a peer that has")
-        taken = [] if view.claim.ring != self.ring else space.subtract(view.claim.owned, self.owned)
+        held = list(view.claim.owned)
+        for granter, other in self.known.items():  # grants it never took up are its too
+            acked = view.claim.ack_for(granter)
+            held += [g[0] for g in other.claim.grants if g[1] == name and g[2] > acked]
+        held += [g[0] for g in self.grants if g[1] == name and g[2] > view.claim.ack_for(self.name)]
+        taken = [] if view.claim.ring != self.ring else space.subtract(held, self.owned)
         self.owned = space.collapse([*self.owned, *taken])
         self.removed = [r for r in self.removed if r[0] != name] + [(name, view.incarnation)]
         del self.removed[:-MAX_REMOVED]

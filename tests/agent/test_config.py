@@ -191,6 +191,8 @@ def test_repeated_peer_flag_replaces_environment() -> None:
         "x@192.0.2.8=10.32.8.0/24",
         "--peer",
         "y@192.0.2.9:6000=10.32.9.0/24",
+        "--pod-block",
+        BLOCK,
         env={"WEAVE_PEERS": "a@192.0.2.1=10.32.2.0/24"},
     )
     assert [(p.name, p.host, p.port) for p in c.peers] == [
@@ -200,7 +202,11 @@ def test_repeated_peer_flag_replaces_environment() -> None:
 
 
 def test_peers_from_file_list(tmp_path: Path) -> None:
-    path = toml(tmp_path, 'peers = ["a@192.0.2.1=10.32.2.0/24", "b@192.0.2.2=10.32.3.0/24"]\n')
+    path = toml(
+        tmp_path,
+        'pod_block = "10.32.1.0/24"\n'
+        'peers = ["a@192.0.2.1=10.32.2.0/24", "b@192.0.2.2=10.32.3.0/24"]\n',
+    )
     assert [p.name for p in load("--config", path).peers] == ["a", "b"]
 
 
@@ -378,3 +384,30 @@ def test_split_hostport() -> None:
     assert config.split_hostport("6784") is None
     assert config.split_hostport("h:-1") is None
     assert config.split_hostport("h:65536") is None
+
+
+# -- IPAM --------------------------------------------------------------------------------------
+
+
+def test_ipam_defaults_and_init_count() -> None:
+    c = load()
+    assert c.pod_block is None and c.ipalloc_block == 24 and c.ipam_timeout == 10.0
+    assert config.init_count(c) == 1  # no seeds: a lone node seeds its range
+    assert config.init_count(load("--seed", "192.0.2.1", "--seed", "192.0.2.2")) == 3
+    assert config.init_count(load(env={"IPALLOC_INIT": "consensus=5"})) == 5
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "field"),
+    [
+        (["--ipalloc-block", "31"], {}, "ipalloc_block"),
+        (["--ipalloc-block", "8", "--ipalloc-range", "10.32.0.0/12"], {}, "ipalloc_block"),
+        ([], {"IPALLOC_INIT": "consensus=0"}, "ipalloc_init"),
+        ([], {"IPALLOC_INIT": "seed=a,b"}, "ipalloc_init"),
+        (["--ipam-timeout", "0"], {}, "ipam_timeout"),
+        (["--peer", "a@192.0.2.1=10.32.2.0/24"], {}, "pod_block"),
+    ],
+)
+def test_bad_ipam_settings_name_the_field(argv: list[str], env: dict[str, str], field: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{field}"):
+        load(*argv, env=env)

@@ -28,7 +28,52 @@ SNAPSHOT: dict[str, Any] = {
         "offload": "tso+csum",
         "super_packets": "udp-gso",
     },
-    "ipam": {"range": "10.32.0.0/12", "blocks": ["10.32.1.0/24"]},
+    "ipam": {
+        "mode": "gossip",
+        "status": "ready",
+        "range": "10.32.0.0/12",
+        "block_prefix": 24,
+        "blocks": ["10.32.1.0/24"],
+        "conflict": None,
+        "owners": [
+            {
+                "name": "aa:bb:cc:dd:ee:01",
+                "nickname": "node-1",
+                "local": True,
+                "reachable": True,
+                "owned": ["10.32.0.0/13"],
+                "addresses": 524288,
+                "share": 50.0,
+                "active": 3,
+            },
+            {
+                "name": "aa:bb:cc:dd:ee:02",
+                "nickname": "node-2",
+                "local": False,
+                "reachable": True,
+                "owned": ["10.40.0.0/14"],
+                "addresses": 262144,
+                "share": 25.0,
+                "active": 1,
+            },
+            {
+                "name": "aa:bb:cc:dd:ee:03",
+                "nickname": "node-3",
+                "local": False,
+                "reachable": False,
+                "owned": ["10.44.0.0/14"],
+                "addresses": 262144,
+                "share": 25.0,
+                "active": 0,
+            },
+        ],
+        "used": 3,
+        "capacity": 524285,
+        "pending_allocates": 2,
+        "pending_claims": 1,
+        "unreachable_addresses": 262144,
+        "unreachable_percentage": 25.0,
+    },
     "peers": [
         {
             "name": "aa:bb:cc:dd:ee:02",
@@ -89,6 +134,13 @@ def snap(**changes: Any) -> dict[str, Any]:
     return s
 
 
+def ipam(**changes: Any) -> dict[str, Any]:
+    """SNAPSHOT's ipam entry with ``changes``."""
+    entry = copy.deepcopy(SNAPSHOT["ipam"])
+    entry.update(changes)
+    return entry
+
+
 def weave_sample(title: str) -> list[str]:
     """The fenced example under ``title`` in WEAVE.md (Weave's own output), when available."""
     path = Path("/work/shared/WEAVE.md")
@@ -109,7 +161,7 @@ def test_status_labels_right_aligned() -> None:
     filled = [line for line in lines if line]
     assert all(line.index(":") == 15 for line in filled), out
     assert all(re.match(r"^ *[A-Za-z]+: \S", line) for line in filled), out
-    rows = {}
+    rows: dict[str, str] = {}
     for line in filled:
         key, value = line.split(": ", 1)
         rows.setdefault(key.strip(), value)
@@ -119,8 +171,10 @@ def test_status_labels_right_aligned() -> None:
     assert rows["Peers"] == "4"
     assert rows["Targets"] == "3"
     assert rows["Range"] == "10.32.0.0/12"
+    assert rows["DefaultSubnet"] == "10.32.0.0/12"
     assert rows["Blocks"] == "10.32.1.0/24"
     assert rows["Status"] == "ready"
+    assert "Conflict" not in rows
     assert "1376" in out and "1440" in out  # overlay and underlay MTU both shown
     assert "tso+csum" in out  # the offload mode is visible
     # Two services, each introduced by a blank line, as Weave prints them.
@@ -138,13 +192,122 @@ def test_status_alignment_matches_weave() -> None:
 
 
 def test_status_without_peers_and_not_ready() -> None:
-    out = status.render_status(
-        snap(peers=[], ready=False, ipam={"range": "10.0.0.0/8", "blocks": []})
-    )
+    entry = ipam(status="idle", range="10.0.0.0/8", blocks=[], owners=[])
+    out = status.render_status(snap(peers=[], ready=False, ipam=entry))
     assert "    Connections: 0\n" in out
     assert "          Peers: 1\n" in out
     assert "         Status: idle\n" in out
+    assert "  DefaultSubnet: 10.0.0.0/8\n" in out
     assert "         Blocks: none\n" in out
+
+
+def test_status_ipam_matches_weave() -> None:
+    sample = weave_sample("## `weave status`")
+    weave_ipam = sample[sample.index("        Service: ipam") :]
+    ours = status.render_status(SNAPSHOT).splitlines()
+    assert ours[ours.index("        Service: ipam") :][:4] == weave_ipam
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        "idle",
+        "awaiting consensus",
+        "waiting for IP(s) to become available",
+        "all IP ranges owned by unreachable peers",
+    ],
+)
+def test_status_shows_the_ipam_status(state: str) -> None:
+    out = status.render_status(snap(ipam=ipam(status=state)))
+    assert f"         Status: {state}\n" in out
+
+
+def test_status_shows_a_seeding_conflict() -> None:
+    text = "IP allocation was seeded by different peers: restart node-9 with an empty state_dir"
+    out = status.render_status(snap(ipam=ipam(status="awaiting consensus", conflict=text)))
+    assert f"       Conflict: {text}\n" in out
+    assert out.index("Blocks:") < out.index("Conflict:")
+
+
+# -- weave-py status ipam ----------------------------------------------------------------------
+
+
+def owner(name: str, nickname: str, **changes: Any) -> dict[str, Any]:
+    entry = {
+        "name": name,
+        "nickname": nickname,
+        "local": False,
+        "reachable": True,
+        "owned": ["10.32.0.0/14"],
+        "addresses": 262144,
+        "share": 25.0,
+        "active": 0,
+    }
+    entry.update(changes)
+    return entry
+
+
+def test_ipam_lines() -> None:
+    assert status.render_ipam(SNAPSHOT).splitlines() == [
+        "aa:bb:cc:dd:ee:01(node-1)   524288 IPs (50.0% of total) (3 active)",
+        "aa:bb:cc:dd:ee:02(node-2)   262144 IPs (25.0% of total) (1 active)",
+        "aa:bb:cc:dd:ee:03(node-3)   262144 IPs (25.0% of total) (0 active) - unreachable!",
+    ]
+
+
+def test_ipam_local_first_then_by_name_and_aligned() -> None:
+    owners = [
+        owner("ff:00:00:00:00:02", "b", addresses=16, share=0.0015),
+        owner("11:00:00:00:00:03", "a-much-longer-nickname", active=12),
+        owner("aa:00:00:00:00:01", "me", local=True, addresses=1048560, share=99.9985),
+    ]
+    lines = status.render_ipam(snap(ipam=ipam(owners=owners))).splitlines()
+    assert [line.split("(", 1)[0] for line in lines] == [
+        "aa:00:00:00:00:01",  # local first, although its name sorts after the next
+        "11:00:00:00:00:03",
+        "ff:00:00:00:00:02",
+    ]
+    width = len("11:00:00:00:00:03(a-much-longer-nickname)") + 3
+    for line in lines:  # every count starts in the same column, after at least 3 spaces
+        assert line[width - 3 : width] == "   " and line[width].isdigit(), line
+    assert lines[1] == (
+        "11:00:00:00:00:03(a-much-longer-nickname)   262144 IPs (25.0% of total) (12 active)"
+    )
+    assert lines[0].endswith("1048560 IPs (100.0% of total) (0 active)")
+    assert lines[2].endswith("16 IPs (0.0% of total) (0 active)")
+
+
+def test_ipam_marks_only_unreachable_others() -> None:
+    owners = [
+        owner("aa:00:00:00:00:01", "me", local=True, reachable=False),  # never marked
+        owner("aa:00:00:00:00:02", "up"),
+        owner("aa:00:00:00:00:03", "gone", reachable=False),
+    ]
+    lines = status.render_ipam(snap(ipam=ipam(owners=owners))).splitlines()
+    assert [line.endswith(" - unreachable!") for line in lines] == [False, False, True]
+    assert lines[2].endswith("(0 active) - unreachable!")
+
+
+def test_ipam_conflict_after_the_owners() -> None:
+    text = "IP allocation was seeded by different peers: wipe node-9's state_dir and restart it"
+    lines = status.render_ipam(snap(ipam=ipam(conflict=text))).splitlines()
+    assert len(lines) == 4
+    assert lines[-1] == f"conflict: {text}"
+
+
+def test_ipam_without_owners_says_the_status() -> None:
+    out = status.render_ipam(snap(ipam=ipam(status="awaiting consensus", owners=[])))
+    assert out == "awaiting consensus: no peer owns any of 10.32.0.0/12 yet\n"
+    text = "IP allocation was seeded by different peers: ..."
+    out = status.render_ipam(snap(ipam=ipam(status="awaiting consensus", owners=[], conflict=text)))
+    assert out.splitlines() == [
+        "awaiting consensus: no peer owns any of 10.32.0.0/12 yet",
+        f"conflict: {text}",
+    ]
+
+
+def test_ipam_is_a_status_view() -> None:
+    assert status.VIEWS["ipam"] is status.render_ipam
 
 
 # -- weave-py status connections -------------------------------------------------------------
@@ -232,7 +395,7 @@ def test_status_ready_and_not_ready() -> None:
     code, ctype, body = api().respond("GET", "/status")
     assert (code, ctype) == (200, "text/plain")
     assert body == status.render_status(SNAPSHOT)
-    code, _, body = api(snap(ready=False)).respond("GET", "/status")
+    code, _, body = api(snap(ready=False, ipam=ipam(status="idle"))).respond("GET", "/status")
     assert code == 503
     assert "Status: idle" in body
 
@@ -249,6 +412,7 @@ def test_report_is_the_snapshot_as_json() -> None:
         ("/status/peers", status.render_peers),
         ("/status/connections", status.render_connections),
         ("/status/routes", status.render_routes),
+        ("/status/ipam", status.render_ipam),
         ("/status/peers/", status.render_peers),
         ("/status/connections?verbose=1", status.render_connections),
         ("/status?x", status.render_status),
@@ -280,6 +444,48 @@ def test_metrics() -> None:
     assert ("weave_py_peer_rtt_seconds", node3) not in samples  # no answer yet, no RTT
     assert samples[("weave_py_peer_drops_total", (*node2, ("reason", "too_big")))] == 2
     assert samples[("weave_py_drops_total", (("reason", "unknown_peer"),))] == 3
+
+
+def samples_of(body: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+    }
+
+
+def test_ipam_metrics_have_weaves_names() -> None:
+    code, _, body = api().respond("GET", "/metrics")
+    assert code == 200
+    samples = samples_of(body)
+    assert samples[("weave_ips", (("state", "local-used"),))] == 3
+    assert samples[("weave_max_ips", ())] == 524285
+    assert samples[("weave_ipam_unreachable_count", ())] == 1
+    assert samples[("weave_ipam_unreachable_percentage", ())] == 25.0
+    assert samples[("weave_ipam_pending_allocates", ())] == 2
+    assert samples[("weave_ipam_pending_claims", ())] == 1
+    types = {f.name: f.type for f in text_string_to_metric_families(body)}
+    for name in ("weave_ips", "weave_max_ips", "weave_ipam_unreachable_count"):
+        assert types[name] == "gauge"
+
+
+def test_ipam_metrics_before_consensus() -> None:
+    entry = ipam(
+        status="awaiting consensus",
+        owners=[],
+        blocks=[],
+        used=0,
+        capacity=0,
+        pending_allocates=4,
+        unreachable_addresses=0,
+        unreachable_percentage=0.0,
+    )
+    samples = samples_of(api(snap(ipam=entry)).respond("GET", "/metrics")[2])
+    assert samples[("weave_ips", (("state", "local-used"),))] == 0
+    assert samples[("weave_max_ips", ())] == 0
+    assert samples[("weave_ipam_unreachable_count", ())] == 0
+    assert samples[("weave_ipam_unreachable_percentage", ())] == 0.0
+    assert samples[("weave_ipam_pending_allocates", ())] == 4
 
 
 def test_metrics_reflect_the_snapshot_at_scrape_time() -> None:

@@ -23,8 +23,7 @@ pytestmark = pytest.mark.netns
 
 
 def pods_of(lab) -> dict[str, str]:
-    p = lab.plan
-    return {p.pod_ns(i, j): str(p.pod_address(i, j).ip) for i, j in p.all_pods()}
+    return lab.pod_ips()
 
 
 def in_ns(ns: str, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -49,7 +48,7 @@ def test_two_nodes_icmp_tcp_no_nat_and_bulk_tcp(lab_factory) -> None:
     assert_matrix_complete(lab)
     p = lab.plan
     payload = random.Random(7).randbytes(32 * 1024 * 1024)
-    got = tcp_transfer(p.pod_ns(1, 1), p.pod_ns(2, 1), str(p.pod_address(2, 1).ip), payload)
+    got = tcp_transfer(p.pod_ns(1, 1), p.pod_ns(2, 1), str(lab.pod_address(2, 1).ip), payload)
     assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
     snap = lab.report(1)
     assert snap["peers"][0]["tx_bytes"] >= len(payload)
@@ -89,14 +88,21 @@ def test_three_nodes_two_pods_full_matrix(lab_factory, gossip: bool) -> None:
     assert_matrix_complete(lab)
     for i in (1, 2, 3):
         routes = {r["destination"] for r in lab.report(i)["routes"]}
-        assert routes == {str(lab.plan.block(k)) for k in (1, 2, 3) if k != i}
+        assert routes == {n for k in (1, 2, 3) if k != i for n in lab.owned(k)}
+    owned = [ipaddress.IPv4Network(n) for k in (1, 2, 3) for n in lab.owned(k)]
+    assert len(owned) >= 3 and all(  # distinct space, none configured
+        not a.overlaps(b) for x, a in enumerate(owned) for b in owned[x + 1 :]
+    )
 
 
 def test_restart_restores_traffic_without_duplicates(lab_factory) -> None:
     lab = lab_factory(nodes=2, pods=1)
     p = lab.plan
-    src, dst = p.pod_ns(1, 1), str(p.pod_address(2, 1).ip)
+    src, dst = p.pod_ns(1, 1), str(lab.pod_address(2, 1).ip)
     assert probe.ping(src, dst) is not None
+    space_1 = lab.owned(1)
+    gateways_2 = sorted(f"{ipaddress.ip_network(b).network_address + 1}/{b.split('/')[1]}"
+                        for b in lab.report(2)["ipam"]["blocks"])  # fmt: skip
     assert lab.stop_agent(2, signal.SIGTERM) == 0  # clean exit
     lab.start_agent(2)
     started = time.monotonic()
@@ -104,16 +110,20 @@ def test_restart_restores_traffic_without_duplicates(lab_factory) -> None:
         assert time.monotonic() - started < 5, "traffic not back within 5 s of the restart"
     with Netlink(p.node_ns(2)) as nl:
         routes = nl.list_routes()
-        assert [str(r.destination) for r in routes] == [str(p.block(1))]
-        assert [str(a) for a in nl.list_addresses(p.bridge)] == ["10.244.2.1/24"]
+        assert sorted(str(r.destination) for r in routes) == sorted(space_1)
+        assert sorted(str(a) for a in nl.list_addresses(p.bridge)) == gateways_2
     lab.wait_ready(10)
     assert_matrix_complete(lab)
+    # The restarted agent kept its allocations: the pod's key gets its address back, and a
+    # new pod gets a different one.
+    assert lab.allocate(2, p.pod_ns(2, 1))["address"] == str(lab.pod_address(2, 1))
+    assert lab.allocate(2, "another-pod")["address"] != str(lab.pod_address(2, 1))
 
 
 def test_df_ping_fits_and_oversize_gets_frag_needed(lab_factory) -> None:
     lab = lab_factory(nodes=2, pods=1)
     p = lab.plan
-    src, dst = p.pod_ns(1, 1), str(p.pod_address(2, 1).ip)
+    src, dst = p.pod_ns(1, 1), str(lab.pod_address(2, 1).ip)
     mtu = lab.report(1)["router"]["mtu"]
     assert mtu >= 1428
     ok = in_ns(src, "ping", "-c", "2", "-W", "2", "-M", "do", "-s", "1400", dst)
@@ -215,5 +225,5 @@ def test_fallback_modes_carry_bulk_tcp(lab_factory, args) -> None:
         assert snap["offload"] == "off"
     p = lab.plan
     payload = random.Random(3).randbytes(8 * 1024 * 1024)
-    got = tcp_transfer(p.pod_ns(2, 1), p.pod_ns(1, 1), str(p.pod_address(1, 1).ip), payload)
+    got = tcp_transfer(p.pod_ns(2, 1), p.pod_ns(1, 1), str(lab.pod_address(1, 1).ip), payload)
     assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()

@@ -17,8 +17,16 @@ def blocks_routed(lab, i: int) -> set[str]:
     return {r["destination"] for r in lab.report(i)["routes"]}
 
 
+SPACE: dict[str, dict[int, list[str]]] = {}  # lab name -> node -> space it owned when asked
+
+
 def all_blocks_but(lab, i: int, *gone: int) -> set[str]:
-    return {str(lab.plan.block(k)) for k in range(1, lab.plan.nodes + 1) if k not in (i, *gone)}
+    """Space owned by the other nodes (remembered, so it is known after a node is killed)."""
+    known = SPACE.setdefault(lab.plan.name, {})
+    for k in range(1, lab.plan.nodes + 1):
+        if k not in known and k not in gone:
+            known[k] = lab.owned(k)
+    return {n for k, owned in known.items() if k not in (i, *gone) for n in owned}
 
 
 def wait_for(condition, timeout: float) -> float:
@@ -30,8 +38,7 @@ def wait_for(condition, timeout: float) -> float:
 
 
 def assert_matrix_complete(lab) -> None:
-    p = lab.plan
-    pods = {p.pod_ns(i, j): str(p.pod_address(i, j).ip) for i, j in p.all_pods()}
+    pods = lab.pod_ips()
     results = probe.matrix(pods)
     assert all(r.ok(pods[src]) for (src, _), r in results.items()), probe.render(pods, results)
 
@@ -123,7 +130,7 @@ def test_relay_through_the_node_on_both_segments(lab_factory) -> None:
     lab = lab_factory(nodes=3, pods=1, line=True, agent_args=FAST_HEARTBEATS)
     p = lab.plan
     one, three = p.pod_ns(1, 1), p.pod_ns(3, 1)
-    ip1, ip3 = str(p.pod_address(1, 1).ip), str(p.pod_address(3, 1).ip)
+    ip1, ip3 = str(lab.pod_address(1, 1).ip), str(lab.pod_address(3, 1).ip)
     assert probe.ping(one, ip3) is not None and probe.ping(three, ip1) is not None
     with probe.Responder(three):
         assert probe.tcp_source(one, ip3) == ip1  # relayed, still no NAT
@@ -138,7 +145,7 @@ def test_relay_through_the_node_on_both_segments(lab_factory) -> None:
     lab.set_uplinks(2, False)
     wait_for(lambda: probe.ping(one, ip3, 0.3) is None, 10)
     # node 1's heartbeats to node 2 go unanswered: its routes drop node 3's block too
-    wait_for(lambda: str(p.block(3)) not in blocks_routed(lab, 1), 15)
+    wait_for(lambda: not set(lab.owned(3)) & blocks_routed(lab, 1), 15)
     lab.set_uplinks(2, True)
     wait_for(lambda: probe.ping(one, ip3, 0.3) is not None, 30)
     assert probe.ping(three, ip1) is not None
@@ -150,10 +157,11 @@ def test_partition_keeps_each_side_working_and_heals(lab_factory) -> None:
 
     lab = lab_factory(nodes=3, pods=1, line=True, agent_args=FAST_HEARTBEATS)
     p = lab.plan
-    pods = {i: (p.pod_ns(i, 1), str(p.pod_address(i, 1).ip)) for i in (1, 2, 3)}
+    pods = {i: (p.pod_ns(i, 1), str(lab.pod_address(i, 1).ip)) for i in (1, 2, 3)}
     with Netlink(p.node_ns(2)) as nl:  # node 1 | nodes 2 and 3
         nl.set_link(f"{p.prefix}e2", up=False)
-    wait_for(lambda: str(p.block(2)) not in blocks_routed(lab, 1), 15)
+    space_2 = set(lab.owned(2))
+    wait_for(lambda: not space_2 & blocks_routed(lab, 1), 15)
     assert probe.ping(pods[3][0], pods[2][1]) is not None
     assert probe.ping(pods[2][0], pods[3][1]) is not None
     assert probe.ping(pods[1][0], pods[3][1], 0.5) is None

@@ -83,8 +83,14 @@ class RingSim:
         dead = self.peers[i]
         if dead.alive or dead.removed:
             return False
+        final = dead.published
         for p in self.live():
-            if p.ring.ring is None or dead.name not in p.ring.known:
+            # The operator's side of the contract: rmpeer a peer that is dead, from a peer
+            # that has its final claim (status shows it unreachable, owning what it owned).
+            view = p.ring.known.get(dead.name)
+            if p.ring.ring is None or view is None or final is None:
+                continue
+            if (view.incarnation, view.version) != (final.incarnation, final.version):
                 continue
             try:
                 p.ring.rmpeer(dead.name, self.live_names(p))

@@ -80,7 +80,7 @@ def test_filling_space_obtains_more_until_the_range_is_exhausted() -> None:
     sim.run(80)
     assert len(sim.peers[0].used) == 200
     sim.peers[1].demand = 100  # more than is left
-    sim.run(80)
+    sim.run(250)
     total = sum(len(p.used) for p in sim.peers)
     assert total == 256
     assert sim.peers[1].ring.status.startswith("waiting for IP")

@@ -1,0 +1,273 @@
+"""The node's address management: the ring core and the pod pool, persisted, and what the rest
+of the agent asks of them.
+
+Modes: ``gossip`` (no pod block configured: the ring in overlay/ipam/ring.py decides which space
+this node owns, through claims in the topology records) and ``kube``/``static`` (a fixed pod
+block from configuration: Kubernetes' podCIDR, or the static-peer lab). In every mode the pool
+hands out pod addresses keyed by (container id, interface name).
+
+Persistence: ``state_dir/ipam.json`` holds the ring's state and every allocation. It is written
+atomically (store.py) after each change and before the change is published or answered, so a
+crash never loses an address that was handed out, nor a grant that was made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Set
+from typing import Any
+
+from agent.config import Config, init_count
+from gossip.topology import PeerRecord
+from overlay.ipam import space, store
+from overlay.ipam.claim import ClaimError, decode
+from overlay.ipam.pool import Allocation, Pool
+from overlay.ipam.ring import Ring, View
+
+log = logging.getLogger("weave-py.ipam")
+Net = ipaddress.IPv4Network
+STATE_FILE = "ipam.json"
+
+
+class IpamError(Exception):
+    """An address request that cannot be met; ``code`` is the HTTP status to answer with."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Ipam:
+    def __init__(self, config: Config, name: str, incarnation: int) -> None:
+        self.config = config
+        self.name = name
+        self.path = os.path.join(config.state_dir, STATE_FILE)
+        self.mode = "gossip" if config.pod_block is None else ("static" if config.peers else "kube")
+        doc = store.load(self.path) or {}
+        self.ring: Ring | None = None
+        if config.pod_block is None:
+            quorum = init_count(config) // 2 + 1
+            self.ring = Ring(name, config.ipalloc_range, config.ipalloc_block, quorum,
+                             incarnation, doc.get("ring"))  # fmt: skip
+        self.pool = self._load_pool(doc.get("pool"))
+        self.malformed: Counter[str] = Counter()  # claims we could not read, by peer
+        self.pending = 0  # requests waiting for space
+        self.kick: Callable[[], None] = lambda: None  # asks the agent to step and publish
+        self._space = asyncio.Event()
+        self._last_status = ""
+        self.save()
+
+    def _load_pool(self, state: Mapping[str, Any] | None) -> Pool:
+        block = self.config.pod_block
+        prefix = self.config.ipalloc_block if block is None else block.prefixlen
+        pool = Pool.from_state(state) if state else Pool(prefix)
+        if pool.block_prefix != prefix:
+            if pool.used:
+                raise ValueError(
+                    f"{self.path}: allocations use /{pool.block_prefix} blocks, configuration "
+                    f"says /{prefix}; keep the old block size or remove the node's pods first"
+                )
+            pool = Pool(prefix)
+        owned = [block] if block is not None else (self.ring.owned if self.ring else [])
+        pool.set_owned(owned)  # raises when configuration no longer holds allocated addresses
+        return pool
+
+    # -- what the node uses ------------------------------------------------------------------
+
+    @property
+    def owned(self) -> list[Net]:
+        return list(self.pool.owned)
+
+    @property
+    def gateways(self) -> tuple[ipaddress.IPv4Interface, ...]:
+        return self.pool.gateways
+
+    def record_fields(self) -> dict[str, Any]:
+        """Our record's ``blocks`` and ``meta``: the claim we publish."""
+        if self.ring is None:
+            return {"blocks": tuple(map(str, self.pool.owned)), "meta": b""}
+        free = space.size(self.pool.free_space())
+        claim = self.ring.claim(self.pool.used, free)
+        return {"blocks": tuple(map(str, claim.owned)), "meta": claim.encode()}
+
+    def routable(self, record: PeerRecord) -> tuple[Net, ...]:
+        """The blocks we route to a peer: only space of our own ring (another ring's space
+        overlaps ours and must never be routed), and only from a claim we can read."""
+        try:
+            claim = decode(record.blocks, record.meta)
+        except ClaimError as exc:
+            if self.malformed[record.name] == 0:
+                log.warning("ipam: ignoring the claim of %s(%s): %s",
+                            record.name, record.nickname, exc)  # fmt: skip
+            self.malformed[record.name] += 1
+            return ()
+        ours = self.ring.ring if self.ring else None
+        return claim.owned if claim.ring == ours else ()
+
+    # -- the ring ----------------------------------------------------------------------------
+
+    def step(self, records: Mapping[str, PeerRecord], live: Set[str]) -> bool:
+        """Take in the topology; True when our claim changed (publish it)."""
+        if self.ring is None:
+            return False
+        views = {}
+        for name, r in records.items():
+            if name == self.name:
+                continue
+            try:
+                claim = decode(r.blocks, r.meta)
+            except ClaimError:
+                continue  # counted and logged by ``routable``
+            views[name] = View(r.incarnation, r.version, claim, r.nickname)
+        before = self.record_fields()
+        need = self.pending > 0 or not self.pool.owned or self.pool.used >= self.pool.capacity
+        if self.ring.step(time.time_ns(), views, live, need, self.pool.free_space(),
+                          self.pool.used):  # fmt: skip
+            self.pool.set_owned(self.ring.owned)
+            self.save()
+        self._log_status()
+        self._space.set()  # waiting requests try again
+        return self.record_fields() != before
+
+    def _log_status(self) -> None:
+        assert self.ring is not None
+        status = (self.ring.status, self.ring.conflict, tuple(self.pool.owned))
+        text = repr(status)
+        if text == self._last_status:
+            return
+        self._last_status = text
+        if self.ring.conflict:
+            log.error("ipam: %s", self.ring.conflict)
+        log.info("ipam: %s, owns %s", self.ring.status,
+                 ", ".join(map(str, self.pool.owned)) or "nothing")  # fmt: skip
+
+    def rmpeer(self, name: str, live: Set[str]) -> list[Net]:
+        if self.ring is None:
+            raise IpamError(409, f"rmpeer needs gossip IPAM; this node is in {self.mode} mode")
+        try:
+            taken = self.ring.rmpeer(name, live)
+        except ValueError as exc:
+            raise IpamError(409, str(exc)) from None
+        self.pool.set_owned(self.ring.owned)
+        self.save()
+        log.info("ipam: removed peer %s, reclaimed %s", name,
+                 ", ".join(map(str, taken)) or "nothing")  # fmt: skip
+        return taken
+
+    # -- pod addresses -------------------------------------------------------------------------
+
+    async def allocate(self, container_id: str, ifname: str) -> Allocation:
+        deadline = time.monotonic() + self.config.ipam_timeout
+        while True:
+            try:
+                allocation = self.pool.allocate(container_id, ifname)
+            except ValueError as exc:
+                raise IpamError(400, str(exc)) from None
+            if allocation is not None:
+                self.save()
+                return allocation
+            self._check_exhausted()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise IpamError(504, self._waiting_message())
+            self._space.clear()
+            self.pending += 1
+            try:
+                self.kick()
+                await asyncio.wait_for(self._space.wait(), remaining)
+            except TimeoutError:
+                raise IpamError(504, self._waiting_message()) from None
+            finally:
+                self.pending -= 1
+
+    def _check_exhausted(self) -> None:
+        if self.ring is None:
+            raise IpamError(
+                507, f"no free address: block {self.config.pod_block} is full "
+                f"({self.pool.used} addresses in use)"
+            )  # fmt: skip
+        ring = self.ring
+        if ring.owned and ring.want is None and ring.status.startswith("waiting for IP"):
+            raise IpamError(
+                507, f"no free address: range {self.config.ipalloc_range} is fully allocated "
+                f"(this node uses {self.pool.used}; no reachable peer has space to give)"
+            )  # fmt: skip
+
+    def _waiting_message(self) -> str:
+        status = self.ring.status if self.ring else "full"
+        return (f"no address within {self.config.ipam_timeout:g}s: IPAM is {status} "
+                f"(range {self.config.ipalloc_range}); try again later")  # fmt: skip
+
+    def release(self, container_id: str, ifname: str | None) -> list[Allocation]:
+        try:
+            released = self.pool.release(container_id, ifname)
+        except ValueError as exc:
+            raise IpamError(400, str(exc)) from None
+        if released:
+            self.save()
+        return released
+
+    def save(self) -> None:
+        ring = self.ring.to_state() if self.ring else None
+        store.save(self.path, {"ring": ring, "pool": self.pool.to_state()})
+
+    # -- status --------------------------------------------------------------------------------
+
+    def status(
+        self, records: Mapping[str, PeerRecord], live: Set[str], nickname: str
+    ) -> dict[str, Any]:
+        total = self.config.ipalloc_range.num_addresses
+        owners = []
+        if self.pool.owned:
+            local = self._owner(self.name, nickname, list(self.pool.owned), self.pool.used, True)
+            owners.append(local)
+        if self.ring is not None:
+            for name, view in sorted(self.ring.known.items()):
+                if view.claim.ring != self.ring.ring or not view.claim.owned:
+                    continue
+                record = records.get(name)
+                nick = record.nickname if record else view.nickname
+                owners.append(self._owner(name, nick, list(view.claim.owned), view.claim.used,
+                                          name in live))  # fmt: skip
+        else:
+            for name, r in sorted(records.items()):
+                if name != self.name and r.blocks:
+                    owned = [Net(b) for b in r.blocks]
+                    owners.append(self._owner(name, r.nickname, owned, 0, name in live))
+        unreachable = [o for o in owners if not o["reachable"]]
+        lost = sum(o["addresses"] for o in unreachable)
+        return {
+            "mode": self.mode,
+            "status": self.ring.status if self.ring else "ready",
+            "range": str(self.config.ipalloc_range),
+            "block_prefix": self.pool.block_prefix,
+            "blocks": [str(b) for b in self.pool.active_blocks],
+            "conflict": self.ring.conflict if self.ring else None,
+            "owners": owners,
+            "used": self.pool.used,
+            "capacity": self.pool.capacity,
+            "pending_allocates": self.pending,
+            "pending_claims": int(bool(self.ring and self.ring.want)),
+            "unreachable_addresses": lost,
+            "unreachable_percentage": round(100.0 * lost / total, 2),
+        }
+
+    def _owner(self, name: str, nickname: str, owned: list[Net], active: int,
+               reachable: bool) -> dict[str, Any]:  # fmt: skip
+        addresses = space.size(owned)
+        return {
+            "name": name,
+            "nickname": nickname,
+            "local": name == self.name,
+            "reachable": reachable,
+            "owned": [str(n) for n in owned],
+            "addresses": addresses,
+            "share": round(100.0 * addresses / self.config.ipalloc_range.num_addresses, 1),
+            "active": active,
+        }
