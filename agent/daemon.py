@@ -170,7 +170,7 @@ class Agent:
         self.sleeve.set_peers(peer_specs(c), time.monotonic())
         if self.gossip:
             self.cluster = Cluster(
-                c, self.identity, self.advertise, self.incarnation, self.ipam.record_fields(),
+                c, self.identity, self.advertise, self.incarnation, self.ipam.publish(),
                 self.ipam.routable,
             )  # fmt: skip
             self.ipam.kick = self.cluster.changed.set
@@ -276,7 +276,7 @@ class Agent:
                 await asyncio.wait_for(cluster.changed.wait(), self.config.heartbeat_interval)
             # IPAM steps on every change and every heartbeat interval (requests, seeding, grants).
             if self.ipam.step(cluster.topology.records, cluster.mesh.live()):
-                cluster.publish(**self.ipam.record_fields())
+                cluster.publish(**self.ipam.publish())
                 cluster.changed.set()  # our space changed: gateways and local blocks follow
             if cluster.changed.is_set():
                 cluster.changed.clear()
@@ -323,20 +323,23 @@ class Agent:
     # -- actions the API offers (the CNI plugin's and rmpeer's) ---------------------------------
 
     async def allocate(self, container_id: str, ifname: str) -> dict[str, Any]:
+        gateways = self.ipam.gateways
         try:
             a = await self.ipam.allocate(container_id, ifname)
         except IpamError as exc:
             raise ApiError(exc.code, exc.message) from None
-        await self._space_changed()  # a new block's gateway must be on the bridge first
+        if self.ipam.gateways != gateways:
+            await self._space_changed()  # a new block's gateway must be on the bridge first
         return {"container_id": a.container_id, "ifname": a.ifname,
                 "address": str(a.address), "gateway": str(a.gateway)}  # fmt: skip
 
     async def release(self, container_id: str, ifname: str | None) -> dict[str, Any]:
+        gateways = self.ipam.gateways
         try:
             released = self.ipam.release(container_id, ifname)
         except IpamError as exc:
             raise ApiError(exc.code, exc.message) from None
-        if released:
+        if self.ipam.gateways != gateways:
             await self._space_changed()
         return {"released": [str(a.address) for a in released]}
 
@@ -350,11 +353,12 @@ class Agent:
         return {"name": name, "taken": [str(n) for n in taken]}
 
     async def _space_changed(self) -> None:
-        """Gateways, local space and our claim follow the pool and the ring."""
+        """Gateways, local space and our claim follow the pool and the ring. (Counts alone --
+        addresses in use -- go out with the next periodic step, coalesced.)"""
         if self.sleeve is not None:
             self.sleeve.set_local_blocks(self.ipam.owned, self._router_address())
         if self.cluster is not None:
-            self.cluster.publish(**self.ipam.record_fields())
+            self.cluster.publish(**self.ipam.publish())
             self.cluster.changed.set()
         if self.nl is not None:
             await self._netlink(self._reconcile, self.node_spec())

@@ -61,6 +61,7 @@ class Ipam:
         self.kick: Callable[[], None] = lambda: None  # asks the agent to step and publish
         self._space = asyncio.Event()
         self._last_status = ""
+        self.published: dict[str, Any] = {}
         self.save()
 
     def _load_pool(self, state: Mapping[str, Any] | None) -> Pool:
@@ -87,6 +88,11 @@ class Ipam:
     @property
     def gateways(self) -> tuple[ipaddress.IPv4Interface, ...]:
         return self.pool.gateways
+
+    def publish(self) -> dict[str, Any]:
+        """The record fields to publish now (remembered as published)."""
+        self.published = self.record_fields()
+        return self.published
 
     def record_fields(self) -> dict[str, Any]:
         """Our record's ``blocks`` and ``meta``: the claim we publish."""
@@ -125,7 +131,6 @@ class Ipam:
             except ClaimError:
                 continue  # counted and logged by ``routable``
             views[name] = View(r.incarnation, r.version, claim, r.nickname)
-        before = self.record_fields()
         need = self.pending > 0 or not self.pool.owned or self.pool.used >= self.pool.capacity
         if self.ring.step(time.time_ns(), views, live, need, self.pool.free_space(),
                           self.pool.used):  # fmt: skip
@@ -133,7 +138,7 @@ class Ipam:
             self.save()
         self._log_status()
         self._space.set()  # waiting requests try again
-        return self.record_fields() != before
+        return self.record_fields() != self.published
 
     def _log_status(self) -> None:
         assert self.ring is not None

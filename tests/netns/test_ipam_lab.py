@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from agent import status
+from agent import client, status
 from agent.lab import probe
 
 pytestmark = pytest.mark.netns
@@ -71,6 +71,13 @@ def test_rmpeer_reclaims_a_dead_nodes_space_for_the_survivors(lab_factory) -> No
     for n in spaces[3]:
         assert n in done.stdout
     wait_for(lambda: "unreachable!" not in status.render_ipam(lab.report(1)), 10)
+
+    def node2_sees_the_reclaim() -> bool:
+        owners = lab.report(2)["ipam"]["owners"]
+        node1 = [n for o in owners if o["nickname"] == "node1" for n in o["owned"]]
+        return all(n in node1 for n in spaces[3])
+
+    wait_for(node2_sees_the_reclaim, 10)  # exhaustion is judged from node 2's view
     # Node 2 fills everything that is left; some of it must be node 3's old space.
     dead = nets(spaces[3])
     got: list[ipaddress.IPv4Interface] = []
@@ -104,4 +111,30 @@ def test_independently_seeded_nodes_merge_into_one_ring(lab_factory) -> None:
     spaces = {i: lab.owned(i) for i in (1, 2, 3)}
     assert disjoint(spaces), spaces
     assert all(lab.report(i)["ipam"]["conflict"] is None for i in (1, 2, 3))
+    matrix_ok(lab)
+
+
+def test_a_thousand_allocate_release_cycles_leak_nothing(lab_factory) -> None:
+    import json
+    import random
+
+    lab = lab_factory(nodes=1, pods=1)  # a lone node seeds the range itself (consensus=1)
+    rng = random.Random(11)
+    held: dict[str, str] = {}
+    for k in range(1000):
+        key = f"cycle-{k}"
+        address = lab.allocate(1, key, "eth0")["address"]
+        assert address not in held.values(), f"{address} handed out twice"
+        held[key] = address
+        for gone in rng.sample(sorted(held), k=min(len(held), rng.choice((0, 1, 2)))):
+            code, _ = client.request("DELETE", f"/ip/{gone}", socket_path=lab.plan.socket_path(1))
+            assert code == 200
+            del held[gone]
+    for gone in list(held):
+        client.request("DELETE", f"/ip/{gone}", socket_path=lab.plan.socket_path(1))
+    ipam = lab.report(1)["ipam"]
+    assert ipam["used"] == 1 and ipam["blocks"] == [ipam["blocks"][0]]  # only the real pod
+    with open(f"{lab.plan.node_dir(1)}/state/ipam.json") as f:
+        saved = json.load(f)
+    assert [row[0] for row in saved["pool"]["allocations"]] == [lab.plan.pod_ns(1, 1)]
     matrix_ok(lab)
