@@ -134,11 +134,26 @@ class Ipam:
         need = self.pending > 0 or not self.pool.owned or self.pool.used >= self.pool.capacity
         if self.ring.step(time.time_ns(), views, live, need, self.pool.free_space(),
                           self.pool.used):  # fmt: skip
-            self.pool.set_owned(self.ring.owned)
+            self._follow_ring()
             self.save()
         self._log_status()
         self._space.set()  # waiting requests try again
         return self.record_fields() != self.published
+
+    def _follow_ring(self) -> None:
+        """The pool holds what the ring owns. The ring gives up space in use only when this
+        peer was removed with rmpeer (its space now someone else's): those addresses are
+        forgotten, loudly, rather than handed out twice."""
+        assert self.ring is not None
+        owned = self.ring.owned
+        lost = [a for a in self.pool.allocations() if not any(a.address.ip in n for n in owned)]
+        for a in lost:
+            self.pool.release(a.container_id, a.ifname)
+        if lost:
+            addresses = ", ".join(str(a.address.ip) for a in lost)
+            log.error("ipam: %d pod address(es) are no longer this node's (%s): re-create "
+                      "those pods", len(lost), addresses)  # fmt: skip
+        self.pool.set_owned(owned)
 
     def _log_status(self) -> None:
         assert self.ring is not None
@@ -159,7 +174,7 @@ class Ipam:
             taken = self.ring.rmpeer(name, live)
         except ValueError as exc:
             raise IpamError(409, str(exc)) from None
-        self.pool.set_owned(self.ring.owned)
+        self._follow_ring()
         self.save()
         log.info("ipam: removed peer %s, reclaimed %s", name,
                  ", ".join(map(str, taken)) or "nothing")  # fmt: skip
