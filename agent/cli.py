@@ -12,7 +12,7 @@ from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import quote
 
-from agent import client, config, status
+from agent import client, config, install_cni, status
 
 log = logging.getLogger("weave-py")
 
@@ -48,6 +48,19 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("name", help="the peer's name, as `weave-py status ipam` shows it")
     _api_arguments(rm)
     rm.set_defaults(func=cmd_rmpeer)
+
+    cni = sub.add_parser("install-cni", help="install the CNI plugin and the network's conflist")
+    cni.add_argument("--bin-dir", default=install_cni.DEFAULT_BIN_DIR, help="plugin directory")
+    cni.add_argument("--conf-dir", default=install_cni.DEFAULT_CONF_DIR, help="conflist directory")
+    cni.add_argument(
+        "--socket",
+        default=os.environ.get("WEAVE_CNI_SOCKET", install_cni.DEFAULT_SOCKET),
+        help="the agent's CNI socket, written into the conflist",
+    )
+    cni.add_argument("--name", default=install_cni.NETWORK_NAME, help="network name")
+    cni.add_argument("--python", default="", help="interpreter the plugin runs with on the "
+                     "host; default /usr/bin/python3 when present here")  # fmt: skip
+    cni.set_defaults(func=cmd_install_cni)
 
     ref = sub.add_parser("config-reference", help="print the configuration reference")
     ref.set_defaults(func=lambda a: print(config.reference()) or 0)
@@ -162,6 +175,19 @@ def cmd_rmpeer(args: argparse.Namespace) -> int:
         print(f"weave-py: rmpeer {args.name}: bad answer from agent: {body!r}", file=sys.stderr)
         return 1
     print(f"reclaimed {', '.join(taken)} from {args.name}" if taken else "nothing to reclaim")
+    return 0
+
+
+def cmd_install_cni(args: argparse.Namespace) -> int:
+    try:
+        written = install_cni.install(
+            args.bin_dir, args.conf_dir, args.socket, args.name, python=args.python
+        )
+    except OSError as exc:
+        print(f"weave-py: install-cni: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
+        print(f"installed {path}")
     return 0
 
 

@@ -200,6 +200,12 @@ class Config:
         "Unix socket of the local API (and, later, the CNI plugin).",
         "/run/weave-py/weave-py.sock",
     )
+    cni_socket: str = _setting(
+        "WEAVE_CNI_SOCKET",
+        "--cni-socket",
+        "Unix socket the CNI plugin hands requests (and the pod's netns) to; empty disables.",
+        "/run/weave-py/cni.sock",
+    )
     state_dir: str = _setting(
         "WEAVE_STATE_DIR", "--state-dir", "Directory for persistent state.", "/var/lib/weave-py"
     )

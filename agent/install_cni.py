@@ -1,0 +1,96 @@
+"""``weave-py install-cni``: put the CNI plugin and the network's conflist where runtimes look.
+
+The plugin (agent/cni_plugin.py, standard library only) is copied into the CNI bin directory
+as ``weave-py-net``; the conflist (our plugin, then ``portmap`` for hostPort mappings) goes into
+the CNI conf directory as ``10-weave-py.conflist``. Both are written to a temporary file in the
+target directory and renamed into place, so a runtime never reads half a file, and nothing but
+these two names is touched: other networks' files stay as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from typing import Any
+
+PLUGIN_TYPE = "weave-py-net"
+CONFLIST_NAME = "10-weave-py.conflist"
+NETWORK_NAME = "weave-py"
+CNI_VERSION = "1.0.0"
+DEFAULT_BIN_DIR = "/opt/cni/bin"
+DEFAULT_CONF_DIR = "/etc/cni/net.d"
+DEFAULT_SOCKET = "/run/weave-py/cni.sock"
+
+
+def plugin_source(python: str = "") -> bytes:
+    """The plugin's text, with its first line naming the interpreter the runtime will use:
+    the system Python, since the plugin needs nothing but the standard library. (From a
+    container, pass the host's path, e.g. /usr/bin/python3.)"""
+    path = os.path.join(os.path.dirname(__file__), "cni_plugin.py")
+    with open(path, "rb") as f:
+        text = f.read()
+    body = text.split(b"\n", 1)[1] if text.startswith(b"#!") else text
+    return b"#!" + (python or python_for_plugin()).encode() + b"\n" + body
+
+
+def python_for_plugin() -> str:
+    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return sys.executable
+
+
+def conflist(
+    socket_path: str = DEFAULT_SOCKET, name: str = NETWORK_NAME, mtu: int = 0
+) -> dict[str, Any]:
+    plugin: dict[str, Any] = {"type": PLUGIN_TYPE, "socket": socket_path}
+    if mtu:
+        plugin["mtu"] = mtu
+    return {
+        "cniVersion": CNI_VERSION,
+        "name": name,
+        "plugins": [
+            plugin,
+            {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
+        ],
+    }
+
+
+def write_atomic(directory: str, name: str, data: bytes, mode: int) -> str:
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, os.path.join(directory, name))
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return os.path.join(directory, name)
+
+
+def install(
+    bin_dir: str = DEFAULT_BIN_DIR,
+    conf_dir: str = DEFAULT_CONF_DIR,
+    socket_path: str = DEFAULT_SOCKET,
+    name: str = NETWORK_NAME,
+    mtu: int = 0,
+    python: str = "",
+) -> list[str]:
+    """Install plugin and conflist; the paths written."""
+    plugin = write_atomic(bin_dir, PLUGIN_TYPE, plugin_source(python), 0o755)
+    text = json.dumps(conflist(socket_path, name, mtu), indent=2) + "\n"
+    conf = write_atomic(conf_dir, CONFLIST_NAME, text.encode(), 0o644)
+    return [plugin, conf]
