@@ -20,15 +20,18 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from agent import __version__
+from agent import __version__, cni_server
 from agent.api import Api, ApiError
 from agent.cluster import Cluster
+from agent.cni import Handler
+from agent.cni_ops import CniOps
 from agent.config import Config, split_hostport
 from agent.ipam import Ipam, IpamError
 from agent.status import Snapshot
 from gossip.identity import Identity, load_or_create, name_for, new_identity, peer_id
 from overlay import frame, node, udp
 from overlay.datapath import Datapath
+from overlay.ipam.pool import Allocation
 from overlay.netlink import Netlink
 from overlay.sleeve import PeerEvent, PeerSpec, Sleeve
 from overlay.tun import Tun, open_tun
@@ -126,6 +129,10 @@ class Agent:
             remote_blocks=remote,
         )
 
+    async def netlink(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the netlink thread (in the node's namespace)."""
+        return await self._netlink(fn, *args)
+
     async def _netlink(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._netlink_thread, fn, *args)
 
@@ -217,6 +224,10 @@ class Agent:
             stack.callback(self.close)
             for server in await self._servers(api):
                 stack.push_async_callback(_close_server, server)
+            if self.config.cni_socket:
+                os.makedirs(os.path.dirname(self.config.cni_socket) or ".", exist_ok=True)
+                cni = await cni_server.serve(self.config.cni_socket, Handler(CniOps(self)).handle)
+                stack.push_async_callback(_close_cni, cni)
             log.info("agent ready: %s, %d peer(s)", self.identity, len(self.config.peers))
             try:
                 async with asyncio.TaskGroup() as tasks:
@@ -322,25 +333,35 @@ class Agent:
 
     # -- actions the API offers (the CNI plugin's and rmpeer's) ---------------------------------
 
-    async def allocate(self, container_id: str, ifname: str) -> dict[str, Any]:
+    async def allocate_address(self, container_id: str, ifname: str) -> Allocation:
+        """A pod address (IpamError when there is none); a new block's gateway is on the
+        bridge before the address is handed out."""
         gateways = self.ipam.gateways
+        a = await self.ipam.allocate(container_id, ifname)
+        if self.ipam.gateways != gateways:
+            await self._space_changed()
+        return a
+
+    async def release_address(self, container_id: str, ifname: str | None) -> list[Allocation]:
+        gateways = self.ipam.gateways
+        released = self.ipam.release(container_id, ifname)
+        if self.ipam.gateways != gateways:
+            await self._space_changed()
+        return released
+
+    async def allocate(self, container_id: str, ifname: str) -> dict[str, Any]:
         try:
-            a = await self.ipam.allocate(container_id, ifname)
+            a = await self.allocate_address(container_id, ifname)
         except IpamError as exc:
             raise ApiError(exc.code, exc.message) from None
-        if self.ipam.gateways != gateways:
-            await self._space_changed()  # a new block's gateway must be on the bridge first
         return {"container_id": a.container_id, "ifname": a.ifname,
                 "address": str(a.address), "gateway": str(a.gateway)}  # fmt: skip
 
     async def release(self, container_id: str, ifname: str | None) -> dict[str, Any]:
-        gateways = self.ipam.gateways
         try:
-            released = self.ipam.release(container_id, ifname)
+            released = await self.release_address(container_id, ifname)
         except IpamError as exc:
             raise ApiError(exc.code, exc.message) from None
-        if self.ipam.gateways != gateways:
-            await self._space_changed()
         return {"released": [str(a.address) for a in released]}
 
     async def rmpeer(self, name: str) -> dict[str, Any]:
@@ -454,6 +475,11 @@ def _exit_if_stuck(grace: float) -> None:
     timer = threading.Timer(grace, bail)
     timer.daemon = True
     timer.start()
+
+
+async def _close_cni(server: cni_server.CniServer) -> None:
+    server.close()
+    await server.wait_closed()
 
 
 async def _close_server(server: asyncio.AbstractServer) -> None:

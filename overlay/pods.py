@@ -1,17 +1,34 @@
 """Attach a pod's network namespace to the node bridge with a veth pair (and detach it).
 
-The lab uses this directly; the CNI issue's agent calls the same code for the runtime.
+Two kinds of caller. ``attach_pod``/``detach_pod`` take a pod namespace by name (under
+/run/netns). The CNI handler (agent/cni.py) gets the pod namespace as an open file descriptor
+from the plugin and keys everything by (container id, interface name): ``has_link``,
+``attach``, ``detach``, ``check``.
+
+Every function here runs on a thread in the *node* namespace (the agent's netlink thread) and
+enters the pod namespace on a short-lived thread of its own (netlink.run_in_netns), so the
+caller's thread never changes namespace.
+
+CNI veth naming: the host side is ``host_ifname(pod_key(container id, ifname))`` (``wp`` + 11
+hex digits; for eth0 simply ``host_ifname(container id)``); the pod side is created in the node
+namespace as ``wpt`` + 12 hex digits of the same hash (never a host name: ``t`` is not a hex
+digit), moved into the pod namespace and renamed to the interface name the runtime asked for
+there. Both names fit IFNAMSIZ and are stable, so DEL and GC find the host side from the key
+alone; deleting it takes the pod side with it.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from overlay.netlink import Netlink, Route
+from overlay.netlink import Netlink, NetlinkFailure, Route, run_in_netns
 
 HOST_PREFIX = "wp"
+TEMP_PREFIX = "wpt"
+DEFAULT_IFNAME = "eth0"
 DEFAULT_ROUTE = ipaddress.IPv4Network("0.0.0.0/0")
 
 
@@ -47,3 +64,188 @@ def attach_pod(node: Netlink, bridge: str, pod: PodSpec) -> str:
 def detach_pod(node: Netlink, key: str) -> bool:
     """Remove the pod's veth pair (its peer goes with it). False when already gone."""
     return node.remove_link(host_ifname(key))
+
+
+# -- CNI: pods keyed by (container id, interface name), namespaces by file descriptor -----------
+
+
+class InterfaceExists(Exception):
+    """The pod namespace already has a link with the requested interface name."""
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """What ADD wires: the pod side ``ifname`` in namespace ``netns`` (an open fd), addressed,
+    with a default route via ``gateway`` and ``routes`` (destination, gateway) besides."""
+
+    netns: int
+    container_id: str
+    ifname: str
+    bridge: str
+    address: ipaddress.IPv4Interface
+    gateway: ipaddress.IPv4Address
+    mtu: int
+    gso_max_size: int
+    routes: tuple[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address], ...] = ()
+    mac: str | None = None  # the pod side's MAC; None: the kernel's random one
+
+
+@dataclass(frozen=True)
+class Attached:
+    host: str
+    host_mac: str
+    pod_mac: str
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What CHECK verifies (from the runtime's prevResult)."""
+
+    netns: int
+    container_id: str
+    ifname: str
+    bridge: str
+    addresses: tuple[ipaddress.IPv4Interface, ...]
+    routes: tuple[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address | None], ...] = ()
+    mac: str | None = None
+
+
+@dataclass
+class _Inside:
+    """What one visit to the pod namespace saw."""
+
+    mac: str | None = None
+    addresses: list[ipaddress.IPv4Interface] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)
+
+
+def pod_key(container_id: str, ifname: str) -> str:
+    """One key per attachment: the container id for ``eth0`` (the key ``attach_pod`` and the
+    lab use: a pod's host veth is ``host_ifname(container id)``), ``<container id>/<ifname>``
+    for any other interface. Unambiguous because CNI container ids never hold '/'."""
+    return container_id if ifname == DEFAULT_IFNAME else f"{container_id}/{ifname}"
+
+
+def veth_names(container_id: str, ifname: str) -> tuple[str, str]:
+    """(host side, temporary pod side) of the attachment's veth pair."""
+    key = pod_key(container_id, ifname)
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    return host_ifname(key), TEMP_PREFIX + digest[:12]
+
+
+class _Links(Netlink):
+    """Link hardware addresses, which overlay/netlink.py does not offer yet (move them there)."""
+
+    def __enter__(self) -> _Links:
+        return self
+
+    def mac(self, name: str) -> str:
+        index = self._index(name)
+        msg = self._call(f"get link {name}", self._ipr.get_links, index)[0]
+        return str(msg.get("IFLA_ADDRESS") or "")
+
+    def set_mac(self, name: str, mac: str) -> None:
+        index = self._index(name)
+        self._call(f"set mac of {name}", self._ipr.link, "set", index=index, address=mac)
+
+
+def has_link(netns: int, ifname: str) -> bool:
+    """Whether the pod namespace already has ``ifname``."""
+    return run_in_netns(netns, _has_link, ifname)
+
+
+def _has_link(ifname: str) -> bool:
+    with Netlink() as nl:
+        return nl.link(ifname) is not None
+
+
+def attach(a: Attachment) -> Attached:
+    """Create the attachment's veth pair and configure both sides. Raises InterfaceExists when
+    the pod already has ``a.ifname``. On any failure the veth pair is removed again (the caller
+    still owns the address)."""
+    host, temp = veth_names(a.container_id, a.ifname)
+    with _Links() as node:
+        node.remove_link(temp)  # left over by an ADD that died half way
+        node.remove_link(host)  # ditto: the pod does not have the interface, so it is stale
+        try:
+            node.ensure_veth(host, temp)
+            node.set_link(host, mtu=a.mtu, master=a.bridge, up=True)
+            host_mac = node.mac(host)
+            node.move_link(temp, a.netns)
+            pod_mac = run_in_netns(a.netns, _configure, a, temp)
+        except BaseException:
+            node.remove_link(host)
+            node.remove_link(temp)
+            raise
+    return Attached(host, host_mac, pod_mac)
+
+
+def _configure(a: Attachment, temp: str) -> str:
+    """Inside the pod: name, MAC, MTU, address and routes of the pod side; returns its MAC."""
+    with _Links() as nl:
+        if nl.link(a.ifname) is not None:
+            raise InterfaceExists(f"interface {a.ifname} already exists in the pod's netns")
+        nl.rename_link(temp, a.ifname)
+        if a.mac is not None:
+            nl.set_mac(a.ifname, a.mac)
+        nl.set_link("lo", up=True)
+        nl.set_link(a.ifname, mtu=a.mtu, gso_max_size=a.gso_max_size, up=True)
+        nl.ensure_address(a.ifname, a.address)
+        nl.ensure_route(Route(DEFAULT_ROUTE, a.ifname, a.gateway))
+        for destination, gateway in a.routes:
+            nl.ensure_route(Route(destination, a.ifname, gateway))
+        return nl.mac(a.ifname)
+
+
+def detach(container_id: str, ifname: str) -> bool:
+    """Remove the attachment's veth pair (the pod side goes with the host side); also a
+    temporary pod side an ADD left in the node namespace. False when nothing was there."""
+    host, temp = veth_names(container_id, ifname)
+    with Netlink() as node:
+        removed = node.remove_link(host)
+        return node.remove_link(temp) or removed
+
+
+def check(e: Expected) -> list[str]:
+    """What is missing or different from ``e``; empty when the attachment is intact."""
+    host, _ = veth_names(e.container_id, e.ifname)
+    problems = []
+    with Netlink() as node:
+        link = node.link(host)
+        if link is None:
+            problems.append(f"host veth {host} is missing")
+        else:
+            bridge = node.link(e.bridge)
+            if bridge is None or link.master != bridge.index:
+                problems.append(f"host veth {host} is not on bridge {e.bridge}")
+    try:
+        inside = run_in_netns(e.netns, _observe, e.ifname)
+    except NetlinkFailure as exc:
+        if exc.code != errno.ENODEV:
+            raise
+        return [*problems, f"interface {e.ifname} is missing in the pod's netns"]
+    return problems + _differences(e, inside)
+
+
+def _observe(ifname: str) -> _Inside:
+    with _Links() as nl:
+        if nl.link(ifname) is None:
+            raise NetlinkFailure(f"link {ifname}", errno.ENODEV)
+        return _Inside(nl.mac(ifname), nl.list_addresses(ifname), nl.list_routes(protocol=None))
+
+
+def _differences(e: Expected, inside: _Inside) -> list[str]:
+    problems = []
+    if e.mac is not None and inside.mac is not None and e.mac.lower() != inside.mac.lower():
+        problems.append(f"interface {e.ifname} has MAC {inside.mac}, expected {e.mac}")
+    for address in e.addresses:
+        if address not in inside.addresses:
+            problems.append(f"address {address} is missing on {e.ifname}")
+    for destination, gateway in e.routes:
+        if not any(
+            r.destination == destination and (gateway is None or r.gateway == gateway)
+            for r in inside.routes
+        ):
+            via = f" via {gateway}" if gateway is not None else ""
+            problems.append(f"route {destination}{via} is missing in the pod's netns")
+    return problems

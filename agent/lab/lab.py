@@ -24,8 +24,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from agent import client
+from agent.lab import cni
 from agent.lab.plan import POD_RANGE, LabPlan
-from overlay import netlink, pods
+from overlay import netlink
 from overlay.netlink import Netlink
 
 log = logging.getLogger("weave-py.lab")
@@ -98,6 +99,7 @@ class Lab:
         if self.line and i == 2:
             wire_node(self.plan, ul, 2, self.segment_b, SECOND_ADDRESS, suffix="b")
         os.makedirs(self.plan.node_dir(i), exist_ok=True)
+        cni.install(self.plan, i)
 
     @property
     def segment_b(self) -> str:
@@ -135,6 +137,8 @@ class Lab:
             p.tun,
             "--socket",
             p.socket_path(i),
+            "--cni-socket",
+            p.cni_socket(i),
             "--state-dir",
             f"{p.node_dir(i)}/state",
         ]
@@ -233,24 +237,30 @@ class Lab:
         return answer
 
     def add_pod(self, i: int, j: int) -> ipaddress.IPv4Interface:
-        """A pod namespace on node i with an address from the node's agent."""
+        """A pod namespace on node i, attached through the node's CNI plugin (ADD), as a
+        container runtime does it."""
         p = self.plan
-        netlink.ensure_netns(p.pod_ns(i, j))
-        snap = self.report(i)
-        got = self.allocate(i, p.pod_ns(i, j))
-        spec = pods.PodSpec(
-            netns=p.pod_ns(i, j),
-            key=p.pod_ns(i, j),
-            address=ipaddress.IPv4Interface(got["address"]),
-            gateway=ipaddress.IPv4Address(got["gateway"]),
-            mtu=snap["router"]["mtu"],
-            gso_max_size=62000,
-        )
-        with Netlink(p.node_ns(i)) as nl:
-            pods.attach_pod(nl, p.bridge, spec)
-        self.pod_addresses[i, j] = spec.address
+        ns = p.pod_ns(i, j)
+        netlink.ensure_netns(ns)
+        done = cni.call(p, i, "ADD", container_id=ns, netns=f"{netlink.NETNS_DIR}/{ns}")
+        if done.returncode != 0:
+            raise OSError(f"node {i}: CNI ADD of {ns}: {done.stdout.strip() or done.stderr}")
+        result = json.loads(done.stdout)
+        address = ipaddress.IPv4Interface(result["ips"][0]["address"])
+        self.pod_addresses[i, j] = address
         self._save()
-        return spec.address
+        return address
+
+    def remove_pod(self, i: int, j: int) -> None:
+        """CNI DEL, then the pod's namespace goes."""
+        p = self.plan
+        ns = p.pod_ns(i, j)
+        done = cni.call(p, i, "DEL", container_id=ns, netns=f"{netlink.NETNS_DIR}/{ns}")
+        if done.returncode != 0:
+            raise OSError(f"node {i}: CNI DEL of {ns}: {done.stdout.strip() or done.stderr}")
+        netlink.remove_netns(ns)
+        self.pod_addresses.pop((i, j), None)
+        self._save()
 
     def pod_address(self, i: int, j: int) -> ipaddress.IPv4Interface:
         return self.pod_addresses[i, j]

@@ -83,5 +83,14 @@ class LabPlan:
     def socket_path(self, i: int) -> str:
         return f"{self.node_dir(i)}/agent.sock"
 
+    def cni_socket(self, i: int) -> str:
+        return f"{self.node_dir(i)}/cni.sock"
+
+    def cni_bin_dir(self, i: int) -> str:
+        return f"{self.node_dir(i)}/cni/bin"
+
+    def cni_conf_dir(self, i: int) -> str:
+        return f"{self.node_dir(i)}/cni/net.d"
+
     def all_pods(self) -> list[tuple[int, int]]:
         return [(i, j) for i in range(1, self.nodes + 1) for j in range(1, self.pods + 1)]

@@ -1,0 +1,69 @@
+"""The lab's container runtime: pods are added and deleted through the installed CNI plugin.
+
+Each node has its own CNI bin and conf directories (``weave-py install-cni`` output) and its
+agent its own CNI socket. A call runs the plugin binary the way a runtime does: in the node's
+("host's") network namespace, with the CNI_* environment and the network's plugin config on
+stdin (the conflist's first plugin, with the list's name and cniVersion, as libcni sends it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from typing import Any
+
+from agent import install_cni
+from agent.lab.plan import LabPlan
+
+REFERENCE_PLUGINS = "/usr/lib/cni"
+
+
+def install(plan: LabPlan, i: int) -> list[str]:
+    return install_cni.install(plan.cni_bin_dir(i), plan.cni_conf_dir(i), plan.cni_socket(i))
+
+
+def network_config(plan: LabPlan, i: int) -> dict[str, Any]:
+    """What a runtime sends our plugin: its entry of the conflist plus name and cniVersion."""
+    with open(os.path.join(plan.cni_conf_dir(i), install_cni.CONFLIST_NAME)) as f:
+        conflist = json.load(f)
+    first = conflist["plugins"][0]
+    return {"cniVersion": conflist["cniVersion"], "name": conflist["name"], **first}
+
+
+def plugin_path(plan: LabPlan, i: int) -> str:
+    return os.path.join(plan.cni_bin_dir(i), install_cni.PLUGIN_TYPE)
+
+
+def call(
+    plan: LabPlan,
+    i: int,
+    command: str,
+    container_id: str = "",
+    netns: str = "",
+    ifname: str = "eth0",
+    config: dict[str, Any] | str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run the plugin on node i; ``netns`` is a path (e.g. /run/netns/NAME) or empty."""
+    conf = network_config(plan, i) if config is None else config
+    stdin = conf if isinstance(conf, str) else json.dumps(conf)
+    environ = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": container_id,
+        "CNI_NETNS": netns,
+        "CNI_IFNAME": ifname,
+        "CNI_PATH": f"{plan.cni_bin_dir(i)}:{REFERENCE_PLUGINS}",
+        **(env or {}),
+    }
+    return subprocess.run(
+        ["nsenter", f"--net=/run/netns/{plan.node_ns(i)}", plugin_path(plan, i)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=timeout,
+        check=False,
+    )
