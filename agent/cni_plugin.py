@@ -50,13 +50,20 @@ anything unexpected. The error's ``cniVersion`` is the input's when supported, e
 supported. Agent errors pass through unchanged.
 """
 
-import json
+from __future__ import annotations
+
+import _json
+import _socket
 import os
-import socket
 import struct
 import sys
 import time
-from collections.abc import Mapping
+
+# Start-up time is a pod's start-up time: no json (it imports re), no socket (enum), no
+# collections. _json and _socket are the C modules those wrap.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST_VERSION = SUPPORTED_VERSIONS[-1]
@@ -75,6 +82,55 @@ CONNECT_TIMEOUT = 2.0  # seconds; the agent accepts at once or is not there
 REPLY_TIMEOUT = 60.0  # seconds; an ADD may wait for the node to get address space
 MAX_FRAME_BYTES = 4 << 20
 LENGTH = struct.Struct(">I")
+
+
+
+class _JsonContext:
+    """What _json's C scanner reads off json.JSONDecoder."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {"NaN": float("nan"), "Infinity": float("inf"),
+                      "-Infinity": float("-inf")}.__getitem__  # fmt: skip
+    memo: dict[str, str] = {}
+
+
+_scan = _json.make_scanner(_JsonContext())  # type: ignore[arg-type]
+WHITESPACE = " \t\n\r"
+
+
+def _not_json(value: object) -> object:
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+_encode = _json.make_encoder(
+    None, _not_json, _json.encode_basestring_ascii, None, ": ", ", ", False, False, True
+)
+
+
+def json_loads(data: str | bytes) -> object:
+    """json.loads for one document, on the C scanner (ValueError when it is not JSON)."""
+    text = data.decode("utf-8") if isinstance(data, bytes) else data
+    start = 0
+    while start < len(text) and text[start] in WHITESPACE:
+        start += 1
+    try:
+        value, end = _scan(text, start)
+    except StopIteration as stop:
+        raise ValueError(f"expecting a value at character {stop.value}") from None
+    while end < len(text) and text[end] in WHITESPACE:
+        end += 1
+    if end != len(text):
+        raise ValueError(f"extra data at character {end}")
+    return value
+
+
+def json_dumps(value: object) -> str:
+    return "".join(_encode(value, 0))
+
 
 # CNI error codes (spec 1.1.0) and ours (100+).
 INCOMPATIBLE_VERSION = 1
@@ -151,7 +207,7 @@ def write(output: object) -> None:
     if sys.stdout is None:
         return
     try:
-        sys.stdout.write(json.dumps(output) + "\n")
+        sys.stdout.write(json_dumps(output) + "\n")
         sys.stdout.flush()
     except (OSError, ValueError):
         pass  # stdout is gone: nowhere left to report to
@@ -160,7 +216,7 @@ def write(output: object) -> None:
 def version_of(stdin: bytes) -> str:
     """The input's cniVersion if stdin is a config naming a supported one, else the newest."""
     try:
-        config = json.loads(stdin)
+        config = json_loads(stdin)
     except (ValueError, RecursionError):
         return LATEST_VERSION
     version = config.get("cniVersion") if isinstance(config, dict) else None
@@ -190,7 +246,7 @@ def parse_config(stdin: bytes) -> tuple[str, dict[str, object]]:
     """The configuration as sent (for the agent) and as parsed (for the checks here)."""
     try:
         text = stdin.decode("utf-8")
-        config = json.loads(text)
+        config = json_loads(text)
     except (ValueError, RecursionError) as error:
         raise PluginError(
             DECODE_FAILURE, "network configuration on stdin is not valid JSON", str(error)
@@ -298,7 +354,7 @@ def ask_agent(command: str, path: str, request: dict[str, object], fd: int | Non
 
 
 def encode_frame(message: dict[str, object]) -> bytes:
-    body = json.dumps(message).encode("utf-8")
+    body = json_dumps(message).encode("utf-8")
     if len(body) > MAX_FRAME_BYTES:
         raise PluginError(
             INVALID_CONFIG,
@@ -310,21 +366,26 @@ def encode_frame(message: dict[str, object]) -> bytes:
 
 def exchange(path: str, frame: bytes, fd: int | None) -> bytes:
     """One request, one reply over a fresh connection; OS errors become CNI errors."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        try:
-            sock.settimeout(CONNECT_TIMEOUT)
-            sock.connect(path)
-            reply_at = time.monotonic() + REPLY_TIMEOUT
-            sock.settimeout(REPLY_TIMEOUT)
-            sent = socket.send_fds(sock, [frame], [fd]) if fd is not None else 0
-            if sent < len(frame):  # an empty send to an agent that already answered is EPIPE
-                try:  # noqa: SIM105 (no contextlib import: start-up time)
-                    sock.sendall(frame[sent:])
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # it may have answered (an error) before reading everything
-            return receive_frame(sock, reply_at)
-        except OSError as error:
-            raise transport_error(path, error) from None
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.settimeout(CONNECT_TIMEOUT)
+        sock.connect(path)
+        reply_at = time.monotonic() + REPLY_TIMEOUT
+        sock.settimeout(REPLY_TIMEOUT)
+        sent = 0
+        if fd is not None:  # the descriptor rides on the frame's first bytes (SCM_RIGHTS)
+            rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("i", fd))]
+            sent = sock.sendmsg([frame], rights)
+        if sent < len(frame):  # an empty send to an agent that already answered is EPIPE
+            try:  # noqa: SIM105 (no contextlib import: start-up time)
+                sock.sendall(frame[sent:])
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # it may have answered (an error) before reading everything
+        return receive_frame(sock, reply_at)
+    except OSError as error:
+        raise transport_error(path, error) from None
+    finally:
+        sock.close()
 
 
 def transport_error(path: str, error: OSError) -> PluginError:
@@ -338,7 +399,7 @@ def transport_error(path: str, error: OSError) -> PluginError:
     return PluginError(IO_FAILURE, "cannot talk to the weave-py agent", details)
 
 
-def receive_frame(sock: socket.socket, reply_at: float) -> bytes:
+def receive_frame(sock: _socket.socket, reply_at: float) -> bytes:
     header = receive_exactly(sock, LENGTH.size, reply_at)
     if not header:
         raise PluginError(TRY_AGAIN_LATER, HUNG_UP, "connection closed before any reply")
@@ -353,7 +414,7 @@ def receive_frame(sock: socket.socket, reply_at: float) -> bytes:
     return body
 
 
-def receive_exactly(sock: socket.socket, size: int, reply_at: float) -> bytes:
+def receive_exactly(sock: _socket.socket, size: int, reply_at: float) -> bytes:
     """Up to ``size`` bytes: fewer only if the agent closed the connection first."""
     data = bytearray()
     while len(data) < size:
@@ -371,7 +432,7 @@ def receive_exactly(sock: socket.socket, size: int, reply_at: float) -> bytes:
 def outcome(command: str, payload: bytes) -> object:
     """What to print for a reply: ADD's result, or None. Agent errors are raised."""
     try:
-        reply = json.loads(payload.decode("utf-8"))
+        reply = json_loads(payload.decode("utf-8"))
     except (ValueError, RecursionError) as error:
         raise malformed(f"not UTF-8 JSON ({error})", payload) from None
     if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):

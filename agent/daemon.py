@@ -286,9 +286,11 @@ class Agent:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(cluster.changed.wait(), self.config.heartbeat_interval)
             # IPAM steps on every change and every heartbeat interval (requests, seeding, grants).
+            owned = self.ipam.owned
             if self.ipam.step(cluster.topology.records, cluster.mesh.live()):
                 cluster.publish(**self.ipam.publish())
-                cluster.changed.set()  # our space changed: gateways and local blocks follow
+                if self.ipam.owned != owned:
+                    cluster.changed.set()  # our space changed: local blocks and routes follow
             if cluster.changed.is_set():
                 cluster.changed.clear()
                 before = set(sleeve.peers)

@@ -33,7 +33,8 @@ def plugin_source(python: str = "") -> bytes:
     with open(path, "rb") as f:
         text = f.read()
     body = text.split(b"\n", 1)[1] if text.startswith(b"#!") else text
-    return b"#!" + (python or python_for_plugin()).encode() + b"\n" + body
+    # -I: no environment or user site; -S: no site module (start-up time).
+    return b"#!" + (python or python_for_plugin()).encode() + b" -IS\n" + body
 
 
 def python_for_plugin() -> str:

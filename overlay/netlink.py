@@ -83,11 +83,9 @@ class Netlink:
         return [_link(msg) for msg in self._call("list links", self._ipr.get_links)]
 
     def link(self, name: str) -> Link | None:
-        found = self._ipr.link_lookup(ifname=name)
-        if not found:
-            return None
+        """One RTM_GETLINK by name (the kernel looks it up; no dump of every link)."""
         try:
-            return _link(self._ipr.get_links(found[0])[0])
+            return _link(self._ipr.link("get", ifname=name)[0])
         except NetlinkError as exc:
             if exc.code == errno.ENODEV:
                 return None
