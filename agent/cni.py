@@ -494,6 +494,10 @@ class NodeOps(Protocol):
 
     async def release(self, cid: str, ifname: str) -> None: ...
 
+    async def persist(self) -> None:
+        """Make what ``allocate`` handed out durable; ADD awaits it before answering."""
+        ...
+
     def list_allocations(self) -> list[tuple[str, str]]: ...
 
     async def netlink(self, fn: Callable[..., T], *args: Any) -> T:
@@ -572,10 +576,15 @@ class Handler:
         if conf.ipam_type is None and (conf.requested_ips or args.get("IP")):
             msg = "weave-py IPAM cannot assign a requested address (IP= or runtimeConfig ips)"
             raise CniError(Code.UNSUPPORTED_FIELD, msg, "delegate to an IPAM plugin instead")
-        if await self._node(pods.has_link, fd, r.ifname):
-            raise CniError(
+        if conf.ipam_type is not None and await self._node(pods.has_link, fd, r.ifname):
+            raise CniError(  # before the delegate allocates anything
                 Code.INTERFACE_EXISTS, f"interface {r.ifname} already exists in netns {r.netns}"
             )
+        # Our own IPAM is idempotent per key: a repeated ADD gets the live pod's address back,
+        # which a failure here must then not release.
+        held = conf.ipam_type is None and (r.container_id, r.ifname) in set(
+            self.ops.list_allocations()
+        )
         addressing = await self._address(r, conf, fd)
         attachment = pods.Attachment(
             fd,
@@ -589,8 +598,25 @@ class Handler:
             tuple((dst, gw or addressing.gateway) for dst, gw in addressing.routes),
             mac,
         )
+        # The allocation's write overlaps the veth work; the result waits for both.
+        persisting = asyncio.ensure_future(self.ops.persist()) if conf.ipam_type is None else None
         try:
-            attached = await self._node(pods.attach, attachment)
+            try:
+                attached = await self._node(pods.attach, attachment)
+            finally:
+                if persisting is not None:
+                    await asyncio.wait([persisting])  # never left running, whatever happened
+            if persisting is not None and persisting.exception() is not None:
+                raise CniError(Code.IO_FAILURE, "cannot persist the address allocation",
+                               str(persisting.exception()))  # fmt: skip
+        except CniError as exc:
+            if exc.code == Code.INTERFACE_EXISTS:  # attach touched nothing: the pod is live
+                if not held:
+                    await self._undo(r, conf, fd, veth=False)
+                raise CniError(exc.code, f"interface {r.ifname} already exists in netns "
+                               f"{r.netns}", exc.msg) from None  # fmt: skip
+            await self._undo(r, conf, fd)
+            raise
         except BaseException:
             await self._undo(r, conf, fd)
             raise

@@ -30,8 +30,12 @@ class CniOps:
         return self.agent.config.gso_max_size
 
     async def allocate(self, cid: str, ifname: str) -> tuple[IPv4Interface, IPv4Address]:
-        a = await self.agent.allocate_address(cid, ifname)
+        a = await self.agent.allocate_address(cid, ifname, persist=False)
         return a.address, a.gateway
+
+    async def persist(self) -> None:
+        """Make the allocations durable (before the result goes to the runtime)."""
+        await self.agent.ipam.flush()
 
     async def release(self, cid: str, ifname: str) -> None:
         await self.agent.release_address(cid, ifname)

@@ -335,11 +335,13 @@ class Agent:
 
     # -- actions the API offers (the CNI plugin's and rmpeer's) ---------------------------------
 
-    async def allocate_address(self, container_id: str, ifname: str) -> Allocation:
+    async def allocate_address(
+        self, container_id: str, ifname: str, persist: bool = True
+    ) -> Allocation:
         """A pod address (IpamError when there is none); a new block's gateway is on the
-        bridge before the address is handed out."""
+        bridge before the address is handed out. ``persist`` False: see Ipam.allocate."""
         gateways = self.ipam.gateways
-        a = await self.ipam.allocate(container_id, ifname)
+        a = await self.ipam.allocate(container_id, ifname, persist)
         if self.ipam.gateways != gateways:
             await self._space_changed()
         return a

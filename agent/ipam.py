@@ -17,9 +17,11 @@ import asyncio
 import ipaddress
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Set
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from agent.config import Config, init_count
@@ -62,6 +64,9 @@ class Ipam:
         self._space = asyncio.Event()
         self._last_status = ""
         self.published: dict[str, Any] = {}
+        self._seq = self._written = 0
+        self._write_lock = threading.Lock()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="ipam-writer")
         self.save()
 
     def _load_pool(self, state: Mapping[str, Any] | None) -> Pool:
@@ -182,7 +187,9 @@ class Ipam:
 
     # -- pod addresses -------------------------------------------------------------------------
 
-    async def allocate(self, container_id: str, ifname: str) -> Allocation:
+    async def allocate(self, container_id: str, ifname: str, persist: bool = True) -> Allocation:
+        """The key's address. With ``persist`` False the caller must ``await flush()`` before
+        it hands the address out (the CNI handler overlaps that write with the veth work)."""
         deadline = time.monotonic() + self.config.ipam_timeout
         while True:
             try:
@@ -190,7 +197,8 @@ class Ipam:
             except ValueError as exc:
                 raise IpamError(400, str(exc)) from None
             if allocation is not None:
-                self.save()
+                if persist:
+                    self.save()
                 return allocation
             self._check_exhausted()
             remaining = deadline - time.monotonic()
@@ -234,8 +242,28 @@ class Ipam:
         return released
 
     def save(self) -> None:
+        """Write the state now (on the caller's thread)."""
+        self._seq += 1
+        self._write(self._seq, self._document())
+
+    async def flush(self) -> None:
+        """Write the state on the writer thread: the event loop goes on meanwhile. Writes are
+        ordered by when they were asked for; one overtaken by a newer write is skipped (the
+        newer document holds everything the older one did)."""
+        self._seq += 1
+        seq, document = self._seq, self._document()
+        await asyncio.get_running_loop().run_in_executor(self._writer, self._write, seq, document)
+
+    def _document(self) -> dict[str, Any]:
         ring = self.ring.to_state() if self.ring else None
-        store.save(self.path, {"ring": ring, "pool": self.pool.to_state()})
+        return {"ring": ring, "pool": self.pool.to_state()}
+
+    def _write(self, seq: int, document: dict[str, Any]) -> None:
+        with self._write_lock:
+            if seq <= self._written:
+                return
+            store.save(self.path, document)
+            self._written = seq
 
     # -- status --------------------------------------------------------------------------------
 

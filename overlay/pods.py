@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import ipaddress
+import os
 from dataclasses import dataclass, field
 
 from overlay.netlink import Netlink, NetlinkFailure, Route, run_in_netns
@@ -161,40 +162,73 @@ def _has_link(ifname: str) -> bool:
 
 def attach(a: Attachment) -> Attached:
     """Create the attachment's veth pair and configure both sides. Raises InterfaceExists when
-    the pod already has ``a.ifname``. On any failure the veth pair is removed again (the caller
-    still owns the address)."""
+    the pod already has ``a.ifname`` (and then touches nothing). On any other failure the veth
+    pair is removed again (the caller still owns the address).
+
+    The fast path is what every pod start waits for: the pair is made in one request, its pod
+    side born in the pod's namespace under its final name, and the pod side is configured by
+    index with one request per change -- no read-before-write."""
     host, temp = veth_names(a.container_id, a.ifname)
-    with _Links() as node:
-        node.remove_link(temp)  # left over by an ADD that died half way
-        node.remove_link(host)  # ditto: the pod does not have the interface, so it is stale
+    host_mac = random_mac()
+    pod_mac = a.mac or random_mac()
+    with Netlink() as node:
+        master = _bridge_index(node, a.bridge)
         try:
-            node.ensure_veth(host, temp)
-            node.set_link(host, mtu=a.mtu, master=a.bridge, up=True)
-            host_mac = node.mac(host)
-            node.move_link(temp, a.netns)
-            pod_mac = run_in_netns(a.netns, _configure, a, temp)
+            node.add_veth_into(host, a.ifname, a.netns, mtu=a.mtu, master=master,
+                               macs=(host_mac, pod_mac), gso_max_size=a.gso_max_size)  # fmt: skip
+        except NetlinkFailure as exc:
+            if exc.code == errno.EEXIST and run_in_netns(a.netns, _has_link, a.ifname):
+                raise InterfaceExists(
+                    f"interface {a.ifname} already exists in the pod's netns"
+                ) from None
+            if exc.code != errno.EEXIST:  # the bridge may have been re-created: look again
+                _BRIDGES.pop(a.bridge, None)
+                master = _bridge_index(node, a.bridge)
+            node.remove_link(host)  # stale: left by an ADD that died half way
+            node.remove_link(temp)
+            node.add_veth_into(host, a.ifname, a.netns, mtu=a.mtu, master=master,
+                               macs=(host_mac, pod_mac), gso_max_size=a.gso_max_size)  # fmt: skip
+        try:
+            run_in_netns(a.netns, _configure, a)
         except BaseException:
             node.remove_link(host)
-            node.remove_link(temp)
             raise
     return Attached(host, host_mac, pod_mac)
 
 
-def _configure(a: Attachment, temp: str) -> str:
-    """Inside the pod: name, MAC, MTU, address and routes of the pod side; returns its MAC."""
-    with _Links() as nl:
-        if nl.link(a.ifname) is not None:
-            raise InterfaceExists(f"interface {a.ifname} already exists in the pod's netns")
-        nl.rename_link(temp, a.ifname)
-        if a.mac is not None:
-            nl.set_mac(a.ifname, a.mac)
-        nl.set_link("lo", up=True)
-        nl.set_link(a.ifname, mtu=a.mtu, gso_max_size=a.gso_max_size, up=True)
-        nl.ensure_address(a.ifname, a.address)
-        nl.ensure_route(Route(DEFAULT_ROUTE, a.ifname, a.gateway))
+_BRIDGES: dict[str, int] = {}  # bridge name -> index, looked up again when a request fails
+
+
+def _bridge_index(node: Netlink, name: str) -> int:
+    if name not in _BRIDGES:
+        bridge = node.link(name)
+        if bridge is None:
+            raise NetlinkFailure(f"bridge {name}", errno.ENODEV)
+        _BRIDGES[name] = bridge.index
+    return _BRIDGES[name]
+
+
+def random_mac() -> str:
+    """A random unicast, locally administered MAC (what the kernel gives a veth by default;
+    chosen here so the result needs no read-back)."""
+    b = bytearray(os.urandom(6))
+    b[0] = (b[0] & 0xFE) | 0x02
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def _configure(a: Attachment) -> None:
+    """Inside the pod: the pod side up, its address and routes (MAC, MTU and GSO size came
+    with its creation). The loopback is not ours: runtimes bring it up (CNI's loopback
+    plugin)."""
+    with Netlink() as nl:
+        link = nl.link(a.ifname)
+        if link is None:
+            raise NetlinkFailure(f"link {a.ifname}", errno.ENODEV)
+        nl.set_index(link.index, state="up")
+        nl.add_address_index(link.index, a.address)
+        nl.replace_route_index(DEFAULT_ROUTE, link.index, a.gateway)
         for destination, gateway in a.routes:
-            nl.ensure_route(Route(destination, a.ifname, gateway))
-        return nl.mac(a.ifname)
+            nl.replace_route_index(destination, link.index, gateway)
 
 
 def detach(container_id: str, ifname: str) -> bool:

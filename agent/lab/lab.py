@@ -245,6 +245,8 @@ class Lab:
         done = cni.call(p, i, "ADD", container_id=ns, netns=f"{netlink.NETNS_DIR}/{ns}")
         if done.returncode != 0:
             raise OSError(f"node {i}: CNI ADD of {ns}: {done.stdout.strip() or done.stderr}")
+        with Netlink(ns) as inside:  # the runtime's part (CNI's loopback plugin)
+            inside.set_link("lo", up=True)
         result = json.loads(done.stdout)
         address = ipaddress.IPv4Interface(result["ips"][0]["address"])
         self.pod_addresses[i, j] = address

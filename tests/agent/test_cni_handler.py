@@ -58,6 +58,9 @@ class FakeNode:
             self.next_host += 1
         return self.allocations[cid, ifname], IPv4Address("10.32.0.1")
 
+    async def persist(self) -> None:
+        self.persisted = len(self.allocations)
+
     async def release(self, cid: str, ifname: str) -> None:
         self.log.append(f"release {cid[:4]}")
         self.allocations.pop((cid, ifname), None)
@@ -337,8 +340,11 @@ async def test_add_refuses_an_existing_interface_and_keeps_its_address(
     error = await fails(handler, request())
     assert error.code == Code.INTERFACE_EXISTS
     assert "eth0 already exists" in error.msg
-    assert node.log[before:] == ["has_link"]  # refused before allocating: nothing to undo
+    # the idempotent allocation hands back the live pod's address; attach refuses and
+    # touches nothing; nothing is released or detached afterwards
+    assert node.log[before:] == [f"allocate {CID[:4]}", "attach"]
     assert (CID, "eth0") in node.allocations  # the live pod keeps its address
+    assert "eth0" in node.namespaces[FD]
 
 
 async def test_add_undoes_everything_when_the_kernel_refuses(
