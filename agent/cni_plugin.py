@@ -50,17 +50,16 @@ anything unexpected. The error's ``cniVersion`` is the input's when supported, e
 supported. Agent errors pass through unchanged.
 """
 
-from __future__ import annotations
-
 import _json
 import _socket
-import os
-import struct
+import _struct
+import posix
 import sys
 import time
 
-# Start-up time is a pod's start-up time: no json (it imports re), no socket (enum), no
-# collections. _json and _socket are the C modules those wrap.
+# Start-up time is a pod's start-up time: no json (it imports re), no socket (enum), no os
+# (collections.abc), no struct, no __future__: _json, _socket, posix and _struct are the C
+# modules those wrap. (Hence the quoted annotations.)
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -81,7 +80,7 @@ DEFAULT_SOCKET = "/run/weave-py/cni.sock"
 CONNECT_TIMEOUT = 2.0  # seconds; the agent accepts at once or is not there
 REPLY_TIMEOUT = 60.0  # seconds; an ADD may wait for the node to get address space
 MAX_FRAME_BYTES = 4 << 20
-LENGTH = struct.Struct(">I")
+LENGTH = _struct.Struct(">I")
 
 
 
@@ -160,9 +159,9 @@ class PluginError(Exception):
         return {"cniVersion": version, "code": self.code, "msg": self.msg, "details": self.details}
 
 
-def main(env: Mapping[str, str] | None = None, stdin: bytes | None = None) -> int:
+def main(env: "Mapping[str, str] | None" = None, stdin: bytes | None = None) -> int:
     """Run one CNI command; print its output or error to stdout; return the exit status."""
-    env = os.environ if env is None else env
+    env = environment() if env is None else env
     stdin = read_stdin() if stdin is None else stdin
     version = version_of(stdin)
     try:
@@ -179,7 +178,13 @@ def main(env: Mapping[str, str] | None = None, stdin: bytes | None = None) -> in
     return 0
 
 
-def run(env: Mapping[str, str], stdin: bytes) -> object:
+def environment() -> dict[str, str]:
+    """os.environ without importing os: the process environment, decoded as os does."""
+    return {k.decode("utf-8", "surrogateescape"): v.decode("utf-8", "surrogateescape")
+            for k, v in posix.environ.items()}  # fmt: skip
+
+
+def run(env: "Mapping[str, str]", stdin: bytes) -> object:
     """Carry out one command; return what to print (None for nothing) or raise PluginError."""
     command = env.get("CNI_COMMAND", "")
     check_environment(command, env)
@@ -223,7 +228,7 @@ def version_of(stdin: bytes) -> str:
     return version if version in SUPPORTED_VERSIONS else LATEST_VERSION
 
 
-def check_environment(command: str, env: Mapping[str, str]) -> None:
+def check_environment(command: str, env: "Mapping[str, str]") -> None:
     if not command:
         raise PluginError(BAD_ENVIRONMENT, "required environment variables missing: CNI_COMMAND")
     if command not in REQUIRED_ENV:
@@ -296,7 +301,7 @@ def version_key(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
 
-def socket_path(config: Mapping[str, object], env: Mapping[str, str]) -> str:
+def socket_path(config: "Mapping[str, object]", env: "Mapping[str, str]") -> str:
     path = config.get("socket")
     if path is None:
         return env.get("WEAVE_CNI_SOCKET") or DEFAULT_SOCKET
@@ -314,7 +319,7 @@ def open_netns(command: str, netns: str) -> int | None:
     if command not in ("ADD", "CHECK", "DEL") or not netns:
         return None
     try:
-        return os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+        return posix.open(netns, posix.O_RDONLY | posix.O_CLOEXEC)
     except (OSError, ValueError) as error:
         if command == "DEL":
             return None  # already gone: DEL still releases what the agent holds
@@ -324,7 +329,7 @@ def open_netns(command: str, netns: str) -> int | None:
 
 
 def build_request(
-    command: str, env: Mapping[str, str], config: str, netns_missing: bool
+    command: str, env: "Mapping[str, str]", config: str, netns_missing: bool
 ) -> dict[str, object]:
     return {
         "command": command,
@@ -350,7 +355,7 @@ def ask_agent(command: str, path: str, request: dict[str, object], fd: int | Non
         raise
     finally:
         if fd is not None:
-            os.close(fd)
+            posix.close(fd)
 
 
 def encode_frame(message: dict[str, object]) -> bytes:
@@ -374,7 +379,7 @@ def exchange(path: str, frame: bytes, fd: int | None) -> bytes:
         sock.settimeout(REPLY_TIMEOUT)
         sent = 0
         if fd is not None:  # the descriptor rides on the frame's first bytes (SCM_RIGHTS)
-            rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, struct.pack("i", fd))]
+            rights = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _struct.pack("i", fd))]
             sent = sock.sendmsg([frame], rights)
         if sent < len(frame):  # an empty send to an agent that already answered is EPIPE
             try:  # noqa: SIM105 (no contextlib import: start-up time)

@@ -23,6 +23,7 @@ import errno
 import hashlib
 import ipaddress
 import os
+import threading
 from dataclasses import dataclass, field
 
 from overlay.netlink import Netlink, NetlinkFailure, Route, run_in_netns
@@ -171,32 +172,42 @@ def attach(a: Attachment) -> Attached:
     host, temp = veth_names(a.container_id, a.ifname)
     host_mac = random_mac()
     pod_mac = a.mac or random_mac()
-    with Netlink() as node:
-        master = _bridge_index(node, a.bridge)
-        try:
-            node.add_veth_into(host, a.ifname, a.netns, mtu=a.mtu, master=master,
-                               macs=(host_mac, pod_mac), gso_max_size=a.gso_max_size)  # fmt: skip
-        except NetlinkFailure as exc:
-            if exc.code == errno.EEXIST and run_in_netns(a.netns, _has_link, a.ifname):
-                raise InterfaceExists(
-                    f"interface {a.ifname} already exists in the pod's netns"
-                ) from None
-            if exc.code != errno.EEXIST:  # the bridge may have been re-created: look again
-                _BRIDGES.pop(a.bridge, None)
-                master = _bridge_index(node, a.bridge)
-            node.remove_link(host)  # stale: left by an ADD that died half way
-            node.remove_link(temp)
-            node.add_veth_into(host, a.ifname, a.netns, mtu=a.mtu, master=master,
-                               macs=(host_mac, pod_mac), gso_max_size=a.gso_max_size)  # fmt: skip
-        try:
-            run_in_netns(a.netns, _configure, a)
-        except BaseException:
-            node.remove_link(host)
-            raise
+    node = _node_netlink()  # kept per worker thread: a pod start opens no socket here
+    master = _bridge_index(node, a.bridge)
+    try:
+        node.add_veth_into(host, a.ifname, a.netns, mtu=a.mtu, master=master,
+                           macs=(host_mac, pod_mac), gso_max_size=a.gso_max_size)  # fmt: skip
+    except NetlinkFailure as exc:
+        if exc.code == errno.EEXIST and run_in_netns(a.netns, _has_link, a.ifname):
+            raise InterfaceExists(
+                f"interface {a.ifname} already exists in the pod's netns"
+            ) from None
+        if exc.code != errno.EEXIST:  # the bridge may have been re-created: look again
+            _BRIDGES.pop(a.bridge, None)
+            master = _bridge_index(node, a.bridge)
+        node.remove_link(host)  # stale: left by an ADD that died half way
+        node.remove_link(temp)
+        node.add_veth_into(host, a.ifname, a.netns, mtu=a.mtu, master=master,
+                           macs=(host_mac, pod_mac), gso_max_size=a.gso_max_size)  # fmt: skip
+    try:
+        run_in_netns(a.netns, _configure, a)
+    except BaseException:
+        node.remove_link(host)
+        raise
     return Attached(host, host_mac, pod_mac)
 
 
 _BRIDGES: dict[str, int] = {}  # bridge name -> index, looked up again when a request fails
+_PER_THREAD = threading.local()
+
+
+def _node_netlink() -> Netlink:
+    """This thread's netlink socket in the node namespace (the agent's netlink worker lives
+    as long as the agent)."""
+    nl: Netlink | None = getattr(_PER_THREAD, "netlink", None)
+    if nl is None:
+        nl = _PER_THREAD.netlink = Netlink()
+    return nl
 
 
 def _bridge_index(node: Netlink, name: str) -> int:
@@ -235,9 +246,9 @@ def detach(container_id: str, ifname: str) -> bool:
     """Remove the attachment's veth pair (the pod side goes with the host side); also a
     temporary pod side an ADD left in the node namespace. False when nothing was there."""
     host, temp = veth_names(container_id, ifname)
-    with Netlink() as node:
-        removed = node.remove_link(host)
-        return node.remove_link(temp) or removed
+    node = _node_netlink()
+    removed = node.remove_link(host)
+    return node.remove_link(temp) or removed
 
 
 def check(e: Expected) -> list[str]:
