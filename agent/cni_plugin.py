@@ -79,7 +79,7 @@ REQUIRED_ENV = {
 DEFAULT_SOCKET = "/run/weave-py/cni.sock"
 CONNECT_TIMEOUT = 2.0  # seconds; the agent accepts at once or is not there
 REPLY_TIMEOUT = 60.0  # seconds; an ADD may wait for the node to get address space
-MAX_FRAME_BYTES = 4 << 20
+MAX_FRAME_BYTES = 1 << 20  # the agent (agent/cni_server.py MAX_FRAME) takes no more
 LENGTH = _struct.Struct(">I")
 
 

@@ -343,7 +343,7 @@ def test_cni_args_and_config_pass_through_verbatim(agent: FakeAgent, netns: Path
 
 def test_a_large_config_arrives_whole_with_its_descriptor(agent: FakeAgent, netns: Path) -> None:
     """Bigger than a socket buffer: the first sendmsg carries the descriptor, the rest follows."""
-    stdin = config(padding="x" * (1 << 20))
+    stdin = config(padding="x" * (cni_plugin.MAX_FRAME_BYTES - 4096))  # > any socket buffer
     agent.reply = frame({"ok": True, "result": RESULT})
     assert run_plugin(cni_env("ADD", netns, agent.path), stdin).status == 0
     assert agent.requests[0]["config"] == stdin
@@ -513,3 +513,9 @@ def test_the_plugin_is_a_script() -> None:
     text = PLUGIN.read_text()
     assert text.startswith("#!/usr/bin/python3\n")
     assert 'if __name__ == "__main__":\n    sys.exit(main())\n' in text
+
+
+def test_frame_limit_matches_the_agents() -> None:
+    from agent import cni_server
+
+    assert cni_plugin.MAX_FRAME_BYTES == cni_server.MAX_FRAME
