@@ -135,22 +135,6 @@ def veth_names(container_id: str, ifname: str) -> tuple[str, str]:
     return host_ifname(key), TEMP_PREFIX + digest[:12]
 
 
-class _Links(Netlink):
-    """Link hardware addresses, which overlay/netlink.py does not offer yet (move them there)."""
-
-    def __enter__(self) -> _Links:
-        return self
-
-    def mac(self, name: str) -> str:
-        index = self._index(name)
-        msg = self._call(f"get link {name}", self._ipr.get_links, index)[0]
-        return str(msg.get("IFLA_ADDRESS") or "")
-
-    def set_mac(self, name: str, mac: str) -> None:
-        index = self._index(name)
-        self._call(f"set mac of {name}", self._ipr.link, "set", index=index, address=mac)
-
-
 def has_link(netns: int, ifname: str) -> bool:
     """Whether the pod namespace already has ``ifname``."""
     return run_in_netns(netns, _has_link, ifname)
@@ -273,10 +257,11 @@ def check(e: Expected) -> list[str]:
 
 
 def _observe(ifname: str) -> _Inside:
-    with _Links() as nl:
-        if nl.link(ifname) is None:
+    with Netlink() as nl:
+        link = nl.link(ifname)
+        if link is None:
             raise NetlinkFailure(f"link {ifname}", errno.ENODEV)
-        return _Inside(nl.mac(ifname), nl.list_addresses(ifname), nl.list_routes(protocol=None))
+        return _Inside(link.mac, nl.list_addresses(ifname), nl.list_routes(protocol=None))
 
 
 def _differences(e: Expected, inside: _Inside) -> list[str]:
