@@ -131,9 +131,6 @@ class Agent:
 
     async def netlink(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the netlink thread (in the node's namespace)."""
-        return await self._netlink(fn, *args)
-
-    async def _netlink(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._netlink_thread, fn, *args)
 
     def setup_kernel(self) -> None:
@@ -212,7 +209,7 @@ class Agent:
     # -- running -----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        await self._netlink(self.setup_kernel)
+        await self.netlink(self.setup_kernel)
         self.setup()
         assert self.datapath is not None
         api = Api(self.snapshot, actions=self)
@@ -273,7 +270,7 @@ class Agent:
     async def _reconcile_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.reconcile_interval)
-            actions = await self._netlink(self._reconcile, self.node_spec())
+            actions = await self.netlink(self._reconcile, self.node_spec())
             if actions:
                 log.warning("reconcile node: repaired drift with %d change(s)", len(actions))
 
@@ -298,7 +295,7 @@ class Agent:
                 sleeve.set_peers(cluster.peer_specs(), time.monotonic())
                 if self.datapath is not None:
                     self.datapath.poke()
-                actions = await self._netlink(self._reconcile, self.node_spec())
+                actions = await self.netlink(self._reconcile, self.node_spec())
                 if set(sleeve.peers) != before or actions:
                     log.info("update routes: %d peer(s), %d kernel change(s)",
                              len(sleeve.peers), len(actions))  # fmt: skip
@@ -386,7 +383,7 @@ class Agent:
             self.cluster.publish(**self.ipam.publish())
             self.cluster.changed.set()
         if self.nl is not None:
-            await self._netlink(self._reconcile, self.node_spec())
+            await self.netlink(self._reconcile, self.node_spec())
 
     # -- status ------------------------------------------------------------------------------
 
