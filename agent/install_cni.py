@@ -9,12 +9,12 @@ these two names is touched: other networks' files stay as they are.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
-import tempfile
 from typing import Any
+
+from overlay.ipam import store
 
 PLUGIN_TYPE = "weave-py-net"
 CONFLIST_NAME = "10-weave-py.conflist"
@@ -61,25 +61,9 @@ def conflist(
 
 
 def write_atomic(directory: str, name: str, data: bytes, mode: int) -> str:
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, os.path.join(directory, name))
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return os.path.join(directory, name)
+    path = os.path.join(directory, name)
+    store.write_atomic(path, data, mode, dir_mode=0o755)
+    return path
 
 
 def install(

@@ -40,15 +40,23 @@ def save(path: str, document: Mapping[str, Any]) -> None:
     if "format" in document:
         raise ValueError(f"{path}: 'format' is reserved for the store")
     data = json.dumps({"format": FORMAT, **document}, separators=(",", ":")).encode()
+    write_atomic(path, data)
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o600, dir_mode: int = 0o700) -> None:
+    """Replace the file at ``path`` with ``data``, atomically and durably (see the module
+    docstring); the directory is made with ``dir_mode`` if missing. Also what
+    ``weave-py install-cni`` writes the plugin and the conflist with."""
     directory, prefix = _tmp_prefix(path)
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.makedirs(directory, mode=dir_mode, exist_ok=True)
     tmp = os.path.join(directory, f"{prefix}{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(tmp, mode)  # not narrowed by the umask
         os.replace(tmp, path)
     except BaseException:
         _remove(tmp)
