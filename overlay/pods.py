@@ -1,20 +1,19 @@
 """Attach a pod's network namespace to the node bridge with a veth pair (and detach it).
 
-Two kinds of caller. ``attach_pod``/``detach_pod`` take a pod namespace by name (under
-/run/netns). The CNI handler (agent/cni.py) gets the pod namespace as an open file descriptor
-from the plugin and keys everything by (container id, interface name): ``has_link``,
-``attach``, ``detach``, ``check``.
+The CNI handler (agent/cni.py) gets the pod namespace as an open file descriptor from the
+plugin and keys everything by (container id, interface name): ``has_link``, ``attach``,
+``detach``, ``check``.
 
 Every function here runs on a thread in the *node* namespace (the agent's netlink thread) and
 enters the pod namespace on a short-lived thread of its own (netlink.run_in_netns), so the
 caller's thread never changes namespace.
 
-CNI veth naming: the host side is ``host_ifname(pod_key(container id, ifname))`` (``wp`` + 11
-hex digits; for eth0 simply ``host_ifname(container id)``); the pod side is created in the node
-namespace as ``wpt`` + 12 hex digits of the same hash (never a host name: ``t`` is not a hex
-digit), moved into the pod namespace and renamed to the interface name the runtime asked for
-there. Both names fit IFNAMSIZ and are stable, so DEL and GC find the host side from the key
-alone; deleting it takes the pod side with it.
+Veth naming: the host side is ``host_ifname(pod_key(container id, ifname))`` (``wp`` + 11 hex
+digits; for eth0 simply ``host_ifname(container id)``); the pod side is created directly in the
+pod namespace under the interface name the runtime asked for. Host names are stable, so DEL
+and GC find the host side from the key alone; deleting it takes the pod side with it. ``wpt``
++ 12 hex digits of the same hash is the temporary pod-side name earlier versions used in the
+node namespace: ``attach`` and ``detach`` still remove such a leftover.
 """
 
 from __future__ import annotations
@@ -34,41 +33,12 @@ DEFAULT_IFNAME = "eth0"
 DEFAULT_ROUTE = ipaddress.IPv4Network("0.0.0.0/0")
 
 
-@dataclass(frozen=True)
-class PodSpec:
-    netns: str  # a name under /run/netns
-    key: str  # stable pod key (container id); names the host side of the veth
-    address: ipaddress.IPv4Interface
-    gateway: ipaddress.IPv4Address
-    mtu: int
-    gso_max_size: int
-    ifname: str = "eth0"
-
-
 def host_ifname(key: str) -> str:
     """``wp`` + 11 hex digits of the key's hash: unique, stable, within IFNAMSIZ."""
     return HOST_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:11]
 
 
-def attach_pod(node: Netlink, bridge: str, pod: PodSpec) -> str:
-    """Create (or complete) the pod's veth pair, address and default route. Idempotent."""
-    host = host_ifname(pod.key)
-    node.ensure_veth(host, pod.ifname, pod.netns)
-    node.set_link(host, mtu=pod.mtu, master=bridge, up=True)
-    with Netlink(pod.netns) as inside:
-        inside.set_link("lo", up=True)
-        inside.set_link(pod.ifname, mtu=pod.mtu, gso_max_size=pod.gso_max_size, up=True)
-        inside.ensure_address(pod.ifname, pod.address)
-        inside.ensure_route(Route(DEFAULT_ROUTE, pod.ifname, pod.gateway))
-    return host
-
-
-def detach_pod(node: Netlink, key: str) -> bool:
-    """Remove the pod's veth pair (its peer goes with it). False when already gone."""
-    return node.remove_link(host_ifname(key))
-
-
-# -- CNI: pods keyed by (container id, interface name), namespaces by file descriptor -----------
+# -- pods keyed by (container id, interface name), namespaces by file descriptor ---------------
 
 
 class InterfaceExists(Exception):
