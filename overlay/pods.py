@@ -92,9 +92,9 @@ class _Inside:
 
 
 def pod_key(container_id: str, ifname: str) -> str:
-    """One key per attachment: the container id for ``eth0`` (the key ``attach_pod`` and the
-    lab use: a pod's host veth is ``host_ifname(container id)``), ``<container id>/<ifname>``
-    for any other interface. Unambiguous because CNI container ids never hold '/'."""
+    """One key per attachment: the container id for ``eth0`` (a pod's host veth is then
+    ``host_ifname(container id)``), ``<container id>/<ifname>`` for any other interface.
+    Unambiguous because CNI container ids never hold '/'."""
     return container_id if ifname == DEFAULT_IFNAME else f"{container_id}/{ifname}"
 
 
