@@ -27,7 +27,7 @@ from typing import Any
 from agent.config import Config, init_count
 from gossip.topology import PeerRecord
 from overlay.ipam import space, store
-from overlay.ipam.claim import ClaimError, decode
+from overlay.ipam.claim import Claim, ClaimError, decode
 from overlay.ipam.pool import Allocation, Pool
 from overlay.ipam.ring import Ring, View
 
@@ -64,6 +64,7 @@ class Ipam:
         self._space = asyncio.Event()
         self._last_status = ""
         self.published: dict[str, Any] = {}
+        self._claims: dict[str, tuple[PeerRecord, Claim | str]] = {}  # str: why malformed
         self._seq = self._written = 0
         self._write_lock = threading.Lock()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ipam-writer")
@@ -111,7 +112,7 @@ class Ipam:
         """The blocks we route to a peer: only space of our own ring (another ring's space
         overlaps ours and must never be routed), and only from a claim we can read."""
         try:
-            claim = decode(record.blocks, record.meta)
+            claim = self._claim_of(record)
         except ClaimError as exc:
             if self.malformed[record.name] == 0:
                 log.warning("ipam: ignoring the claim of %s(%s): %s",
@@ -121,18 +122,34 @@ class Ipam:
         ours = self.ring.ring if self.ring else None
         return claim.owned if claim.ring == ours else ()
 
+    def _claim_of(self, record: PeerRecord) -> Claim:
+        """The record's claim, decoded once per record (routes and the step both read every
+        peer's claim on every change); ClaimError when it is malformed."""
+        cached = self._claims.get(record.name)
+        if cached is None or cached[0] is not record:
+            try:
+                cached = (record, decode(record.blocks, record.meta))
+            except ClaimError as exc:
+                cached = (record, str(exc))
+            self._claims[record.name] = cached
+        if isinstance(cached[1], str):
+            raise ClaimError(cached[1])  # a fresh one: a kept exception's traceback would grow
+        return cached[1]
+
     # -- the ring ----------------------------------------------------------------------------
 
     def step(self, records: Mapping[str, PeerRecord], live: Set[str]) -> bool:
         """Take in the topology; True when our claim changed (publish it)."""
         if self.ring is None:
             return False
+        for gone in self._claims.keys() - records.keys():
+            del self._claims[gone]
         views = {}
         for name, r in records.items():
             if name == self.name:
                 continue
             try:
-                claim = decode(r.blocks, r.meta)
+                claim = self._claim_of(r)
             except ClaimError:
                 continue  # counted and logged by ``routable``
             views[name] = View(r.incarnation, r.version, claim, r.nickname)
