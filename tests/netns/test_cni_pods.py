@@ -339,7 +339,7 @@ async def test_server_end_to_end(node: NodeOps, make_pod, run_id: str, tmp_path:
 def test_names_fit_and_differ() -> None:
     seen = set()
     for cid in ("a", "a.b", "x" * 255):
-        assert pods.veth_names(cid, "eth0")[0] == pods.host_ifname(cid)  # eth0: named by the container id alone
+        assert pods.veth_names(cid, "eth0")[0] == pods.host_ifname(cid)  # eth0: by container id
         for ifname in ("eth0", "eth1", "net1"):
             host, temp = pods.veth_names(cid, ifname)
             assert len(host) <= 15 and len(temp) <= 15
