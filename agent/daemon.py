@@ -179,8 +179,9 @@ class Agent:
             )  # fmt: skip
             self.ipam.kick = self.cluster.changed.set
         self.datapath = Datapath(
-            self.sleeve, self.tun.fd, self.sock, self.underlay_mtu, self._event, c.udp_gso
-        )
+            self.sleeve, self.tun.fd, self.sock, self.underlay_mtu, self._event, c.udp_gso,
+            connect=lambda peer: udp.open_udp(c.bind_address, 0, c.socket_buffer, peer),
+        )  # fmt: skip
         for p in c.peers:
             log.info(
                 "add peer: %s(%s) %s:%d blocks %s",

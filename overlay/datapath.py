@@ -35,10 +35,12 @@ from overlay.frame import (
     VNET_HEADER_SIZE,
     MessageType,
 )
-from overlay.sleeve import PeerEvent, PeerState, Sleeve
+from overlay.sleeve import Address, PeerEvent, PeerState, Sleeve
 from overlay.udp import SOL_UDP, UDP_GRO, UDP_SEGMENT
 
 log = logging.getLogger("weave-py.sleeve")
+Buffer = bytes | bytearray | memoryview
+Cmsg = tuple[int, int, bytes]
 
 TUN_BUFFER = RECORD_SIZE + 65536 + VNET_HEADER_SIZE
 UDP_BUFFER = 65536 + 4096
@@ -52,8 +54,14 @@ TRAIN_TOTAL = struct.Struct("!I")
 TRAIN_LENGTH = struct.Struct("!I")
 ZERO_VNET = bytes(VNET_HEADER_SIZE)
 DF = 0x40  # in the high byte of the IPv4 flags/fragment field
+DATA, DATA_CHUNK = int(MessageType.DATA), int(MessageType.DATA_CHUNK)  # plain ints: hot path
 VNET = RECORD_SIZE  # where the virtio-net header sits in the TUN buffer
 IP = VNET + VNET_HEADER_SIZE  # where the IP packet starts
+
+
+def failure(prefix: str, exc: OSError) -> str:
+    """The drop label for a failed call: ``prefix`` + the errno's name."""
+    return prefix + errno.errorcode.get(exc.errno or 0, "error")
 
 
 class Datapath:
@@ -65,6 +73,7 @@ class Datapath:
         underlay_mtu: int,
         on_event: Callable[[PeerEvent], None] | None = None,
         udp_gso: bool = True,
+        connect: Callable[[Address], socket.socket] | None = None,
     ) -> None:
         self.sleeve = sleeve
         self.tun_fd = tun_fd
@@ -82,6 +91,7 @@ class Datapath:
         self._tun_read = (self._tun_view[RECORD_SIZE:],)
         self._udp_buf = bytearray(UDP_BUFFER)
         self._udp_view = memoryview(self._udp_buf)
+        self._udp_into = [self._udp_buf]
         self._udp_words = self._udp_view.cast("Q")  # 8-byte words, for train header checks
         self._slices: dict[int, list[memoryview]] = {}
         self._offsets: dict[int, bytes] = {}
@@ -90,6 +100,12 @@ class Datapath:
         self._gso_cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", self.stride))]
         self._wake = asyncio.Event()
         self._relay_source: tuple[str, int] | None = None
+        # Links: a send-only socket connected to each peer endpoint that data goes to (see
+        # udp.open_udp); control datagrams and everything received use the main socket. The
+        # main socket stands in without ``connect`` or when a link cannot be opened.
+        self._connect = connect
+        self._links: dict[Address, socket.socket] = {}
+        self._endpoints: set[Address] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -101,6 +117,7 @@ class Datapath:
         try:
             while True:
                 now = time.monotonic()
+                self._sync_links({peer.send_to for peer in self.sleeve.peers.values()})
                 self.sleeve.handle_timer(now)
                 self._flush_control()
                 deadline = self.sleeve.get_timer()
@@ -111,6 +128,7 @@ class Datapath:
         finally:
             loop.remove_reader(self.tun_fd)
             loop.remove_reader(self.sock.fileno())
+            self._sync_links(set())
 
     def poke(self) -> None:
         """Re-arm the timer after the peer set changed."""
@@ -140,13 +158,14 @@ class Datapath:
 
     def _drain_tun(self) -> None:
         batches: dict[int, tuple[PeerState, bytearray]] = {}
+        readv, fd, into = os.readv, self.tun_fd, self._tun_read
         for _ in range(DRAIN_BUDGET):
             try:
-                n = os.readv(self.tun_fd, self._tun_read)
+                n = readv(fd, into)
             except BlockingIOError:
                 break
             except OSError as exc:
-                self.sleeve.drop("tun_read_" + errno.errorcode.get(exc.errno or 0, "error"))
+                self.sleeve.drop(failure("tun_read_", exc))
                 break
             peer = self._outbound_peer(n)
             if peer is not None:
@@ -183,27 +202,27 @@ class Datapath:
         counters.tx_packets += 1
         counters.tx_bytes += size
         RECORD.pack_into(self._tun_buf, 0, size)
-        body = self._tun_view[: RECORD_SIZE + n]
+        length = RECORD_SIZE + n
         entry = batches.get(peer.peer_id)
         if size <= SMALL_PACKET:
             if entry is None:
                 entry = batches[peer.peer_id] = (peer, bytearray(HEADER_SIZE))
             batch = entry[1]
-            if len(batch) + len(body) > self.segment:
+            if len(batch) + length > self.segment:
                 self._send_batch(peer, batch)
-            batch += body
+            batch += self._tun_view[:length]
             return
         if entry is not None and len(entry[1]) > HEADER_SIZE:
             self._send_batch(peer, entry[1])  # keep the peer's packets in order
-        if HEADER_SIZE + len(body) > self.segment and self.udp_gso:
-            self._send_chunks(peer, len(body))
+        if length > self.batch_limit and self.udp_gso:
+            self._send_chunks(peer, length)
             return
         header = self._header
         HEADER.pack_into(
-            header, 0, frame.VERSION, MessageType.DATA, 0, frame.DEFAULT_HOPS,
-            len(body), self.sleeve.local_id, peer.peer_id,
+            header, 0, frame.VERSION, DATA, 0, frame.DEFAULT_HOPS,
+            length, self.sleeve.local_id, peer.peer_id,
         )  # fmt: skip
-        self._send((header, body), peer.send_to, peer)
+        self._send((header, self._tun_view[:length]), peer.send_to, peer)
 
     def _send_batch(self, peer: PeerState, batch: bytearray) -> None:
         """Send and empty a peer's batch (its header is rewritten for the current length)."""
@@ -253,7 +272,7 @@ class Datapath:
 
     def _send_gso(self, parts: list[memoryview], peer: PeerState) -> bool:
         try:
-            self.sock.sendmsg(parts, self._gso_cmsg, 0, peer.send_to)
+            self._sendmsg(parts, self._gso_cmsg, peer.send_to)
         except BlockingIOError:
             self.sleeve.drop("send_buffer_full", peer)
             return False
@@ -262,18 +281,49 @@ class Datapath:
                 # The egress device cannot segment UDP: fall back to kernel fragmentation.
                 self.udp_gso = False
                 log.warning("disable udp gso: sendmsg refused it (%s)", exc)
-            self.sleeve.drop("send_" + errno.errorcode.get(exc.errno or 0, "error"), peer)
+            self.sleeve.drop(failure("send_", exc), peer)
             return False
         return True
 
     def _send(self, parts: tuple[bytes | bytearray | memoryview, ...],
               addr: tuple[str, int], peer: PeerState | None) -> None:  # fmt: skip
         try:
-            self.sock.sendmsg(parts, (), 0, addr)
+            if peer is None:
+                self.sock.sendmsg(parts, (), 0, addr)  # control: replies come back to its port
+            else:
+                self._sendmsg(parts, (), addr)
         except BlockingIOError:
             self.sleeve.drop("send_buffer_full", peer)
         except OSError as exc:
-            self.sleeve.drop("send_" + errno.errorcode.get(exc.errno or 0, "error"), peer)
+            self.sleeve.drop(failure("send_", exc), peer)
+
+    def _sendmsg(self, parts: Sequence[Buffer], cmsgs: Sequence[Cmsg], addr: Address) -> None:
+        """Data for a peer: by the link to ``addr`` (no address to parse, no route lookup),
+        else by the main socket; OSError is the caller's to count."""
+        link = self._links.get(addr) or self._open_link(addr)
+        if link is self.sock:
+            link.sendmsg(parts, cmsgs, 0, addr)
+        else:
+            link.sendmsg(parts, cmsgs)
+
+    def _open_link(self, addr: Address) -> socket.socket:
+        if self._connect is None or addr not in self._endpoints:
+            return self.sock  # not a current peer endpoint: not kept
+        try:
+            link = self._connect(addr)
+        except OSError as exc:
+            log.warning("link to %s:%d: %s; sending by the main socket", *addr, exc)
+            link = self.sock
+        self._links[addr] = link
+        return link
+
+    def _sync_links(self, endpoints: set[Address]) -> None:
+        """Keep links to ``endpoints`` only (the peers' send_to; links open on first send)."""
+        self._endpoints = endpoints
+        for addr in [a for a in self._links if a not in self._endpoints]:
+            link = self._links.pop(addr)
+            if link is not self.sock:
+                link.close()
 
     def _too_big(self, packet: memoryview, peer: PeerState) -> None:
         reply = self.sleeve.too_big(packet, peer.mtu)
@@ -284,14 +334,14 @@ class Datapath:
     # -- UDP -> TUN --------------------------------------------------------------------------
 
     def _drain_udp(self) -> None:
-        view = self._udp_view
+        view, recv, into = self._udp_view, self.sock.recvmsg_into, self._udp_into
         for _ in range(DRAIN_BUDGET):
             try:
-                n, ancdata, _, addr = self.sock.recvmsg_into((self._udp_buf,), CMSG_SPACE)
+                n, ancdata, _, addr = recv(into, CMSG_SPACE)
             except BlockingIOError:
                 break
             except OSError as exc:
-                self.sleeve.drop("recv_" + errno.errorcode.get(exc.errno or 0, "error"))
+                self.sleeve.drop(failure("recv_", exc))
                 break
             stride = n
             for level, kind, data in ancdata:
@@ -315,7 +365,7 @@ class Datapath:
         writev of cached slices, nothing copied. Returns where it stopped; ``start`` when the
         general path must take over (which also handles strides not a multiple of 8)."""
         buf, sleeve = self._udp_buf, self.sleeve
-        if buf[start + 1] != MessageType.DATA_CHUNK or stride & 7 or n - start <= CHUNK_OVERHEAD:
+        if buf[start + 1] != DATA_CHUNK or stride & 7 or n - start <= CHUNK_OVERHEAD:
             return start
         version, _kind, flags, _, length, source, dest, offset, total = CHUNK_FRAME.unpack_from(
             buf, start
@@ -426,7 +476,9 @@ class Datapath:
         if target is None:
             self.sleeve.drop("wrong_destination")
             return
-        if header.hops == 0 or target.send_to == self._relay_source:
+        # Data comes from a peer's link (its own port), so a loop shows in the host alone.
+        source = self._relay_source
+        if header.hops == 0 or (source is not None and target.send_to[0] == source[0]):
             self.sleeve.drop("relay_loop", target)
             return
         data[3] = header.hops - 1
@@ -435,21 +487,27 @@ class Datapath:
 
     def _deliver(self, data: memoryview, start: int, end: int, peer: PeerState) -> None:
         """Write each record of a DATA body to the TUN (IPv4 for a local block only)."""
-        sleeve, counters = self.sleeve, peer.counters
+        sleeve, counters, write = self.sleeve, peer.counters, os.write
+        pos = start
         try:
-            for offset in frame.iter_records(data, start, end):
-                stop = offset + frame.record_length(data, offset)
-                ip = offset + VNET_HEADER_SIZE
+            while pos < end:
+                stop = frame.record_end(data, pos, end)
+                ip = pos + RECORD_SIZE + VNET_HEADER_SIZE
                 if (
                     stop - ip < 20
                     or data[ip] >> 4 != 4
                     or not sleeve.is_local(IPV4_DST.unpack_from(data, ip + 16)[0])
                 ):
                     sleeve.drop("not_local", peer)
-                    continue
-                if self._write_tun((data[offset:stop],), peer):
-                    counters.rx_packets += 1
-                    counters.rx_bytes += stop - ip
+                else:
+                    try:
+                        write(self.tun_fd, data[pos + RECORD_SIZE : stop])
+                    except OSError as exc:
+                        sleeve.drop(failure("tun_write_", exc), peer)
+                    else:
+                        counters.rx_packets += 1
+                        counters.rx_bytes += stop - ip
+                pos = stop
         except frame.DecodeError as exc:
             sleeve.drop(exc.reason, peer)
 
@@ -457,6 +515,6 @@ class Datapath:
         try:
             os.writev(self.tun_fd, parts)
         except OSError as exc:
-            self.sleeve.drop("tun_write_" + errno.errorcode.get(exc.errno or 0, "error"), peer)
+            self.sleeve.drop(failure("tun_write_", exc), peer)
             return False
         return True

@@ -134,14 +134,20 @@ def iter_records(data: bytes | bytearray | memoryview, start: int, end: int) -> 
     """
     pos = start
     while pos < end:
-        if end - pos < RECORD_SIZE + VNET_HEADER_SIZE:
-            raise DecodeError("record")
-        (plen,) = RECORD.unpack_from(data, pos)
-        stop = pos + RECORD_SIZE + VNET_HEADER_SIZE + plen
-        if plen == 0 or stop > end:
-            raise DecodeError("record")
+        stop = record_end(data, pos, end)
         yield pos + RECORD_SIZE
         pos = stop
+
+
+def record_end(data: bytes | bytearray | memoryview, pos: int, end: int) -> int:
+    """Where the record starting at ``pos`` ends; DecodeError unless it fits before ``end``
+    and holds a packet. The hot path walks a body with this, no generator."""
+    if end - pos < RECORD_SIZE + VNET_HEADER_SIZE:
+        raise DecodeError("record")
+    stop = pos + RECORD_SIZE + VNET_HEADER_SIZE + ((data[pos] << 8) | data[pos + 1])
+    if stop > end or stop == pos + RECORD_SIZE + VNET_HEADER_SIZE:
+        raise DecodeError("record")
+    return stop
 
 
 def record_length(data: bytes | bytearray | memoryview, vnet_offset: int) -> int:

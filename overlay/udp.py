@@ -14,11 +14,17 @@ UDP_SEGMENT = 103  # 2-byte cmsg: GSO segment size (Python 3.11's socket module 
 UDP_GRO = 104  # socket option and 4-byte int cmsg: coalesced segment size
 
 
-def open_udp(host: str, port: int, buffer_bytes: int) -> socket.socket:
+def open_udp(
+    host: str, port: int, buffer_bytes: int, peer: tuple[str, int] | None = None
+) -> socket.socket:
     """Bind ``host:port``. The fallback path sends super-packets as one datagram the kernel
     fragments, so the socket must not set DF; UDP_GRO is asked for so GSO chunk trains arrive
     coalesced; buffers are forced large because user-space tunnels lose packets at socket
-    queues long before they run out of CPU."""
+    queues long before they run out of CPU.
+
+    With ``peer``, the socket is also connected to it: a send-only *link* (bind it to port 0:
+    the main socket keeps receiving everything), whose sends need neither an address to parse
+    nor a route lookup."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -34,6 +40,8 @@ def open_udp(host: str, port: int, buffer_bytes: int) -> socket.socket:
         with contextlib.suppress(OSError):  # kernels before 5.0: one datagram per read
             sock.setsockopt(SOL_UDP, UDP_GRO, 1)
         sock.bind((host, port))
+        if peer is not None:
+            sock.connect(peer)
         sock.setblocking(False)
     except BaseException:
         sock.close()

@@ -246,3 +246,46 @@ def test_fake_tun_keeps_packet_boundaries() -> None:
         buf = bytearray(100)
         assert os.readv(left.fileno(), [buf]) == 10
         assert os.readv(left.fileno(), [buf]) == 5
+
+
+def test_data_goes_by_a_connected_link_and_control_by_the_main_socket() -> None:
+    """Links open on the first data send to a peer endpoint, send from their own port, and
+    close when no peer uses the endpoint any more; control datagrams keep the main port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as far:
+        far.bind(("127.0.0.1", 0))
+        far.settimeout(2)
+        peer = PeerSpec(B_ID, "b", far.getsockname(), (B_BLOCK,))
+        sleeve = Sleeve(A_ID, A_ID, [A_BLOCK], UNDERLAY_MTU - frame.OVERHEAD)
+        sleeve.set_peers([peer], 0.0)
+        tun, app = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        main = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        main.bind(("127.0.0.1", 0))
+        main.setblocking(False)
+        opened: list[socket.socket] = []
+
+        def connect(addr: tuple[str, int]) -> socket.socket:
+            link = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            link.bind(("127.0.0.1", 0))
+            link.connect(addr)
+            link.setblocking(False)
+            opened.append(link)
+            return link
+
+        with tun, app, main:
+            tun.setblocking(False)
+            path = Datapath(sleeve, tun.fileno(), main, UNDERLAY_MTU, connect=connect)
+            path._sync_links({peer.address})
+            for size in (52, 900):  # a batched and a single packet
+                app.send(packet(size, random.Random(size), gso=False))
+                path._drain_tun()
+                data, source = far.recvfrom(65536)
+                assert frame.decode_header(data, len(data)).type == MessageType.DATA
+                assert source == opened[0].getsockname() != main.getsockname()
+            assert len(opened) == 1
+            path._send((b"control",), peer.address, None)
+            assert far.recvfrom(100) == (b"control", main.getsockname())
+            path._sync_links(set())
+            assert opened[0].fileno() == -1  # closed
+            app.send(packet(52, random.Random(1), gso=False))
+            path._drain_tun()  # no longer a peer endpoint: the main socket sends
+            assert far.recvfrom(65536)[1] == main.getsockname()
