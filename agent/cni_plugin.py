@@ -83,7 +83,6 @@ MAX_FRAME_BYTES = 1 << 20  # the agent (agent/cni_server.py MAX_FRAME) takes no 
 LENGTH = _struct.Struct(">I")
 
 
-
 class _JsonContext:
     """What _json's C scanner reads off json.JSONDecoder."""
 

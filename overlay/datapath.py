@@ -244,10 +244,13 @@ class Datapath:
         TRAIN_LENGTH.pack_into(heads, (count - 1) * CHUNK_OVERHEAD + 4, frame.CHUNK.size + last)
         train = parts[: 2 * count - 1]
         train.append(self._tun_view[(count - 1) * step : total])
-        group = 2 * self.chunks_per_send
-        for at in range(0, len(train), group):
-            if not self._send_gso(train[at : at + group], peer):
-                break
+        if count <= self.chunks_per_send:
+            self._send_gso(train, peer)
+        else:
+            group = 2 * self.chunks_per_send
+            for at in range(0, len(train), group):
+                if not self._send_gso(train[at : at + group], peer):
+                    break
         TRAIN_LENGTH.pack_into(heads, (count - 1) * CHUNK_OVERHEAD + 4, frame.CHUNK.size + step)
 
     def _train(self, peer: PeerState) -> tuple[bytearray, list[memoryview]]:
@@ -392,31 +395,39 @@ class Datapath:
             return start
         if (
             words[first + width + 3 : first + count * width : width].tobytes()
-            != self._offsets_of(step)[8 : 8 * count]
+            != (self._offsets.get(step) or self._offsets_of(step))[8 : 8 * count]
             or buf[stop : stop + 4] != buf[start : start + 4]
             or TRAIN_LENGTH.unpack_from(buf, stop + 4)[0] != end - stop - HEADER_SIZE
         ):
             return start
-        at = start // stride
-        parts = self._slices_of(stride)[at : at + count - 1]
-        parts.append(self._udp_view[stop + CHUNK_OVERHEAD : end])
         peer = sleeve.peers.get(source)
-        first_part = parts[0]
+        body = start + CHUNK_OVERHEAD  # the record: length, virtio-net header, IP packet
         if (
-            peer is None or len(first_part) < IP + 20
-            or RECORD.unpack_from(first_part)[0] != total - RECORD_SIZE - VNET_HEADER_SIZE
-        ):  # fmt: skip
+            peer is None
+            or (buf[body] << 8 | buf[body + 1]) != total - RECORD_SIZE - VNET_HEADER_SIZE
+        ):
             return start  # not a single record from a known peer: the general path decides
-        if first_part[IP] >> 4 != 4 or not sleeve.is_local(
-            IPV4_DST.unpack_from(first_part, IP + 16)[0]
+        if (
+            total < RECORD_SIZE + VNET_HEADER_SIZE + 20
+            or buf[body + IP] >> 4 != 4
+            or (not sleeve.is_local(IPV4_DST.unpack_from(buf, body + IP + 16)[0]))
         ):
             sleeve.drop("not_local", peer)
             return end
-        parts[0] = first_part[RECORD_SIZE:]
+        at = start // stride
+        slices = self._slices.get(stride) or self._slices_of(stride)
+        parts = slices[at : at + count]
+        parts[-1] = self._udp_view[stop + CHUNK_OVERHEAD : end]
+        parts[0] = self._udp_view[body + RECORD_SIZE : min(end, start + stride)]
         sleeve.paths["gro_train"] += 1
-        if self._write_tun(parts, peer):
-            peer.counters.rx_packets += 1
-            peer.counters.rx_bytes += total - RECORD_SIZE - VNET_HEADER_SIZE
+        try:
+            os.writev(self.tun_fd, parts)
+        except OSError as exc:
+            sleeve.drop(failure("tun_write_", exc), peer)
+        else:
+            counters = peer.counters
+            counters.rx_packets += 1
+            counters.rx_bytes += total - RECORD_SIZE - VNET_HEADER_SIZE
         return end
 
     def _slices_of(self, stride: int) -> list[memoryview]:
