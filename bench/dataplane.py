@@ -1,17 +1,20 @@
 """Data-plane benchmark: one TCP stream pod->pod across two nodes, weave-py against the kernel.
 
-``python -m bench.dataplane [--seconds N] [--name NAME] [--quick]`` builds, measures and removes,
-one after the other in this order (only one topology exists at a time):
+``python -m bench.dataplane [--seconds N] [--rounds R] [--name NAME] [--quick]`` builds three
+topologies side by side (idle ones cost nothing):
 
 1. ``weave-py``: a real two-node lab (:class:`agent.lab.lab.Lab`), agents and all;
 2. ``vxlan``: the same shape, cross-node traffic over kernel VXLAN (MTU 1450);
 3. ``routing``: the same shape, plain kernel routing over the underlay (MTU 1500).
 
-For each: ``iperf3`` from pod 1 (node 1) to pod 2 (node 2) for ``--seconds`` (received rate and
-sender retransmits) and the average of a fast ICMP ping. Prints a table, then ONE JSON line with
-every figure (throughput in Gbit/s, RTT in µs, ratios weave/vxlan and weave/routing). The bar it
-documents: weave-py >= 0.5 x kernel VXLAN. Every namespace is named ``wp<name>...`` and removed
-in ``finally``, also on failure, Ctrl-C or SIGTERM.
+then measures them in turn, R rounds (weave-py, vxlan, routing, weave-py, ...), so that the
+slow drifts of a shared VM fall on every case alike. Each measurement: ``iperf3`` from pod 1
+(node 1) to pod 2 (node 2) for ``--seconds`` (received rate and sender retransmits) and the
+average of a fast ICMP ping. A case's figure is the median of its rounds. Prints a table, then
+ONE JSON line with every figure (throughput in Gbit/s, RTT in µs, ratios weave/vxlan and
+weave/routing, and each round's throughputs). The bar it documents: weave-py >= 0.5 x kernel
+VXLAN. Every namespace is named ``wp<name>...`` and removed in ``finally``, also on failure,
+Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import os
 import re
 import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -32,7 +36,7 @@ from typing import Any
 from agent.lab.lab import Lab
 from agent.lab.plan import LabPlan
 from bench import topology
-from bench.topology import Baseline, Mode
+from bench.topology import Baseline
 
 BAR = 0.5  # weave-py throughput / kernel VXLAN throughput
 NAME = re.compile(r"^[a-z0-9]{1,9}$")  # + one letter per case must fit LabPlan's 10
@@ -145,43 +149,78 @@ def pair_of(plan: LabPlan) -> Pair:
     return Pair(plan.pod_ns(1, 1), plan.pod_ns(2, 1), str(plan.pod_address(2, 1).ip))
 
 
-def run_weave(name: str, seconds: int, pings: int) -> Result:
+@dataclass(frozen=True)
+class Case:
+    name: str
+    pair: Pair
+    mtu: int
+
+
+def weave_case(lab: Lab) -> Case:
+    plan = lab.plan
+    mtu = int(lab.report(1)["router"]["mtu"])
+    return Case(
+        "weave-py", Pair(plan.pod_ns(1, 1), plan.pod_ns(2, 1), str(lab.pod_address(2, 1).ip)), mtu
+    )
+
+
+def run_all(name: str, seconds: int, pings: int, rounds: int) -> dict[str, list[Result]]:
+    """Build the three topologies, measure them ``rounds`` times in turn, remove them."""
     lab_name = f"{name}w"
-    plan = LabPlan(lab_name, nodes=2, pods=1, directory=f"/tmp/weave-py-bench/{lab_name}")
-    lab = Lab(plan)
+    lab = Lab(LabPlan(lab_name, nodes=2, pods=1, directory=f"/tmp/weave-py-bench/{lab_name}"))
+    baselines = [Baseline.named(f"{name}{mode[0]}", mode) for mode in ("vxlan", "routing")]
+    built: list[Baseline] = []
     try:
         log(f"weave-py: lab {lab_name} up")
         lab.up()
-        mtu = int(lab.report(1)["router"]["mtu"])
-        pair = Pair(plan.pod_ns(1, 1), plan.pod_ns(2, 1), str(lab.pod_address(2, 1).ip))
-        return measure("weave-py", pair, seconds, pings, mtu)
+        cases = [weave_case(lab)]
+        for b in baselines:
+            log(f"{b.mode}: build {b.plan.prefix}")
+            built.append(b)
+            topology.build(b)
+            cases.append(Case(b.mode, pair_of(b.plan), b.mtu))
+        results: dict[str, list[Result]] = {c.name: [] for c in cases}
+        for k in range(rounds):
+            for c in cases:
+                log(f"round {k + 1}/{rounds}")
+                results[c.name].append(measure(c.name, c.pair, seconds, pings, c.mtu))
+        return results
     finally:
+        for b in reversed(built):
+            topology.teardown(b)
         lab.down()
 
 
-def run_baseline(name: str, mode: Mode, seconds: int, pings: int) -> Result:
-    baseline = Baseline.named(f"{name}{mode[0]}", mode)
-    try:
-        log(f"{mode}: build {baseline.plan.prefix}")
-        topology.build(baseline)
-        return measure(mode, pair_of(baseline.plan), seconds, pings, baseline.mtu)
-    finally:
-        topology.teardown(baseline)
+def median_result(runs: list[Result]) -> Result:
+    """The case's figures: median throughput and RTT, the median run's retransmits."""
+    middle = sorted(runs, key=lambda r: r.gbps)[len(runs) // 2]
+    rtt = statistics.median(r.rtt_us for r in runs)
+    return Result(
+        middle.case, statistics.median(r.gbps for r in runs), middle.retransmits, rtt, middle.mtu
+    )
 
 
-def summary(results: dict[str, Result], name: str, seconds: int) -> dict[str, Any]:
+def summary(runs: dict[str, list[Result]], name: str, seconds: int) -> dict[str, Any]:
+    results = {case: median_result(r) for case, r in runs.items()}
     w, v, r = results["weave-py"], results["vxlan"], results["routing"]
-    out: dict[str, Any] = {"name": name, "seconds": seconds}
-    for key, res in (("weave", w), ("vxlan", v), ("routing", r)):
+    out: dict[str, Any] = {"name": name, "seconds": seconds, "rounds": len(runs["weave-py"])}
+    for key, res, case in (
+        ("weave", w, "weave-py"),
+        ("vxlan", v, "vxlan"),
+        ("routing", r, "routing"),
+    ):
         out[f"{key}_gbps"] = round(res.gbps, 3)
         out[f"{key}_rtt_us"] = round(res.rtt_us, 1)
         out[f"{key}_retransmits"] = res.retransmits
         out[f"{key}_mtu"] = res.mtu
+        out[f"{key}_gbps_rounds"] = [round(x.gbps, 3) for x in runs[case]]
     out["ratio_vxlan"] = round(w.gbps / v.gbps, 3)
     out["ratio_routing"] = round(w.gbps / r.gbps, 3)
+    pairs = zip(runs["weave-py"], runs["vxlan"], strict=True)
+    out["ratio_vxlan_rounds"] = [round(a.gbps / b.gbps, 3) for a, b in pairs]
     out["bar_ratio_vxlan"] = BAR
     out["meets_bar"] = w.gbps >= BAR * v.gbps
-    out["order"] = list(results)
+    out["order"] = list(runs)
     return out
 
 
@@ -219,17 +258,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m bench.dataplane", description=__doc__.split("\n")[0]
     )
-    ap.add_argument("--seconds", type=int, default=10, help="iperf3 duration per case (10)")
+    ap.add_argument("--seconds", type=int, default=10, help="iperf3 duration per run (10)")
+    ap.add_argument("--rounds", type=int, default=3, help="measurements per case (3)")
     ap.add_argument("--name", default=None, help="unique part of names, 1-9 of [a-z0-9]")
-    ap.add_argument("--quick", action="store_true", help="short run (2 s, 20 pings): smoke test")
+    ap.add_argument(
+        "--quick", action="store_true", help="short run (1 round, 2 s, 20 pings): smoke test"
+    )
     args = ap.parse_args(argv)
     args.name = args.name or "b" + secrets.token_hex(2)
     if not NAME.match(args.name):
         ap.error(f"--name {args.name!r}: use 1-9 lowercase letters and digits")
     if args.quick:
-        args.seconds = 2
-    if args.seconds < 1:
-        ap.error("--seconds must be at least 1")
+        args.seconds, args.rounds = 2, 1
+    if args.seconds < 1 or args.rounds < 1:
+        ap.error("--seconds and --rounds must be at least 1")
     return args
 
 
@@ -238,20 +280,18 @@ def main(argv: list[str] | None = None) -> int:
     pings = 20 if args.quick else 50
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _on_signal)
-    log(f"run wp{args.name}: {args.seconds}s per case, order weave-py, vxlan, routing")
+    log(f"run wp{args.name}: {args.rounds} x {args.seconds}s per case, in turns")
     try:
-        results = {"weave-py": run_weave(args.name, args.seconds, pings)}
-        for mode in ("vxlan", "routing"):
-            results[mode] = run_baseline(args.name, mode, args.seconds, pings)
+        runs = run_all(args.name, args.seconds, pings, args.rounds)
     except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
         log(f"failed: {exc}")
         return 1
     except KeyboardInterrupt:
         log("interrupted; everything removed")
         return 130
-    print(render(results))
-    print(f"bar: weave-py >= {BAR} x kernel VXLAN")
-    print(json.dumps(summary(results, args.name, args.seconds)), flush=True)
+    print(render({case: median_result(r) for case, r in runs.items()}))
+    print(f"medians of {args.rounds} round(s); bar: weave-py >= {BAR} x kernel VXLAN")
+    print(json.dumps(summary(runs, args.name, args.seconds)), flush=True)
     return 0
 
 
