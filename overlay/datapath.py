@@ -1,4 +1,5 @@
-"""The asyncio driver of the sleeve: TUN <-> UDP, plus the heartbeat timer.
+"""The asyncio driver of the sleeve: TUN -> UDP here, UDP -> TUN in overlay/receive.py, plus
+the heartbeat timer and the links (a connected send socket per peer endpoint).
 
 Hot-path rules: preallocated buffers, ``loop.add_reader`` and drain until EAGAIN (never
 asyncio's DatagramProtocol, which allocates per datagram), header and packet gathered by
@@ -25,7 +26,6 @@ from collections.abc import Callable, Sequence
 
 from overlay import frame
 from overlay.frame import (
-    CHUNK,
     CHUNK_FRAME,
     CHUNK_OVERHEAD,
     HEADER,
@@ -35,33 +35,29 @@ from overlay.frame import (
     VNET_HEADER_SIZE,
     MessageType,
 )
+from overlay.receive import (
+    DRAIN_BUDGET,
+    IP,
+    IPV4_DST,
+    TRAIN_LENGTH,
+    VNET,
+    Buffer,
+    Receiver,
+    failure,
+)  # fmt: skip
 from overlay.sleeve import Address, PeerEvent, PeerState, Sleeve
-from overlay.udp import SOL_UDP, UDP_GRO, UDP_SEGMENT
+from overlay.udp import SOL_UDP, UDP_SEGMENT
 
 log = logging.getLogger("weave-py.sleeve")
-Buffer = bytes | bytearray | memoryview
 Cmsg = tuple[int, int, bytes]
 
 TUN_BUFFER = RECORD_SIZE + 65536 + VNET_HEADER_SIZE
-UDP_BUFFER = 65536 + 4096
-CMSG_SPACE = socket.CMSG_SPACE(4)
-DRAIN_BUDGET = 128  # packets per wake-up before yielding to the other direction
 SMALL_PACKET = 512  # packets up to this size are batched per peer
 MAX_GSO_BYTES = 65000  # payload of one UDP_SEGMENT send
-IPV4_DST = struct.Struct("!I")
-GRO_SIZE = struct.Struct("=i")
 TRAIN_TOTAL = struct.Struct("!I")
-TRAIN_LENGTH = struct.Struct("!I")
 ZERO_VNET = bytes(VNET_HEADER_SIZE)
 DF = 0x40  # in the high byte of the IPv4 flags/fragment field
-DATA, DATA_CHUNK = int(MessageType.DATA), int(MessageType.DATA_CHUNK)  # plain ints: hot path
-VNET = RECORD_SIZE  # where the virtio-net header sits in the TUN buffer
-IP = VNET + VNET_HEADER_SIZE  # where the IP packet starts
-
-
-def failure(prefix: str, exc: OSError) -> str:
-    """The drop label for a failed call: ``prefix`` + the errno's name."""
-    return prefix + errno.errorcode.get(exc.errno or 0, "error")
+DATA = int(MessageType.DATA)  # a plain int: hot path
 
 
 class Datapath:
@@ -89,17 +85,11 @@ class Datapath:
         self._tun_buf = bytearray(TUN_BUFFER)
         self._tun_view = memoryview(self._tun_buf)
         self._tun_read = (self._tun_view[RECORD_SIZE:],)
-        self._udp_buf = bytearray(UDP_BUFFER)
-        self._udp_view = memoryview(self._udp_buf)
-        self._udp_into = [self._udp_buf]
-        self._udp_words = self._udp_view.cast("Q")  # 8-byte words, for train header checks
-        self._slices: dict[int, list[memoryview]] = {}
-        self._offsets: dict[int, bytes] = {}
+        self.receiver = Receiver(sleeve, tun_fd, sock, self._send)
         self._header = bytearray(HEADER_SIZE)
         self._trains: dict[int, tuple[bytearray, list[memoryview]]] = {}
         self._gso_cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", self.stride))]
         self._wake = asyncio.Event()
-        self._relay_source: tuple[str, int] | None = None
         # Links: a send-only socket connected to each peer endpoint that data goes to (see
         # udp.open_udp); control datagrams and everything received use the main socket. The
         # main socket stands in without ``connect`` or when a link cannot be opened.
@@ -151,7 +141,8 @@ class Datapath:
 
     def _on_udp(self) -> None:
         try:
-            self._drain_udp()
+            self.receiver.drain()
+            self._flush_control()
         except Exception:
             self.sleeve.drop("internal_error")
             log.exception("drain udp: internal error")
@@ -333,194 +324,6 @@ class Datapath:
         self.sleeve.drop("too_big", peer)
         if reply is not None:
             self._write_tun((ZERO_VNET, reply), None)
-
-    # -- UDP -> TUN --------------------------------------------------------------------------
-
-    def _drain_udp(self) -> None:
-        view, recv, into = self._udp_view, self.sock.recvmsg_into, self._udp_into
-        for _ in range(DRAIN_BUDGET):
-            try:
-                n, ancdata, _, addr = recv(into, CMSG_SPACE)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                self.sleeve.drop(failure("recv_", exc))
-                break
-            stride = n
-            for level, kind, data in ancdata:
-                if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
-                    stride = GRO_SIZE.unpack_from(data)[0] or n
-            if stride >= n:
-                self._receive(view[:n], addr)
-                continue
-            at = 0  # several datagrams coalesced by UDP_GRO, each ``stride`` long
-            while at < n:
-                done = self._receive_train(at, n, stride)
-                if done == at:
-                    done = min(n, at + stride)
-                    self._receive(view[at:done], addr)
-                at = done
-        self._flush_control()
-
-    def _receive_train(self, start: int, n: int, stride: int) -> int:
-        """Fast path for a whole train (one super-packet's chunks, in order) within one GRO
-        read: its headers checked as 8-byte columns, its data written to the TUN by one
-        writev of cached slices, nothing copied. Returns where it stopped; ``start`` when the
-        general path must take over (which also handles strides not a multiple of 8)."""
-        buf, sleeve = self._udp_buf, self.sleeve
-        if buf[start + 1] != DATA_CHUNK or stride & 7 or n - start <= CHUNK_OVERHEAD:
-            return start
-        version, _kind, flags, _, length, source, dest, offset, total = CHUNK_FRAME.unpack_from(
-            buf, start
-        )
-        if (
-            version != frame.VERSION or flags or offset or dest != sleeve.local_id
-            or length != stride - HEADER_SIZE or total <= 0
-        ):  # fmt: skip
-            return start
-        step = stride - CHUNK_OVERHEAD
-        count = -(-total // step)
-        stop = start + (count - 1) * stride  # where the last chunk starts
-        end = stop + CHUNK_OVERHEAD + total - (count - 1) * step
-        if end > n or (end < n and end != stop + stride):
-            return start  # continues in a later read, or a short chunk inside a read
-        # Datagrams coalesced by GRO share one 5-tuple, so after a full check of the first
-        # header the others need only show the same first 8 bytes (version, type, flags, hops,
-        # length; the last chunk's length is its own) and the next offset with no total.
-        words, width, first = self._udp_words, stride >> 3, start >> 3
-        if count > 2 and (
-            words[first + width : first + (count - 1) * width : width].tobytes()
-            != buf[start : start + 8] * (count - 2)
-        ):
-            return start
-        if (
-            words[first + width + 3 : first + count * width : width].tobytes()
-            != (self._offsets.get(step) or self._offsets_of(step))[8 : 8 * count]
-            or buf[stop : stop + 4] != buf[start : start + 4]
-            or TRAIN_LENGTH.unpack_from(buf, stop + 4)[0] != end - stop - HEADER_SIZE
-        ):
-            return start
-        peer = sleeve.peers.get(source)
-        body = start + CHUNK_OVERHEAD  # the record: length, virtio-net header, IP packet
-        if (
-            peer is None
-            or (buf[body] << 8 | buf[body + 1]) != total - RECORD_SIZE - VNET_HEADER_SIZE
-        ):
-            return start  # not a single record from a known peer: the general path decides
-        if (
-            total < RECORD_SIZE + VNET_HEADER_SIZE + 20
-            or buf[body + IP] >> 4 != 4
-            or (not sleeve.is_local(IPV4_DST.unpack_from(buf, body + IP + 16)[0]))
-        ):
-            sleeve.drop("not_local", peer)
-            return end
-        at = start // stride
-        slices = self._slices.get(stride) or self._slices_of(stride)
-        parts = slices[at : at + count]
-        parts[-1] = self._udp_view[stop + CHUNK_OVERHEAD : end]
-        parts[0] = self._udp_view[body + RECORD_SIZE : min(end, start + stride)]
-        sleeve.paths["gro_train"] += 1
-        try:
-            os.writev(self.tun_fd, parts)
-        except OSError as exc:
-            sleeve.drop(failure("tun_write_", exc), peer)
-        else:
-            counters = peer.counters
-            counters.rx_packets += 1
-            counters.rx_bytes += total - RECORD_SIZE - VNET_HEADER_SIZE
-        return end
-
-    def _slices_of(self, stride: int) -> list[memoryview]:
-        """The data part of every ``stride``-long datagram in the receive buffer."""
-        found = self._slices.get(stride)
-        if found is None:
-            view = self._udp_view
-            found = [view[at + CHUNK_OVERHEAD : at + stride]
-                     for at in range(0, UDP_BUFFER - stride + 1, stride)]  # fmt: skip
-            self._slices[stride] = found
-        return found
-
-    def _offsets_of(self, step: int) -> bytes:
-        """Bytes 24-31 (offset, total) of chunk k of a train at [8k : 8k + 8]."""
-        found = self._offsets.get(step)
-        if found is None:
-            count = -(-frame.MAX_BODY // step) + 1
-            found = b"".join(CHUNK.pack(k * step, 0) for k in range(count))
-            self._offsets[step] = found
-        return found
-
-    def _receive(self, data: memoryview, addr: tuple[str, int]) -> None:
-        sleeve = self.sleeve
-        self._relay_source = addr
-        try:
-            header = frame.decode_header(data, len(data))
-        except frame.DecodeError as exc:
-            sleeve.drop(exc.reason)
-            return
-        if header.destination != sleeve.local_id:
-            self._relay(data, header)
-            return
-        if header.type not in (MessageType.DATA, MessageType.DATA_CHUNK):
-            sleeve.receive_control(data, header, addr, time.monotonic())
-            return
-        peer = sleeve.peers.get(header.source)
-        if peer is None:
-            sleeve.drop("unknown_peer")
-            return
-        if header.type == MessageType.DATA:
-            self._deliver(data, HEADER_SIZE, len(data), peer)
-            return
-        try:
-            offset, total = frame.decode_chunk(data, header)
-        except frame.DecodeError as exc:
-            sleeve.drop(exc.reason, peer)
-            return
-        piece = data[HEADER_SIZE + frame.CHUNK.size :]
-        body = sleeve.reassembler.add(header.source, offset, total, piece, time.monotonic())
-        if body is not None:
-            sleeve.paths["reassembled"] += 1
-            self._deliver(memoryview(body), 0, len(body), peer)
-
-    def _relay(self, data: memoryview, header: frame.Header) -> None:
-        """Forward a frame for another peer, unchanged but for one hop less, to its next hop."""
-        target = self.sleeve.peers.get(header.destination)
-        if target is None:
-            self.sleeve.drop("wrong_destination")
-            return
-        # Data comes from a peer's link (its own port), so a loop shows in the host alone.
-        source = self._relay_source
-        if header.hops == 0 or (source is not None and target.send_to[0] == source[0]):
-            self.sleeve.drop("relay_loop", target)
-            return
-        data[3] = header.hops - 1
-        target.counters.relayed += 1
-        self._send((data,), target.send_to, target)
-
-    def _deliver(self, data: memoryview, start: int, end: int, peer: PeerState) -> None:
-        """Write each record of a DATA body to the TUN (IPv4 for a local block only)."""
-        sleeve, counters, write = self.sleeve, peer.counters, os.write
-        pos = start
-        try:
-            while pos < end:
-                stop = frame.record_end(data, pos, end)
-                ip = pos + RECORD_SIZE + VNET_HEADER_SIZE
-                if (
-                    stop - ip < 20
-                    or data[ip] >> 4 != 4
-                    or not sleeve.is_local(IPV4_DST.unpack_from(data, ip + 16)[0])
-                ):
-                    sleeve.drop("not_local", peer)
-                else:
-                    try:
-                        write(self.tun_fd, data[pos + RECORD_SIZE : stop])
-                    except OSError as exc:
-                        sleeve.drop(failure("tun_write_", exc), peer)
-                    else:
-                        counters.rx_packets += 1
-                        counters.rx_bytes += stop - ip
-                pos = stop
-        except frame.DecodeError as exc:
-            sleeve.drop(exc.reason, peer)
 
     def _write_tun(self, parts: Sequence[bytes | memoryview], peer: PeerState | None) -> bool:
         try:

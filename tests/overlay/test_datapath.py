@@ -121,7 +121,7 @@ def test_super_packet_crosses_as_one_train_and_arrives_whole(nodes) -> None:
     train, segment = sent[0]
     assert segment is not None and segment % 8 == 0 and segment <= UNDERLAY_MTU - 28
     b.udp.reads.append((train, segment))
-    b.path._drain_udp()
+    b.path.receiver.drain()
     assert b.written() == [pkt]
     assert b.sleeve.paths["gro_train"] == 1
     assert b.sleeve.peers[A_ID].counters.rx_packets == 1
@@ -138,11 +138,11 @@ def test_every_size_round_trips_split_or_coalesced(nodes, size: int) -> None:
         step = segment or len(payload)
         for at in range(0, len(payload), step):
             b.udp.reads.append((payload[at : at + step], None))
-    b.path._drain_udp()
+    b.path.receiver.drain()
     assert b.written() == [pkt]
     for payload, segment in sent:
         b.udp.reads.append((payload, segment))
-    b.path._drain_udp()
+    b.path.receiver.drain()
     assert b.written() == [pkt]
 
 
@@ -155,7 +155,7 @@ def test_small_packets_are_batched_in_one_datagram(nodes) -> None:
     a.path._drain_tun()
     assert len(a.udp.sent) == 1
     b.udp.reads.append((a.udp.sent[0][0], None))
-    b.path._drain_udp()
+    b.path.receiver.drain()
     assert b.written() == pkts
 
 
@@ -200,10 +200,10 @@ def test_a_read_that_is_not_one_intact_train_never_delivers_a_spliced_packet(cas
         elif kind == "repeat":
             chunks.insert(i, chunks[i])
         b.udp.reads.append((b"".join(chunks), segment))
-        b.path._drain_udp()
+        b.path.receiver.drain()
         assert b.written() in ([], [pkt])
         b.udp.reads.append((train, segment))
-        b.path._drain_udp()
+        b.path.receiver.drain()
         assert b.written() == [pkt]
     finally:
         a.close()
@@ -221,7 +221,7 @@ def test_train_for_another_node_or_from_a_stranger_is_dropped(nodes) -> None:
     for at in range(0, len(train), segment or len(train)):
         struct.pack_into("!Q", stranger, at + 8, 0xEE)  # source peer id
     b.udp.reads.append((bytes(stranger), segment))
-    b.path._drain_udp()
+    b.path.receiver.drain()
     assert b.written() == []
     assert b.sleeve.drops["unknown_peer"] >= 1
 
@@ -234,7 +234,7 @@ def test_gso_refused_falls_back_to_one_datagram(nodes) -> None:
     assert [segment for _, segment in sent] == [None]
     assert frame.decode_header(sent[0][0], len(sent[0][0])).type == MessageType.DATA
     b.udp.reads.append((sent[0][0], None))
-    b.path._drain_udp()
+    b.path.receiver.drain()
     assert b.written() == [pkt]
 
 
