@@ -90,42 +90,14 @@ class Receiver:
 
     def _receive_train(self, start: int, n: int, stride: int) -> int:
         """Fast path for a whole train (one super-packet's chunks, in order) within one GRO
-        read: its headers checked as 8-byte columns, its data written to the TUN by one
-        writev of cached slices, nothing copied. Returns where it stopped; ``start`` when the
-        general path must take over (which also handles strides not a multiple of 8)."""
+        read: checked by ``_intact``, written to the TUN by one writev of cached slices of the
+        receive buffer, nothing copied. Returns where it stopped; ``start`` when the general
+        path must take over (which also handles strides not a multiple of 8)."""
+        found = self._intact(start, n, stride)
+        if found is None:
+            return start
+        source, total, count, end = found
         buf, sleeve = self._udp_buf, self.sleeve
-        if buf[start + 1] != DATA_CHUNK or stride & 7 or n - start <= CHUNK_OVERHEAD:
-            return start
-        version, _kind, flags, _, length, source, dest, offset, total = CHUNK_FRAME.unpack_from(
-            buf, start
-        )
-        if (
-            version != frame.VERSION or flags or offset or dest != sleeve.local_id
-            or length != stride - HEADER_SIZE or total <= 0
-        ):  # fmt: skip
-            return start
-        step = stride - CHUNK_OVERHEAD
-        count = -(-total // step)
-        stop = start + (count - 1) * stride  # where the last chunk starts
-        end = stop + CHUNK_OVERHEAD + total - (count - 1) * step
-        if end > n or (end < n and end != stop + stride):
-            return start  # continues in a later read, or a short chunk inside a read
-        # Datagrams coalesced by GRO share one 5-tuple, so after a full check of the first
-        # header the others need only show the same first 8 bytes (version, type, flags, hops,
-        # length; the last chunk's length is its own) and the next offset with no total.
-        words, width, first = self._udp_words, stride >> 3, start >> 3
-        if count > 2 and (
-            words[first + width : first + (count - 1) * width : width].tobytes()
-            != buf[start : start + 8] * (count - 2)
-        ):
-            return start
-        if (
-            words[first + width + 3 : first + count * width : width].tobytes()
-            != (self._offsets.get(step) or self._offsets_of(step))[8 : 8 * count]
-            or buf[stop : stop + 4] != buf[start : start + 4]
-            or TRAIN_LENGTH.unpack_from(buf, stop + 4)[0] != end - stop - HEADER_SIZE
-        ):
-            return start
         peer = sleeve.peers.get(source)
         body = start + CHUNK_OVERHEAD  # the record: length, virtio-net header, IP packet
         if (
@@ -136,14 +108,13 @@ class Receiver:
         if (
             total < RECORD_SIZE + VNET_HEADER_SIZE + 20
             or buf[body + IP] >> 4 != 4
-            or (not sleeve.is_local(IPV4_DST.unpack_from(buf, body + IP + 16)[0]))
+            or not sleeve.is_local(IPV4_DST.unpack_from(buf, body + IP + 16)[0])
         ):
             sleeve.drop("not_local", peer)
             return end
-        at = start // stride
-        slices = self._slices.get(stride) or self._slices_of(stride)
-        parts = slices[at : at + count]
-        parts[-1] = self._udp_view[stop + CHUNK_OVERHEAD : end]
+        at, last = start // stride, start + (count - 1) * stride  # first chunk, last chunk
+        parts = (self._slices.get(stride) or self._slices_of(stride))[at : at + count]
+        parts[-1] = self._udp_view[last + CHUNK_OVERHEAD : end]
         parts[0] = self._udp_view[body + RECORD_SIZE : min(end, start + stride)]
         sleeve.paths["gro_train"] += 1
         try:
@@ -151,10 +122,47 @@ class Receiver:
         except OSError as exc:
             sleeve.drop(failure("tun_write_", exc), peer)
         else:
-            counters = peer.counters
-            counters.rx_packets += 1
-            counters.rx_bytes += total - RECORD_SIZE - VNET_HEADER_SIZE
+            peer.counters.rx_packets += 1
+            peer.counters.rx_bytes += total - RECORD_SIZE - VNET_HEADER_SIZE
         return end
+
+    def _intact(self, start: int, n: int, stride: int) -> tuple[int, int, int, int] | None:
+        """(source, total, chunk count, end) of the train at ``start`` if its chunk headers
+        say it is whole and in order within this read, else None. Datagrams coalesced by GRO
+        share one 5-tuple, so after a full check of the first header the others need only show
+        the same first 8 bytes (version, type, flags, hops, length; the last chunk's length is
+        its own) and the next offset with no total: two compares of 8-byte columns."""
+        buf = self._udp_buf
+        if buf[start + 1] != DATA_CHUNK or stride & 7 or n - start <= CHUNK_OVERHEAD:
+            return None
+        version, _kind, flags, _, length, source, dest, offset, total = CHUNK_FRAME.unpack_from(
+            buf, start
+        )
+        if (
+            version != frame.VERSION or flags or offset or dest != self.sleeve.local_id
+            or length != stride - HEADER_SIZE or total <= 0
+        ):  # fmt: skip
+            return None
+        step = stride - CHUNK_OVERHEAD
+        count = -(-total // step)
+        stop = start + (count - 1) * stride  # where the last chunk starts
+        end = stop + CHUNK_OVERHEAD + total - (count - 1) * step
+        if end > n or (end < n and end != stop + stride):
+            return None  # continues in a later read, or a short chunk inside a read
+        words, width, first = self._udp_words, stride >> 3, start >> 3
+        if count > 2 and (
+            words[first + width : first + (count - 1) * width : width].tobytes()
+            != buf[start : start + 8] * (count - 2)
+        ):
+            return None
+        if (
+            words[first + width + 3 : first + count * width : width].tobytes()
+            != (self._offsets.get(step) or self._offsets_of(step))[8 : 8 * count]
+            or buf[stop : stop + 4] != buf[start : start + 4]
+            or TRAIN_LENGTH.unpack_from(buf, stop + 4)[0] != end - stop - HEADER_SIZE
+        ):
+            return None
+        return source, total, count, end
 
     def _slices_of(self, stride: int) -> list[memoryview]:
         """The data part of every ``stride``-long datagram in the receive buffer."""
