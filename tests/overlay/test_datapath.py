@@ -36,6 +36,7 @@ class FakeUdp:
     def __init__(self) -> None:
         self.sent: list[tuple[bytes, int | None]] = []  # (payload, GSO segment size)
         self.reads: list[tuple[bytes, int | None]] = []  # (payload, GRO segment size)
+        self.source = A_ADDR  # where reads say they came from
 
     def fileno(self) -> int:
         return -1
@@ -55,7 +56,7 @@ class FakeUdp:
         data, gro = self.reads.pop(0)
         buffers[0][: len(data)] = data
         anc = [] if gro is None else [(SOL_UDP, UDP_GRO, struct.pack("=i", gro))]
-        return len(data), anc, 0, A_ADDR
+        return len(data), anc, 0, self.source
 
 
 class Node:
@@ -289,3 +290,39 @@ def test_data_goes_by_a_connected_link_and_control_by_the_main_socket() -> None:
             app.send(packet(52, random.Random(1), gso=False))
             path._drain_tun()  # no longer a peer endpoint: the main socket sends
             assert far.recvfrom(65536)[1] == main.getsockname()
+
+
+def test_frames_for_another_peer_are_relayed_but_never_back_to_their_host() -> None:
+    """A relay forwards a frame with one hop less to the destination's endpoint; a frame
+    whose next hop is on the host it came from (data arrives from a peer's link port, so
+    only the host tells) is a loop and is dropped, as is one with no hops left."""
+    c_id, c_block = 0xC3, NET("10.32.3.0/24")
+    far = PeerSpec(c_id, "c", ("192.0.2.3", 6783), (c_block,))
+    back = PeerSpec(c_id, "c", ("192.0.2.1", 6783), (c_block,))  # C reached via A's host
+    for spec, relayed in ((far, True), (back, False)):
+        node = Node(B_ID, B_BLOCK, PeerSpec(A_ID, "a", A_ADDR, (A_BLOCK,)))
+        try:
+            node.sleeve.set_peers([PeerSpec(A_ID, "a", A_ADDR, (A_BLOCK,)), spec], 0.0)
+            sent: list[tuple[bytes, tuple[str, int]]] = []
+
+            def record(parts, addr, peer, sent=sent) -> None:
+                sent.append((b"".join(bytes(p) for p in parts), addr))
+
+            node.path.receiver.send = record
+            node.udp.source = (A_ADDR[0], 40001)  # A's link: its host, an ephemeral port
+            data = frame.encode_data(A_ID, c_id, [packet(60, random.Random(2), "10.32.3.9")])
+            node.udp.reads.append((data, None))
+            node.path.receiver.drain()
+            if relayed:
+                assert [addr for _, addr in sent] == [far.address]
+                assert sent[0][0][3] == frame.DEFAULT_HOPS - 1 and sent[0][0][4:] == data[4:]
+                assert node.sleeve.peers[c_id].counters.relayed == 1
+            else:
+                assert sent == [] and node.sleeve.drops["relay_loop"] == 1
+            spent = bytearray(data)
+            spent[3] = 0  # no hops left
+            node.udp.reads.append((bytes(spent), None))
+            node.path.receiver.drain()
+            assert len(sent) == (1 if relayed else 0)
+        finally:
+            node.close()
