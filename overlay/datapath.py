@@ -279,8 +279,7 @@ class Datapath:
             return False
         return True
 
-    def _send(self, parts: tuple[bytes | bytearray | memoryview, ...],
-              addr: tuple[str, int], peer: PeerState | None) -> None:  # fmt: skip
+    def _send(self, parts: tuple[Buffer, ...], addr: Address, peer: PeerState | None) -> None:
         try:
             if peer is None:
                 self.sock.sendmsg(parts, (), 0, addr)  # control: replies come back to its port

@@ -65,18 +65,22 @@ class PoolError(ValueError):
 _CONTAINER_ID = re.compile(rf"[!-~]{{1,{MAX_CONTAINER_ID}}}")  # printable ASCII, no space
 
 
+def _check_text(value: object, noun: str, named: str, limit: int) -> str:
+    """``value`` as a non-empty string of at most ``limit`` characters; ``named`` is how the
+    length error names it."""
+    if not isinstance(value, str):
+        raise PoolError(f"{noun} must be a string, got {type(value).__name__}")
+    if not value:
+        raise PoolError(f"{noun} is empty")
+    if len(value) > limit:
+        raise PoolError(f"{named} is {len(value)} characters long, at most {limit} allowed")
+    return value
+
+
 def _check_container_id(container_id: object) -> None:
     if isinstance(container_id, str) and _CONTAINER_ID.fullmatch(container_id):
         return
-    if not isinstance(container_id, str):
-        raise PoolError(f"container id must be a string, got {type(container_id).__name__}")
-    if not container_id:
-        raise PoolError("container id is empty")
-    if len(container_id) > MAX_CONTAINER_ID:
-        raise PoolError(
-            f"container id is {len(container_id)} characters long, at most "
-            f"{MAX_CONTAINER_ID} allowed"
-        )
+    container_id = _check_text(container_id, "container id", "container id", MAX_CONTAINER_ID)
     for index, char in enumerate(container_id):
         if not "!" <= char <= "~":
             raise PoolError(
@@ -86,15 +90,7 @@ def _check_container_id(container_id: object) -> None:
 
 
 def _check_ifname(ifname: object) -> None:
-    if not isinstance(ifname, str):
-        raise PoolError(f"interface name must be a string, got {type(ifname).__name__}")
-    if not ifname:
-        raise PoolError("interface name is empty")
-    if len(ifname) > MAX_IFNAME:
-        raise PoolError(
-            f"interface name {ifname!r} is {len(ifname)} characters long, at most "
-            f"{MAX_IFNAME} allowed"
-        )
+    ifname = _check_text(ifname, "interface name", f"interface name {ifname!r}", MAX_IFNAME)
     if ifname in (".", ".."):
         raise PoolError(f"interface name {ifname!r} is not allowed")
     for index, char in enumerate(ifname):

@@ -216,10 +216,20 @@ async def raw(path: str, request: bytes) -> bytes:
     return answer
 
 
-async def test_handle_put_is_405(served: tuple[str, FakeActions]) -> None:
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"PUT /ip/abc HTTP/1.1\r\nHost: x\r\n\r\n", b"405 Method Not Allowed"),
+        (b"POST /ip/abc HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", b"400 Bad Request"),
+    ],
+    ids=["put-is-405", "huge-body-is-400"],
+)
+async def test_handle_refuses_without_acting(
+    served: tuple[str, FakeActions], request_bytes: bytes, status: bytes
+) -> None:
     path, fake = served
-    answer = await raw(path, b"PUT /ip/abc HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert answer.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n")
+    answer = await raw(path, request_bytes)
+    assert answer.startswith(b"HTTP/1.1 " + status + b"\r\n")
     assert fake.calls == []
 
 
@@ -238,13 +248,6 @@ async def test_handle_refusal_status_line(served: tuple[str, FakeActions]) -> No
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 404 Not Found\r\n")
     assert json.loads(body) == {"error": "no such peer: ghost"}
-
-
-async def test_handle_huge_body_is_400(served: tuple[str, FakeActions]) -> None:
-    path, fake = served
-    answer = await raw(path, b"POST /ip/abc HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n")
-    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
-    assert fake.calls == []
 
 
 async def test_client_request(served: tuple[str, FakeActions]) -> None:
