@@ -55,6 +55,7 @@ TUN_BUFFER = RECORD_SIZE + 65536 + VNET_HEADER_SIZE
 SMALL_PACKET = 512  # packets up to this size are batched per peer
 MAX_GSO_BYTES = 65000  # payload of one UDP_SEGMENT send
 TRAIN_TOTAL = struct.Struct("!I")
+CHUNK_SIZE = frame.CHUNK.size
 ZERO_VNET = bytes(VNET_HEADER_SIZE)
 DF = 0x40  # in the high byte of the IPv4 flags/fragment field
 DATA = int(MessageType.DATA)  # a plain int: hot path
@@ -87,7 +88,7 @@ class Datapath:
         self._tun_read = (self._tun_view[RECORD_SIZE:],)
         self.receiver = Receiver(sleeve, tun_fd, sock, self._send)
         self._header = bytearray(HEADER_SIZE)
-        self._trains: dict[int, tuple[bytearray, list[memoryview]]] = {}
+        self._trains: dict[int, tuple[bytearray, dict[int, list[memoryview]]]] = {}
         self._gso_cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", self.stride))]
         self._wake = asyncio.Event()
         # Links: a send-only socket connected to each peer endpoint that data goes to (see
@@ -108,6 +109,8 @@ class Datapath:
             while True:
                 now = time.monotonic()
                 self._sync_links({peer.send_to for peer in self.sleeve.peers.values()})
+                for gone in [p for p in self._trains if p not in self.sleeve.peers]:
+                    del self._trains[gone]  # prebuilt chunk headers of departed peers
                 self.sleeve.handle_timer(now)
                 self._flush_control()
                 deadline = self.sleeve.get_timer()
@@ -194,7 +197,7 @@ class Datapath:
         counters.tx_bytes += size
         RECORD.pack_into(self._tun_buf, 0, size)
         length = RECORD_SIZE + n
-        entry = batches.get(peer.peer_id)
+        entry = batches.get(peer.peer_id) if batches else None
         if size <= SMALL_PACKET:
             if entry is None:
                 entry = batches[peer.peer_id] = (peer, bytearray(HEADER_SIZE))
@@ -227,14 +230,14 @@ class Datapath:
         """The DATA body at the start of the TUN buffer as a train of DATA_CHUNK frames: one
         GSO ``sendmsg`` per ``chunks_per_send`` chunks, headers prebuilt per peer (only the
         first chunk's total and the last chunk's length change), data sliced in place."""
-        heads, parts = self._train(peer)
+        heads, trains = self._train(peer)
         step = self.chunk_data
         count = -(-total // step)
         last = total - (count - 1) * step
         TRAIN_TOTAL.pack_into(heads, HEADER_SIZE + 4, total)
-        TRAIN_LENGTH.pack_into(heads, (count - 1) * CHUNK_OVERHEAD + 4, frame.CHUNK.size + last)
-        train = parts[: 2 * count - 1]
-        train.append(self._tun_view[(count - 1) * step : total])
+        TRAIN_LENGTH.pack_into(heads, (count - 1) * CHUNK_OVERHEAD + 4, CHUNK_SIZE + last)
+        train = trains.get(count) or self._parts_of(trains, count)
+        train[-1] = self._tun_view[(count - 1) * step : total]
         if count <= self.chunks_per_send:
             self._send_gso(train, peer)
         else:
@@ -242,10 +245,11 @@ class Datapath:
             for at in range(0, len(train), group):
                 if not self._send_gso(train[at : at + group], peer):
                     break
-        TRAIN_LENGTH.pack_into(heads, (count - 1) * CHUNK_OVERHEAD + 4, frame.CHUNK.size + step)
+        TRAIN_LENGTH.pack_into(heads, (count - 1) * CHUNK_OVERHEAD + 4, CHUNK_SIZE + step)
 
-    def _train(self, peer: PeerState) -> tuple[bytearray, list[memoryview]]:
-        """Prebuilt chunk headers for ``peer`` and the header/data views to send them from."""
+    def _train(self, peer: PeerState) -> tuple[bytearray, dict[int, list[memoryview]]]:
+        """Prebuilt chunk headers for ``peer`` and, per chunk count, the header/data views to
+        send a train from (all but the last data view, which is set per train)."""
         found = self._trains.get(peer.peer_id)
         if found is not None:
             return found
@@ -261,8 +265,14 @@ class Datapath:
             )  # fmt: skip
             parts += (memoryview(heads)[at : at + CHUNK_OVERHEAD],
                       self._tun_view[k * step : (k + 1) * step])  # fmt: skip
-        self._trains[peer.peer_id] = (heads, parts)
-        return heads, parts
+        trains: dict[int, list[memoryview]] = {0: parts}  # 0: every view, to cut the others from
+        self._trains[peer.peer_id] = (heads, trains)
+        return heads, trains
+
+    @staticmethod
+    def _parts_of(trains: dict[int, list[memoryview]], count: int) -> list[memoryview]:
+        found = trains[count] = trains[0][: 2 * count]
+        return found
 
     def _send_gso(self, parts: list[memoryview], peer: PeerState) -> bool:
         try:

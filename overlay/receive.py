@@ -9,6 +9,7 @@ counted and the loop goes on.
 
 from __future__ import annotations
 
+import array
 import errno
 import os
 import socket
@@ -59,7 +60,8 @@ class Receiver:
         self._udp_into = [self._udp_buf]
         self._udp_words = self._udp_view.cast("Q")  # 8-byte words, for train header checks
         self._slices: dict[int, list[memoryview]] = {}
-        self._offsets: dict[int, bytes] = {}
+        self._offsets: dict[int, memoryview] = {}  # per chunk data size
+        self._columns: dict[int, tuple[memoryview, memoryview]] = {}  # per first header word
         self._relay_source: Address | None = None
 
     def drain(self) -> None:
@@ -150,14 +152,14 @@ class Receiver:
         if end > n or (end < n and end != stop + stride):
             return None  # continues in a later read, or a short chunk inside a read
         words, width, first = self._udp_words, stride >> 3, start >> 3
-        if count > 2 and (
-            words[first + width : first + (count - 1) * width : width].tobytes()
-            != buf[start : start + 8] * (count - 2)
+        same, offsets = self._columns.get(words[first]) or self._columns_of(words[first], step)
+        if (
+            count > 2
+            and words[first + width : first + (count - 1) * width : width] != same[: count - 2]
         ):
             return None
         if (
-            words[first + width + 3 : first + count * width : width].tobytes()
-            != (self._offsets.get(step) or self._offsets_of(step))[8 : 8 * count]
+            words[first + width + 3 : first + count * width : width] != offsets[1:count]
             or buf[stop : stop + 4] != buf[start : start + 4]
             or TRAIN_LENGTH.unpack_from(buf, stop + 4)[0] != end - stop - HEADER_SIZE
         ):
@@ -174,14 +176,20 @@ class Receiver:
             self._slices[stride] = found
         return found
 
-    def _offsets_of(self, step: int) -> bytes:
-        """Bytes 24-31 (offset, total) of chunk k of a train at [8k : 8k + 8]."""
-        found = self._offsets.get(step)
-        if found is None:
-            count = -(-frame.MAX_BODY // step) + 1
-            found = b"".join(CHUNK.pack(k * step, 0) for k in range(count))
-            self._offsets[step] = found
-        return found
+    def _columns_of(self, first: int, step: int) -> tuple[memoryview, memoryview]:
+        """What the chunk headers of a train must hold, as 8-byte words (compared as words
+        with the received ones, no bytes copied): the first word of chunks 1.. (the same as
+        chunk 0's ``first``) and the offset/total word of chunk k at [k]."""
+        count = -(-frame.MAX_BODY // step) + 1
+        offsets = self._offsets.get(step)
+        if offsets is None:
+            packed = b"".join(CHUNK.pack(k * step, 0) for k in range(count))
+            offsets = self._offsets[step] = memoryview(packed).cast("Q")
+        same = memoryview(array.array("Q", [first]) * count)
+        if len(self._columns) >= 64:  # one entry per sender's header word: bounded anyway
+            self._columns.clear()
+        self._columns[first] = (same, offsets)
+        return same, offsets
 
     def _receive(self, data: memoryview, addr: tuple[str, int]) -> None:
         sleeve = self.sleeve

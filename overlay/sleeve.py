@@ -25,6 +25,8 @@ from overlay.frame import MessageType
 from overlay.reassembly import Reassembler
 
 Address = tuple[str, int]
+LOOKUP_CACHE = 4096  # destinations remembered per lookup table (cleared when full or changed)
+_MISS = object()
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,10 @@ class Sleeve:
         self._outbox: list[tuple[bytes, Address]] = []
         self._events: list[PeerEvent] = []
         self._local = _BlockTable()
+        self._local_cache: dict[int, bool] = {}
         self.set_local_blocks(local_blocks, router_address)
         self._table: _BlockTable = _BlockTable()
+        self._peer_cache: dict[int, PeerState | None] = {}
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -122,6 +126,7 @@ class Sleeve:
         for block in blocks:
             table.add(block, True)
         self._local = table
+        self._local_cache = {}
         if router_address is not None:
             self.router_address = router_address
 
@@ -144,16 +149,32 @@ class Sleeve:
             for block in state.spec.blocks:
                 table.add(block, state)
         self._table = table
+        self._peer_cache = {}
 
     # -- data path helpers (called by the driver per packet) --------------------------------
 
     def peer_for(self, destination: int) -> PeerState | None:
-        """The peer owning the IPv4 destination address ``destination`` (an int)."""
-        found = self._table.lookup(destination)
-        return found if isinstance(found, PeerState) else None
+        """The peer owning the IPv4 destination address ``destination`` (an int). Answers are
+        remembered per destination until the peer set changes: a flow's packets cost one
+        dict lookup, not one per prefix length."""
+        found = self._peer_cache.get(destination, _MISS)
+        if found is _MISS:
+            value = self._table.lookup(destination)
+            found = value if isinstance(value, PeerState) else None
+            if len(self._peer_cache) >= LOOKUP_CACHE:
+                self._peer_cache.clear()
+            self._peer_cache[destination] = found
+        return found  # type: ignore[return-value]
 
     def is_local(self, destination: int) -> bool:
-        return self._local.lookup(destination) is not None
+        """Whether ``destination`` is in this node's own space (remembered like peer_for)."""
+        found = self._local_cache.get(destination)
+        if found is None:
+            found = self._local.lookup(destination) is not None
+            if len(self._local_cache) >= LOOKUP_CACHE:
+                self._local_cache.clear()
+            self._local_cache[destination] = found
+        return found
 
     def too_big(self, packet: bytes | bytearray | memoryview, mtu: int) -> bytes | None:
         """ICMP 'fragmentation needed' for a non-GSO IPv4 packet with DF that exceeds ``mtu``."""

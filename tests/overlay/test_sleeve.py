@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from overlay import frame
+from overlay import frame, sleeve
 from overlay.frame import MessageType
 from overlay.sleeve import PeerEvent, PeerSpec, Sleeve
 
@@ -380,6 +380,24 @@ def test_is_local() -> None:
     assert not s.is_local(ip("10.32.2.1"))
     assert not s.is_local(ip("10.32.128.1"))
     assert s.peer_for(ip("10.32.1.5")) is None  # local blocks never route to a peer
+
+
+def test_remembered_answers_follow_changes_and_stay_bounded() -> None:
+    """peer_for and is_local remember answers per destination: a change of the blocks or
+    peers must show at once, and the memory must not grow with the destinations seen."""
+    s = Sleeve(A_ID, A_UID, [NET("10.32.1.0/24")], 1400)
+    s.set_peers([B_SPEC], 0.0)
+    assert s.is_local(ip("10.32.1.9")) and not s.is_local(ip("10.32.7.9"))
+    s.set_local_blocks([NET("10.32.7.0/24")])
+    assert not s.is_local(ip("10.32.1.9")) and s.is_local(ip("10.32.7.9"))
+    assert s.peer_for(ip("10.32.2.9")) is s.peers[B_ID]
+    s.set_peers([PeerSpec(B_ID, "node-b", B_SPEC.address, (NET("10.32.8.0/24"),))], 1.0)
+    assert s.peer_for(ip("10.32.2.9")) is None
+    for k in range(3 * sleeve.LOOKUP_CACHE):
+        assert s.peer_for(ip("10.32.8.0") + k) is (s.peers[B_ID] if k < 256 else None)
+        s.is_local(ip("10.33.0.0") + k)
+    assert len(s._peer_cache) <= sleeve.LOOKUP_CACHE
+    assert len(s._local_cache) <= sleeve.LOOKUP_CACHE
 
 
 def test_set_peers_keeps_remaining_state_and_drops_removed() -> None:
