@@ -6,12 +6,10 @@ asyncio's DatagramProtocol, which allocates per datagram), header and packet gat
 ``sendmsg`` (nothing copied), small packets batched per peer into one datagram per drain,
 nothing logged above DEBUG. Every failure is counted and the loop goes on.
 
-Super-packets larger than one underlay packet go as a train of DATA_CHUNK frames (layout in
-overlay/frame.py), built in place around the TUN read and handed over as one buffer in one
-``sendmsg`` with ``UDP_SEGMENT`` (the kernel carries them as one GSO unit; the receiver reads
-them coalesced with ``UDP_GRO``). Measured in this lab, that moves 64 KB datagrams ~8x faster
-than letting the kernel IP-fragment one big datagram, which stays as the fallback when GSO is
-refused.
+Super-packets larger than one underlay packet go as DATA_CHUNK frames in one ``sendmsg`` with
+``UDP_SEGMENT`` (the kernel carries them as one GSO unit; the receiver reads them coalesced
+with ``UDP_GRO``). Measured in this lab, that moves 64 KB datagrams ~8x faster than letting the
+kernel IP-fragment one big datagram, which stays as the fallback when GSO is refused.
 """
 
 from __future__ import annotations
@@ -57,6 +55,7 @@ TUN_BUFFER = RECORD_SIZE + 65536 + VNET_HEADER_SIZE
 SMALL_PACKET = 512  # packets up to this size are batched per peer
 MAX_GSO_BYTES = 65000  # payload of one UDP_SEGMENT send
 TRAIN_TOTAL = struct.Struct("!I")
+CHUNK_SIZE = frame.CHUNK.size
 ZERO_VNET = bytes(VNET_HEADER_SIZE)
 DF = 0x40  # in the high byte of the IPv4 flags/fragment field
 DATA = int(MessageType.DATA)  # a plain int: hot path
@@ -84,20 +83,12 @@ class Datapath:
         self.chunks_per_send = MAX_GSO_BYTES // self.stride
         self.udp_gso = udp_gso
         self.on_event = on_event or (lambda event: None)
-        # The TUN buffer: a read lands at ``body_at`` (after the 2-byte record length); the
-        # space before it takes a train's first chunk header and trailer (see frame.py), so
-        # a train goes out as one contiguous view. Whole buffer as 8-byte words for the
-        # chunk header columns.
-        self.max_chunks = min(frame.max_chunks(self.stride), -(-frame.MAX_BODY // self.chunk_data))
-        self.body_at = CHUNK_OVERHEAD * self.max_chunks
-        backing = bytearray(self.body_at + (TUN_BUFFER + 7 & ~7))
-        self._tx_view = memoryview(backing)
-        self._tx_words = self._tx_view.cast("Q")
-        self._tun_buf = self._tun_view = self._tx_view[self.body_at :]
+        self._tun_buf = bytearray(TUN_BUFFER)
+        self._tun_view = memoryview(self._tun_buf)
         self._tun_read = (self._tun_view[RECORD_SIZE:],)
         self.receiver = Receiver(sleeve, tun_fd, sock, self._send)
         self._header = bytearray(HEADER_SIZE)
-        self._trains: dict[int, list[memoryview]] = {}  # chunk header columns per peer
+        self._trains: dict[int, tuple[bytearray, dict[int, list[memoryview]]]] = {}
         self._gso_cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", self.stride))]
         self._wake = asyncio.Event()
         # Links: a send-only socket connected to each peer endpoint that data goes to (see
@@ -219,8 +210,13 @@ class Datapath:
             self._send_batch(peer, entry[1])  # keep the peer's packets in order
         if length > self.batch_limit and self.udp_gso:
             self._send_chunks(peer, length)
-        else:
-            self._send_one(peer, length)
+            return
+        header = self._header
+        HEADER.pack_into(
+            header, 0, frame.VERSION, DATA, 0, frame.DEFAULT_HOPS,
+            length, self.sleeve.local_id, peer.peer_id,
+        )  # fmt: skip
+        self._send((header, self._tun_view[:length]), peer.send_to, peer)
 
     def _send_batch(self, peer: PeerState, batch: bytearray) -> None:
         """Send and empty a peer's batch (its header is rewritten for the current length)."""
@@ -231,65 +227,56 @@ class Datapath:
         del batch[HEADER_SIZE:]
 
     def _send_chunks(self, peer: PeerState, total: int) -> None:
-        """The DATA body at ``body_at`` as a train (frame.py): the 32 body bytes under each
-        chunk header k >= 1 are moved to the trailer and the prebuilt headers written, as
-        four 8-byte columns each; then one GSO ``sendmsg`` of the whole view per
-        ``chunks_per_send`` chunks. A body too large for a train goes as one datagram."""
-        step, stride = self.chunk_data, self.stride
+        """The DATA body at the start of the TUN buffer as a train of DATA_CHUNK frames: one
+        GSO ``sendmsg`` per ``chunks_per_send`` chunks, headers prebuilt per peer (only the
+        first chunk's total and the last chunk's length change), data sliced in place."""
+        heads, trains = self._train(peer)
+        step = self.chunk_data
         count = -(-total // step)
-        if count > self.max_chunks:
-            self._send_one(peer, total)
-            return
-        at = self.body_at - CHUNK_OVERHEAD * count  # where the train starts
-        words, first, width = self._tx_words, at >> 3, stride >> 3
-        stop = first + count * width
-        for j in range(4):  # covered body words -> trailer piece k at [32k : 32k + 32]
-            words[first + 4 + j : first + 4 * count : 4] = words[first + width + j : stop : width]
-        columns = self._trains.get(peer.peer_id) or self._train(peer)
-        for j in range(4):
-            words[first + j : stop : width] = columns[j][:count]
-        view = self._tx_view
-        TRAIN_TOTAL.pack_into(view, at + HEADER_SIZE + 4, total)
-        end = self.body_at + total
-        last = at + (count - 1) * stride
-        TRAIN_LENGTH.pack_into(view, last + 4, end - last - HEADER_SIZE)
+        last = total - (count - 1) * step
+        TRAIN_TOTAL.pack_into(heads, HEADER_SIZE + 4, total)
+        TRAIN_LENGTH.pack_into(heads, (count - 1) * CHUNK_OVERHEAD + 4, CHUNK_SIZE + last)
+        train = trains.get(count) or self._parts_of(trains, count)
+        train[-1] = self._tun_view[(count - 1) * step : total]
         if count <= self.chunks_per_send:
-            self._send_gso(view[at:end], peer)
-            return
-        group = self.chunks_per_send * stride
-        for start in range(at, end, group):
-            if not self._send_gso(view[start : min(end, start + group)], peer):
-                break
+            self._send_gso(train, peer)
+        else:
+            group = 2 * self.chunks_per_send
+            for at in range(0, len(train), group):
+                if not self._send_gso(train[at : at + group], peer):
+                    break
+        TRAIN_LENGTH.pack_into(heads, (count - 1) * CHUNK_OVERHEAD + 4, CHUNK_SIZE + step)
 
-    def _train(self, peer: PeerState) -> list[memoryview]:
-        """The chunk headers of a train to ``peer`` as four columns of 8-byte words (column j
-        holds word j of chunk header 0, 1, ...); the first chunk's total and the last one's
-        length are written per train."""
-        step, count = self.chunk_data, self.max_chunks
+    def _train(self, peer: PeerState) -> tuple[bytearray, dict[int, list[memoryview]]]:
+        """Prebuilt chunk headers for ``peer`` and, per chunk count, the header/data views to
+        send a train from (all but the last data view, which is set per train)."""
+        found = self._trains.get(peer.peer_id)
+        if found is not None:
+            return found
+        step = self.chunk_data
+        count = -(-frame.MAX_BODY // step)
         heads = bytearray(CHUNK_OVERHEAD * count)
+        parts: list[memoryview] = []
         for k in range(count):
+            at = k * CHUNK_OVERHEAD
             CHUNK_FRAME.pack_into(
-                heads, k * CHUNK_OVERHEAD, frame.VERSION, MessageType.DATA_CHUNK, 0,
-                frame.DEFAULT_HOPS, self.stride - HEADER_SIZE, self.sleeve.local_id,
-                peer.peer_id, k * step, 0,
+                heads, at, frame.VERSION, MessageType.DATA_CHUNK, 0, frame.DEFAULT_HOPS,
+                frame.CHUNK.size + step, self.sleeve.local_id, peer.peer_id, k * step, 0,
             )  # fmt: skip
-        words = memoryview(heads).cast("Q")
-        columns = self._trains[peer.peer_id] = [words[j::4] for j in range(4)]
-        return columns
+            parts += (memoryview(heads)[at : at + CHUNK_OVERHEAD],
+                      self._tun_view[k * step : (k + 1) * step])  # fmt: skip
+        trains: dict[int, list[memoryview]] = {0: parts}  # 0: every view, to cut the others from
+        self._trains[peer.peer_id] = (heads, trains)
+        return heads, trains
 
-    def _send_one(self, peer: PeerState, length: int) -> None:
-        """The record at the start of the TUN buffer as one DATA datagram (the kernel
-        IP-fragments it when it exceeds the underlay MTU)."""
-        header = self._header
-        HEADER.pack_into(
-            header, 0, frame.VERSION, DATA, 0, frame.DEFAULT_HOPS,
-            length, self.sleeve.local_id, peer.peer_id,
-        )  # fmt: skip
-        self._send((header, self._tun_view[:length]), peer.send_to, peer)
+    @staticmethod
+    def _parts_of(trains: dict[int, list[memoryview]], count: int) -> list[memoryview]:
+        found = trains[count] = trains[0][: 2 * count]
+        return found
 
-    def _send_gso(self, train: memoryview, peer: PeerState) -> bool:
+    def _send_gso(self, parts: list[memoryview], peer: PeerState) -> bool:
         try:
-            self._sendmsg((train,), self._gso_cmsg, peer.send_to)
+            self._sendmsg(parts, self._gso_cmsg, peer.send_to)
         except BlockingIOError:
             self.sleeve.drop("send_buffer_full", peer)
             return False

@@ -17,24 +17,13 @@ A DATA body is a sequence of records, each ``u16 packet length`` followed by the
 virtio-net header and the packet exactly as the TUN device returned them. Records are never
 split across datagrams; a TSO super-packet travels as one record in one (IP-fragmented) datagram.
 
-A super-packet whose frame would not fit one underlay packet may instead travel as a *train*
-of DATA_CHUNK frames, sent together with one ``sendmsg`` + ``UDP_SEGMENT`` (GSO) so the kernel
-moves them as one unit. A train is laid out so that the sender hands the kernel one contiguous
-buffer and the receiver writes one (no per-chunk gather in either direction): for a DATA body
-of ``total`` bytes, chunk stride S (a multiple of 8; every chunk but the last is S bytes) and
-``step`` = S - 32, there are c = ceil(total / step) chunks and the train is::
-
-    [chunk header 0][trailer: c-1 pieces of 32 bytes][body ...]
-
-cut at multiples of S, where chunk header k (k >= 1) sits at byte k*S *over* 32 body bytes; the
-body bytes it covers travel as trailer piece k. Each chunk header is a frame header plus
-``u32 offset, u32 total``: ``offset`` = k * step (where the chunk's slice starts once the chunk
-headers are taken out), ``total`` is set in chunk 0 only (zero in the others, so every header
-but two is the same for every train and is prebuilt). A train needs 32 * c <= S; larger bodies
-go as one DATA datagram. The receiver either checks a whole train read at once (GRO) and puts
-the trailer pieces back in place, or appends the slices per source (overlay/reassembly.py) and
-undoes the layout with ``unshuffle``; a new offset 0 starts the next body. The result is handled
-as a DATA body.
+A super-packet whose frame would not fit one underlay packet may instead travel as DATA_CHUNK
+frames, sent together with one ``sendmsg`` + ``UDP_SEGMENT`` (GSO) so the kernel moves them as
+one unit: each chunk's body is ``u32 offset, u32 total`` and a slice of what would have been
+the DATA body; ``total`` is set in the chunk at offset 0 only (zero in the others, so every
+header but two is the same for every train and is prebuilt). Chunks of one body are sent in
+order; the receiver appends them per source (see overlay/reassembly.py), a new offset 0 starts
+the next body, and handles the result as a DATA body.
 
 HEARTBEAT and HEARTBEAT_ACK bodies are ``u64 sequence, u64 sender uid``. MTU_PROBE and
 MTU_PROBE_ACK bodies are ``u64 sequence, u16 probed size`` plus padding up to that size.
@@ -215,49 +204,6 @@ def decode_mtu_probe(data: bytes | bytearray | memoryview, header: Header) -> tu
         raise DecodeError("mtu_probe")
     sequence, size = MTU_PROBE.unpack_from(data, header.body_offset)
     return int(sequence), int(size)
-
-
-def max_chunks(stride: int) -> int:
-    """The most chunks a train of ``stride``-long chunks may have (its trailer fits chunk 0)."""
-    return stride // CHUNK_OVERHEAD
-
-
-def encode_train(source: int, destination: int, body: bytes, stride: int) -> bytes:
-    """A whole train (see the module docstring) for a DATA body. The reference for tests and
-    for the layout; the driver builds the same bytes in place."""
-    step = stride - CHUNK_OVERHEAD
-    count = -(-len(body) // step)
-    if count > max_chunks(stride) or stride % 8:
-        raise ValueError(f"a {len(body)}-byte body does not fit a train of {stride}-byte chunks")
-    trailer = b"".join(
-        body[k * stride - CHUNK_OVERHEAD * count :][:CHUNK_OVERHEAD] for k in range(1, count)
-    )  # the body bytes each chunk header k >= 1 will cover
-    image = bytearray(CHUNK_OVERHEAD) + trailer + body
-    for k in range(count):
-        size = min(stride, len(image) - k * stride)
-        CHUNK_FRAME.pack_into(
-            image, k * stride, VERSION, MessageType.DATA_CHUNK, 0, DEFAULT_HOPS,
-            size - HEADER_SIZE, source, destination, k * step, len(body) if k == 0 else 0,
-        )  # fmt: skip
-    return bytes(image)
-
-
-def unshuffle(slices: bytearray, step: int) -> bytearray:
-    """The DATA body from a train's slices appended in order (``step`` = the first slice's
-    length): take the trailer out and put each piece back where its chunk header sat."""
-    total = len(slices)
-    count = -(-total // step) if step > 0 else 0
-    trailer = CHUNK_OVERHEAD * (count - 1)
-    if count < 1 or trailer > step:
-        raise DecodeError("chunk_layout")
-    if count == 1:
-        return slices
-    view = memoryview(slices)
-    parts = [view[trailer:step]]
-    for k in range(1, count):
-        parts.append(view[CHUNK_OVERHEAD * (k - 1) : CHUNK_OVERHEAD * k])  # trailer piece k
-        parts.append(view[k * step : (k + 1) * step])
-    return bytearray(b"".join(parts))
 
 
 def decode_chunk(data: bytes | bytearray | memoryview, header: Header) -> tuple[int, int]:

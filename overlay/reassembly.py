@@ -4,8 +4,7 @@ A sender emits the chunks of one body in order, so per source there is at most o
 progress: offset 0 starts it (and names its total), each later chunk must continue exactly
 where the last ended. Anything else -- a gap, a reorder, a chunk without a start -- drops the
 body in progress, counted by reason in ``drops``. Memory is bounded by one body per peer, and
-a body left incomplete expires after ``timeout`` seconds. The slices of a whole train are
-turned back into the body with ``frame.unshuffle`` (the train layout is in overlay/frame.py).
+a body left incomplete expires after ``timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -13,15 +12,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from overlay import frame
-
 
 @dataclass
 class _Partial:
     body: bytearray
     started_at: float
     received: int
-    step: int = 0  # length of the first slice: where the second one starts
 
 
 class Reassembler:
@@ -57,16 +53,10 @@ class Reassembler:
             return None
         partial.body[offset:end] = piece
         partial.received = end
-        if offset == 0:
-            partial.step = end
         if end < len(partial.body):
             return None
         del self._pending[source]
-        try:
-            return frame.unshuffle(partial.body, partial.step)
-        except frame.DecodeError as exc:
-            self.drops[exc.reason] += 1
-            return None
+        return partial.body
 
     def expire(self, now: float) -> None:
         stale = [k for k, p in self._pending.items() if now - p.started_at >= self.timeout]

@@ -1,23 +1,17 @@
-"""DATA_CHUNK reassembly: in-order appends per source, the train layout undone, every loss
-counted by reason."""
+"""DATA_CHUNK reassembly: in-order appends per source, every loss counted by reason."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from overlay import frame
 from overlay.reassembly import Reassembler
 
 
 def chunks(body: bytes, step: int) -> list[tuple[int, int, bytes]]:
-    """(offset, total, slice) of each chunk of ``body``'s train (frame.encode_train)."""
-    stride = step + frame.CHUNK_OVERHEAD
-    train = frame.encode_train(1, 2, body, stride)
     out = []
-    for k, at in enumerate(range(0, len(train), stride)):
-        piece = train[at + frame.CHUNK_OVERHEAD : at + stride]
-        out.append((k * step, len(body) if k == 0 else 0, piece))
+    for off in range(0, len(body), step):
+        out.append((off, len(body) if off == 0 else 0, body[off : off + step]))
     return out
 
 
@@ -54,20 +48,6 @@ def test_gap_reorder_and_missing_start_are_counted() -> None:
     r.add(1, *parts[0], now=0.0)  # a new start replaces the unfinished one
     assert r.drops["chunk_incomplete"] == 2
     assert len(r) == 1
-
-
-def test_slices_are_not_the_body_until_the_layout_is_undone() -> None:
-    body = bytes(range(256)) * 20
-    parts = chunks(body, 1440)
-    assert b"".join(p for _, _, p in parts) != body  # the trailer and covered bytes moved
-
-
-def test_a_layout_whose_trailer_does_not_fit_the_first_slice_is_dropped() -> None:
-    r = Reassembler()
-    assert r.add(1, 0, 100, b"s" * 10, 0.0) is None  # 10 slices: a 288-byte trailer in 10 bytes
-    for offset in range(10, 100, 10):
-        assert r.add(1, offset, 0, b"s" * 10, 0.0) is None
-    assert r.drops["chunk_layout"] == 1 and len(r) == 0
 
 
 def test_overrun_and_expiry() -> None:
