@@ -186,7 +186,7 @@ class Receiver:
             packed = b"".join(CHUNK.pack(k * step, 0) for k in range(count))
             offsets = self._offsets[step] = memoryview(packed).cast("Q")
         same = memoryview(array.array("Q", [first]) * count)
-        if len(self._columns) >= 64:  # one entry per sender's header word: bounded anyway
+        if len(self._columns) >= 64:  # one per first word seen (hops, stride): a few
             self._columns.clear()
         self._columns[first] = (same, offsets)
         return same, offsets

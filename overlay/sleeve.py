@@ -26,7 +26,6 @@ from overlay.reassembly import Reassembler
 
 Address = tuple[str, int]
 LOOKUP_CACHE = 4096  # destinations remembered per lookup table (cleared when full or changed)
-_MISS = object()
 
 
 @dataclass(frozen=True)
@@ -157,14 +156,15 @@ class Sleeve:
         """The peer owning the IPv4 destination address ``destination`` (an int). Answers are
         remembered per destination until the peer set changes: a flow's packets cost one
         dict lookup, not one per prefix length."""
-        found = self._peer_cache.get(destination, _MISS)
-        if found is _MISS:
+        try:
+            return self._peer_cache[destination]
+        except KeyError:
             value = self._table.lookup(destination)
             found = value if isinstance(value, PeerState) else None
             if len(self._peer_cache) >= LOOKUP_CACHE:
                 self._peer_cache.clear()
             self._peer_cache[destination] = found
-        return found  # type: ignore[return-value]
+            return found
 
     def is_local(self, destination: int) -> bool:
         """Whether ``destination`` is in this node's own space (remembered like peer_for)."""
