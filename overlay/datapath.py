@@ -1,5 +1,5 @@
 """The asyncio driver of the sleeve: TUN -> UDP here, UDP -> TUN in overlay/receive.py, plus
-the heartbeat timer and the links (a connected send socket per peer endpoint).
+the heartbeat timer; data for peers leaves by their links (overlay/links.py).
 
 Hot-path rules: preallocated buffers, ``loop.add_reader`` and drain until EAGAIN (never
 asyncio's DatagramProtocol, which allocates per datagram), header and packet gathered by
@@ -35,6 +35,7 @@ from overlay.frame import (
     VNET_HEADER_SIZE,
     MessageType,
 )
+from overlay.links import Links
 from overlay.receive import (
     DRAIN_BUDGET,
     IP,
@@ -49,7 +50,6 @@ from overlay.sleeve import Address, PeerEvent, PeerState, Sleeve
 from overlay.udp import SOL_UDP, UDP_SEGMENT
 
 log = logging.getLogger("weave-py.sleeve")
-Cmsg = tuple[int, int, bytes]
 
 TUN_BUFFER = RECORD_SIZE + 65536 + VNET_HEADER_SIZE
 SMALL_PACKET = 512  # packets up to this size are batched per peer
@@ -91,12 +91,7 @@ class Datapath:
         self._trains: dict[int, tuple[bytearray, dict[int, list[memoryview]]]] = {}
         self._gso_cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", self.stride))]
         self._wake = asyncio.Event()
-        # Links: a send-only socket connected to each peer endpoint that data goes to (see
-        # udp.open_udp); control datagrams and everything received use the main socket. The
-        # main socket stands in without ``connect`` or when a link cannot be opened.
-        self._connect = connect
-        self._links: dict[Address, socket.socket] = {}
-        self._endpoints: set[Address] = set()
+        self.links = Links(sock, connect)  # data for peers; control goes by ``sock``
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -108,7 +103,7 @@ class Datapath:
         try:
             while True:
                 now = time.monotonic()
-                self._sync_links({peer.send_to for peer in self.sleeve.peers.values()})
+                self.links.sync({peer.send_to for peer in self.sleeve.peers.values()})
                 for gone in [p for p in self._trains if p not in self.sleeve.peers]:
                     del self._trains[gone]  # prebuilt chunk headers of departed peers
                 self.sleeve.handle_timer(now)
@@ -121,7 +116,7 @@ class Datapath:
         finally:
             loop.remove_reader(self.tun_fd)
             loop.remove_reader(self.sock.fileno())
-            self._sync_links(set())
+            self.links.sync(set())
 
     def poke(self) -> None:
         """Re-arm the timer after the peer set changed."""
@@ -276,7 +271,7 @@ class Datapath:
 
     def _send_gso(self, parts: list[memoryview], peer: PeerState) -> bool:
         try:
-            self._sendmsg(parts, self._gso_cmsg, peer.send_to)
+            self.links.sendmsg(parts, self._gso_cmsg, peer.send_to)
         except BlockingIOError:
             self.sleeve.drop("send_buffer_full", peer)
             return False
@@ -294,39 +289,11 @@ class Datapath:
             if peer is None:
                 self.sock.sendmsg(parts, (), 0, addr)  # control: replies come back to its port
             else:
-                self._sendmsg(parts, (), addr)
+                self.links.sendmsg(parts, (), addr)
         except BlockingIOError:
             self.sleeve.drop("send_buffer_full", peer)
         except OSError as exc:
             self.sleeve.drop(failure("send_", exc), peer)
-
-    def _sendmsg(self, parts: Sequence[Buffer], cmsgs: Sequence[Cmsg], addr: Address) -> None:
-        """Data for a peer: by the link to ``addr`` (no address to parse, no route lookup),
-        else by the main socket; OSError is the caller's to count."""
-        link = self._links.get(addr) or self._open_link(addr)
-        if link is self.sock:
-            link.sendmsg(parts, cmsgs, 0, addr)
-        else:
-            link.sendmsg(parts, cmsgs)
-
-    def _open_link(self, addr: Address) -> socket.socket:
-        if self._connect is None or addr not in self._endpoints:
-            return self.sock  # not a current peer endpoint: not kept
-        try:
-            link = self._connect(addr)
-        except OSError as exc:
-            log.warning("link to %s:%d: %s; sending by the main socket", *addr, exc)
-            link = self.sock
-        self._links[addr] = link
-        return link
-
-    def _sync_links(self, endpoints: set[Address]) -> None:
-        """Keep links to ``endpoints`` only (the peers' send_to; links open on first send)."""
-        self._endpoints = endpoints
-        for addr in [a for a in self._links if a not in self._endpoints]:
-            link = self._links.pop(addr)
-            if link is not self.sock:
-                link.close()
 
     def _too_big(self, packet: memoryview, peer: PeerState) -> None:
         reply = self.sleeve.too_big(packet, peer.mtu)

@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from overlay import frame, icmp
+from overlay.blocks import BlockTable
 from overlay.frame import MessageType
 from overlay.reassembly import Reassembler
 
@@ -108,10 +109,10 @@ class Sleeve:
         self._rng = rng or random.Random()
         self._outbox: list[tuple[bytes, Address]] = []
         self._events: list[PeerEvent] = []
-        self._local = _BlockTable()
+        self._local = BlockTable()
         self._local_cache: dict[int, bool] = {}
         self.set_local_blocks(local_blocks, router_address)
-        self._table: _BlockTable = _BlockTable()
+        self._table: BlockTable = BlockTable()
         self._peer_cache: dict[int, PeerState | None] = {}
 
     # -- configuration ---------------------------------------------------------------------
@@ -121,7 +122,7 @@ class Sleeve:
     ) -> None:
         """The space this node owns (packets for it are delivered here) and the address ICMP
         errors come from; both change as IPAM obtains or gives away space."""
-        table = _BlockTable()
+        table = BlockTable()
         for block in blocks:
             table.add(block, True)
         self._local = table
@@ -143,7 +144,7 @@ class Sleeve:
                 self.peers[peer_id] = PeerState(spec, self.mtu, next_heartbeat_at=now + jitter)
             else:
                 state.spec = spec
-        table = _BlockTable()
+        table = BlockTable()
         for state in self.peers.values():
             for block in state.spec.blocks:
                 table.add(block, state)
@@ -295,26 +296,3 @@ class Sleeve:
     def events(self) -> list[PeerEvent]:
         out, self._events = self._events, []
         return out
-
-
-class _BlockTable:
-    """Longest-prefix lookup over a few prefix lengths: one dict per length."""
-
-    def __init__(self) -> None:
-        self._by_len: dict[int, dict[int, object]] = {}
-        self._order: list[tuple[int, dict[int, object]]] = []
-
-    def add(self, block: ipaddress.IPv4Network, value: object) -> None:
-        table = self._by_len.setdefault(block.prefixlen, {})
-        table[int(block.network_address)] = value
-        self._order = [
-            (0xFFFFFFFF ^ ((1 << (32 - n)) - 1), self._by_len[n])
-            for n in sorted(self._by_len, reverse=True)
-        ]
-
-    def lookup(self, address: int) -> object | None:
-        for mask, table in self._order:
-            found = table.get(address & mask)
-            if found is not None:
-                return found
-        return None

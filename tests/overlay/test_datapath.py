@@ -275,7 +275,7 @@ def test_data_goes_by_a_connected_link_and_control_by_the_main_socket() -> None:
         with tun, app, main:
             tun.setblocking(False)
             path = Datapath(sleeve, tun.fileno(), main, UNDERLAY_MTU, connect=connect)
-            path._sync_links({peer.address})
+            path.links.sync({peer.address})
             for size in (52, 900):  # a batched and a single packet
                 app.send(packet(size, random.Random(size), gso=False))
                 path._drain_tun()
@@ -285,7 +285,7 @@ def test_data_goes_by_a_connected_link_and_control_by_the_main_socket() -> None:
             assert len(opened) == 1
             path._send((b"control",), peer.address, None)
             assert far.recvfrom(100) == (b"control", main.getsockname())
-            path._sync_links(set())
+            path.links.sync(set())
             assert opened[0].fileno() == -1  # closed
             app.send(packet(52, random.Random(1), gso=False))
             path._drain_tun()  # no longer a peer endpoint: the main socket sends
