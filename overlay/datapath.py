@@ -23,6 +23,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from overlay import frame
 from overlay.frame import (
@@ -33,6 +34,7 @@ from overlay.frame import (
     RECORD,
     RECORD_SIZE,
     VNET_HEADER_SIZE,
+    Buffer,
     MessageType,
 )
 from overlay.links import Links
@@ -42,7 +44,6 @@ from overlay.receive import (
     IPV4_DST,
     TRAIN_LENGTH,
     VNET,
-    Buffer,
     Receiver,
     failure,
 )  # fmt: skip
@@ -59,6 +60,22 @@ CHUNK_SIZE = frame.CHUNK.size
 ZERO_VNET = bytes(VNET_HEADER_SIZE)
 DF = 0x40  # in the high byte of the IPv4 flags/fragment field
 DATA = int(MessageType.DATA)  # a plain int: hot path
+
+
+@dataclass
+class _Train:
+    """A peer's prebuilt chunk headers and the header/data views to send a train from."""
+
+    heads: bytearray
+    parts: list[memoryview]  # header 0, data 0, header 1, data 1, ... for the largest train
+    by_count: dict[int, list[memoryview]] = field(default_factory=dict)
+
+    def parts_for(self, count: int) -> list[memoryview]:
+        """The views of a ``count``-chunk train (the caller sets the last, short data view)."""
+        found = self.by_count.get(count)
+        if found is None:
+            found = self.by_count[count] = self.parts[: 2 * count]
+        return found
 
 
 class Datapath:
@@ -88,7 +105,7 @@ class Datapath:
         self._tun_read = (self._tun_view[RECORD_SIZE:],)
         self.receiver = Receiver(sleeve, tun_fd, sock, self._send)
         self._header = bytearray(HEADER_SIZE)
-        self._trains: dict[int, tuple[bytearray, dict[int, list[memoryview]]]] = {}
+        self._trains: dict[int, _Train] = {}  # per peer id
         self._gso_cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", self.stride))]
         self._wake = asyncio.Event()
         self.links = Links(sock, connect)  # data for peers; control goes by ``sock``
@@ -225,29 +242,26 @@ class Datapath:
         """The DATA body at the start of the TUN buffer as a train of DATA_CHUNK frames: one
         GSO ``sendmsg`` per ``chunks_per_send`` chunks, headers prebuilt per peer (only the
         first chunk's total and the last chunk's length change), data sliced in place."""
-        heads, trains = self._train(peer)
+        train = self._trains.get(peer.peer_id) or self._train(peer)
+        heads = train.heads
         step = self.chunk_data
         count = -(-total // step)
         last = total - (count - 1) * step
         TRAIN_TOTAL.pack_into(heads, HEADER_SIZE + 4, total)
         TRAIN_LENGTH.pack_into(heads, (count - 1) * CHUNK_OVERHEAD + 4, CHUNK_SIZE + last)
-        train = trains.get(count) or self._parts_of(trains, count)
-        train[-1] = self._tun_view[(count - 1) * step : total]
+        parts = train.parts_for(count)
+        parts[-1] = self._tun_view[(count - 1) * step : total]
         if count <= self.chunks_per_send:
-            self._send_gso(train, peer)
+            self._send_gso(parts, peer)
         else:
             group = 2 * self.chunks_per_send
-            for at in range(0, len(train), group):
-                if not self._send_gso(train[at : at + group], peer):
+            for at in range(0, len(parts), group):
+                if not self._send_gso(parts[at : at + group], peer):
                     break
         TRAIN_LENGTH.pack_into(heads, (count - 1) * CHUNK_OVERHEAD + 4, CHUNK_SIZE + step)
 
-    def _train(self, peer: PeerState) -> tuple[bytearray, dict[int, list[memoryview]]]:
-        """Prebuilt chunk headers for ``peer`` and, per chunk count, the header/data views to
-        send a train from (all but the last data view, which is set per train)."""
-        found = self._trains.get(peer.peer_id)
-        if found is not None:
-            return found
+    def _train(self, peer: PeerState) -> _Train:
+        """Prebuilt chunk headers for ``peer`` and the header/data views to send from."""
         step = self.chunk_data
         count = -(-frame.MAX_BODY // step)
         heads = bytearray(CHUNK_OVERHEAD * count)
@@ -260,13 +274,7 @@ class Datapath:
             )  # fmt: skip
             parts += (memoryview(heads)[at : at + CHUNK_OVERHEAD],
                       self._tun_view[k * step : (k + 1) * step])  # fmt: skip
-        trains: dict[int, list[memoryview]] = {0: parts}  # 0: every view, to cut the others from
-        self._trains[peer.peer_id] = (heads, trains)
-        return heads, trains
-
-    @staticmethod
-    def _parts_of(trains: dict[int, list[memoryview]], count: int) -> list[memoryview]:
-        found = trains[count] = trains[0][: 2 * count]
+        found = self._trains[peer.peer_id] = _Train(heads, parts)
         return found
 
     def _send_gso(self, parts: list[memoryview], peer: PeerState) -> bool:

@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from enum import IntEnum
 from typing import NamedTuple
 
+Buffer = bytes | bytearray | memoryview  # what the codecs and drivers accept
 VERSION = 1
 HEADER = struct.Struct("!BBBBIQQ")
 HEADER_SIZE = HEADER.size  # 24

@@ -13,7 +13,7 @@ import logging
 import socket
 from collections.abc import Callable, Sequence
 
-from overlay.receive import Buffer
+from overlay.frame import Buffer
 from overlay.sleeve import Address
 
 log = logging.getLogger("weave-py.sleeve")

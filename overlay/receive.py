@@ -25,12 +25,12 @@ from overlay.frame import (
     HEADER_SIZE,
     RECORD_SIZE,
     VNET_HEADER_SIZE,
+    Buffer,
     MessageType,
 )
 from overlay.sleeve import Address, PeerState, Sleeve
 from overlay.udp import SOL_UDP, UDP_GRO
 
-Buffer = bytes | bytearray | memoryview
 Send = Callable[[tuple[Buffer, ...], Address, PeerState | None], None]
 
 UDP_BUFFER = 65536 + 4096
