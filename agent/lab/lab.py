@@ -253,17 +253,6 @@ class Lab:
         self._save()
         return address
 
-    def remove_pod(self, i: int, j: int) -> None:
-        """CNI DEL, then the pod's namespace goes."""
-        p = self.plan
-        ns = p.pod_ns(i, j)
-        done = cni.call(p, i, "DEL", container_id=ns, netns=f"{netlink.NETNS_DIR}/{ns}")
-        if done.returncode != 0:
-            raise OSError(f"node {i}: CNI DEL of {ns}: {done.stdout.strip() or done.stderr}")
-        netlink.remove_netns(ns)
-        self.pod_addresses.pop((i, j), None)
-        self._save()
-
     def pod_address(self, i: int, j: int) -> ipaddress.IPv4Interface:
         return self.pod_addresses[i, j]
 
