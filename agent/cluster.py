@@ -16,6 +16,7 @@ from typing import Any
 
 from agent.config import Config
 from gossip.driver import MeshDriver
+from gossip.events import MeshEvent
 from gossip.handshake import Hello
 from gossip.identity import Identity, peer_id
 from gossip.mesh import Mesh, MeshConfig
@@ -61,9 +62,8 @@ class Cluster:
         self.changed = asyncio.Event()
         self.changed.set()
 
-    def _event(self, kind: str, name: str) -> None:
-        if kind in ("routes", "reachable", "unreachable", "forgotten", "updated"):
-            self.changed.set()
+    def _event(self, event: MeshEvent) -> None:
+        self.changed.set()  # every kind of mesh event can change peers, routes or claims
 
     def peer_specs(self) -> list[PeerSpec]:
         """Every peer the routes reach: sent to directly, or via the next hop's endpoint (at

@@ -13,9 +13,11 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import socket
 import time
 from collections.abc import Callable, Hashable
 
+from gossip.events import MeshEvent
 from gossip.handshake import Accepted, Handshake, Hello, Refused
 from gossip.mesh import Mesh
 from gossip.wire import DecodeError
@@ -30,17 +32,25 @@ MAX_BUFFERED = 16 * 1024 * 1024  # a peer that lets this much pile up is closed
 
 
 class MeshDriver:
+    """Runs one ``Mesh`` over real TCP connections: ``run()`` until cancelled.
+
+    It listens on ``listen``, or on ``server_socket`` when one is given (already bound, say to
+    an ephemeral port whose number the HELLO must advertise).
+    """
+
     def __init__(
         self,
         mesh: Mesh,
         hello: Hello,
         listen: Address,
-        on_event: Callable[[str, str], None] | None = None,
+        on_event: Callable[[MeshEvent], None] | None = None,
+        server_socket: socket.socket | None = None,
     ) -> None:
         self.mesh = mesh
         self.hello = hello
         self.listen = listen
-        self.on_event = on_event or (lambda kind, name: None)
+        self.server_socket = server_socket
+        self.on_event = on_event or (lambda event: None)
         self.writers: dict[Hashable, asyncio.StreamWriter] = {}
         self.remotes: dict[Hashable, str] = {}  # conn id -> "addr|name(nick)" for logs
         # The host each neighbour was reached at (dialled, or the source of its connection):
@@ -58,7 +68,11 @@ class MeshDriver:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        server = await asyncio.start_server(self._accept, *self.listen, reuse_address=True)
+        """Serve connections and timers until cancelled; then close every connection."""
+        if self.server_socket is not None:
+            server = await asyncio.start_server(self._accept, sock=self.server_socket)
+        else:
+            server = await asyncio.start_server(self._accept, *self.listen, reuse_address=True)
         try:
             while True:
                 self.mesh.handle_timer(time.monotonic())
@@ -238,6 +252,6 @@ class MeshDriver:
         if not self.closing:
             for addr in self.mesh.dial_targets(time.monotonic()):
                 self._spawn_dial(addr)
-        for kind, name in self.mesh.events():
-            self.on_event(kind, name)
+        for event in self.mesh.events():
+            self.on_event(event)
         self._wake.set()

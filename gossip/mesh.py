@@ -32,6 +32,14 @@ from typing import Any
 import msgpack
 
 from gossip import routes, wire
+from gossip.events import (
+    MeshEvent,
+    PeerForgotten,
+    PeerReachable,
+    PeerUnreachable,
+    RecordUpdated,
+    RoutesChanged,
+)
 from gossip.topology import PeerRecord, Topology
 from gossip.wire import MessageType
 
@@ -40,14 +48,16 @@ Address = tuple[str, int]
 
 @dataclass(frozen=True)
 class MeshConfig:
-    conn_limit: int = 32
-    gossip_interval: float = 0.2
-    repair_interval: float = 5.0
-    max_records: int = 256
-    backoff_initial: float = 2.0
-    backoff_factor: float = 1.5
-    backoff_max: float = 360.0
-    gc_timeout: float = 30.0
+    """The mesh's tunables; the defaults suit clusters from a few to a few thousand peers."""
+
+    conn_limit: int = 32  # control connections held at most; the degree grows as 2 log2 N
+    gossip_interval: float = 0.2  # seconds changes are coalesced before they are pushed
+    repair_interval: float = 5.0  # seconds between anti-entropy digests (jittered)
+    max_records: int = 256  # records per TOPOLOGY message; more are split
+    backoff_initial: float = 2.0  # seconds before the first redial of a failed address
+    backoff_factor: float = 1.5  # growth of the redial delay per failure
+    backoff_max: float = 360.0  # seconds: the redial delay's cap
+    gc_timeout: float = 30.0  # seconds a peer may stay unreachable before it is forgotten
 
 
 @dataclass
@@ -59,6 +69,8 @@ class _Target:
 
 @dataclass
 class MeshStats:
+    """What the mesh has sent, for the gossip benchmark and the status views."""
+
     bytes_sent: int = 0
     messages_sent: int = 0
     largest_message: int = 0
@@ -66,6 +78,8 @@ class MeshStats:
 
 
 class Mesh:
+    """The mesh core of one peer: connection choice, dissemination, liveness and routes."""
+
     def __init__(
         self,
         topology: Topology,
@@ -82,7 +96,7 @@ class Mesh:
         self.stats = MeshStats()
         self._targets: dict[Address, _Target] = {}
         self._outbox: list[tuple[Hashable, bytes]] = []
-        self._events: list[tuple[str, str]] = []
+        self._events: list[MeshEvent] = []
         self._pending: dict[str, PeerRecord] = {}
         self._flush_at: float | None = None
         self._repair_at = 0.0
@@ -98,11 +112,13 @@ class Mesh:
 
     @property
     def name(self) -> str:
+        """Our own peer name."""
         return self.topology.local.name
 
     # -- connections --------------------------------------------------------------------------
 
     def target_degree(self) -> int:
+        """How many connections the mesh dials for (about 2 log2 N, within the limit)."""
         n = max(2, len(self.topology.records))
         headroom = self.config.conn_limit - 1 if self.config.conn_limit > 2 else 1
         return min(headroom, n - 1, max(3, 2 * math.ceil(math.log2(n))))
@@ -210,6 +226,7 @@ class Mesh:
         return True
 
     def connection_down(self, conn: Hashable, now: float) -> None:
+        """A connection closed, for whatever reason (unknown ids are ignored)."""
         self._dialled.pop(conn, None)
         remote = self.conns.pop(conn, None)
         if remote is None:
@@ -253,7 +270,7 @@ class Mesh:
             if novel:
                 self._candidates = None
                 self._queue(novel, now)
-                self._events += [("updated", r.name) for r in novel]
+                self._events += [RecordUpdated(r.name) for r in novel]
         elif msg_type == MessageType.DIGEST:
             digest = _digest_from_wire(fields.get("digest"))
             self._send_records(conn, self.topology.newer_than(digest))
@@ -264,8 +281,8 @@ class Mesh:
             names = [n for n in _list(fields, "names") if isinstance(n, str)]
             found = [self.topology.records[n] for n in names if n in self.topology.records]
             self._send_records(conn, found)
-        # GOODBYE, PING, PONG and unknown types need nothing here: the driver closes on
-        # GOODBYE and the departed record arrives as TOPOLOGY.
+        # GOODBYE and unknown types need nothing here: the departed record arrives as
+        # TOPOLOGY and the leaving peer closes the connection.
 
     def _stale(self, d: Any) -> bool:
         """A record we already hold in this or a newer version: skip decoding it (most of
@@ -281,6 +298,7 @@ class Mesh:
     # -- timers -------------------------------------------------------------------------------
 
     def get_timer(self) -> float:
+        """When ``handle_timer`` must next be called."""
         deadlines = [self._repair_at]
         if self._flush_at is not None:
             deadlines.append(self._flush_at)
@@ -294,6 +312,7 @@ class Mesh:
         return min(deadlines)
 
     def handle_timer(self, now: float) -> None:
+        """Flush coalesced changes, send a repair digest and collect peers that are due."""
         self._last_now = now
         if self._flush_at is not None and now >= self._flush_at:
             self._flush(now)
@@ -307,6 +326,7 @@ class Mesh:
     # -- outputs ------------------------------------------------------------------------------
 
     def outbox(self) -> list[tuple[Hashable, bytes]]:
+        """Encoded messages to send, as (connection id, bytes), drained by this call."""
         out, self._outbox = self._outbox, []
         return out
 
@@ -315,11 +335,13 @@ class Mesh:
         out, self._closing = self._closing, []
         return out
 
-    def events(self) -> list[tuple[str, str]]:
+    def events(self) -> list[MeshEvent]:
+        """What happened since the last call, in order (see gossip.events)."""
         out, self._events = self._events, []
         return out
 
     def routes(self) -> dict[str, str]:
+        """Destination -> next hop for every peer the data plane can reach."""
         return self._routes
 
     def live(self) -> set[str]:
@@ -409,9 +431,9 @@ class Mesh:
         if routes_now != self._routes:
             added = routes_now.keys() - self._routes.keys()
             removed = self._routes.keys() - routes_now.keys()
-            self._events += [("reachable", n) for n in sorted(added)]
-            self._events += [("unreachable", n) for n in sorted(removed)]
-            self._events.append(("routes", ""))
+            self._events += [PeerReachable(n) for n in sorted(added)]
+            self._events += [PeerUnreachable(n) for n in sorted(removed)]
+            self._events.append(RoutesChanged())
             self._routes = routes_now
 
     def _collect(self, now: float) -> None:
@@ -426,7 +448,7 @@ class Mesh:
             ):
                 self.topology.remove(name)
                 self._unseen_since.pop(name, None)
-                self._events.append(("forgotten", name))
+                self._events.append(PeerForgotten(name))
         self._recompute(now)
 
 
