@@ -6,7 +6,7 @@ one change to reach every peer; control bytes sent per peer per second in steady
 largest single message; and, with a few data-plane paths broken on purpose, how many pairs
 route direct versus relayed. Ends with one JSON line holding every figure.
 
-The simulation is the test suite's harness (tests/gossip/sim.py): real mesh cores, real wire
+The simulation is the test suite's harness (gossip/simulation.py): real mesh cores, real wire
 encoding, a virtual clock. Times are virtual seconds; wall time is printed for information.
 """
 
@@ -14,34 +14,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from typing import Any
 
 from gossip.mesh import MeshConfig
+from gossip.simulation import Sim
 
 BROKEN_PAIRS = 10
 
 
-def _sim_class() -> Any:
-    root = __file__.rsplit("/bench/", 1)[0]
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    from tests.gossip.sim import Sim
-
-    return Sim
-
-
 def measure(n: int, seed: int, steady: float) -> dict[str, Any]:
-    sim_class = _sim_class()
-    sim = sim_class(n, seed=seed, config=MeshConfig(conn_limit=32), seeds_per_peer=2)
+    sim = Sim(n, seed=seed, config=MeshConfig(conn_limit=32), seeds_per_peer=2)
     wall = time.perf_counter()
-    cold = sim.run_until(sim_class.converged, 600.0, step=0.25)
+    cold = sim.run_until(Sim.converged, 600.0, step=0.25)
     if cold is None:
         return {"n": n, "converged": False}
     origin = sim.peers[n // 2]
-    origin.mesh.set_local(sim.now, blocks=("10.32.0.0/24",))
-    sim._after(origin)
+    sim.set_local(origin, blocks=("10.32.0.0/24",))
     stamp = origin.mesh.topology.local.stamp
     start = sim.now
     spread = sim.run_until(
@@ -68,7 +57,7 @@ def measure(n: int, seed: int, steady: float) -> dict[str, Any]:
     }
 
 
-def _direct_paths(sim: Any) -> tuple[int, int, int]:
+def _direct_paths(sim: Sim) -> tuple[int, int, int]:
     """Break BROKEN_PAIRS data paths, let routes settle, count direct and relayed pairs."""
     names = [p.name for p in sim.peers]
     broken: set[frozenset[str]] = set()
@@ -78,8 +67,7 @@ def _direct_paths(sim: Any) -> tuple[int, int, int]:
     for p in sim.peers:
         mine = tuple(sorted(next(iter(pair - {p.name})) for pair in broken if p.name in pair))
         if mine:
-            p.mesh.set_local(sim.now, unreachable=mine)
-            sim._after(p)
+            sim.set_local(p, unreachable=mine)
     sim.run(sim.now + 10.0)
     direct = relayed = 0
     for p in sim.peers:

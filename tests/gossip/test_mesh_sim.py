@@ -10,7 +10,7 @@ import pytest
 
 from gossip import routes
 from gossip.mesh import MeshConfig
-from tests.gossip.sim import Sim
+from gossip.simulation import Sim
 
 CONFIG = MeshConfig(conn_limit=6, gossip_interval=0.1, repair_interval=2.0, gc_timeout=10.0)
 
@@ -59,8 +59,7 @@ def test_a_change_reaches_everyone() -> None:
     sim = Sim(30, seed=3, config=CONFIG)
     converge(sim)
     origin = sim.peers[7]
-    origin.mesh.set_local(sim.now, blocks=("10.32.7.0/24",))
-    sim._after(origin)
+    sim.set_local(origin, blocks=("10.32.7.0/24",))
     version = origin.mesh.topology.local.stamp
 
     def everyone_has_it(s: Sim) -> bool:
@@ -105,10 +104,8 @@ def test_broken_data_path_is_relayed_and_others_stay_direct() -> None:
                                              repair_interval=2.0))  # fmt: skip
     converge(sim)
     a, b = sim.peers[1], sim.peers[2]
-    a.mesh.set_local(sim.now, unreachable=(b.name,))
-    b.mesh.set_local(sim.now, unreachable=(a.name,))
-    sim._after(a)
-    sim._after(b)
+    sim.set_local(a, unreachable=(b.name,))
+    sim.set_local(b, unreachable=(a.name,))
 
     def relayed(s: Sim) -> bool:
         hop = a.mesh.routes().get(b.name)
@@ -155,6 +152,6 @@ def test_malformed_message_closes_only_that_connection() -> None:
         target.mesh.receive(conn, 3, {"records": "not a list"}, sim.now)
     with pytest.raises(ValueError):
         target.mesh.receive(conn, 4, {"digest": {"x": [1]}}, sim.now)
-    sim._close(conn)
+    sim.close(conn)
     assert len(target.mesh.conns) == others - 1
     converge(sim)

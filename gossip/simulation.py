@@ -1,4 +1,5 @@
-"""Simulation harness: N mesh cores on a virtual clock, encoded bytes carried between them.
+"""N mesh cores on a virtual clock, encoded bytes carried between them: the harness of the
+mesh's simulation tests and of ``python -m bench.gossip``.
 
 Connections are modelled the way TCP behaves for the mesh: a dial to a live, reachable peer
 succeeds after one latency; bytes arrive in order after one latency, through a real
@@ -9,6 +10,7 @@ never loses bytes silently. Everything random comes from one seeded ``random.Ran
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import random
@@ -25,6 +27,8 @@ Address = tuple[str, int]
 
 @dataclass
 class SimPeer:
+    """One simulated peer: its mesh core, whether it runs, and its connections' decoders."""
+
     index: int
     address: Address
     mesh: Mesh
@@ -34,10 +38,13 @@ class SimPeer:
 
     @property
     def name(self) -> str:
+        """The peer's name."""
         return self.mesh.name
 
 
 class Sim:
+    """A cluster of ``n`` peers, each starting with ``seeds_per_peer`` others' addresses."""
+
     def __init__(
         self,
         n: int,
@@ -64,6 +71,7 @@ class Sim:
     # -- building -----------------------------------------------------------------------------
 
     def address(self, i: int) -> Address:
+        """Peer ``i``'s control (and data) address."""
         return (f"10.0.{i // 250}.{i % 250 + 1}", 6783)
 
     def _make_peer(self, i: int, incarnation: int) -> SimPeer:
@@ -84,6 +92,7 @@ class Sim:
     # -- events -------------------------------------------------------------------------------
 
     def at(self, when: float, action: Callable[[], None]) -> None:
+        """Schedule ``action`` at virtual time ``when``."""
         heapq.heappush(self._queue, (when, next(self._seq), action))
 
     def run(self, until: float, check: Callable[[Sim], None] | None = None) -> None:
@@ -119,16 +128,21 @@ class Sim:
         peer.mesh.handle_timer(self.now)
         self._after(peer)
 
+    def set_local(self, peer: SimPeer, **changes: Any) -> None:
+        """Change ``peer``'s own record now (see ``Mesh.set_local``) and carry it out."""
+        peer.mesh.set_local(self.now, **changes)
+        self._after(peer)
+
     def _after(self, peer: SimPeer) -> None:
         """Carry out what the core asked for, then re-arm its timer."""
         if not peer.alive:
             return
         for addr in peer.mesh.dial_targets(self.now):
-            self.at(self.now + self.latency, lambda a=addr: self._connect(peer, a))
+            self.at(self.now + self.latency, functools.partial(self._connect, peer, addr))
         for conn, data in peer.mesh.outbox():
             self._transmit(peer, conn, data)
         for conn in peer.mesh.to_close():
-            self.at(self.now + 2 * self.latency, lambda c=conn: self._close(c))
+            self.at(self.now + 2 * self.latency, functools.partial(self._close, conn))
         peer.mesh.events()
         self._schedule_wake(peer, max(self.now, peer.mesh.get_timer()))
 
@@ -141,6 +155,7 @@ class Sim:
         return None
 
     def reachable(self, a: int, b: int) -> bool:
+        """Whether peers ``a`` and ``b`` are on the same side of the partition, if any."""
         return self.groups is None or self.groups.get(a) == self.groups.get(b)
 
     def _connect(self, peer: SimPeer, addr: Address) -> None:
@@ -164,6 +179,10 @@ class Sim:
             self._close(mine, notify_owner=ok_mine)
         self._after(other)
         self._after(peer)
+
+    def close(self, conn: Any) -> None:
+        """Close both ends of connection ``conn`` (as a driver does after a malformed message)."""
+        self._close(conn)
 
     def _close(self, conn: Any, notify_owner: bool = True) -> None:
         """Close both ends of a connection; each live end hears connection_down."""
@@ -200,13 +219,15 @@ class Sim:
     # -- faults -------------------------------------------------------------------------------
 
     def kill(self, i: int) -> None:
+        """Stop peer ``i`` without a goodbye; its connections break one latency later."""
         peer = self.peers[i]
         peer.alive = False
         for conn, (owner, _) in list(self.links.items()):
             if owner == i:
-                self.at(self.now + self.latency, lambda c=conn: self._close(c))
+                self.at(self.now + self.latency, functools.partial(self._close, conn))
 
     def restart(self, i: int) -> None:
+        """Replace peer ``i`` by a new process: same name, new uid and a newer incarnation."""
         old = self.peers[i]
         old.alive = False
         for conn, (owner, _) in list(self.links.items()):
@@ -215,12 +236,14 @@ class Sim:
         self.peers[i] = self._make_peer(i, incarnation=int(self.now * 1e9) + 2)
 
     def partition(self, groups: Iterable[Iterable[int]]) -> None:
+        """Split the peers into ``groups`` of indices; connections across groups break."""
         self.groups = {i: g for g, members in enumerate(groups) for i in members}
         for conn, (a, b) in list(self.links.items()):
             if not self.reachable(a, b):
                 self._close(conn)
 
     def heal(self) -> None:
+        """End the partition: every peer may reach every other again."""
         self.groups = None
         for peer in self.live_peers():
             self._after(peer)
@@ -234,6 +257,7 @@ class Sim:
     # -- observations -------------------------------------------------------------------------
 
     def live_peers(self) -> list[SimPeer]:
+        """The peers that run (not killed)."""
         return [p for p in self.peers if p.alive]
 
     def converged(self) -> bool:
