@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Set
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from agent import errors
 from agent.config import Config, init_count
 from gossip.topology import PeerRecord
 from overlay.ipam import space, store
@@ -191,11 +192,11 @@ class Ipam:
 
     def rmpeer(self, name: str, live: Set[str]) -> list[Net]:
         if self.ring is None:
-            raise IpamError(409, f"rmpeer needs gossip IPAM; this node is in {self.mode} mode")
+            raise errors.Conflict(f"rmpeer needs gossip IPAM; this node is in {self.mode} mode")
         try:
             taken = self.ring.rmpeer(name, live)
         except ValueError as exc:
-            raise IpamError(409, str(exc)) from None
+            raise errors.Conflict(str(exc)) from None
         self._follow_ring()
         self.save()
         log.info("ipam: removed peer %s, reclaimed %s", name,
@@ -212,7 +213,7 @@ class Ipam:
             try:
                 allocation = self.pool.allocate(container_id, ifname)
             except ValueError as exc:
-                raise IpamError(400, str(exc)) from None
+                raise errors.Invalid(str(exc)) from None
             if allocation is not None:
                 if persist:
                     self.save()
@@ -220,27 +221,27 @@ class Ipam:
             self._check_exhausted()
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise IpamError(504, self._waiting_message())
+                raise errors.TimedOut(self._waiting_message())
             self._space.clear()
             self.pending += 1
             try:
                 self.kick()
                 await asyncio.wait_for(self._space.wait(), remaining)
             except TimeoutError:
-                raise IpamError(504, self._waiting_message()) from None
+                raise errors.TimedOut(self._waiting_message()) from None
             finally:
                 self.pending -= 1
 
     def _check_exhausted(self) -> None:
         if self.ring is None:
-            raise IpamError(
-                507, f"no free address: block {self.config.pod_block} is full "
+            raise errors.NoAddress(
+                f"no free address: block {self.config.pod_block} is full "
                 f"({self.pool.used} addresses in use)"
             )  # fmt: skip
         ring = self.ring
         if ring.owned and ring.want is None and ring.status.startswith("waiting for IP"):
-            raise IpamError(
-                507, f"no free address: range {self.config.ipalloc_range} is fully allocated "
+            raise errors.NoAddress(
+                f"no free address: range {self.config.ipalloc_range} is fully allocated "
                 f"(this node uses {self.pool.used}; no reachable peer has space to give)"
             )  # fmt: skip
 
@@ -253,7 +254,7 @@ class Ipam:
         try:
             released = self.pool.release(container_id, ifname)
         except ValueError as exc:
-            raise IpamError(400, str(exc)) from None
+            raise errors.Invalid(str(exc)) from None
         if released:
             self.save()
         return released
