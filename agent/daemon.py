@@ -27,8 +27,9 @@ from agent.cni import Handler
 from agent.cni_ops import CniOps
 from agent.config import Config, split_hostport
 from agent.ipam import Ipam, IpamError
+from agent.peer_name import load_or_create
 from agent.status import Snapshot
-from gossip.identity import Identity, load_or_create, name_for, new_identity, peer_id
+from gossip.identity import Identity, name_for, new_identity, peer_id
 from overlay import frame, node, udp
 from overlay.datapath import Datapath
 from overlay.ipam.pool import Allocation

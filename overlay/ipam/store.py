@@ -45,8 +45,9 @@ def save(path: str, document: Mapping[str, Any]) -> None:
 
 def write_atomic(path: str, data: bytes, mode: int = 0o600, dir_mode: int = 0o700) -> None:
     """Replace the file at ``path`` with ``data``, atomically and durably (see the module
-    docstring); the directory is made with ``dir_mode`` if missing. Also what
-    ``weave-py install-cni`` writes the plugin and the conflist with."""
+    docstring); the directory is made with ``dir_mode`` if missing. The one writer of the
+    agent's files: this store, the persisted peer name and the CNI plugin and conflist that
+    ``weave-py install-cni`` installs."""
     directory, prefix = _tmp_prefix(path)
     os.makedirs(directory, mode=dir_mode, exist_ok=True)
     tmp = os.path.join(directory, f"{prefix}{os.getpid()}")

@@ -1,67 +1,41 @@
-"""Identity persistence: the peer-name file is reused, written atomically and repaired."""
+"""Peer names: derived alike everywhere, checked, parsed from what a file holds."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
-from gossip import identity
-from gossip.identity import PEER_NAME_FILE, load_or_create, name_for
+from gossip.identity import name_for, new_identity, parse_name, peer_id
 
 
-def test_first_start_derives_and_persists(tmp_path: Path) -> None:
-    me = load_or_create(str(tmp_path), "node-1")
-    assert (me.name, me.nickname) == (name_for("node-1"), "node-1")
-    assert (tmp_path / PEER_NAME_FILE).read_text() == me.name + "\n"
-    assert os.listdir(tmp_path) == [PEER_NAME_FILE]  # no temp file left behind
+def test_name_is_derived_from_the_node_name_alone() -> None:
+    assert name_for("node-1") == name_for("node-1")
+    assert name_for("node-1") != name_for("node-2")
+    assert parse_name(name_for("node-1").encode()) == name_for("node-1")
 
 
-def test_restart_reuses_the_name_with_a_new_uid(tmp_path: Path) -> None:
-    first = load_or_create(str(tmp_path), "node-1")
-    second = load_or_create(str(tmp_path), "node-1")
-    assert second.name == first.name
-    assert second.uid != first.uid
+def test_peer_id_is_the_name_as_an_integer() -> None:
+    assert peer_id("00:00:00:00:01:02") == 0x0102
+    with pytest.raises(ValueError, match="six hex octets"):
+        peer_id("00:00:00:00:01")
 
 
-def test_stored_name_wins_over_derivation(tmp_path: Path) -> None:
-    (tmp_path / PEER_NAME_FILE).write_text("  0A:0b:0c:0d:0e:0f\n")
-    me = load_or_create(str(tmp_path), "renamed-node")
-    assert (me.name, me.nickname) == ("0a:0b:0c:0d:0e:0f", "renamed-node")
-
-
-def test_missing_directory_is_created(tmp_path: Path) -> None:
-    state = tmp_path / "var" / "lib" / "weave"
-    me = load_or_create(str(state), "node-1")
-    assert (state / PEER_NAME_FILE).read_text().strip() == me.name
+def test_each_identity_has_a_fresh_uid() -> None:
+    first, second = new_identity("node-1"), new_identity("node-1")
+    assert (first.name, first.nickname) == (second.name, second.nickname)
+    assert first.uid != second.uid
+    assert new_identity("node-1", "0a:0b:0c:0d:0e:0f").name == "0a:0b:0c:0d:0e:0f"
 
 
 @pytest.mark.parametrize(
-    "content",
-    [b"", b"not a name\n", b"aa:bb:cc:dd:ee\n", b"aa:bb:cc:dd:ee:ff:00\n", b"\xff\xfe\n"],
+    ("data", "expected"),
+    [
+        (b"  0A:0b:0c:0d:0e:0f\n", "0a:0b:0c:0d:0e:0f"),
+        (b"", None),
+        (b"not a name\n", None),
+        (b"aa:bb:cc:dd:ee\n", None),
+        (b"aa:bb:cc:dd:ee:ff:00\n", None),
+        (b"\xff\xfe\n", None),
+    ],
 )
-def test_invalid_content_replaced_with_derived_name(tmp_path: Path, content: bytes) -> None:
-    (tmp_path / PEER_NAME_FILE).write_bytes(content)
-    me = load_or_create(str(tmp_path), "node-1")
-    assert me.name == name_for("node-1")
-    assert (tmp_path / PEER_NAME_FILE).read_text() == me.name + "\n"
-    assert os.listdir(tmp_path) == [PEER_NAME_FILE]
-
-
-def test_failed_write_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken_replace(src: str, dst: str) -> None:
-        raise OSError("disk on fire")
-
-    monkeypatch.setattr(identity.os, "replace", broken_replace)
-    with pytest.raises(OSError, match="disk on fire"):
-        load_or_create(str(tmp_path), "node-1")
-    assert os.listdir(tmp_path) == []
-
-
-def test_write_replaces_whole_file(tmp_path: Path) -> None:
-    path = tmp_path / "f"
-    path.write_text("a much longer old content\n")
-    identity.write_atomically(str(path), "new\n")
-    assert path.read_text() == "new\n"
-    assert path.stat().st_mode & 0o777 == 0o644
+def test_parse_name(data: bytes, expected: str | None) -> None:
+    assert parse_name(data) == expected

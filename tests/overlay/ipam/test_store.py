@@ -135,3 +135,25 @@ def test_sigkill_during_saves_leaves_a_complete_document(tmp_path: Path) -> None
         seen.append(check_complete(store.load(str(path))))
         assert leftovers(path.parent) == []
     assert max(seen) > 0, "the writer never got past its first document"
+
+
+def test_write_atomic_is_durable_and_sets_modes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_fsync = store.os.fsync
+
+    def fsync(fd: int) -> None:
+        mode = store.os.fstat(fd).st_mode
+        synced.append("dir" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "?")
+        real_fsync(fd)
+
+    monkeypatch.setattr(store.os, "fsync", fsync)
+    path = tmp_path / "made" / "f"
+    store.write_atomic(str(path), b"a much longer old content\n")
+    store.write_atomic(str(path), b"new\n", mode=0o644, dir_mode=0o755)
+    assert path.read_bytes() == b"new\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700  # made by the first write
+    assert synced == ["file", "dir", "file", "dir"]
+    assert leftovers(path.parent) == []
