@@ -24,6 +24,7 @@ from agent.lab.lab import wire_node
 from agent.lab.plan import LabPlan
 from overlay import netlink
 from overlay.netlink import Netlink, Route
+from overlay.sysctl import ensure_sysctl
 
 Mode = Literal["vxlan", "routing"]
 VXLAN_VNI = 42
@@ -89,7 +90,7 @@ def _add_node(b: Baseline, ul: Netlink, i: int) -> None:
     p = b.plan
     ns = p.node_ns(i)
     wire_node(p, ul, i)
-    netlink.run_in_netns(ns, netlink.ensure_sysctl, "net.ipv4.ip_forward", "1")
+    netlink.run_in_netns(ns, ensure_sysctl, "net.ipv4.ip_forward", "1")
     with Netlink(ns) as nl:
         nl.ensure_bridge(p.bridge)
         nl.ensure_address(p.bridge, b.gateway(i))

@@ -1,63 +1,66 @@
-"""The one module that talks netlink (over pyroute2).
+"""The kernel's side of the netlink seam: ``overlay.kernel``'s primitives over pyroute2, the one
+module that imports it, and the network namespaces themselves.
 
-Typed values in, idempotent ``ensure_*`` / ``remove_*`` / ``list_*`` out. Every call works in any
-network namespace: a ``Netlink`` object is bound to one, by name, or to the caller's own.
-Routes this project installs carry protocol ``RTPROT_WEAVE_PY`` so reconciliation only ever
-touches its own routes.
+A ``Netlink`` object is bound to one namespace, by name, or to the caller's own; each primitive
+is one request and turns the kernel's refusal into ``NetlinkFailure`` with its errno. The
+idempotent operations by name come with ``overlay.kernel.NetlinkHandle``.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import ipaddress
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, TypeVar
 
 from pyroute2 import IPRoute
 from pyroute2 import netns as _netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-RTPROT_WEAVE_PY = 119
-MAIN_TABLE = 254
+from overlay.kernel import (
+    MAIN_TABLE,
+    RTPROT_WEAVE_PY,
+    Bridge,
+    Link,
+    LinkChange,
+    NetlinkFailure,
+    NetlinkHandle,
+    NewLink,
+    Route,
+    RouteEntry,
+    Veth,
+)
+
+__all__ = [
+    "MAIN_TABLE",
+    "NETNS_DIR",
+    "RTPROT_WEAVE_PY",
+    "Link",
+    "Netlink",
+    "NetlinkFailure",
+    "Route",
+    "ensure_netns",
+    "enter_netns",
+    "in_netns",
+    "list_netns",
+    "remove_netns",
+    "run_in_netns",
+]
+
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
+AF_INET = 2
+RTN_UNICAST = 1
+IFF_UP = 1
 
 T = TypeVar("T")
 
 
-class NetlinkFailure(Exception):
-    """A kernel refusal, with the operation and errno name in the message."""
-
-    def __init__(self, what: str, code: int) -> None:
-        super().__init__(f"{what}: {errno.errorcode.get(code, str(code))}")
-        self.code = code
-
-
-@dataclass(frozen=True)
-class Link:
-    index: int
-    name: str
-    kind: str
-    mtu: int
-    up: bool
-    master: int
-    gso_max_size: int
-    mac: str = ""
-
-
-@dataclass(frozen=True)
-class Route:
-    destination: ipaddress.IPv4Network
-    device: str
-    gateway: ipaddress.IPv4Address | None = None
-
-
-class Netlink:
-    """Netlink operations in one network namespace (``None``: the caller's own)."""
+class Netlink(NetlinkHandle):
+    """Netlink over pyroute2 in one network namespace (``None``: the caller's own)."""
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
@@ -65,12 +68,6 @@ class Netlink:
 
     def close(self) -> None:
         self._ipr.close()
-
-    def __enter__(self) -> Netlink:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
@@ -84,7 +81,6 @@ class Netlink:
         return [_link(msg) for msg in self._call("list links", self._ipr.get_links)]
 
     def link(self, name: str) -> Link | None:
-        """One RTM_GETLINK by name (the kernel looks it up; no dump of every link)."""
         try:
             return _link(self._ipr.link("get", ifname=name)[0])
         except NetlinkError as exc:
@@ -92,268 +88,108 @@ class Netlink:
                 return None
             raise NetlinkFailure(f"get link {name}", exc.code) from None
 
-    def _index(self, name: str) -> int:
-        link = self.link(name)
-        if link is None:
-            raise NetlinkFailure(f"link {name}", errno.ENODEV)
-        return link.index
+    def add_link(self, new: NewLink) -> None:
+        self._call(f"add link {new.name}", self._ipr.link, "add", **_new_link(new))
 
-    def ensure_bridge(self, name: str) -> Link:
-        link = self.link(name)
-        if link is None:
-            self._create(name, kind="bridge")
-            link = self.link(name)
-        elif link.kind != "bridge":
-            raise NetlinkFailure(f"link {name} exists as {link.kind or 'device'}", errno.EEXIST)
-        assert link is not None
-        return link
+    def set_link_index(self, index: int, change: LinkChange) -> None:
+        self._call(f"set link {index}", self._ipr.link, "set", index=index, **_change(change))
 
-    def ensure_veth(self, name: str, peer: str, peer_netns: str | int | None = None) -> Link:
-        """A veth pair ``name`` (here) -- ``peer`` (in ``peer_netns``: name, fd, or here)."""
-        link = self.link(name)
-        if link is None:
-            spec: dict[str, Any] = {"ifname": peer}
-            if peer_netns is not None:
-                spec["net_ns_fd"] = peer_netns
-            self._create(name, kind="veth", peer=spec)
-            link = self.link(name)
-        elif link.kind != "veth":
-            raise NetlinkFailure(f"link {name} exists as {link.kind or 'device'}", errno.EEXIST)
-        assert link is not None
-        return link
-
-    def ensure_vxlan(
-        self,
-        name: str,
-        vni: int,
-        local: ipaddress.IPv4Address,
-        remote: ipaddress.IPv4Address,
-        port: int,
-    ) -> Link:
-        """A point-to-point kernel VXLAN device (``remote`` set: no fdb entries needed)."""
-        link = self.link(name)
-        if link is None:
-            self._create(
-                name,
-                kind="vxlan",
-                vxlan_id=vni,
-                vxlan_local=str(local),
-                vxlan_group=str(remote),
-                vxlan_port=port,
-            )
-            link = self.link(name)
-        elif link.kind != "vxlan":
-            raise NetlinkFailure(f"link {name} exists as {link.kind or 'device'}", errno.EEXIST)
-        assert link is not None
-        return link
-
-    def _create(self, name: str, **kwargs: Any) -> None:
-        try:
-            self._ipr.link("add", ifname=name, **kwargs)
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise NetlinkFailure(f"add link {name}", exc.code) from None
-
-    def set_link(
-        self,
-        name: str,
-        *,
-        up: bool | None = None,
-        mtu: int | None = None,
-        master: str | None = None,
-        gso_max_size: int | None = None,
-    ) -> None:
-        """Change only what differs; a no-op when the link already matches."""
-        link = self.link(name)
-        if link is None:
-            raise NetlinkFailure(f"link {name}", errno.ENODEV)
-        changes: dict[str, Any] = {}
-        if mtu is not None and link.mtu != mtu:
-            changes["mtu"] = mtu
-        if gso_max_size is not None and link.gso_max_size != gso_max_size:
-            changes["gso_max_size"] = gso_max_size
-        if master is not None:
-            master_index = self._index(master)
-            if link.master != master_index:
-                changes["master"] = master_index
-        if up is not None and link.up != up:
-            changes["state"] = "up" if up else "down"
-        if changes:
-            self._call(f"set link {name}", self._ipr.link, "set", index=link.index, **changes)
-
-    # -- the pod fast path: one request per change, by index, no read-before-write ----------
-
-    def add_veth_into(
-        self,
-        name: str,
-        peer: str,
-        netns: int,
-        *,
-        mtu: int,
-        master: int,
-        macs: tuple[str, str],
-        gso_max_size: int,
-    ) -> None:
-        """A veth pair in one request: ``name`` here (MTU, MAC, on ``master``, up) and
-        ``peer`` created directly in the namespace ``netns`` (an open fd) with the same MTU,
-        its MAC and GSO size (down: the kernel takes no flags for the peer). EEXIST when
-        either name is taken."""
-        peer_spec = {"ifname": peer, "net_ns_fd": netns, "mtu": mtu, "address": macs[1],
-                     "gso_max_size": gso_max_size}  # fmt: skip
-        self._call(
-            f"add veth {name}", self._ipr.link, "add", ifname=name, kind="veth", mtu=mtu,
-            master=master, state="up", address=macs[0], peer=peer_spec,
-        )  # fmt: skip
-
-    def set_index(self, index: int, **changes: Any) -> None:
-        """Set attributes of the link ``index`` (mtu, state, address, gso_max_size...)."""
-        self._call(f"set link {index}", self._ipr.link, "set", index=index, **changes)
-
-    def add_address_index(self, index: int, address: ipaddress.IPv4Interface) -> None:
-        """Add ``address`` to link ``index``; already there is fine."""
-        try:
-            self._ipr.addr("add", index=index, address=str(address.ip),
-                           prefixlen=address.network.prefixlen)  # fmt: skip
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise NetlinkFailure(f"add address {address}", exc.code) from None
-
-    def replace_route_index(
-        self, destination: ipaddress.IPv4Network, index: int, gateway: ipaddress.IPv4Address | None
-    ) -> None:
-        kwargs: dict[str, Any] = {"dst": str(destination), "oif": index,
-                                  "proto": RTPROT_WEAVE_PY, "table": MAIN_TABLE}  # fmt: skip
-        if gateway is not None:
-            kwargs["gateway"] = str(gateway)
-        self._call(f"replace route {destination}", self._ipr.route, "replace", **kwargs)
-
-    def move_link(self, name: str, netns: str | int) -> None:
-        """Move ``name`` into another namespace (a name under /run/netns or an open fd)."""
-        index = self._index(name)
-        self._call(f"move link {name}", self._ipr.link, "set", index=index, net_ns_fd=netns)
-
-    def rename_link(self, name: str, new_name: str) -> None:
-        index = self._index(name)
-        self._call(f"rename link {name}", self._ipr.link, "set", index=index, ifname=new_name)
-
-    def remove_link(self, name: str) -> bool:
-        """Delete ``name``; False when it was already gone."""
-        link = self.link(name)
-        if link is None:
-            return False
-        try:
-            self._ipr.link("del", index=link.index)
-        except NetlinkError as exc:
-            if exc.code in (errno.ENODEV, errno.ENOENT):
-                return False
-            raise NetlinkFailure(f"delete link {name}", exc.code) from None
-        return True
+    def remove_link_index(self, index: int) -> None:
+        self._call(f"delete link {index}", self._ipr.link, "del", index=index)
 
     # -- addresses ---------------------------------------------------------------------------
 
-    def list_addresses(self, name: str) -> list[ipaddress.IPv4Interface]:
-        index = self._index(name)
-        out = []
-        for msg in self._call("list addresses", self._ipr.get_addr, family=2, index=index):
-            out.append(ipaddress.IPv4Interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}"))
-        return out
+    def list_addresses_index(self, index: int) -> list[IPv4Interface]:
+        found = self._call("list addresses", self._ipr.get_addr, family=AF_INET, index=index)
+        return [IPv4Interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}") for msg in found]
 
-    def ensure_address(self, name: str, address: ipaddress.IPv4Interface) -> bool:
-        """Add ``address`` to ``name``; False when it was already there."""
-        if address in self.list_addresses(name):
-            return False
-        index = self._index(name)
-        try:
-            self._ipr.addr(
-                "add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen
-            )
-        except NetlinkError as exc:
-            if exc.code == errno.EEXIST:
-                return False
-            raise NetlinkFailure(f"add address {address} on {name}", exc.code) from None
-        return True
+    def add_address_index(self, index: int, address: IPv4Interface) -> None:
+        self._call(f"add address {address}", self._ipr.addr, "add", index=index,
+                   address=str(address.ip), prefixlen=address.network.prefixlen)  # fmt: skip
 
-    def remove_address(self, name: str, address: ipaddress.IPv4Interface) -> bool:
-        if address not in self.list_addresses(name):
-            return False
-        index = self._index(name)
-        try:
-            self._ipr.addr(
-                "del", index=index, address=str(address.ip), prefixlen=address.network.prefixlen
-            )
-        except NetlinkError as exc:
-            if exc.code in (errno.EADDRNOTAVAIL, errno.ENOENT):
-                return False
-            raise NetlinkFailure(f"delete address {address} on {name}", exc.code) from None
-        return True
+    def remove_address_index(self, index: int, address: IPv4Interface) -> None:
+        self._call(f"delete address {address}", self._ipr.addr, "del", index=index,
+                   address=str(address.ip), prefixlen=address.network.prefixlen)  # fmt: skip
 
     # -- routes ------------------------------------------------------------------------------
 
-    def list_routes(self, protocol: int | None = RTPROT_WEAVE_PY) -> list[Route]:
-        """IPv4 routes of the main table (only ours by default)."""
-        names = {link.index: link.name for link in self.list_links()}
-        out = []
-        for msg in self._call("list routes", self._ipr.get_routes, family=2, table=MAIN_TABLE):
-            if protocol is not None and msg["proto"] != protocol:
-                continue
-            if msg["type"] != 1:  # unicast only
-                continue
-            dst = msg.get("RTA_DST") or "0.0.0.0"
-            gateway = msg.get("RTA_GATEWAY")
-            out.append(
-                Route(
-                    ipaddress.IPv4Network(f"{dst}/{msg['dst_len']}"),
-                    names.get(msg.get("RTA_OIF"), ""),
-                    ipaddress.IPv4Address(gateway) if gateway else None,
-                )
-            )
-        return out
+    def list_route_entries(self, protocol: int | None = RTPROT_WEAVE_PY) -> list[RouteEntry]:
+        found = self._call("list routes", self._ipr.get_routes, family=AF_INET, table=MAIN_TABLE)
+        return [
+            _route(msg)
+            for msg in found
+            if msg["type"] == RTN_UNICAST and (protocol is None or msg["proto"] == protocol)
+        ]
 
-    def ensure_route(self, route: Route, protocol: int = RTPROT_WEAVE_PY) -> bool:
-        """Install ``route``, replacing a different route to the same destination of ours."""
-        if route in self.list_routes(protocol):
-            return False
-        kwargs: dict[str, Any] = {
-            "dst": str(route.destination),
-            "oif": self._index(route.device),
-            "proto": protocol,
-            "table": MAIN_TABLE,
-        }
-        if route.gateway is not None:
-            kwargs["gateway"] = str(route.gateway)
-        self._call(f"replace route {route.destination}", self._ipr.route, "replace", **kwargs)
-        return True
+    def replace_route_index(
+        self,
+        destination: IPv4Network,
+        index: int,
+        gateway: IPv4Address | None = None,
+        protocol: int = RTPROT_WEAVE_PY,
+    ) -> None:
+        request: dict[str, Any] = {"dst": str(destination), "oif": index, "proto": protocol,
+                                   "table": MAIN_TABLE}  # fmt: skip
+        if gateway is not None:
+            request["gateway"] = str(gateway)
+        self._call(f"replace route {destination}", self._ipr.route, "replace", **request)
 
-    def remove_route(self, route: Route, protocol: int = RTPROT_WEAVE_PY) -> bool:
-        if route not in self.list_routes(protocol):
-            return False
-        try:
-            self._ipr.route(
-                "del",
-                dst=str(route.destination),
-                proto=protocol,
-                table=MAIN_TABLE,
-                oif=self._index(route.device),
-            )
-        except NetlinkError as exc:
-            if exc.code in (errno.ESRCH, errno.ENOENT):
-                return False
-            raise NetlinkFailure(f"delete route {route.destination}", exc.code) from None
-        return True
+    def remove_route_index(
+        self, destination: IPv4Network, index: int, protocol: int = RTPROT_WEAVE_PY
+    ) -> None:
+        self._call(f"delete route {destination}", self._ipr.route, "del", dst=str(destination),
+                   oif=index, proto=protocol, table=MAIN_TABLE)  # fmt: skip
 
-    def route_device(self, destination: ipaddress.IPv4Address) -> Link | None:
-        """The link the kernel would use to reach ``destination`` (None when unroutable)."""
+    def route_index(self, destination: IPv4Address) -> int | None:
         try:
             found = self._ipr.route("get", dst=str(destination))
         except NetlinkError:
             return None
-        for msg in found:
-            oif = msg.get("RTA_OIF")
-            if oif is not None:
-                for link in self.list_links():
-                    if link.index == oif:
-                        return link
-        return None
+        return next((msg.get("RTA_OIF") for msg in found if msg.get("RTA_OIF")), None)
+
+
+def _new_link(new: NewLink) -> dict[str, Any]:
+    """The RTM_NEWLINK attributes of ``new``."""
+    if isinstance(new, Bridge):
+        return {"ifname": new.name, "kind": "bridge"}
+    if isinstance(new, Veth):
+        return _new_veth(new)
+    return {"ifname": new.name, "kind": "vxlan", "vxlan_id": new.vni,
+            "vxlan_local": str(new.local), "vxlan_group": str(new.remote),
+            "vxlan_port": new.port}  # fmt: skip
+
+
+def _new_veth(new: Veth) -> dict[str, Any]:
+    peer: dict[str, Any] = {"ifname": new.peer}
+    request: dict[str, Any] = {"ifname": new.name, "kind": "veth", "peer": peer}
+    if new.peer_netns is not None:
+        peer["net_ns_fd"] = new.peer_netns
+    if new.mtu is not None:
+        request["mtu"] = peer["mtu"] = new.mtu
+    if new.master is not None:
+        request["master"] = new.master
+    if new.up:
+        request["state"] = "up"
+    if new.mac is not None:
+        request["address"] = new.mac
+    if new.peer_mac is not None:
+        peer["address"] = new.peer_mac
+    if new.peer_gso_max_size is not None:
+        peer["gso_max_size"] = new.peer_gso_max_size
+    return request
+
+
+def _change(change: LinkChange) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if change.mtu is not None:
+        out["mtu"] = change.mtu
+    if change.up is not None:
+        out["state"] = "up" if change.up else "down"
+    if change.master is not None:
+        out["master"] = change.master
+    if change.gso_max_size is not None:
+        out["gso_max_size"] = change.gso_max_size
+    return out
 
 
 def _link(msg: Any) -> Link:
@@ -364,10 +200,20 @@ def _link(msg: Any) -> Link:
         name=msg.get("IFLA_IFNAME"),
         kind=kind or "",
         mtu=msg.get("IFLA_MTU") or 0,
-        up=bool(msg["flags"] & 1),
+        up=bool(msg["flags"] & IFF_UP),
         master=msg.get("IFLA_MASTER") or 0,
         gso_max_size=msg.get("IFLA_GSO_MAX_SIZE") or 0,
         mac=msg.get("IFLA_ADDRESS") or "",
+    )
+
+
+def _route(msg: Any) -> RouteEntry:
+    gateway = msg.get("RTA_GATEWAY")
+    return RouteEntry(
+        IPv4Network(f"{msg.get('RTA_DST') or '0.0.0.0'}/{msg['dst_len']}"),
+        msg.get("RTA_OIF") or 0,
+        IPv4Address(gateway) if gateway else None,
+        msg["proto"],
     )
 
 
@@ -375,10 +221,12 @@ def _link(msg: Any) -> Link:
 
 
 def list_netns() -> list[str]:
+    """The names under /run/netns."""
     return sorted(_netns.listnetns())
 
 
 def ensure_netns(name: str) -> bool:
+    """Create the named namespace; False when it was there."""
     if name in list_netns():
         return False
     _netns.create(name)
@@ -386,6 +234,7 @@ def ensure_netns(name: str) -> bool:
 
 
 def remove_netns(name: str) -> bool:
+    """Remove the named namespace; False when it was gone."""
     if name not in list_netns():
         return False
     _netns.remove(name)
@@ -429,21 +278,12 @@ def run_in_netns(target: str | int, fn: Callable[..., T], *args: Any) -> T:
     return value
 
 
-def _sysctl_path(key: str) -> str:
-    """``net.ipv4.ip_forward`` or, for keys holding a device name, ``net/ipv4/conf/eth0.1/x``."""
-    return "/proc/sys/" + (key if "/" in key else key.replace(".", "/"))
+def in_netns(netns: int, fn: Callable[[NetlinkHandle], T]) -> T:
+    """``overlay.kernel.EnterNetns`` on the kernel: ``fn`` gets a fresh handle opened on a
+    short-lived thread inside the namespace ``netns`` (an open fd)."""
+    return run_in_netns(netns, _with_handle, fn)
 
 
-def read_sysctl(key: str) -> str:
-    """A sysctl of the caller's namespace."""
-    with open(_sysctl_path(key)) as f:
-        return f.read().strip()
-
-
-def ensure_sysctl(key: str, value: str) -> bool:
-    """Set a sysctl of the caller's namespace; False when it already had the value."""
-    if read_sysctl(key) == value:
-        return False
-    with open(_sysctl_path(key), "w") as f:
-        f.write(value)
-    return True
+def _with_handle(fn: Callable[[NetlinkHandle], T]) -> T:
+    with Netlink() as nl:
+        return fn(nl)

@@ -1,7 +1,8 @@
 """Host network state the agent owns, reconciled level-triggered.
 
 ``plan(desired, observed)`` is pure: it compares what the node should look like with what the
-kernel reports and returns the changes. ``apply`` performs them through ``overlay.netlink``.
+kernel reports and returns the changes. ``apply`` performs them through the netlink seam
+(``overlay.kernel``), one request per change, with the link indexes the observation holds.
 Running the pair again right after is a no-op, so a restarted agent converges to the same
 state without errors or duplicates.
 
@@ -11,15 +12,27 @@ per remote block ``dev <tun>`` (protocol RTPROT_WEAVE_PY), and the forwarding sy
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from overlay import netlink
-from overlay.netlink import Link, Netlink, Route
+from overlay.kernel import (
+    Bridge,
+    Link,
+    LinkChange,
+    NetlinkFailure,
+    NetlinkHandle,
+    Route,
+)
+from overlay.sysctl import ensure_sysctl
 
 
 @dataclass(frozen=True)
 class NodeSpec:
+    """What the node should look like: bridge and TUN (with their MTU, the TUN's GSO size),
+    the gateways on the bridge and the remote blocks routed into the TUN."""
+
     bridge: str
     tun: str
     mtu: int
@@ -30,6 +43,8 @@ class NodeSpec:
 
 @dataclass(frozen=True)
 class Observed:
+    """What the kernel reports: every link by name, the bridge's addresses, our routes."""
+
     links: dict[str, Link]
     bridge_addresses: tuple[ipaddress.IPv4Interface, ...]
     routes: tuple[Route, ...]
@@ -37,11 +52,15 @@ class Observed:
 
 @dataclass(frozen=True)
 class CreateBridge:
+    """Create the bridge ``name``."""
+
     name: str
 
 
 @dataclass(frozen=True)
 class SetLink:
+    """Set what is not None on link ``name``."""
+
     name: str
     mtu: int | None = None
     up: bool | None = None
@@ -50,23 +69,31 @@ class SetLink:
 
 @dataclass(frozen=True)
 class AddAddress:
+    """Add ``address`` to ``device``."""
+
     device: str
     address: ipaddress.IPv4Interface
 
 
 @dataclass(frozen=True)
 class RemoveAddress:
+    """Remove ``address`` from ``device``."""
+
     device: str
     address: ipaddress.IPv4Interface
 
 
 @dataclass(frozen=True)
 class AddRoute:
+    """Install ``route`` (replacing any of ours to its destination)."""
+
     route: Route
 
 
 @dataclass(frozen=True)
 class RemoveRoute:
+    """Remove ``route``."""
+
     route: Route
 
 
@@ -74,6 +101,7 @@ Action = CreateBridge | SetLink | AddAddress | RemoveAddress | AddRoute | Remove
 
 
 def plan(desired: NodeSpec, observed: Observed) -> list[Action]:
+    """The changes that take ``observed`` to ``desired`` (pure; nothing for other links)."""
     actions: list[Action] = []
     bridge = observed.links.get(desired.bridge)
     if bridge is None:
@@ -108,53 +136,91 @@ def _route_key(route: Route) -> tuple[int, int, str]:
     return (int(route.destination.network_address), route.destination.prefixlen, route.device)
 
 
-def observe(nl: Netlink, desired: NodeSpec) -> Observed:
+def observe(nl: NetlinkHandle, desired: NodeSpec) -> Observed:
+    """One look at the node: every link, the bridge's addresses and our routes (three dumps)."""
     links = {link.name: link for link in nl.list_links()}
-    addresses: tuple[ipaddress.IPv4Interface, ...] = ()
-    if desired.bridge in links:
-        addresses = tuple(nl.list_addresses(desired.bridge))
-    return Observed(links, addresses, tuple(nl.list_routes()))
+    names = {link.index: link.name for link in links.values()}
+    bridge = links.get(desired.bridge)
+    addresses = tuple(nl.list_addresses_index(bridge.index)) if bridge is not None else ()
+    routes = tuple(
+        Route(e.destination, names.get(e.index, ""), e.gateway) for e in nl.list_route_entries()
+    )
+    return Observed(links, addresses, routes)
 
 
-def apply(nl: Netlink, actions: list[Action]) -> None:
+def apply(nl: NetlinkHandle, observed: Observed, actions: list[Action]) -> None:
+    """Execute ``actions`` (planned from ``observed``): one request each, links addressed by
+    the indexes ``observed`` holds; only a created bridge is read back, for its index."""
+    indexes = {name: link.index for name, link in observed.links.items()}
     for action in actions:
-        if isinstance(action, CreateBridge):
-            nl.ensure_bridge(action.name)
-        elif isinstance(action, SetLink):
-            nl.set_link(action.name, mtu=action.mtu, up=action.up, gso_max_size=action.gso_max_size)
-        elif isinstance(action, AddAddress):
-            nl.ensure_address(action.device, action.address)
-        elif isinstance(action, RemoveAddress):
-            nl.remove_address(action.device, action.address)
-        elif isinstance(action, AddRoute):
-            nl.ensure_route(action.route)
-        else:
-            nl.remove_route(action.route)
+        _execute(nl, indexes, action)
+
+
+def _execute(nl: NetlinkHandle, indexes: dict[str, int], action: Action) -> None:
+    if isinstance(action, CreateBridge):
+        _tolerate(lambda: nl.add_link(Bridge(action.name)), errno.EEXIST)
+        indexes[action.name] = nl.index(action.name)
+    elif isinstance(action, SetLink):
+        change = LinkChange(mtu=action.mtu, up=action.up, gso_max_size=action.gso_max_size)
+        nl.set_link_index(_index(indexes, action.name), change)
+    elif isinstance(action, AddAddress):
+        index = _index(indexes, action.device)
+        _tolerate(lambda: nl.add_address_index(index, action.address), errno.EEXIST)
+    elif isinstance(action, RemoveAddress):
+        index = _index(indexes, action.device)
+        _tolerate(lambda: nl.remove_address_index(index, action.address), errno.EADDRNOTAVAIL)
+    elif isinstance(action, AddRoute):
+        r = action.route
+        nl.replace_route_index(r.destination, _index(indexes, r.device), r.gateway)
+    else:
+        r = action.route
+        index = _index(indexes, r.device)
+        _tolerate(lambda: nl.remove_route_index(r.destination, index), errno.ESRCH)
+
+
+def _index(indexes: dict[str, int], name: str) -> int:
+    if name not in indexes:
+        raise NetlinkFailure(f"link {name}", errno.ENODEV)
+    return indexes[name]
+
+
+def _tolerate(request: Callable[[], None], code: int) -> None:
+    """Run ``request``; the kernel saying ``code`` means it is already done."""
+    try:
+        request()
+    except NetlinkFailure as exc:
+        if exc.code != code:
+            raise
 
 
 @dataclass
 class Reconciler:
-    """Owns a Netlink handle and the last applied plan; ``run`` is safe to call any time."""
+    """Owns a netlink handle and the last applied plan; ``run`` is safe to call any time and
+    costs one observation plus one request per change."""
 
-    nl: Netlink
+    nl: NetlinkHandle
     applied: list[Action] = field(default_factory=list)
+    routes: tuple[Route, ...] = ()  # ours after the last run, in address order
 
     def run(self, desired: NodeSpec) -> list[Action]:
-        actions = plan(desired, observe(self.nl, desired))
-        apply(self.nl, actions)
+        """Bring the node to ``desired``; the changes it took."""
+        observed = observe(self.nl, desired)
+        actions = plan(desired, observed)
+        apply(self.nl, observed, actions)
         self.applied = actions
+        wanted = (Route(block, desired.tun) for block in desired.remote_blocks)
+        self.routes = tuple(sorted(wanted, key=_route_key))
         return actions
 
 
-def ensure_forwarding(desired: NodeSpec) -> list[str]:
-    """Sysctls of the caller's namespace: forwarding on, loose reverse-path filter on ours."""
-    changed = []
+def ensure_forwarding(
+    desired: NodeSpec, ensure: Callable[[str, str], bool] = ensure_sysctl
+) -> list[str]:
+    """Sysctls of the caller's namespace: forwarding on, loose reverse-path filter on ours
+    (``ensure`` sets one and says whether it changed). The settings changed, as key=value."""
     wanted = {
         "net.ipv4.ip_forward": "1",
         f"net/ipv4/conf/{desired.tun}/rp_filter": "2",
         f"net/ipv4/conf/{desired.bridge}/rp_filter": "2",
     }
-    for key, value in wanted.items():
-        if netlink.ensure_sysctl(key, value):
-            changed.append(f"{key}={value}")
-    return changed
+    return [f"{key}={value}" for key, value in wanted.items() if ensure(key, value)]

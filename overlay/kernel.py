@@ -1,0 +1,340 @@
+"""The netlink seam: what the agent asks of one network namespace's links, addresses and routes.
+
+Two implementations hold to it: ``overlay.netlink.Netlink`` (pyroute2, the real kernel) and
+``overlay.fake_kernel`` (in memory, for tests without root). One contract suite
+(tests/overlay/test_netlink_contract.py) runs the same tests against both.
+
+Theory of operation:
+
+- The *primitives* of ``LinkTable``, ``AddressTable`` and ``RouteTable`` are one netlink request
+  each. They address links by index, so a caller that has observed the namespace (a reconcile
+  plan, a pod start) acts without reading anything again. A refusal is a ``NetlinkFailure``
+  carrying the kernel's errno, unchanged: EEXIST, ENODEV, ESRCH, EADDRNOTAVAIL, ENETDOWN...
+- ``NetlinkHandle`` adds the idempotent operations by name (``ensure_*``, ``remove_*`` returning
+  whether anything changed, ``list_*``), written once here on top of the primitives; both
+  implementations inherit them by subclassing the Protocol.
+- Routes this project installs carry protocol ``RTPROT_WEAVE_PY``, so listing and removing by
+  default only ever touch our own routes in the main table.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Protocol, Self, TypeVar
+
+RTPROT_KERNEL = 2
+RTPROT_WEAVE_PY = 119
+MAIN_TABLE = 254
+
+T = TypeVar("T")
+
+
+class NetlinkFailure(Exception):
+    """A kernel refusal, with the operation and errno name in the message."""
+
+    def __init__(self, what: str, code: int) -> None:
+        super().__init__(f"{what}: {errno.errorcode.get(code, str(code))}")
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Link:
+    """A network device as the kernel reports it (``master``: the bridge's index, or 0)."""
+
+    index: int
+    name: str
+    kind: str
+    mtu: int
+    up: bool
+    master: int
+    gso_max_size: int
+    mac: str = ""
+
+
+@dataclass(frozen=True)
+class Route:
+    """An IPv4 route of the main table, its device by name."""
+
+    destination: IPv4Network
+    device: str
+    gateway: IPv4Address | None = None
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    """An IPv4 unicast route of the main table as a dump reports it: the device by index."""
+
+    destination: IPv4Network
+    index: int
+    gateway: IPv4Address | None
+    protocol: int
+
+
+@dataclass(frozen=True)
+class LinkChange:
+    """The attributes one request sets on a link; None leaves an attribute alone."""
+
+    mtu: int | None = None
+    up: bool | None = None
+    master: int | None = None  # a bridge's index; 0 takes the link off its bridge
+    gso_max_size: int | None = None
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """A new bridge device (down, kernel defaults)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class Veth:
+    """A new veth pair: ``name`` here and ``peer`` in ``peer_netns`` (a name under /run/netns,
+    an open fd, or None: here). ``mtu`` applies to both ends; ``master``, ``up`` and ``mac`` to
+    this end; the peer is born down (the kernel takes no flags for it)."""
+
+    name: str
+    peer: str
+    peer_netns: str | int | None = None
+    mtu: int | None = None
+    master: int | None = None
+    up: bool = False
+    mac: str | None = None
+    peer_mac: str | None = None
+    peer_gso_max_size: int | None = None
+
+
+@dataclass(frozen=True)
+class Vxlan:
+    """A new point-to-point kernel VXLAN device (``remote`` set: no fdb entries needed)."""
+
+    name: str
+    vni: int
+    local: IPv4Address
+    remote: IPv4Address
+    port: int
+
+
+NewLink = Bridge | Veth | Vxlan
+
+
+class LinkTable(Protocol):
+    """The links of one namespace: one request per call."""
+
+    def list_links(self) -> list[Link]:
+        """Every link, by index."""
+        ...
+
+    def link(self, name: str) -> Link | None:
+        """One link by name (the kernel looks it up; no dump); None when there is none."""
+        ...
+
+    def add_link(self, new: NewLink) -> None:
+        """Create a link; EEXIST when a name is taken, EINVAL for an unknown master."""
+        ...
+
+    def set_link_index(self, index: int, change: LinkChange) -> None:
+        """Set what ``change`` names on link ``index``; ENODEV when there is no such link."""
+        ...
+
+    def remove_link_index(self, index: int) -> None:
+        """Delete link ``index`` (a veth takes its peer along); ENODEV when gone."""
+        ...
+
+
+class AddressTable(Protocol):
+    """The IPv4 addresses of one namespace's links: one request per call."""
+
+    def list_addresses_index(self, index: int) -> list[IPv4Interface]:
+        """The addresses of link ``index`` (none for an unknown index)."""
+        ...
+
+    def add_address_index(self, index: int, address: IPv4Interface) -> None:
+        """Add ``address``; EEXIST when it is there, ENODEV without the link."""
+        ...
+
+    def remove_address_index(self, index: int, address: IPv4Interface) -> None:
+        """Delete ``address``; EADDRNOTAVAIL when it is not there."""
+        ...
+
+
+class RouteTable(Protocol):
+    """The IPv4 main routing table of one namespace: one request per call."""
+
+    def list_route_entries(self, protocol: int | None = RTPROT_WEAVE_PY) -> list[RouteEntry]:
+        """Unicast routes of the main table installed by ``protocol`` (None: every one)."""
+        ...
+
+    def replace_route_index(
+        self,
+        destination: IPv4Network,
+        index: int,
+        gateway: IPv4Address | None = None,
+        protocol: int = RTPROT_WEAVE_PY,
+    ) -> None:
+        """Install a route, replacing any to the same destination; ENODEV without the link,
+        ENETDOWN when it is down, ENETUNREACH when ``gateway`` is not on its link."""
+        ...
+
+    def remove_route_index(
+        self, destination: IPv4Network, index: int, protocol: int = RTPROT_WEAVE_PY
+    ) -> None:
+        """Delete the route to ``destination`` via link ``index`` installed by ``protocol``;
+        ESRCH when there is none."""
+        ...
+
+    def route_index(self, destination: IPv4Address) -> int | None:
+        """The index of the link the kernel would send to ``destination`` on; None when it
+        is unreachable."""
+        ...
+
+
+class NetlinkHandle(LinkTable, AddressTable, RouteTable, Protocol):
+    """Netlink in one network namespace: the primitives plus the idempotent operations by
+    name that lab, bench and the agent's start-up use (each looks the link up first)."""
+
+    def close(self) -> None:
+        """Release the handle's socket."""
+        ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def index(self, name: str) -> int:
+        """The index of link ``name``; ENODEV when there is none."""
+        link = self.link(name)
+        if link is None:
+            raise NetlinkFailure(f"link {name}", errno.ENODEV)
+        return link.index
+
+    def ensure_bridge(self, name: str) -> Link:
+        """The bridge ``name``, created when missing; EEXIST when a link of another kind has
+        the name."""
+        return _ensure(self, Bridge(name), "bridge")
+
+    def ensure_veth(self, name: str, peer: str, peer_netns: str | int | None = None) -> Link:
+        """A veth pair ``name`` (here) -- ``peer`` (in ``peer_netns``: name, fd, or here)."""
+        return _ensure(self, Veth(name, peer, peer_netns), "veth")
+
+    def ensure_vxlan(
+        self, name: str, vni: int, local: IPv4Address, remote: IPv4Address, port: int
+    ) -> Link:
+        """A point-to-point kernel VXLAN device."""
+        return _ensure(self, Vxlan(name, vni, local, remote, port), "vxlan")
+
+    def set_link(
+        self,
+        name: str,
+        *,
+        up: bool | None = None,
+        mtu: int | None = None,
+        master: str | None = None,
+        gso_max_size: int | None = None,
+    ) -> None:
+        """Change only what differs; a no-op when the link already matches."""
+        link = self.link(name)
+        if link is None:
+            raise NetlinkFailure(f"link {name}", errno.ENODEV)
+        master_index = self.index(master) if master is not None else None
+        change = LinkChange(
+            mtu=mtu if mtu is not None and link.mtu != mtu else None,
+            up=up if up is not None and link.up != up else None,
+            master=master_index if master_index not in (None, link.master) else None,
+            gso_max_size=gso_max_size if gso_max_size not in (None, link.gso_max_size) else None,
+        )
+        if change != LinkChange():
+            self.set_link_index(link.index, change)
+
+    def remove_link(self, name: str) -> bool:
+        """Delete ``name``; False when it was already gone."""
+        link = self.link(name)
+        if link is None:
+            return False
+        return _tolerating(lambda: self.remove_link_index(link.index), errno.ENODEV, errno.ENOENT)
+
+    def list_addresses(self, name: str) -> list[IPv4Interface]:
+        """The addresses of link ``name``; ENODEV when there is no such link."""
+        return self.list_addresses_index(self.index(name))
+
+    def ensure_address(self, name: str, address: IPv4Interface) -> bool:
+        """Add ``address`` to ``name``; False when it was already there."""
+        index = self.index(name)
+        if address in self.list_addresses_index(index):
+            return False
+        return _tolerating(lambda: self.add_address_index(index, address), errno.EEXIST)
+
+    def remove_address(self, name: str, address: IPv4Interface) -> bool:
+        """Delete ``address`` from ``name``; False when it was not there."""
+        index = self.index(name)
+        if address not in self.list_addresses_index(index):
+            return False
+        remove = self.remove_address_index
+        return _tolerating(lambda: remove(index, address), errno.EADDRNOTAVAIL, errno.ENOENT)
+
+    def list_routes(self, protocol: int | None = RTPROT_WEAVE_PY) -> list[Route]:
+        """IPv4 unicast routes of the main table (only ours by default), devices by name."""
+        names = {link.index: link.name for link in self.list_links()}
+        return [
+            Route(e.destination, names.get(e.index, ""), e.gateway)
+            for e in self.list_route_entries(protocol)
+        ]
+
+    def ensure_route(self, route: Route, protocol: int = RTPROT_WEAVE_PY) -> bool:
+        """Install ``route``, replacing a different route to the same destination; False when
+        it was already there."""
+        if route in self.list_routes(protocol):
+            return False
+        index = self.index(route.device)
+        self.replace_route_index(route.destination, index, route.gateway, protocol)
+        return True
+
+    def remove_route(self, route: Route, protocol: int = RTPROT_WEAVE_PY) -> bool:
+        """Delete ``route``; False when it was not there."""
+        if route not in self.list_routes(protocol):
+            return False
+        index = self.index(route.device)
+        remove = self.remove_route_index
+        return _tolerating(
+            lambda: remove(route.destination, index, protocol), errno.ESRCH, errno.ENOENT
+        )
+
+    def route_device(self, destination: IPv4Address) -> Link | None:
+        """The link the kernel would use to reach ``destination`` (None when unroutable)."""
+        index = self.route_index(destination)
+        return next((link for link in self.list_links() if link.index == index), None)
+
+
+class EnterNetns(Protocol):
+    """Runs ``fn`` with a netlink handle inside the namespace ``netns`` (an open fd) and
+    returns its result; the caller's thread stays where it is."""
+
+    def __call__(self, netns: int, fn: Callable[[NetlinkHandle], T]) -> T: ...
+
+
+def _ensure(nl: NetlinkHandle, new: NewLink, kind: str) -> Link:
+    link = nl.link(new.name)
+    if link is None:
+        _tolerating(lambda: nl.add_link(new), errno.EEXIST)
+        link = nl.link(new.name)
+        if link is None:
+            raise NetlinkFailure(f"add link {new.name}", errno.ENODEV)
+    if link.kind != kind:
+        raise NetlinkFailure(f"link {new.name} exists as {link.kind or 'device'}", errno.EEXIST)
+    return link
+
+
+def _tolerating(action: Callable[[], None], *codes: int) -> bool:
+    """Run ``action``: True when it happened, False when the kernel said one of ``codes``."""
+    try:
+        action()
+    except NetlinkFailure as exc:
+        if exc.code not in codes:
+            raise
+        return False
+    return True
