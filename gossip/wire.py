@@ -16,8 +16,10 @@ to read what follows. ``Decoder`` reads only messages.
 
 Rules this module keeps:
 
-- ``MessageType`` is append-only: the numbers are the protocol. A decoded message of a type
-  we do not know is returned with its plain ``int`` type, for the caller to skip.
+- ``MessageType`` is append-only: the numbers are the protocol. Numbers in ``RESERVED`` are
+  taken and never reused, though no message of theirs is defined. A decoded message of a type
+  we do not know (a reserved one included) is returned with its plain ``int`` type, for the
+  caller to skip.
 - Fields we do not know are kept in the returned dict; users read only the fields they know.
   Field values are plain msgpack data (str, bytes, int, float, bool, None, list, map).
 - A declared length above the limit is rejected as soon as its 4-byte prefix has arrived,
@@ -51,14 +53,17 @@ VersionRange = tuple[int, int]
 
 
 class MessageType(IntEnum):
+    """The type of a control message, its ``"t"`` field; new types take numbers above 8."""
+
     HELLO = 1  # identity, endpoints and features; first message each way
     REFUSE = 2  # "reason": why the sender closes the connection during the handshake
     TOPOLOGY = 3  # "records": full state or a delta, a list of peer records
     DIGEST = 4  # "digest": name -> [incarnation, version], for anti-entropy
     REQUEST = 5  # "names": records the sender wants in full
     GOODBYE = 6  # clean departure: the sender is shutting down
-    PING = 7
-    PONG = 8
+
+
+RESERVED = frozenset({7, 8})  # taken numbers with no message defined: never reuse them
 
 
 Message = tuple[MessageType | int, dict[Any, Any]]

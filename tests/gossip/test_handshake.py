@@ -73,10 +73,10 @@ def test_byte_by_byte_completes_on_the_last_byte() -> None:
 def test_messages_after_hello_are_handed_over() -> None:
     a = Handshake(ALICE, initiator=True)
     a.start()
-    rest = encode(MessageType.PING, seq=1) + encode(MessageType.PING, seq=2)
+    rest = encode(MessageType.REQUEST, names=["1"]) + encode(MessageType.REQUEST, names=["2"])
     result = accepted(a.receive(Handshake(BOB, False).start() + rest[:-3]))
-    assert result.messages == [(MessageType.PING, {"seq": 1})]
-    assert result.decoder.feed(rest[-3:]) == [(MessageType.PING, {"seq": 2})]
+    assert result.messages == [(MessageType.REQUEST, {"names": ["1"]})]
+    assert result.decoder.feed(rest[-3:]) == [(MessageType.REQUEST, {"names": ["2"]})]
     with pytest.raises(RuntimeError):
         a.receive(b"more")
 
@@ -149,7 +149,7 @@ BAD_STREAMS = [
     (b"WPYG\x02\x01", "malformed preamble: empty version range 2..1"),
     (PREAMBLE + b"\x00\x00\x00\x03abc", "malformed message: msgpack: ExtraData"),
     (PREAMBLE + b"\xff\xff\xff\xff", "malformed message: too_large: declared 4294967295 bytes"),
-    (PREAMBLE + encode(MessageType.PING), "expected HELLO, got PING"),
+    (PREAMBLE + encode(MessageType.REQUEST), "expected HELLO, got REQUEST"),
     (PREAMBLE + encode(99), "expected HELLO, got type 99"),
     (PREAMBLE + hello_without("uid"), "malformed hello: missing field 'uid'"),
     (PREAMBLE + hello_without("", uid="7"), "malformed hello: field 'uid' has the wrong type str"),
