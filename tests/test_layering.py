@@ -1,7 +1,9 @@
 """The layering rules of DESIGN.md, read from the import statements of every module.
 
-gossip imports nothing from overlay or agent; overlay imports nothing from agent; scapy (over a
-second to import) is for tests and diagnostics only, never in the shipped packages.
+gossip imports nothing from overlay or agent; overlay imports nothing from agent; nothing
+shipped or benchmarked imports the tests; scapy (over a second to import) is for tests and
+diagnostics only, never in the shipped packages; and no module imports itself through a circle
+of others. Every import counts, those under ``if TYPE_CHECKING:`` and inside functions too.
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FORBIDDEN = {
-    "gossip": {"overlay", "agent"},
-    "overlay": {"agent"},
-    "agent": set(),
+    "gossip": {"overlay", "agent", "bench", "tests"},
+    "overlay": {"agent", "bench", "tests"},
+    "agent": {"bench", "tests"},
+    "bench": {"tests"},
 }
+SHIPPED = ("gossip", "overlay", "agent")
 
 
-def modules(package: str) -> list[Path]:
-    return sorted((ROOT / package).rglob("*.py"))
+def modules(package: str, root: Path = ROOT) -> list[Path]:
+    return sorted((root / package).rglob("*.py"))
 
 
 def imported(path: Path, root: Path = ROOT) -> set[str]:
@@ -76,10 +80,91 @@ def test_layering(package: str) -> None:
     assert not bad, "layering violated:\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+@pytest.mark.parametrize("package", SHIPPED)
 def test_no_scapy_outside_tests(package: str) -> None:
     bad = imports_of(package, {"scapy"})
     assert not bad, "scapy is for tests only:\n" + "\n".join(bad)
+
+
+def module_name(path: Path, root: Path = ROOT) -> str:
+    """``agent/cni/__init__.py`` -> ``agent.cni``; ``gossip/mesh.py`` -> ``gossip.mesh``."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(packages: list[str], root: Path = ROOT) -> dict[str, set[str]]:
+    """Module -> the modules of ``packages`` it imports (``from m import name`` counts as m
+    unless ``m.name`` is a module itself)."""
+    paths = {module_name(p, root): p for package in packages for p in modules(package, root)}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        targets = set()
+        for imported_name in imported(path, root):
+            target = imported_name
+            while target and target not in paths:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected group of two or more modules (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+def test_no_import_circles() -> None:
+    graph = import_graph(sorted(FORBIDDEN))
+    found = circles(graph)
+    lines = [
+        f"{a} imports {b}" for group in found for a in group for b in sorted(graph[a] & set(group))
+    ]
+    assert not found, "import circles:\n" + "\n".join(lines)
+
+
+def test_circle_finder_sees_type_checking_and_indirect_circles(tmp_path: Path) -> None:
+    files = {
+        "agent/__init__.py": "",
+        "agent/a.py": "import typing\nif typing.TYPE_CHECKING:\n    from agent.b import B\n",
+        "agent/b.py": "from agent import c\n",
+        "agent/c.py": "def f():\n    from agent.a import A\n",
+        "agent/d.py": "import agent.a\nfrom agent import e\n",
+        "agent/e.py": "from . import a\n",
+    }
+    for where, source in files.items():
+        (tmp_path / where).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / where).write_text(source)
+    graph = import_graph(["agent"], root=tmp_path)
+    assert graph["agent.d"] == {"agent", "agent.a", "agent.e"}
+    assert circles(graph) == [["agent.a", "agent.b", "agent.c"]]
 
 
 @pytest.mark.parametrize(
