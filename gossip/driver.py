@@ -174,9 +174,9 @@ class MeshDriver:
         if host is not None:
             self.observed[result.remote.name] = host
         entry = {"state": "established", "peer": str(result.remote), "name": result.remote.name}
-        advertised = tuple(result.remote.control_endpoint)
+        advertised = result.remote.control_endpoint
         if advertised != addr:  # connected the other way: no dial of ours is pending there
-            self.outbound.pop(advertised, None)  # type: ignore[arg-type]
+            self.outbound.pop(advertised, None)
         if addr is not None:
             self.outbound[addr] = entry
         else:

@@ -55,6 +55,8 @@ U64 = 2**64
 
 @dataclass(frozen=True)
 class Hello:
+    """What a peer says about itself first: who it is, where to reach it, what it supports."""
+
     name: str  # "aa:bb:cc:dd:ee:ff"
     nickname: str
     uid: int  # random per process start
@@ -67,6 +69,7 @@ class Hello:
         return f"{self.name}({self.nickname})"
 
     def to_fields(self) -> dict[str, Any]:
+        """The HELLO message's fields, as plain msgpack data."""
         return {
             "name": self.name,
             "nickname": self.nickname,
@@ -131,6 +134,8 @@ def _endpoint(fields: Mapping[Any, Any], key: str) -> Endpoint:
 
 @dataclass(frozen=True)
 class Accepted:
+    """The handshake succeeded: the peer's HELLO and how to go on reading the connection."""
+
     remote: Hello
     version: int
     initiator: bool
@@ -140,6 +145,8 @@ class Accepted:
 
 @dataclass(frozen=True)
 class Refused:
+    """The handshake failed: why, and whether we or the peer refused."""
+
     reason: str
     by_peer: bool  # True when the peer sent REFUSE; False when we refused
     remote: Hello | None = None  # the peer's HELLO, when it got that far

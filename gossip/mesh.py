@@ -289,8 +289,8 @@ class Mesh:
         what gossip brings is such echoes). Anything odd is decoded and judged in full."""
         if not isinstance(d, dict):
             return False
-        mine = self.topology.records.get(d.get("n"))  # type: ignore[arg-type]
-        i, v = d.get("i"), d.get("v")
+        name, i, v = d.get("n"), d.get("i"), d.get("v")
+        mine = self.topology.records.get(name) if isinstance(name, str) else None
         if mine is None or type(i) is not int or type(v) is not int:
             return False
         return (i, v) < mine.stamp or ((i, v) == mine.stamp and d.get("u") == mine.uid)

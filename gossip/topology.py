@@ -80,6 +80,7 @@ class PeerRecord:
 
     @property
     def stamp(self) -> Stamp:
+        """``(incarnation, version)``: what orders one peer's records first."""
         return (self.incarnation, self.version)
 
     def to_wire(self) -> dict[str, Any]:
@@ -203,6 +204,7 @@ class Topology:
 
     @property
     def local(self) -> PeerRecord:
+        """Our own record."""
         return self.records[self.name]
 
     def set_local(self, **changes: Any) -> PeerRecord | None:

@@ -79,10 +79,13 @@ class DecodeError(Exception):
 
 
 class Preamble(NamedTuple):
+    """The first bytes each way: the magic and the protocol versions the sender speaks."""
+
     min_version: int
     max_version: int
 
     def encode(self) -> bytes:
+        """The PREAMBLE_SIZE bytes to send."""
         return PREAMBLE.pack(MAGIC, self.min_version, self.max_version)
 
     @classmethod

@@ -45,6 +45,8 @@ class ClaimError(ValueError):
 
 @dataclass(frozen=True)
 class Claim:
+    """One peer's published claim on address space (the fields are described above)."""
+
     owned: tuple[Net, ...] = ()
     ring: RingId | None = None
     grants: tuple[Grant, ...] = ()
@@ -59,6 +61,7 @@ class Claim:
     free: int = 0
 
     def ack_for(self, granter: str) -> int:
+        """The highest serial of ``granter``'s grants this peer has taken up (0: none)."""
         return dict(self.acks).get(granter, 0)
 
     def encode(self) -> bytes:

@@ -52,6 +52,8 @@ FIRST_OFFSET = 2  # offset 0 is the block's network address, offset 1 its gatewa
 
 @dataclass(frozen=True)
 class Allocation:
+    """One pod address, held by the key (container id, interface name) it was given to."""
+
     container_id: str
     ifname: str
     address: IPv4Interface  # the pod address with the block's prefix length, e.g. 10.32.0.2/24
@@ -130,6 +132,8 @@ class _Block:
 
 
 class Pool:
+    """The pod addresses of one node: allocations from the space it owns (see above)."""
+
     def __init__(self, block_prefix: int = 24) -> None:
         if (
             isinstance(block_prefix, bool)
@@ -155,6 +159,7 @@ class Pool:
 
     @property
     def block_prefix(self) -> int:
+        """The prefix length of every block (24 for /24 blocks)."""
         return self._prefix
 
     @property
@@ -164,25 +169,31 @@ class Pool:
 
     @property
     def active_blocks(self) -> tuple[IPv4Network, ...]:
+        """The blocks in use (the primary one and any holding an address), sorted."""
         return tuple(IPv4Network((block, self._prefix)) for block in self._active)
 
     @property
     def gateways(self) -> tuple[IPv4Interface, ...]:
+        """Each active block's gateway address, for the node's bridge."""
         return tuple(IPv4Interface((block + 1, self._prefix)) for block in self._active)
 
     @property
     def used(self) -> int:
+        """How many addresses are allocated."""
         return len(self._holders)
 
     @property
     def capacity(self) -> int:
+        """How many pod addresses the owned space holds in all (allocated ones included)."""
         blocks = sum(net.num_addresses for net in self._owned) // self._size
         return blocks * (self._size - 3)
 
     def get(self, container_id: str, ifname: str) -> Allocation | None:
+        """The allocation held by the key, or None."""
         return self._keys.get(container_id, {}).get(ifname)
 
     def holder(self, address: IPv4Address) -> tuple[str, str] | None:
+        """The key (container id, interface name) holding ``address``, or None."""
         return self._holders.get(int(address))
 
     def allocations(self) -> list[Allocation]:

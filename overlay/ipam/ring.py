@@ -59,6 +59,8 @@ class View:
 
 
 class Ring:
+    """This peer's part in block ownership: its claim, and what it makes of everyone's."""
+
     def __init__(
         self,
         name: str,
@@ -98,6 +100,7 @@ class Ring:
     # -- what we publish ---------------------------------------------------------------------
 
     def claim(self, used: int = 0, free: int = 0) -> Claim:
+        """The claim to publish, with the pool's counts of addresses in use and to spare."""
         return Claim(
             owned=tuple(self.owned),
             ring=self.ring,
@@ -370,6 +373,7 @@ class Ring:
                 self.removed_since)  # fmt: skip
 
     def to_state(self) -> dict[str, Any]:
+        """Everything a restart needs, as a JSON-ready document (the ``state`` argument)."""
         return {
             "range": str(self.range),
             "incarnation": self.incarnation,

@@ -38,6 +38,7 @@ def size(nets: Iterable[Net]) -> int:
 
 
 def overlaps(a: Iterable[Net], b: Iterable[Net]) -> bool:
+    """Whether any network of ``a`` shares an address with any network of ``b``."""
     bs = list(b)
     return any(x.overlaps(y) for x in a for y in bs)
 

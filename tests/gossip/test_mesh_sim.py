@@ -152,6 +152,8 @@ def test_malformed_message_closes_only_that_connection() -> None:
         target.mesh.receive(conn, 3, {"records": "not a list"}, sim.now)
     with pytest.raises(ValueError):
         target.mesh.receive(conn, 4, {"digest": {"x": [1]}}, sim.now)
+    with pytest.raises(ValueError):  # an unhashable name is judged, not looked up
+        target.mesh.receive(conn, 3, {"records": [{"n": [1], "i": 1, "v": 1}]}, sim.now)
     sim.close(conn)
     assert len(target.mesh.conns) == others - 1
     converge(sim)
