@@ -3,15 +3,17 @@
 GET    /healthz          liveness: the event loop answers
 GET    /status           Weave's status text; 503 until the node is set up (the readiness probe)
 GET    /status/{connections,peers,ipam,routes}
-GET    /report           the status snapshot as JSON
+GET    /report           the status report (agent/report.py) as JSON
 GET    /metrics          Prometheus exposition (also alone on the metrics address)
 POST   /ip/<container-id>[?ifname=eth0]   allocate the container's address (the CNI plugin's ADD)
 DELETE /ip/<container-id>[?ifname=X]      release its address(es) (the CNI plugin's DEL)
 DELETE /peer/<name>      rmpeer: take over the address ranges of a dead peer
 
 The POST/DELETE routes answer JSON: 200 with the action's result, or ``{"error": message}``
-with the refusal's code; 404 when the agent has no ``actions`` (no address management) and on
-the metrics-only listener. Path parts are percent-decoded; no request body is needed.
+(plus ``"details"`` when the refusal has them) with the status code ``STATUS`` maps the
+refusal's class to (agent/errors.py); anything else an action raises is a bug: 500, with the
+traceback in the log. 404 when the agent has no ``actions`` (no address management) and on the
+metrics-only listener. Path parts are percent-decoded; no request body is needed.
 
 A deliberately small HTTP/1.1 server (one request per connection) so the agent needs no web
 framework: requests are tiny, local and few.
@@ -28,8 +30,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from agent import status
-from agent.metrics import SnapshotCollector
+from agent import errors, status
+from agent.metrics import ReportCollector
+from agent.report import Report
 
 log = logging.getLogger("weave-py.api")
 MAX_REQUEST = 8192
@@ -47,20 +50,24 @@ REASONS = {
     504: "Gateway Timeout",
 }
 
+STATUS: dict[type[errors.Refused], int] = {
+    errors.Invalid: 400,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.InterfaceExists: 409,
+    errors.NoAddress: 507,
+    errors.TryLater: 503,
+    errors.TimedOut: 504,
+    errors.KernelRefused: 500,
+    errors.StorageFailed: 500,
+    errors.Refused: 500,
+}  # the most specific class of a refusal decides
+
 Answer = tuple[int, str, str]  # status code, content type, body
 
 
-class ApiError(Exception):
-    """An action's refusal: answered with ``code`` and ``{"error": message}``."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 class Actions(Protocol):
-    """What the agent does on request; each raises ApiError to refuse."""
+    """What the agent does on request; each raises an ``errors.Refused`` to refuse."""
 
     async def allocate(self, container_id: str, ifname: str) -> dict[str, Any]: ...
 
@@ -70,20 +77,21 @@ class Actions(Protocol):
 
 
 class Api:
-    """``metrics_only``: the public metrics listener serves /metrics and nothing else.
+    """``report``: the node's status now, taken per request and per scrape.
+    ``metrics_only``: the public metrics listener serves /metrics and nothing else.
     ``actions``: the address-management calls; without it their routes answer 404."""
 
     def __init__(
         self,
-        snapshot: Callable[[], status.Snapshot],
+        report: Callable[[], Report],
         metrics_only: bool = False,
         actions: Actions | None = None,
     ) -> None:
-        self.snapshot = snapshot
+        self.report = report
         self.metrics_only = metrics_only
         self.actions = actions
         self.registry = CollectorRegistry()
-        self.registry.register(SnapshotCollector(snapshot))
+        self.registry.register(ReportCollector(report))
 
     def respond(self, method: str, path: str) -> Answer:
         """The answer to one GET request (405 for any other method)."""
@@ -96,13 +104,13 @@ class Api:
             return 404, "text/plain", "only /metrics here\n"
         if path == "/healthz":
             return 200, "text/plain", "ok\n"
-        snap = self.snapshot()
+        report = self.report()
         if path == "/report":
-            return 200, "application/json", json.dumps(snap, indent=2) + "\n"
+            return 200, "application/json", json.dumps(report.to_json(), indent=2) + "\n"
         if path == "/status":
-            return (200 if snap["ready"] else 503), "text/plain", status.render_status(snap)
+            return (200 if report.ready else 503), "text/plain", status.render_status(report)
         if path.startswith("/status/") and path[8:] in status.VIEWS:
-            return 200, "text/plain", status.VIEWS[path[8:]](snap)
+            return 200, "text/plain", status.VIEWS[path[8:]](report)
         return 404, "text/plain", f"no such endpoint: {path}\n"
 
     async def dispatch(self, method: str, target: str) -> Answer:
@@ -136,8 +144,11 @@ class Api:
             else:
                 result = await actions.release(name, ifname)
             return 200, "application/json", json.dumps(result) + "\n"
-        except ApiError as exc:
-            return _json(exc.code, {"error": exc.message})
+        except errors.Refused as exc:
+            answer = refusal(exc)
+            if answer[0] == 500:  # the node failed (kernel, disk): the operator should know
+                log.warning("refuse %s /%s/%s: %s", method, kind, name, exc.message)
+            return answer
         except Exception:
             log.exception("api %s /%s/%s: failed", method, kind, name)
             return _json(500, {"error": "internal error, see the agent's log"})
@@ -192,6 +203,13 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
     if length:
         await asyncio.wait_for(reader.readexactly(length), 5)
     return method, target
+
+
+def refusal(exc: errors.Refused) -> Answer:
+    """The answer to a refusal: the status code of its most specific class in ``STATUS``."""
+    code = next(STATUS[c] for c in type(exc).__mro__ if c in STATUS)
+    body = {"error": exc.message, **({"details": exc.details} if exc.details else {})}
+    return _json(code, body)
 
 
 def _json(code: int, data: dict[str, Any]) -> Answer:

@@ -20,15 +20,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from agent import __version__, cni_server
-from agent.api import Api, ApiError
+from agent import cni_server, snapshot
+from agent.api import Api
 from agent.cluster import Cluster
 from agent.cni import Handler
 from agent.cni_ops import CniOps
 from agent.config import Config, split_hostport
-from agent.ipam import Ipam, IpamError
+from agent.ipam import Ipam
 from agent.peer_name import load_or_create
-from agent.status import Snapshot
+from agent.report import Report, Router
 from gossip.identity import Identity, name_for, new_identity, peer_id
 from overlay import frame, node, udp
 from overlay.datapath import Datapath
@@ -312,16 +312,16 @@ class Agent:
         """A compact peer table in the log every minute, for ``kubectl logs``."""
         while True:
             await asyncio.sleep(60)
-            for p in self.snapshot()["peers"]:
+            for p in self.snapshot().peers:
                 log.info(
                     "peer %s(%s) %s %s tx=%d rx=%d drops=%d",
-                    p["name"],
-                    p["nickname"],
-                    p["address"],
-                    p["state"],
-                    p["tx_packets"],
-                    p["rx_packets"],
-                    sum(p["drops"].values()),
+                    p.name,
+                    p.nickname,
+                    p.address,
+                    p.state,
+                    p.tx_packets,
+                    p.rx_packets,
+                    sum(p.drops.values()),
                 )
 
     def close(self) -> None:
@@ -337,7 +337,7 @@ class Agent:
     async def allocate_address(
         self, container_id: str, ifname: str, persist: bool = True
     ) -> Allocation:
-        """A pod address (IpamError when there is none); a new block's gateway is on the
+        """A pod address (errors.Refused when there is none); a new block's gateway is on the
         bridge before the address is handed out. ``persist`` False: see Ipam.allocate."""
         gateways = self.ipam.gateways
         a = await self.ipam.allocate(container_id, ifname, persist)
@@ -353,26 +353,17 @@ class Agent:
         return released
 
     async def allocate(self, container_id: str, ifname: str) -> dict[str, Any]:
-        try:
-            a = await self.allocate_address(container_id, ifname)
-        except IpamError as exc:
-            raise ApiError(exc.code, exc.message) from None
+        a = await self.allocate_address(container_id, ifname)
         return {"container_id": a.container_id, "ifname": a.ifname,
                 "address": str(a.address), "gateway": str(a.gateway)}  # fmt: skip
 
     async def release(self, container_id: str, ifname: str | None) -> dict[str, Any]:
-        try:
-            released = await self.release_address(container_id, ifname)
-        except IpamError as exc:
-            raise ApiError(exc.code, exc.message) from None
+        released = await self.release_address(container_id, ifname)
         return {"released": [str(a.address) for a in released]}
 
     async def rmpeer(self, name: str) -> dict[str, Any]:
         live = self.cluster.mesh.live() if self.cluster else set()
-        try:
-            taken = self.ipam.rmpeer(name, live)
-        except IpamError as exc:
-            raise ApiError(exc.code, exc.message) from None
+        taken = self.ipam.rmpeer(name, live)
         await self._space_changed()
         return {"name": name, "taken": [str(n) for n in taken]}
 
@@ -389,22 +380,6 @@ class Agent:
 
     # -- status ------------------------------------------------------------------------------
 
-    def _connections(self, peers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Control connections with Weave's states: an established one whose UDP path is not
-        confirmed yet is 'pending'."""
-        if self.cluster is None:
-            return []
-        data = {p["name"]: p for p in peers}
-        out = []
-        for c in self.cluster.driver.connections():
-            peer = data.get(c.get("name", ""))
-            if c["state"] == "established" and (peer is None or peer["state"] != "established"):
-                c = {**c, "state": "pending"}
-            if peer is not None and c["state"] == "established":
-                c = {**c, "mtu": peer["mtu"]}
-            out.append(c)
-        return out
-
     def _ipam_status(self) -> dict[str, Any]:
         if self.cluster is not None:
             records = self.cluster.topology.records
@@ -413,53 +388,28 @@ class Agent:
             records, live = {}, set()
         return self.ipam.status(records, live, self.identity.nickname)
 
-    def snapshot(self) -> Snapshot:
-        sleeve = self.sleeve
-        peers: list[dict[str, Any]] = []
-        if sleeve is not None:
-            for state in sleeve.peers.values():
-                spec, c = state.spec, state.counters
-                peers.append(
-                    {
-                        "name": spec.peer_name,
-                        "via": None if spec.via is None else f"{spec.via[0]}:{spec.via[1]}",
-                        "nickname": spec.name,
-                        "address": f"{spec.address[0]}:{spec.address[1]}",
-                        "blocks": [str(b) for b in spec.blocks],
-                        "state": "established" if state.established else "pending",
-                        "rtt_ms": None if state.rtt is None else round(state.rtt * 1e3, 3),
-                        "mtu": state.mtu,
-                        "tx_packets": c.tx_packets,
-                        "tx_bytes": c.tx_bytes,
-                        "rx_packets": c.rx_packets,
-                        "rx_bytes": c.rx_bytes,
-                        "relayed": c.relayed,
-                        "drops": dict(c.drops),
-                    }
-                )
-        return {
-            "version": __version__,
-            "ready": self.ready,
-            "uptime_seconds": round(time.time() - self.started_at, 1),
-            "router": {
-                "name": self.identity.name,
-                "nickname": self.identity.nickname,
-                "uid": f"{self.identity.uid:x}",
-                "port": self.config.port,
-                "mtu": self.mtu,
-                "underlay_mtu": self.underlay_mtu,
-                "offload": self.tun.offload if self.tun else "unknown",
-                "super_packets": "udp-gso"
-                if self.datapath is not None and self.datapath.udp_gso
-                else "ip-fragments",
-            },
-            "ipam": self._ipam_status(),
-            "peers": peers,
-            "drops": dict(sleeve.drops) if sleeve else {},
-            "super_packets_received": dict(sleeve.paths) if sleeve else {},
-            "routes": self.routes,
-            "connections": self._connections(peers),
-        }
+    def snapshot(self) -> Report:
+        """The node's status now, for /report, the views and the metrics."""
+        udp_gso = self.datapath is not None and self.datapath.udp_gso
+        router = Router(
+            name=self.identity.name,
+            nickname=self.identity.nickname,
+            uid=f"{self.identity.uid:x}",
+            port=self.config.port,
+            mtu=self.mtu,
+            underlay_mtu=self.underlay_mtu,
+            offload=self.tun.offload if self.tun else "unknown",
+            super_packets="udp-gso" if udp_gso else "ip-fragments",
+        )
+        return snapshot.take(
+            router,
+            ready=self.ready,
+            uptime_seconds=time.time() - self.started_at,
+            ipam=self._ipam_status(),
+            sleeve=self.sleeve,
+            routes=self.routes,
+            control=self.cluster.driver.connections() if self.cluster is not None else (),
+        )
 
 
 class _Stop(Exception):

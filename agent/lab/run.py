@@ -9,6 +9,7 @@ from agent import status
 from agent.lab import probe
 from agent.lab.lab import Lab, default_directory, load_plan
 from agent.lab.plan import LabPlan
+from agent.report import Report
 
 
 def up(name: str, nodes: int, pods: int, directory: str | None, gossip: bool = True) -> int:
@@ -33,11 +34,11 @@ def up(name: str, nodes: int, pods: int, directory: str | None, gossip: bool = T
         f"{time.monotonic() - started:.1f}s; logs in {plan.directory}\n"
     )
     for i in range(1, nodes + 1):
-        snap = lab.report(i)
+        report = Report.from_json(lab.report(i))
         owned = ", ".join(lab.owned(i)) or "none"
         print(f"== node{i} ({plan.node_ns(i)}, {plan.node_address(i).ip}, owns {owned})")
-        print(status.render_connections(snap) + status.render_routes(snap))
-    print(status.render_ipam(lab.report(1)))
+        print(status.render_connections(report) + status.render_routes(report))
+    print(status.render_ipam(Report.from_json(lab.report(1))))
     addresses = lab.pod_ips()
     if len(addresses) < 2:
         print("fewer than two pods: no reachability matrix")

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from agent import cli, client
-from agent.api import Actions, Api, ApiError
-from tests.agent.test_status import SNAPSHOT
+from agent import cli, client, errors
+from agent.api import STATUS, Actions, Api
+from tests.agent.test_status import REPORT
 
 
 class FakeActions:
-    """Records every call; answers from ``answers`` (an ApiError or exception is raised)."""
+    """Records every call; answers from ``answers`` (an exception, a refusal or not, is raised)."""
 
     def __init__(self, **answers: Any) -> None:
         self.calls: list[tuple[Any, ...]] = []
@@ -45,7 +45,7 @@ class FakeActions:
 
 
 def make_api(actions: Actions | None = None, metrics_only: bool = False) -> Api:
-    return Api(lambda: SNAPSHOT, metrics_only=metrics_only, actions=actions)
+    return Api(lambda: REPORT, metrics_only=metrics_only, actions=actions)
 
 
 def test_fake_is_an_actions() -> None:
@@ -103,20 +103,52 @@ async def test_path_parts_are_percent_decoded() -> None:
     ],
 )
 @pytest.mark.parametrize(
-    ("code", "message"),
+    ("refusal", "code"),
     [
-        (404, "no such peer: node-9"),
-        (409, "node-9 is reachable; rmpeer is for dead peers"),
-        (503, "awaiting consensus"),
-        (504, "no address within 30s: all IP ranges owned by unreachable peers"),
+        (errors.Invalid("bad container id: ''"), 400),
+        (errors.NotFound("no such peer: node-9"), 404),
+        (errors.Conflict("node-9 is reachable; rmpeer is for dead peers"), 409),
+        (errors.NoAddress("no free address: block 10.32.1.0/24 is full"), 507),
+        (errors.TryLater("awaiting consensus"), 503),
+        (errors.TimedOut("no address within 30s: all IP ranges owned by unreachable peers"), 504),
+        (errors.KernelRefused("add address 10.32.1.1/24 to weave: EEXIST"), 500),
+        (errors.StorageFailed("write ipam.json: ENOSPC"), 500),
     ],
 )
-async def test_refusals_keep_code_and_message(
-    kind: str, method: str, path: str, code: int, message: str
+async def test_refusals_answer_their_code_and_message(
+    kind: str, method: str, path: str, refusal: errors.Refused, code: int
 ) -> None:
-    fake = FakeActions(**{kind: ApiError(code, message)})
+    fake = FakeActions(**{kind: refusal})
     answer = await make_api(fake).dispatch(method, path)
-    assert answer == (code, "application/json", json.dumps({"error": message}) + "\n")
+    body = json.dumps({"error": refusal.message}) + "\n"
+    assert answer == (code, "application/json", body)
+
+
+def test_every_refusal_has_a_status_code() -> None:
+    refusals = [
+        c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.Refused)
+    ]
+    assert len(refusals) >= 10
+    assert set(refusals) == set(STATUS)
+
+
+async def test_a_refusal_with_details_answers_them() -> None:
+    refusal = errors.NoAddress("no free address", details="remove unused pods")
+    code, _, body = await make_api(FakeActions(allocate=refusal)).dispatch("POST", "/ip/abc")
+    assert code == 507
+    assert json.loads(body) == {"error": "no free address", "details": "remove unused pods"}
+
+
+async def test_a_refusal_of_the_nodes_own_making_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake = FakeActions(rmpeer=errors.StorageFailed("write ipam.json: ENOSPC"))
+    assert (await make_api(fake).dispatch("DELETE", "/peer/node-9"))[0] == 500
+    assert "write ipam.json: ENOSPC" in caplog.text
+    caplog.clear()
+    fake = FakeActions(rmpeer=errors.NotFound("no such peer: node-9"))
+    assert (await make_api(fake).dispatch("DELETE", "/peer/node-9"))[0] == 404
+    assert caplog.text == ""  # the client's mistake is the client's answer, not a log line
 
 
 async def test_a_crashing_action_is_a_500(caplog: pytest.LogCaptureFixture) -> None:
@@ -196,7 +228,7 @@ async def test_get_routes_unchanged() -> None:
 async def served() -> AsyncIterator[tuple[str, FakeActions]]:
     """An Api with a FakeActions on a short-named unix socket, in the test's event loop."""
     fake = FakeActions(
-        rmpeer=ApiError(404, "no such peer: ghost"),
+        rmpeer=errors.NotFound("no such peer: ghost"),
         release={"released": []},
     )
     with tempfile.TemporaryDirectory(prefix="wp-api-", dir="/tmp") as directory:

@@ -1,10 +1,11 @@
-"""Status views rendered from one hand-built snapshot, and the HTTP API's routing."""
+"""Status views rendered from one hand-built status tree, and the HTTP API's routing."""
 
 from __future__ import annotations
 
-import copy
+import ipaddress
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,131 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent import status
 from agent.api import Api
+from agent.report import Connection, IpamStatus, Owner, Peer, Report, Route, Router
 
-SNAPSHOT: dict[str, Any] = {
+N = ipaddress.IPv4Network
+
+
+def nets(*texts: str) -> tuple[ipaddress.IPv4Network, ...]:
+    return tuple(N(t) for t in texts)
+
+
+def owner(name: str, nickname: str, **changes: Any) -> Owner:
+    entry = Owner(
+        name=name,
+        nickname=nickname,
+        local=False,
+        reachable=True,
+        owned=nets("10.32.0.0/14"),
+        addresses=262144,
+        share=25.0,
+        active=0,
+    )
+    return replace(entry, **changes)
+
+
+def peer(name: str, nickname: str, address: str, *blocks: str, **changes: Any) -> Peer:
+    """A pending peer that has moved no traffic, with ``changes``."""
+    entry = Peer(
+        name=name,
+        via=None,
+        nickname=nickname,
+        address=address,
+        blocks=nets(*blocks),
+        state="pending",
+        rtt_ms=None,
+        mtu=1376,
+        tx_packets=0,
+        tx_bytes=0,
+        rx_packets=0,
+        rx_bytes=0,
+        relayed=0,
+        drops={},
+    )
+    return replace(entry, **changes)
+
+
+REPORT = Report(
+    version="0.1.0",
+    ready=True,
+    uptime_seconds=12.5,
+    router=Router(
+        name="aa:bb:cc:dd:ee:01",
+        nickname="node-1",
+        uid="1f2e3d",
+        port=6783,
+        mtu=1376,
+        underlay_mtu=1440,
+        offload="tso+csum",
+        super_packets="udp-gso",
+    ),
+    ipam=IpamStatus(
+        mode="gossip",
+        status="ready",
+        range=N("10.32.0.0/12"),
+        block_prefix=24,
+        blocks=nets("10.32.1.0/24"),
+        conflict=None,
+        owners=(
+            owner(
+                "aa:bb:cc:dd:ee:01",
+                "node-1",
+                local=True,
+                owned=nets("10.32.0.0/13"),
+                addresses=524288,
+                share=50.0,
+                active=3,
+            ),
+            owner("aa:bb:cc:dd:ee:02", "node-2", owned=nets("10.40.0.0/14"), active=1),
+            owner("aa:bb:cc:dd:ee:03", "node-3", reachable=False, owned=nets("10.44.0.0/14")),
+        ),
+        used=3,
+        capacity=524285,
+        pending_allocates=2,
+        pending_claims=1,
+        unreachable_addresses=262144,
+        unreachable_percentage=25.0,
+    ),
+    peers=(
+        peer(
+            "aa:bb:cc:dd:ee:02",
+            "node-2",
+            "192.168.48.12:6783",
+            "10.32.2.0/24",
+            state="established",
+            rtt_ms=0.412,
+            tx_packets=10,
+            tx_bytes=123456,
+            rx_packets=7,
+            rx_bytes=900,
+            drops={"too_big": 2},
+        ),
+        peer("aa:bb:cc:dd:ee:03", "node-3", "10.51.34.219:6783", "10.32.3.0/24", "10.32.30.0/24"),
+        peer(
+            "aa:bb:cc:dd:ee:04",
+            "node-4",
+            "255.255.255.255:65535",
+            "10.32.4.0/24",
+            state="established",
+            rtt_ms=1.0,
+            mtu=1300,
+            tx_packets=1,
+            tx_bytes=5 * 1024 * 1024,
+            rx_packets=2,
+            rx_bytes=3 * 1024**3,
+            drops={"no_route": 1, "heartbeat": 4},
+        ),
+    ),
+    drops={"unknown_peer": 3, "too_big": 2},
+    super_packets_received={},
+    routes=tuple(
+        Route(N(d), "weave-tun")
+        for d in ("10.32.2.0/24", "10.32.3.0/24", "10.32.30.0/24", "10.32.9.0/24")
+    ),
+    connections=(),
+)
+
+REPORT_JSON: dict[str, Any] = {  # /report as agents serve it: the oracle of to_json
     "version": "0.1.0",
     "ready": True,
     "uptime_seconds": 12.5,
@@ -77,6 +201,7 @@ SNAPSHOT: dict[str, Any] = {
     "peers": [
         {
             "name": "aa:bb:cc:dd:ee:02",
+            "via": None,
             "nickname": "node-2",
             "address": "192.168.48.12:6783",
             "blocks": ["10.32.2.0/24"],
@@ -87,10 +212,12 @@ SNAPSHOT: dict[str, Any] = {
             "tx_bytes": 123456,
             "rx_packets": 7,
             "rx_bytes": 900,
+            "relayed": 0,
             "drops": {"too_big": 2},
         },
         {
             "name": "aa:bb:cc:dd:ee:03",
+            "via": None,
             "nickname": "node-3",
             "address": "10.51.34.219:6783",
             "blocks": ["10.32.3.0/24", "10.32.30.0/24"],
@@ -101,10 +228,12 @@ SNAPSHOT: dict[str, Any] = {
             "tx_bytes": 0,
             "rx_packets": 0,
             "rx_bytes": 0,
+            "relayed": 0,
             "drops": {},
         },
         {
             "name": "aa:bb:cc:dd:ee:04",
+            "via": None,
             "nickname": "node-4",
             "address": "255.255.255.255:65535",
             "blocks": ["10.32.4.0/24"],
@@ -115,30 +244,29 @@ SNAPSHOT: dict[str, Any] = {
             "tx_bytes": 5 * 1024 * 1024,
             "rx_packets": 2,
             "rx_bytes": 3 * 1024**3,
+            "relayed": 0,
             "drops": {"no_route": 1, "heartbeat": 4},
         },
     ],
     "drops": {"unknown_peer": 3, "too_big": 2},
+    "super_packets_received": {},
     "routes": [
         {"destination": "10.32.2.0/24", "device": "weave-tun"},
         {"destination": "10.32.3.0/24", "device": "weave-tun"},
         {"destination": "10.32.30.0/24", "device": "weave-tun"},
         {"destination": "10.32.9.0/24", "device": "weave-tun"},
     ],
+    "connections": [],
 }
 
 
-def snap(**changes: Any) -> dict[str, Any]:
-    s = copy.deepcopy(SNAPSHOT)
-    s.update(changes)
-    return s
+def snap(**changes: Any) -> Report:
+    return replace(REPORT, **changes)
 
 
-def ipam(**changes: Any) -> dict[str, Any]:
-    """SNAPSHOT's ipam entry with ``changes``."""
-    entry = copy.deepcopy(SNAPSHOT["ipam"])
-    entry.update(changes)
-    return entry
+def ipam(**changes: Any) -> IpamStatus:
+    """REPORT's ipam part with ``changes``."""
+    return replace(REPORT.ipam, **changes)
 
 
 def weave_sample(title: str) -> list[str]:
@@ -151,11 +279,26 @@ def weave_sample(title: str) -> list[str]:
     return [line for line in block.splitlines() if line]
 
 
+# -- the tree and its JSON ---------------------------------------------------------------------
+
+
+def test_report_json_is_the_document_agents_serve() -> None:
+    # json.dumps compares key order and value types too (50.0 is not 50, None is not absent).
+    assert json.dumps(REPORT.to_json()) == json.dumps(REPORT_JSON)
+    assert Report.from_json(REPORT_JSON) == REPORT
+
+
+@pytest.mark.parametrize("view", sorted(status.VIEWS))
+def test_views_render_fetched_json_as_the_tree(view: str) -> None:
+    render = status.VIEWS[view]
+    assert render(REPORT_JSON) == render(REPORT)
+
+
 # -- weave-py status ---------------------------------------------------------------------------
 
 
 def test_status_labels_right_aligned() -> None:
-    out = status.render_status(SNAPSHOT)
+    out = status.render_status(REPORT)
     assert out.endswith("\n")
     lines = out.splitlines()
     filled = [line for line in lines if line]
@@ -185,15 +328,15 @@ def test_status_labels_right_aligned() -> None:
 
 def test_status_alignment_matches_weave() -> None:
     sample = weave_sample("## `weave status`")
-    ours = status.render_status(SNAPSHOT).splitlines()
+    ours = status.render_status(REPORT).splitlines()
     weave_version = next(line for line in sample if "Version:" in line)
     our_version = next(line for line in ours if "Version:" in line)
     assert weave_version.index(":") == our_version.index(":")
 
 
 def test_status_without_peers_and_not_ready() -> None:
-    entry = ipam(status="idle", range="10.0.0.0/8", blocks=[], owners=[])
-    out = status.render_status(snap(peers=[], ready=False, ipam=entry))
+    entry = ipam(status="idle", range=N("10.0.0.0/8"), blocks=(), owners=())
+    out = status.render_status(snap(peers=(), ready=False, ipam=entry))
     assert "    Connections: 0\n" in out
     assert "          Peers: 1\n" in out
     assert "         Status: idle\n" in out
@@ -204,7 +347,7 @@ def test_status_without_peers_and_not_ready() -> None:
 def test_status_ipam_matches_weave() -> None:
     sample = weave_sample("## `weave status`")
     weave_ipam = sample[sample.index("        Service: ipam") :]
-    ours = status.render_status(SNAPSHOT).splitlines()
+    ours = status.render_status(REPORT).splitlines()
     assert ours[ours.index("        Service: ipam") :][:4] == weave_ipam
 
 
@@ -232,23 +375,8 @@ def test_status_shows_a_seeding_conflict() -> None:
 # -- weave-py status ipam ----------------------------------------------------------------------
 
 
-def owner(name: str, nickname: str, **changes: Any) -> dict[str, Any]:
-    entry = {
-        "name": name,
-        "nickname": nickname,
-        "local": False,
-        "reachable": True,
-        "owned": ["10.32.0.0/14"],
-        "addresses": 262144,
-        "share": 25.0,
-        "active": 0,
-    }
-    entry.update(changes)
-    return entry
-
-
 def test_ipam_lines() -> None:
-    assert status.render_ipam(SNAPSHOT).splitlines() == [
+    assert status.render_ipam(REPORT).splitlines() == [
         "aa:bb:cc:dd:ee:01(node-1)   524288 IPs (50.0% of total) (3 active)",
         "aa:bb:cc:dd:ee:02(node-2)   262144 IPs (25.0% of total) (1 active)",
         "aa:bb:cc:dd:ee:03(node-3)   262144 IPs (25.0% of total) (0 active) - unreachable!",
@@ -261,7 +389,7 @@ def test_ipam_local_first_then_by_name_and_aligned() -> None:
         owner("11:00:00:00:00:03", "a-much-longer-nickname", active=12),
         owner("aa:00:00:00:00:01", "me", local=True, addresses=1048560, share=99.9985),
     ]
-    lines = status.render_ipam(snap(ipam=ipam(owners=owners))).splitlines()
+    lines = status.render_ipam(snap(ipam=ipam(owners=tuple(owners)))).splitlines()
     assert [line.split("(", 1)[0] for line in lines] == [
         "aa:00:00:00:00:01",  # local first, although its name sorts after the next
         "11:00:00:00:00:03",
@@ -283,7 +411,7 @@ def test_ipam_marks_only_unreachable_others() -> None:
         owner("aa:00:00:00:00:02", "up"),
         owner("aa:00:00:00:00:03", "gone", reachable=False),
     ]
-    lines = status.render_ipam(snap(ipam=ipam(owners=owners))).splitlines()
+    lines = status.render_ipam(snap(ipam=ipam(owners=tuple(owners)))).splitlines()
     assert [line.endswith(" - unreachable!") for line in lines] == [False, False, True]
     assert lines[2].endswith("(0 active) - unreachable!")
 
@@ -296,10 +424,10 @@ def test_ipam_conflict_after_the_owners() -> None:
 
 
 def test_ipam_without_owners_says_the_status() -> None:
-    out = status.render_ipam(snap(ipam=ipam(status="awaiting consensus", owners=[])))
+    out = status.render_ipam(snap(ipam=ipam(status="awaiting consensus", owners=())))
     assert out == "awaiting consensus: no peer owns any of 10.32.0.0/12 yet\n"
     text = "IP allocation was seeded by different peers: ..."
-    out = status.render_ipam(snap(ipam=ipam(status="awaiting consensus", owners=[], conflict=text)))
+    out = status.render_ipam(snap(ipam=ipam(status="awaiting consensus", owners=(), conflict=text)))
     assert out.splitlines() == [
         "awaiting consensus: no peer owns any of 10.32.0.0/12 yet",
         f"conflict: {text}",
@@ -314,35 +442,85 @@ def test_ipam_is_a_status_view() -> None:
 
 
 def test_connections_layout() -> None:
-    lines = status.render_connections(SNAPSHOT).splitlines()
+    lines = status.render_connections(REPORT).splitlines()
     assert lines == [
         "-> 192.168.48.12:6783    established sleeve aa:bb:cc:dd:ee:02(node-2) mtu=1376",
         "-> 10.51.34.219:6783     pending",
         "-> 255.255.255.255:65535 established sleeve aa:bb:cc:dd:ee:04(node-4) mtu=1300",
     ]
-    for line, peer in zip(lines, SNAPSHOT["peers"], strict=True):
+    for line, p in zip(lines, REPORT.peers, strict=True):
         assert line[:3] == "-> "
-        assert line[3:24] == peer["address"].ljust(21)  # address, 21 wide
-        assert line[25:36].rstrip() == peer["state"]  # state, 11 wide
+        assert line[3:24] == p.address.ljust(21)  # address, 21 wide
+        assert line[25:36].rstrip() == p.state  # state, 11 wide
 
 
 def test_connections_columns_match_weave() -> None:
     sample = weave_sample("## `weave status connections`")
-    ours = status.render_connections(SNAPSHOT).splitlines()
+    ours = status.render_connections(REPORT).splitlines()
     weave_line = next(line for line in sample if " established " in line)
     assert weave_line.index("established") == ours[0].index("established") == 25
     assert weave_line.index("established") + 12 == ours[0].index("sleeve")
 
 
 def test_connections_empty() -> None:
-    assert status.render_connections(snap(peers=[])) == ""
+    assert status.render_connections(snap(peers=())) == ""
+
+
+CONTROL = (
+    Connection(
+        "<-",
+        "192.168.48.12:33866",
+        "established",
+        peer="aa:bb:cc:dd:ee:02(node-2)",
+        name="aa:bb:cc:dd:ee:02",
+        mtu=1376,
+    ),
+    Connection("->", "192.168.48.14:6783", "retrying", detail="connection refused"),
+    Connection("->", "192.168.48.16:6783", "connecting"),
+    Connection(
+        "->",
+        "10.51.34.219:6783",
+        "pending",
+        peer="aa:bb:cc:dd:ee:03(node-3)",
+        name="aa:bb:cc:dd:ee:03",
+    ),
+    Connection("->", "10.51.34.220:6783", "established", peer="aa:bb:cc:dd:ee:04(node-4)"),
+)
+
+
+def test_connections_in_gossip_mode_are_the_control_connections() -> None:
+    assert status.render_connections(snap(connections=CONTROL)).splitlines() == [
+        "<- 192.168.48.12:33866   established sleeve aa:bb:cc:dd:ee:02(node-2) mtu=1376",
+        "-> 192.168.48.14:6783    retrying    connection refused",
+        "-> 192.168.48.16:6783    connecting",
+        "-> 10.51.34.219:6783     pending     aa:bb:cc:dd:ee:03(node-3)",
+        "-> 10.51.34.220:6783     established sleeve aa:bb:cc:dd:ee:04(node-4) mtu=?",
+    ]
+
+
+def test_status_in_gossip_mode_counts_control_connections() -> None:
+    out = status.render_status(snap(connections=CONTROL))
+    assert "  PeerDiscovery: enabled\n" in out
+    assert "        Targets: 4\n" in out  # the dialled ones
+    assert "    Connections: 5 (2 established, 1 pending, 1 retrying, 1 connecting)\n" in out
+
+
+def test_connection_json_leaves_out_what_it_lacks() -> None:
+    assert [c.to_json() for c in CONTROL[:2]] == [
+        {"direction": "<-", "address": "192.168.48.12:33866", "state": "established",
+         "peer": "aa:bb:cc:dd:ee:02(node-2)", "name": "aa:bb:cc:dd:ee:02", "mtu": 1376},
+        {"direction": "->", "address": "192.168.48.14:6783", "state": "retrying",
+         "detail": "connection refused"},
+    ]  # fmt: skip
+    report = snap(connections=CONTROL)
+    assert Report.from_json(report.to_json()) == report
 
 
 # -- weave-py status routes / peers ----------------------------------------------------------
 
 
 def test_routes_map_blocks_to_owners() -> None:
-    lines = status.render_routes(SNAPSHOT).splitlines()
+    lines = status.render_routes(REPORT).splitlines()
     assert lines[0].split() == ["DESTINATION", "VIA", "PEER"]
     table = {line.split()[0]: line.split()[1:] for line in lines[1:]}
     assert table == {
@@ -355,7 +533,7 @@ def test_routes_map_blocks_to_owners() -> None:
 
 
 def test_peers_table() -> None:
-    lines = status.render_peers(SNAPSHOT).splitlines()
+    lines = status.render_peers(REPORT).splitlines()
     assert lines[0].split() == ["PEER", "ADDRESS", "STATE", "RTT", "TX", "RX", "DROPS"]
     node2 = next(line for line in lines if "node-2" in line)
     assert node2.split() == [
@@ -374,19 +552,19 @@ def test_peers_table() -> None:
     assert lines[-1] == "drops (all peers): too_big=2,unknown_peer=3"
     # Columns line up under the header.
     for line in (node2, node3, node4):
-        assert line[29:50].strip() in {p["address"] for p in SNAPSHOT["peers"]}
+        assert line[29:50].strip() in {p.address for p in REPORT.peers}
 
 
 # -- HTTP API --------------------------------------------------------------------------------
 
 
-def api(s: dict[str, Any] | None = None, metrics_only: bool = False) -> Api:
-    return Api(lambda: s if s is not None else SNAPSHOT, metrics_only=metrics_only)
+def api(s: Report | None = None, metrics_only: bool = False) -> Api:
+    return Api(lambda: s if s is not None else REPORT, metrics_only=metrics_only)
 
 
-def test_healthz_needs_no_snapshot() -> None:
-    def broken() -> dict[str, Any]:
-        raise AssertionError("liveness must not depend on the snapshot")
+def test_healthz_needs_no_report() -> None:
+    def broken() -> Report:
+        raise AssertionError("liveness must not depend on the report")
 
     assert Api(broken).respond("GET", "/healthz") == (200, "text/plain", "ok\n")
 
@@ -394,16 +572,16 @@ def test_healthz_needs_no_snapshot() -> None:
 def test_status_ready_and_not_ready() -> None:
     code, ctype, body = api().respond("GET", "/status")
     assert (code, ctype) == (200, "text/plain")
-    assert body == status.render_status(SNAPSHOT)
+    assert body == status.render_status(REPORT)
     code, _, body = api(snap(ready=False, ipam=ipam(status="idle"))).respond("GET", "/status")
     assert code == 503
     assert "Status: idle" in body
 
 
-def test_report_is_the_snapshot_as_json() -> None:
+def test_report_is_the_tree_as_json() -> None:
     code, ctype, body = api().respond("GET", "/report")
     assert (code, ctype) == (200, "application/json")
-    assert json.loads(body) == SNAPSHOT
+    assert body == json.dumps(REPORT_JSON, indent=2) + "\n"  # same keys, order and types
 
 
 @pytest.mark.parametrize(
@@ -419,7 +597,7 @@ def test_report_is_the_snapshot_as_json() -> None:
     ],
 )
 def test_status_views(path: str, view: Any) -> None:
-    assert api().respond("GET", path) == (200, "text/plain", view(SNAPSHOT))
+    assert api().respond("GET", path) == (200, "text/plain", view(REPORT))
 
 
 def test_metrics() -> None:
@@ -472,8 +650,8 @@ def test_ipam_metrics_have_weaves_names() -> None:
 def test_ipam_metrics_before_consensus() -> None:
     entry = ipam(
         status="awaiting consensus",
-        owners=[],
-        blocks=[],
+        owners=(),
+        blocks=(),
         used=0,
         capacity=0,
         pending_allocates=4,
@@ -488,10 +666,10 @@ def test_ipam_metrics_before_consensus() -> None:
     assert samples[("weave_ipam_pending_allocates", ())] == 4
 
 
-def test_metrics_reflect_the_snapshot_at_scrape_time() -> None:
-    current = snap()
-    a = Api(lambda: current)
-    current["peers"][0]["tx_bytes"] = 999
+def test_metrics_reflect_the_report_at_scrape_time() -> None:
+    current = [REPORT]
+    a = Api(lambda: current[0])
+    current[0] = snap(peers=(replace(REPORT.peers[0], tx_bytes=999), *REPORT.peers[1:]))
     assert (
         'weave_py_peer_tx_bytes_total{nickname="node-2",peer="aa:bb:cc:dd:ee:02"} 999.0'
         in (a.respond("GET", "/metrics")[2])

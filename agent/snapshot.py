@@ -1,0 +1,93 @@
+"""The snapshot: a Report taken of the running cores for every view.
+
+It reads the sleeve's peers and counters, the mesh driver's control connections, the IPAM
+status and the kernel routes the last reconcile listed; the daemon passes them in, with its
+router and the time it has been up, and serves the result (agent/report.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from agent import __version__
+from agent.report import Connection, IpamStatus, Peer, Report, Route, Router
+from overlay.sleeve import PeerState, Sleeve
+
+
+def take(
+    router: Router,
+    *,
+    ready: bool,
+    uptime_seconds: float,
+    ipam: Mapping[str, Any],
+    sleeve: Sleeve | None,
+    routes: Iterable[Mapping[str, str]],
+    control: Iterable[Mapping[str, str]],
+) -> Report:
+    """The Report of this moment. ``ipam``: what ``agent.ipam.Ipam.status`` returns;
+    ``routes``: {"destination", "device"} entries; ``control``: the mesh driver's
+    ``connections()`` (empty with static peers)."""
+    peers = tuple(peer_of(state) for state in sleeve.peers.values()) if sleeve else ()
+    return Report(
+        version=__version__,
+        ready=ready,
+        uptime_seconds=round(uptime_seconds, 1),
+        router=router,
+        ipam=IpamStatus.from_json(ipam),
+        peers=peers,
+        drops=dict(sleeve.drops) if sleeve else {},
+        super_packets_received=dict(sleeve.paths) if sleeve else {},
+        routes=tuple(Route(ipaddress.IPv4Network(r["destination"]), r["device"]) for r in routes),
+        connections=connections_of(control, peers),
+    )
+
+
+def peer_of(state: PeerState) -> Peer:
+    """A data-plane peer as the views show it: the sleeve's spec, health and counters."""
+    spec, counters = state.spec, state.counters
+    return Peer(
+        name=spec.peer_name,
+        via=None if spec.via is None else f"{spec.via[0]}:{spec.via[1]}",
+        nickname=spec.name,
+        address=f"{spec.address[0]}:{spec.address[1]}",
+        blocks=tuple(spec.blocks),
+        state="established" if state.established else "pending",
+        rtt_ms=None if state.rtt is None else round(state.rtt * 1e3, 3),
+        mtu=state.mtu,
+        tx_packets=counters.tx_packets,
+        tx_bytes=counters.tx_bytes,
+        rx_packets=counters.rx_packets,
+        rx_bytes=counters.rx_bytes,
+        relayed=counters.relayed,
+        drops=dict(counters.drops),
+    )
+
+
+def connections_of(
+    entries: Iterable[Mapping[str, str]], peers: Sequence[Peer]
+) -> tuple[Connection, ...]:
+    """Control connections with Weave's states: an established one whose peer's data path is
+    not established (or not known yet) is "pending"; an established one carries the data
+    path's MTU."""
+    by_name = {p.name: p for p in peers}
+    out = []
+    for entry in entries:
+        peer = by_name.get(entry.get("name", ""))
+        state = entry["state"]
+        if state == "established" and (peer is None or peer.state != "established"):
+            state = "pending"
+        mtu = peer.mtu if peer is not None and state == "established" else None
+        out.append(
+            Connection(
+                direction=entry["direction"],
+                address=entry["address"],
+                state=state,
+                peer=entry.get("peer"),
+                name=entry.get("name"),
+                detail=entry.get("detail"),
+                mtu=mtu,
+            )
+        )
+    return tuple(out)

@@ -1,0 +1,134 @@
+"""The Report taken of the cores: the sleeve's peers and counters, the control connections
+with Weave's states, the IPAM status of a real Ipam and the kernel routes."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import random
+from pathlib import Path
+
+from agent import __version__, snapshot
+from agent.config import Config
+from agent.ipam import Ipam
+from agent.report import Connection, Peer, Report, Route
+from overlay.sleeve import PeerSpec, Sleeve
+from tests.agent.test_status import REPORT, REPORT_JSON
+
+NET = ipaddress.IPv4Network
+NODE2 = PeerSpec(0xB2, "node-2", ("192.168.48.12", 6783), (NET("10.32.2.0/24"),),
+                 peer_name="aa:bb:cc:dd:ee:02")  # fmt: skip
+NODE3 = PeerSpec(0xC3, "node-3", ("10.51.34.219", 6783), (NET("10.32.3.0/24"),),
+                 via=("192.168.48.12", 6783), peer_name="aa:bb:cc:dd:ee:03")  # fmt: skip
+
+
+def sleeve() -> Sleeve:
+    """node-2 answers heartbeats and has moved traffic; node-3 is relayed through node-2 and
+    has not answered yet."""
+    s = Sleeve(0xA1, 0x1111, [NET("10.32.1.0/24")], 1376, rng=random.Random(7))
+    s.set_peers([NODE2, NODE3], 0.0)
+    node2 = s.peers[NODE2.peer_id]
+    node2.established = True
+    node2.rtt = 0.0004123
+    node2.counters.tx_packets, node2.counters.tx_bytes = 10, 123456
+    node2.counters.rx_packets, node2.counters.rx_bytes = 7, 900
+    node2.counters.relayed = 4
+    s.drop("too_big", node2)
+    s.drop("unknown_peer")
+    s.paths["gro"] += 2
+    return s
+
+
+def take(
+    control: list[dict[str, str]] | None = None, sleeve: Sleeve | None = None, ready: bool = True
+) -> Report:
+    return snapshot.take(
+        REPORT.router,
+        ready=ready,
+        uptime_seconds=12.46,
+        ipam=REPORT_JSON["ipam"],
+        sleeve=sleeve,
+        routes=[{"destination": "10.32.2.0/24", "device": "weave-tun"}],
+        control=control or [],
+    )
+
+
+def test_the_report_of_the_cores() -> None:
+    report = take(sleeve=sleeve())
+    assert report.version == __version__
+    assert (report.ready, report.uptime_seconds) == (True, 12.5)
+    assert report.router == REPORT.router
+    assert report.ipam == REPORT.ipam
+    assert report.peers == (
+        Peer(name="aa:bb:cc:dd:ee:02", via=None, nickname="node-2", address="192.168.48.12:6783",
+             blocks=(NET("10.32.2.0/24"),), state="established", rtt_ms=0.412, mtu=1376,
+             tx_packets=10, tx_bytes=123456, rx_packets=7, rx_bytes=900, relayed=4,
+             drops={"too_big": 1}),
+        Peer(name="aa:bb:cc:dd:ee:03", via="192.168.48.12:6783", nickname="node-3",
+             address="10.51.34.219:6783", blocks=(NET("10.32.3.0/24"),), state="pending",
+             rtt_ms=None, mtu=1376, tx_packets=0, tx_bytes=0, rx_packets=0, rx_bytes=0,
+             relayed=0, drops={}),
+    )  # fmt: skip
+    assert report.drops == {"too_big": 1, "unknown_peer": 1}
+    assert report.super_packets_received == {"gro": 2}
+    assert report.routes == (Route(NET("10.32.2.0/24"), "weave-tun"),)
+    assert report.connections == ()
+
+
+def test_the_report_is_a_copy_not_a_view_of_the_counters() -> None:
+    s = sleeve()
+    report = take(sleeve=s)
+    s.drop("too_big", s.peers[NODE2.peer_id])
+    s.paths["gro"] += 1
+    assert report.peers[0].drops == {"too_big": 1}
+    assert report.drops["too_big"] == 1
+    assert report.super_packets_received == {"gro": 2}
+
+
+def test_before_the_sleeve_exists() -> None:
+    report = take(ready=False)
+    assert report.peers == ()
+    assert report.drops == {} and report.super_packets_received == {}
+    assert report.ready is False
+
+
+def test_control_connections_get_weaves_states() -> None:
+    control = [
+        {"direction": "->", "address": "192.168.48.12:6783", "state": "established",
+         "peer": "aa:bb:cc:dd:ee:02(node-2)", "name": "aa:bb:cc:dd:ee:02"},
+        {"direction": "<-", "state": "established", "peer": "aa:bb:cc:dd:ee:03(node-3)",
+         "name": "aa:bb:cc:dd:ee:03", "address": "10.51.34.219:41234"},
+        {"direction": "->", "address": "192.0.2.9:6783", "state": "established",
+         "peer": "aa:bb:cc:dd:ee:09(node-9)", "name": "aa:bb:cc:dd:ee:09"},
+        {"direction": "->", "address": "192.0.2.10:6783", "state": "retrying",
+         "detail": "connection refused"},
+    ]  # fmt: skip
+    assert take(control, sleeve=sleeve()).connections == (
+        Connection("->", "192.168.48.12:6783", "established", peer="aa:bb:cc:dd:ee:02(node-2)",
+                   name="aa:bb:cc:dd:ee:02", mtu=1376),  # data path up: established, its MTU
+        Connection("<-", "10.51.34.219:41234", "pending", peer="aa:bb:cc:dd:ee:03(node-3)",
+                   name="aa:bb:cc:dd:ee:03"),  # data path not confirmed yet
+        Connection("->", "192.0.2.9:6783", "pending", peer="aa:bb:cc:dd:ee:09(node-9)",
+                   name="aa:bb:cc:dd:ee:09"),  # no data-plane peer of that name yet
+        Connection("->", "192.0.2.10:6783", "retrying", detail="connection refused"),
+    )  # fmt: skip
+
+
+def test_the_status_of_a_real_ipam_reads_as_the_tree(tmp_path: Path) -> None:
+    config = dataclasses.replace(
+        Config(), state_dir=str(tmp_path), ipalloc_range=NET("10.32.0.0/16"),
+        pod_block=NET("10.32.1.0/28"),
+    )  # fmt: skip
+    ipam = Ipam(config, "aa:bb:cc:dd:ee:01", 1)
+    report = snapshot.take(
+        REPORT.router, ready=True, uptime_seconds=1.0, ipam=ipam.status({}, set(), "node-1"),
+        sleeve=None, routes=[], control=[],
+    )  # fmt: skip
+    assert report.ipam.mode == "kube"
+    assert report.ipam.blocks == (NET("10.32.1.0/28"),)
+    [owner] = report.ipam.owners
+    assert (owner.name, owner.nickname, owner.local, owner.addresses) == (
+        "aa:bb:cc:dd:ee:01", "node-1", True, 16,
+    )  # fmt: skip
+    assert Report.from_json(json.loads(json.dumps(report.to_json()))) == report
