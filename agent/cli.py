@@ -12,7 +12,8 @@ from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import quote
 
-from agent import client, config, install_cni, status
+from agent import client, config, status
+from agent.cni import install, plugin
 
 log = logging.getLogger("weave-py")
 
@@ -50,14 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     rm.set_defaults(func=cmd_rmpeer)
 
     cni = sub.add_parser("install-cni", help="install the CNI plugin and the network's conflist")
-    cni.add_argument("--bin-dir", default=install_cni.DEFAULT_BIN_DIR, help="plugin directory")
-    cni.add_argument("--conf-dir", default=install_cni.DEFAULT_CONF_DIR, help="conflist directory")
+    cni.add_argument("--bin-dir", default=install.DEFAULT_BIN_DIR, help="plugin directory")
+    cni.add_argument("--conf-dir", default=install.DEFAULT_CONF_DIR, help="conflist directory")
     cni.add_argument(
         "--socket",
-        default=os.environ.get("WEAVE_CNI_SOCKET", install_cni.DEFAULT_SOCKET),
+        default=os.environ.get("WEAVE_CNI_SOCKET", plugin.DEFAULT_SOCKET),
         help="the agent's CNI socket, written into the conflist",
     )
-    cni.add_argument("--name", default=install_cni.NETWORK_NAME, help="network name")
+    cni.add_argument("--name", default=install.NETWORK_NAME, help="network name")
     cni.add_argument("--python", default="", help="interpreter the plugin runs with on the "
                      "host; default /usr/bin/python3 when present here")  # fmt: skip
     cni.set_defaults(func=cmd_install_cni)
@@ -180,7 +181,7 @@ def cmd_rmpeer(args: argparse.Namespace) -> int:
 
 def cmd_install_cni(args: argparse.Namespace) -> int:
     try:
-        written = install_cni.install(
+        written = install.install(
             args.bin_dir, args.conf_dir, args.socket, args.name, python=args.python
         )
     except OSError as exc:

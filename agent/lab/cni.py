@@ -13,7 +13,7 @@ import os
 import subprocess
 from typing import Any
 
-from agent import install_cni
+from agent.cni import install as install_cni
 from agent.lab.plan import LabPlan
 
 REFERENCE_PLUGINS = "/usr/lib/cni"

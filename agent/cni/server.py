@@ -1,10 +1,11 @@
 """The unix socket the CNI plugin forwards requests to, with the pod's netns as a descriptor.
 
-Wire format (the plugin is written to exactly this): one connection per request; the plugin
-sends one frame, the agent answers with one frame and closes. A frame is a 4-byte big-endian
-length and that many bytes of UTF-8 JSON (an object), at most ``MAX_FRAME`` bytes. The request
-may carry one file descriptor (SCM_RIGHTS): the pod's network namespace. Replies are
-``{"ok": true, "result": ...}`` or ``{"ok": false, "error": {"code", "msg", "details"}}``.
+Wire format: the plugin's (agent/cni/plugin.py, whose constants it is built on). One connection
+per request; the plugin sends one frame, the agent answers with one frame and closes. A frame
+is a 4-byte big-endian length and that many bytes of UTF-8 JSON (an object), at most
+``plugin.MAX_FRAME_BYTES``. The request may carry one file descriptor (SCM_RIGHTS): the pod's
+network namespace. Replies are ``{"ok": true, "result": ...}`` or
+``{"ok": false, "error": {"code", "msg", "details"}}``.
 
 Why not asyncio streams: they cannot receive descriptors. The listening and the connection
 sockets are non-blocking; ``recvmsg`` is tried directly and, when it would block, the
@@ -27,16 +28,14 @@ import json
 import logging
 import os
 import socket
-import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agent.cni import CniError, Code
+from agent.cni.plugin import LENGTH, MAX_FRAME_BYTES
+from agent.cni.spec import CniError, Code
 
 log = logging.getLogger("weave-py.cni")
 
-HEADER = struct.Struct("!I")
-MAX_FRAME = 1 << 20  # bytes of JSON in one frame, either direction
 MAX_FDS = 4  # descriptors one read takes in; a request may carry one, extra ones are refused
 READ_TIMEOUT = 5.0  # seconds a client has to send its whole request (and to take the reply)
 BACKLOG = 128
@@ -50,9 +49,9 @@ class FrameError(Exception):
 
 def encode_frame(doc: Any) -> bytes:
     body = json.dumps(doc, separators=(",", ":")).encode()
-    if len(body) > MAX_FRAME:
-        raise FrameError(f"frame of {len(body)} bytes exceeds {MAX_FRAME}")
-    return HEADER.pack(len(body)) + body
+    if len(body) > MAX_FRAME_BYTES:
+        raise FrameError(f"frame of {len(body)} bytes exceeds {MAX_FRAME_BYTES}")
+    return LENGTH.pack(len(body)) + body
 
 
 def decode_body(body: bytes) -> dict[str, Any]:
@@ -192,10 +191,10 @@ class CniServer:
 
 async def read_request(conn: socket.socket, fds: list[int]) -> dict[str, Any]:
     """One frame from ``conn``; descriptors that came with it are appended to ``fds``."""
-    header = await _read_exactly(conn, HEADER.size, fds)
-    (length,) = HEADER.unpack(header)
-    if length > MAX_FRAME:
-        raise FrameError(f"request of {length} bytes exceeds {MAX_FRAME}")
+    header = await _read_exactly(conn, LENGTH.size, fds)
+    (length,) = LENGTH.unpack(header)
+    if length > MAX_FRAME_BYTES:
+        raise FrameError(f"request of {length} bytes exceeds {MAX_FRAME_BYTES}")
     return decode_body(await _read_exactly(conn, length, fds))
 
 

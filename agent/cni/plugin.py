@@ -79,8 +79,8 @@ REQUIRED_ENV = {
 DEFAULT_SOCKET = "/run/weave-py/cni.sock"
 CONNECT_TIMEOUT = 2.0  # seconds; the agent accepts at once or is not there
 REPLY_TIMEOUT = 60.0  # seconds; an ADD may wait for the node to get address space
-MAX_FRAME_BYTES = 1 << 20  # the agent (agent/cni_server.py MAX_FRAME) takes no more
-LENGTH = _struct.Struct(">I")
+MAX_FRAME_BYTES = 1 << 20  # bytes of JSON in one frame, either direction (the agent's limit too)
+LENGTH = _struct.Struct(">I")  # the frame's length prefix
 
 
 class _JsonContext:
@@ -130,15 +130,16 @@ def json_dumps(value: object) -> str:
     return "".join(_encode(value, 0))
 
 
-# CNI error codes (spec 1.1.0) and ours (100+).
+# CNI error codes (spec 1.1.0) and ours (100+) that this file reports. The numbers are the
+# protocol; the agent's ``Code`` (agent/cni/spec.py) is built on them.
 INCOMPATIBLE_VERSION = 1
-BAD_ENVIRONMENT = 4
+INVALID_ENV = 4
 IO_FAILURE = 5
-DECODE_FAILURE = 6
+DECODE = 6
 INVALID_CONFIG = 7
 TRY_AGAIN_LATER = 11
-NOT_AVAILABLE = 50
-INTERNAL_ERROR = 100
+NOT_READY = 50
+INTERNAL = 100
 
 NOT_RUNNING = "weave-py agent is not running: try again later"
 NO_ANSWER = "weave-py agent did not answer in time"
@@ -169,7 +170,7 @@ def main(env: "Mapping[str, str] | None" = None, stdin: bytes | None = None) -> 
         write(error.output(version))
         return 1
     except Exception as error:
-        internal = PluginError(INTERNAL_ERROR, "internal error", f"{type(error).__name__}: {error}")
+        internal = PluginError(INTERNAL, "internal error", f"{type(error).__name__}: {error}")
         write(internal.output(version))
         return 1
     if output is not None:
@@ -229,10 +230,10 @@ def version_of(stdin: bytes) -> str:
 
 def check_environment(command: str, env: "Mapping[str, str]") -> None:
     if not command:
-        raise PluginError(BAD_ENVIRONMENT, "required environment variables missing: CNI_COMMAND")
+        raise PluginError(INVALID_ENV, "required environment variables missing: CNI_COMMAND")
     if command not in REQUIRED_ENV:
         raise PluginError(
-            BAD_ENVIRONMENT,
+            INVALID_ENV,
             f"unknown CNI_COMMAND {command!r}",
             "expected one of " + ", ".join(REQUIRED_ENV),
         )
@@ -240,7 +241,7 @@ def check_environment(command: str, env: "Mapping[str, str]") -> None:
     missing = [name for name in required if not env.get(name)]
     if missing:
         raise PluginError(
-            BAD_ENVIRONMENT,
+            INVALID_ENV,
             "required environment variables missing: " + ", ".join(missing),
             f"{command} needs " + ", ".join(required),
         )
@@ -253,11 +254,11 @@ def parse_config(stdin: bytes) -> tuple[str, dict[str, object]]:
         config = json_loads(text)
     except (ValueError, RecursionError) as error:
         raise PluginError(
-            DECODE_FAILURE, "network configuration on stdin is not valid JSON", str(error)
+            DECODE, "network configuration on stdin is not valid JSON", str(error)
         ) from None
     if not isinstance(config, dict):
         raise PluginError(
-            DECODE_FAILURE,
+            DECODE,
             "network configuration on stdin is not a JSON object",
             f"got {json_type(config)}",
         )
@@ -349,7 +350,7 @@ def ask_agent(command: str, path: str, request: dict[str, object], fd: int | Non
     except PluginError as error:
         if command == "STATUS" and error.code == TRY_AGAIN_LATER:
             raise PluginError(
-                NOT_AVAILABLE, f"plugin not available: {error.msg}", error.details
+                NOT_READY, f"plugin not available: {error.msg}", error.details
             ) from None
         raise
     finally:

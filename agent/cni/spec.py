@@ -1,47 +1,48 @@
-"""What a CNI request says, checked once: the frame the plugin forwards, CNI_ARGS, the network
-configuration (every malformed input is one ``CniError`` with the spec's code); and what ADD
-answers, shaped by the configuration's cniVersion. Pure data: the handler is agent/cni.py.
+"""What a CNI request says, checked once: the frame the plugin forwards, CNI_ARGS and the
+network configuration. Every malformed input is one ``CniError`` with the spec's code.
+
+The protocol's constants (versions, the commands and the variables each needs, the codes the
+plugin reports) are the plugin's (agent/cni/plugin.py), which must stay importable without the
+project; they are not repeated here.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-from overlay import pods
+from agent.cni import plugin
 
-SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-COMMANDS = ("ADD", "DEL", "CHECK", "GC", "STATUS")
+SUPPORTED_VERSIONS = plugin.SUPPORTED_VERSIONS
+COMMANDS = tuple(command for command in plugin.REQUIRED_ENV if command != "VERSION")
 OWN_IPAM = "weave-py"
 MAX_IFNAME = 15  # IFNAMSIZ - 1
-DEFAULT_ROUTE = IPv4Network("0.0.0.0/0")
 
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.\-]*")  # network names and container ids alike
 _CONTAINER_ID = _NAME
 _MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+_FIELDS = {"CNI_CONTAINERID": "container_id", "CNI_NETNS": "netns", "CNI_IFNAME": "ifname"}
 
 
 class Code(IntEnum):
     """CNI error codes. The numbers are the protocol: append only."""
 
-    INCOMPATIBLE_VERSION = 1
+    INCOMPATIBLE_VERSION = plugin.INCOMPATIBLE_VERSION
     UNSUPPORTED_FIELD = 2
     UNKNOWN_CONTAINER = 3
-    INVALID_ENV = 4
-    IO_FAILURE = 5
-    DECODE = 6
-    INVALID_CONFIG = 7
-    TRY_AGAIN_LATER = 11
-    NOT_READY = 50  # STATUS: not ready for ADD
+    INVALID_ENV = plugin.INVALID_ENV
+    IO_FAILURE = plugin.IO_FAILURE
+    DECODE = plugin.DECODE
+    INVALID_CONFIG = plugin.INVALID_CONFIG
+    TRY_AGAIN_LATER = plugin.TRY_AGAIN_LATER
+    NOT_READY = plugin.NOT_READY  # STATUS: not ready for ADD
     LIMITED_CONNECTIVITY = 51
     # plugin-specific
-    INTERNAL = 100  # an unexpected failure in the agent (a bug): the message has the exception
+    INTERNAL = plugin.INTERNAL  # a bug in the agent: the message names the exception
     KERNEL = 101  # the kernel refused a netlink operation
     INTERFACE_EXISTS = 102  # ADD: the pod already has CNI_IFNAME
     NO_ADDRESS = 103  # the agent's IPAM has no free address
@@ -62,6 +63,7 @@ class CniError(Exception):
         self.details = details
 
     def to_dict(self) -> dict[str, Any]:
+        """The reply's ``error`` object."""
         return {"code": self.code, "msg": self.msg, "details": self.details}
 
 
@@ -70,6 +72,8 @@ class CniError(Exception):
 
 @dataclass(frozen=True)
 class Request:
+    """The runtime's request as the plugin forwarded it (its CNI_* variables and stdin)."""
+
     command: str
     container_id: str
     netns: str  # CNI_NETNS as the runtime gave it (the result's "sandbox")
@@ -78,16 +82,6 @@ class Request:
     path: str  # CNI_PATH
     config: str  # the network configuration, raw JSON text
     netns_missing: bool = False  # the plugin could not open CNI_NETNS
-
-
-_REQUIRED = {
-    "ADD": ("container_id", "netns", "ifname"),
-    "CHECK": ("container_id", "netns", "ifname"),
-    "DEL": ("container_id", "ifname"),
-    "GC": (),
-    "STATUS": (),
-}
-_ENV = {"container_id": "CNI_CONTAINERID", "netns": "CNI_NETNS", "ifname": "CNI_IFNAME"}
 
 
 def parse_request(frame: Mapping[str, Any]) -> Request:
@@ -104,7 +98,8 @@ def parse_request(frame: Mapping[str, Any]) -> Request:
     request = Request(**fields, netns_missing=missing_netns)
     if request.command not in COMMANDS:
         raise CniError(Code.INVALID_ENV, f"CNI_COMMAND {request.command!r} is not supported")
-    missing = [_ENV[k] for k in _REQUIRED[request.command] if not fields[k]]
+    required = plugin.REQUIRED_ENV[request.command]
+    missing = [env for env in required if env in _FIELDS and not fields[_FIELDS[env]]]
     if missing:
         raise CniError(Code.INVALID_ENV, f"required env variables [{' '.join(missing)}] missing")
     if request.container_id and not _CONTAINER_ID.fullmatch(request.container_id):
@@ -146,6 +141,8 @@ def parse_args(text: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class NetConf:
+    """The network configuration's fields the agent acts on; ``raw`` is all of it."""
+
     version: str
     name: str
     type: str
@@ -158,14 +155,18 @@ class NetConf:
     valid_attachments: frozenset[tuple[str, str]] = frozenset()  # GC
 
     def at_least(self, version: str) -> bool:
-        return _version(self.version) >= _version(version)
+        """Whether the configuration's cniVersion is ``version`` or newer."""
+        return plugin.version_key(self.version) >= plugin.version_key(version)
 
-
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in text.split("."))
+    def allows(self, command: str) -> bool:
+        """Whether the configuration's cniVersion has ``command`` (CHECK, GC, STATUS are
+        newer than the others)."""
+        needed = plugin.MIN_VERSION.get(command)
+        return needed is None or self.at_least(needed)
 
 
 def parse_config(text: str) -> NetConf:
+    """The network configuration, checked (unknown keys are ignored)."""
     try:
         doc = json.loads(text)
     except (ValueError, RecursionError) as exc:
@@ -240,6 +241,7 @@ def _runtime_mac(value: Any) -> str | None:
 
 
 def checked_mac(value: Any, code: Code, what: str) -> str:
+    """``value`` as a lowercase unicast MAC address, else a ``CniError`` with ``code``."""
     if not isinstance(value, str) or not _MAC.fullmatch(value) or int(value[:2], 16) & 1:
         raise CniError(code, f"{what} {value!r} is not a unicast MAC address")
     return value.lower()
@@ -267,107 +269,3 @@ def _attachments(value: Any) -> frozenset[tuple[str, str]]:
             )
         out.add((cid, ifname))
     return frozenset(out)
-
-
-# -- results ------------------------------------------------------------------------------------
-
-Routes = tuple[tuple[IPv4Network, IPv4Address | None], ...]
-
-
-@dataclass(frozen=True)
-class Addressing:
-    """The pod's address: from our IPAM or a delegated plugin's (abbreviated) result."""
-
-    address: IPv4Interface
-    gateway: IPv4Address
-    routes: Routes = ()  # besides the default route via the gateway; None: via the gateway
-    dns: Mapping[str, Any] | None = None
-
-
-def parse_ipam_result(doc: Any, plugin: str) -> Addressing:
-    """The first IPv4 address of an IPAM result (any cniVersion's shape)."""
-    try:
-        if isinstance(doc, dict) and "ip4" in doc:  # 0.1.0 / 0.2.0
-            ip4 = doc["ip4"]
-            entries = [{"address": ip4["ip"], "gateway": ip4.get("gateway")}]
-            routes = ip4.get("routes") or []
-        else:
-            entries = [e for e in doc.get("ips") or [] if e.get("version", "4") == "4"]
-            routes = doc.get("routes") or []
-        entries = [e for e in entries if ipaddress.ip_interface(e["address"]).version == 4]
-        if not entries:
-            raise CniError(Code.DELEGATE, f"ipam plugin {plugin} returned no IPv4 address")
-        address = IPv4Interface(entries[0]["address"])
-        gw = entries[0].get("gateway")
-        gateway = IPv4Address(gw) if gw else address.network.network_address + 1
-        parsed = tuple(
-            (IPv4Network(r["dst"]), IPv4Address(r["gw"]) if r.get("gw") else None)
-            for r in routes
-            if ipaddress.ip_network(r["dst"]).version == 4
-        )
-        dns = doc.get("dns") if isinstance(doc.get("dns"), dict) else None
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise CniError(
-            Code.DELEGATE,
-            f"ipam plugin {plugin} returned a malformed result",
-            f"{type(exc).__name__}: {exc}",
-        ) from None
-    return Addressing(address, gateway, parsed, dns)
-
-
-def add_result(
-    conf: NetConf, sandbox: str, ifname: str, a: Addressing, attached: pods.Attached
-) -> dict[str, Any]:
-    """The ADD result in the configuration's cniVersion, after the prevResult's entries."""
-    routes = [{"dst": str(dst), **({"gw": str(gw)} if gw else {})} for dst, gw in a.routes]
-    if not any(dst == DEFAULT_ROUTE for dst, _ in a.routes):
-        routes.insert(0, {"dst": str(DEFAULT_ROUTE), "gw": str(a.gateway)})
-    if not conf.at_least("0.3.0"):
-        ip4 = {"ip": str(a.address), "gateway": str(a.gateway), "routes": routes}
-        return {"cniVersion": conf.version, "ip4": ip4, "dns": dict(a.dns or {})}
-    prev = conf.prev_result or {}
-    interfaces = list(prev.get("interfaces") or [])
-    ours = len(interfaces)
-    interfaces += [
-        {"name": attached.host, "mac": attached.host_mac},
-        {"name": ifname, "mac": attached.pod_mac, "sandbox": sandbox},
-    ]
-    ip: dict[str, Any] = {} if conf.at_least("1.0.0") else {"version": "4"}
-    ip |= {"address": str(a.address), "gateway": str(a.gateway), "interface": ours + 1}
-    return {
-        "cniVersion": conf.version,
-        "interfaces": interfaces,
-        "ips": [*(prev.get("ips") or []), ip],
-        "routes": [*(prev.get("routes") or []), *routes],
-        "dns": dict(a.dns or prev.get("dns") or {}),
-    }
-
-
-def expected_from(conf: NetConf, request: Request, bridge: str, fd: int) -> pods.Expected:
-    """What CHECK verifies: our interface in prevResult, its addresses, the IPv4 routes."""
-    prev = conf.prev_result or {}
-    try:
-        interfaces = prev.get("interfaces") or []
-        ours = [
-            i
-            for i, e in enumerate(interfaces)
-            if e.get("name") == request.ifname and e.get("sandbox")
-        ]
-        if not ours:
-            raise CniError(Code.CHECK_FAILED, f"prevResult has no interface {request.ifname}")
-        addresses = tuple(
-            IPv4Interface(e["address"])
-            for e in prev.get("ips") or []
-            if e.get("interface") == ours[-1] and ipaddress.ip_interface(e["address"]).version == 4
-        )
-        if not addresses:
-            raise CniError(Code.CHECK_FAILED, f"prevResult has no address for {request.ifname}")
-        routes = tuple(
-            (IPv4Network(r["dst"]), IPv4Address(r["gw"]) if r.get("gw") else None)
-            for r in prev.get("routes") or []
-            if ipaddress.ip_network(r["dst"]).version == 4
-        )
-        mac = interfaces[ours[-1]].get("mac") or None
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise CniError(Code.INVALID_CONFIG, f"prevResult is malformed: {exc}") from None
-    return pods.Expected(fd, request.container_id, request.ifname, bridge, addresses, routes, mac)
