@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from agent import cni_plugin
+from agent.cni import plugin
 
-PLUGIN = Path(cni_plugin.__file__)
+PLUGIN = Path(plugin.__file__)
 SUPPORTED = ["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 RESULT = {
     "cniVersion": "1.0.0",
@@ -343,7 +343,7 @@ def test_cni_args_and_config_pass_through_verbatim(agent: FakeAgent, netns: Path
 
 def test_a_large_config_arrives_whole_with_its_descriptor(agent: FakeAgent, netns: Path) -> None:
     """Bigger than a socket buffer: the first sendmsg carries the descriptor, the rest follows."""
-    stdin = config(padding="x" * (cni_plugin.MAX_FRAME_BYTES - 4096))  # > any socket buffer
+    stdin = config(padding="x" * (plugin.MAX_FRAME_BYTES - 4096))  # > any socket buffer
     agent.reply = frame({"ok": True, "result": RESULT})
     assert run_plugin(cni_env("ADD", netns, agent.path), stdin).status == 0
     assert agent.requests[0]["config"] == stdin
@@ -351,7 +351,7 @@ def test_a_large_config_arrives_whole_with_its_descriptor(agent: FakeAgent, netn
 
 
 def test_a_config_over_the_frame_limit_is_refused(agent: FakeAgent, netns: Path) -> None:
-    stdin = config(padding="x" * cni_plugin.MAX_FRAME_BYTES)
+    stdin = config(padding="x" * plugin.MAX_FRAME_BYTES)
     assert_error(run_plugin(cni_env("ADD", netns, agent.path), stdin), 7, "too large")
     assert agent.requests == []
 
@@ -365,8 +365,8 @@ def test_the_config_socket_key_wins_over_the_environment(
 
 
 def test_socket_path_defaults() -> None:
-    assert cni_plugin.socket_path({}, {}) == "/run/weave-py/cni.sock"
-    assert cni_plugin.socket_path({}, {"WEAVE_CNI_SOCKET": "/x.sock"}) == "/x.sock"
+    assert plugin.socket_path({}, {}) == "/run/weave-py/cni.sock"
+    assert plugin.socket_path({}, {"WEAVE_CNI_SOCKET": "/x.sock"}) == "/x.sock"
 
 
 # Agent errors and failures
@@ -464,8 +464,8 @@ def test_an_agent_that_does_not_answer_times_out(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     agent.reply = None
-    monkeypatch.setattr(cni_plugin, "REPLY_TIMEOUT", 0.2)
-    status = cni_plugin.main(cni_env("ADD", netns, agent.path), config().encode())
+    monkeypatch.setattr(plugin, "REPLY_TIMEOUT", 0.2)
+    status = plugin.main(cni_env("ADD", netns, agent.path), config().encode())
     assert status == 1
     output = json.loads(capsys.readouterr().out)
     assert (output["code"], output["msg"]) == (11, "weave-py agent did not answer in time")
@@ -481,8 +481,8 @@ def test_unexpected_exceptions_become_internal_errors(
     def explode(*_: object, **__: object) -> None:
         raise RuntimeError("kaboom")
 
-    monkeypatch.setattr(cni_plugin, "build_request", explode)
-    status = cni_plugin.main(cni_env("ADD", netns, agent.path), config("0.4.0").encode())
+    monkeypatch.setattr(plugin, "build_request", explode)
+    status = plugin.main(cni_env("ADD", netns, agent.path), config("0.4.0").encode())
     assert status == 1
     output = json.loads(capsys.readouterr().out)
     assert output == {
@@ -513,9 +513,3 @@ def test_the_plugin_is_a_script() -> None:
     text = PLUGIN.read_text()
     assert text.startswith("#!/usr/bin/python3\n")
     assert 'if __name__ == "__main__":\n    sys.exit(main())\n' in text
-
-
-def test_frame_limit_matches_the_agents() -> None:
-    from agent import cni_server
-
-    assert cni_plugin.MAX_FRAME_BYTES == cni_server.MAX_FRAME

@@ -1,4 +1,5 @@
-"""``weave-py install-cni``: plugin and conflist land atomically, other networks stay."""
+"""``weave-py install-cni`` (agent/cni/install.py): plugin and conflist land atomically, other
+networks stay."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent import install_cni
+from agent.cni import install
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,11 +32,11 @@ def test_installs_plugin_and_conflist_and_keeps_other_files(tmp_path: Path) -> N
     sock = str(tmp_path / "cni.sock")
     done = run_install("--bin-dir", str(bin_dir), "--conf-dir", str(conf_dir), "--socket", sock)
     assert done.returncode == 0, done.stderr
-    plugin = bin_dir / install_cni.PLUGIN_TYPE
+    plugin = bin_dir / install.PLUGIN_TYPE
     assert stat.S_IMODE(plugin.stat().st_mode) == 0o755
     first = plugin.read_bytes().split(b"\n", 1)[0]
     assert first.startswith(b"#!") and b"python3" in first
-    conf = json.loads((conf_dir / install_cni.CONFLIST_NAME).read_text())
+    conf = json.loads((conf_dir / install.CONFLIST_NAME).read_text())
     assert conf["name"] == "weave-py" and conf["cniVersion"] == "1.0.0"
     assert [p["type"] for p in conf["plugins"]] == ["weave-py-net", "portmap"]
     assert conf["plugins"][0]["socket"] == sock
@@ -45,12 +46,12 @@ def test_installs_plugin_and_conflist_and_keeps_other_files(tmp_path: Path) -> N
     # Re-running replaces our two files only, and leaves no temporary files.
     again = run_install("--bin-dir", str(bin_dir), "--conf-dir", str(conf_dir), "--socket", sock)
     assert again.returncode == 0
-    assert sorted(os.listdir(conf_dir)) == ["05-other.conflist", install_cni.CONFLIST_NAME]
-    assert sorted(os.listdir(bin_dir)) == ["bridge", install_cni.PLUGIN_TYPE]
+    assert sorted(os.listdir(conf_dir)) == ["05-other.conflist", install.CONFLIST_NAME]
+    assert sorted(os.listdir(bin_dir)) == ["bridge", install.PLUGIN_TYPE]
 
 
 def test_installed_plugin_answers_version_with_dummy_env(tmp_path: Path) -> None:
-    written = install_cni.install(str(tmp_path / "b"), str(tmp_path / "c"), str(tmp_path / "s"))
+    written = install.install(str(tmp_path / "b"), str(tmp_path / "c"), str(tmp_path / "s"))
     env = {"CNI_COMMAND": "VERSION", "CNI_CONTAINERID": "dummy", "CNI_NETNS": "dummy",
            "CNI_IFNAME": "dummy", "CNI_PATH": "dummy"}  # fmt: skip
     done = subprocess.run([written[0]], input="", capture_output=True, text=True, env=env,

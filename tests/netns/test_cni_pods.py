@@ -1,6 +1,7 @@
 """CNI requests on the real kernel: a scratch "node" namespace with a bridge, scratch "pod"
-namespaces, the handler with real netlink (overlay/pods.py on a worker thread inside the node
-namespace, as the agent runs it) and the socket server end to end."""
+namespaces, the handler with the kernel PodNetwork (agent/cni/network.py: overlay/pods.py on a
+thread of its own inside the node namespace, as the agent runs it) and the socket server end
+to end. Pod addresses come from a dict."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import socket
 import struct
 import subprocess
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
@@ -19,8 +19,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from agent.cni import CniError, Code, Handler
-from agent.cni_server import CniServer
+from agent.cni.handler import Handler
+from agent.cni.network import KernelPodNetwork
+from agent.cni.server import CniServer
+from agent.cni.spec import CniError, Code
 from overlay import netlink, pods
 from overlay.netlink import Netlink
 
@@ -28,45 +30,56 @@ pytestmark = pytest.mark.netns
 T = TypeVar("T")
 GATEWAY = IPv4Interface("10.77.0.1/24")
 HOST_LOCAL = "/usr/lib/cni/host-local"
+MTU = 1376
+GSO_MAX_SIZE = 62000
 
 
 @dataclass
-class NodeOps:
-    """The agent's side, small: addresses from a dict, netlink on one thread in the node."""
+class Addresses:
+    """PodAddresses in memory: the gateway's subnet, handed out in order."""
 
-    node_ns: str
-    bridge: str
-    mtu: int = 1376
-    gso_max_size: int = 62000
     allocations: dict[tuple[str, str], IPv4Interface] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self.thread = ThreadPoolExecutor(
-            1, thread_name_prefix="netlink", initializer=netlink.enter_netns,
-            initargs=(self.node_ns,),
-        )  # fmt: skip
+    def ready(self) -> bool:
+        return True
 
-    async def allocate(self, cid: str, ifname: str) -> tuple[IPv4Interface, IPv4Address]:
-        if (cid, ifname) not in self.allocations:
+    async def allocate(self, container_id: str, ifname: str) -> tuple[IPv4Interface, IPv4Address]:
+        if (container_id, ifname) not in self.allocations:
             used = {a.ip for a in self.allocations.values()}
             ip = next(h for h in GATEWAY.network.hosts() if h != GATEWAY.ip and h not in used)
-            self.allocations[cid, ifname] = IPv4Interface(f"{ip}/24")
-        return self.allocations[cid, ifname], GATEWAY.ip
-
-    async def release(self, cid: str, ifname: str) -> None:
-        self.allocations.pop((cid, ifname), None)
+            self.allocations[container_id, ifname] = IPv4Interface(f"{ip}/24")
+        return self.allocations[container_id, ifname], GATEWAY.ip
 
     async def persist(self) -> None:
         pass  # in memory only
 
-    def list_allocations(self) -> list[tuple[str, str]]:
+    async def release(self, container_id: str, ifname: str | None) -> None:
+        for key in [k for k in self.allocations if k[0] == container_id]:
+            if ifname is None or key[1] == ifname:
+                del self.allocations[key]
+
+    def held(self) -> list[tuple[str, str]]:
         return list(self.allocations)
 
-    async def netlink(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
 
-    def ready(self) -> bool:
-        return True
+@dataclass
+class Node:
+    """The scratch node: its namespace and bridge, the addresses, the pod networks made."""
+
+    ns: str
+    bridge: str
+    addresses: Addresses = field(default_factory=Addresses)
+    networks: list[KernelPodNetwork] = field(default_factory=list)
+
+    def handler(self, bridge: str | None = None) -> Handler:
+        """A handler over a kernel PodNetwork whose thread is in the node's namespace."""
+        network = KernelPodNetwork(bridge or self.bridge, MTU, GSO_MAX_SIZE, netns=self.ns)
+        self.networks.append(network)
+        return Handler(self.addresses, network)
+
+    @property
+    def allocations(self) -> dict[tuple[str, str], IPv4Interface]:
+        return self.addresses.allocations
 
 
 @dataclass
@@ -80,15 +93,16 @@ class Pod:
 
 
 @pytest.fixture
-def node(scratch_netns: Callable[[str], str], run_id: str) -> Iterator[NodeOps]:
-    ops = NodeOps(scratch_netns("node"), f"wp{run_id}br")
-    with Netlink(ops.node_ns) as nl:
+def node(scratch_netns: Callable[[str], str], run_id: str) -> Iterator[Node]:
+    made = Node(scratch_netns("node"), f"wp{run_id}br")
+    with Netlink(made.ns) as nl:
         nl.set_link("lo", up=True)
-        nl.ensure_bridge(ops.bridge)
-        nl.set_link(ops.bridge, mtu=ops.mtu, up=True)
-        nl.ensure_address(ops.bridge, GATEWAY)
-    yield ops
-    ops.thread.shutdown()
+        nl.ensure_bridge(made.bridge)
+        nl.set_link(made.bridge, mtu=MTU, up=True)
+        nl.ensure_address(made.bridge, GATEWAY)
+    yield made
+    for network in made.networks:
+        network.close()
 
 
 @pytest.fixture
@@ -148,20 +162,23 @@ def addresses(ns: str) -> list[IPv4Interface]:
     return in_ns(ns, lambda nl: nl.list_addresses("eth0"))
 
 
-def assert_no_veth(node: NodeOps, pod: Pod | None, cid: str) -> None:
-    host, temp = pods.veth_names(cid, "eth0")
-    assert not {host, temp} & link_names(node.node_ns)
+def host_side(cid: str, ifname: str = "eth0") -> str:
+    return pods.host_ifname(pods.pod_key(cid, ifname))
+
+
+def assert_no_veth(node: Node, pod: Pod | None, cid: str) -> None:
+    assert host_side(cid) not in link_names(node.ns)
     if pod is not None:
         assert "eth0" not in link_names(pod.ns)
 
 
-async def test_add_wires_the_pod_to_the_bridge(node: NodeOps, make_pod, run_id: str) -> None:
+async def test_add_wires_the_pod_to_the_bridge(node: Node, make_pod, run_id: str) -> None:
     pod, cid = make_pod("pod"), f"wp{run_id}-c1"
-    result = await Handler(node).handle(request("ADD", cid, pod), pod.fd)
+    result = await node.handler().handle(request("ADD", cid, pod), pod.fd)
     assert result is not None
-    host, temp = pods.veth_names(cid, "eth0")
+    host = host_side(cid)
     [link] = ip_json(pod.ns, "-d", "link", "show", "dev", "eth0")
-    [host_link] = ip_json(node.node_ns, "link", "show", "dev", host)
+    [host_link] = ip_json(node.ns, "link", "show", "dev", host)
     assert result["interfaces"] == [
         {"name": host, "mac": host_link["address"]},
         {"name": "eth0", "mac": link["address"], "sandbox": pod.path},
@@ -169,20 +186,20 @@ async def test_add_wires_the_pod_to_the_bridge(node: NodeOps, make_pod, run_id: 
     assert result["ips"] == [{"address": "10.77.0.2/24", "gateway": "10.77.0.1", "interface": 1}]
     assert (link["mtu"], link["gso_max_size"], link["operstate"]) == (1376, 62000, "UP")
     assert (host_link["master"], host_link["mtu"]) == (node.bridge, 1376)
-    assert temp not in link_names(node.node_ns)
     assert addresses(pod.ns) == [IPv4Interface("10.77.0.2/24")]
     default = netlink.Route(pods.DEFAULT_ROUTE, "eth0", GATEWAY.ip)
     assert default in in_ns(pod.ns, lambda nl: nl.list_routes(protocol=None))
     # the loopback is the runtime's (CNI's loopback plugin): ADD leaves it alone
-    assert not in_ns(pod.ns, lambda nl: nl.link("lo")).up  # type: ignore[union-attr]
+    loopback = in_ns(pod.ns, lambda nl: nl.link("lo"))
+    assert loopback is not None and not loopback.up
     ping = subprocess.run(["ip", "netns", "exec", pod.ns, "ping", "-c1", "-W2", "10.77.0.1"],
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert ping.returncode == 0, ping.stdout + ping.stderr
 
 
-async def test_add_twice_fails_and_keeps_the_pod(node: NodeOps, make_pod, run_id: str) -> None:
+async def test_add_twice_fails_and_keeps_the_pod(node: Node, make_pod, run_id: str) -> None:
     pod, cid = make_pod("pod"), f"wp{run_id}-c1"
-    handler = Handler(node)
+    handler = node.handler()
     await handler.handle(request("ADD", cid, pod), pod.fd)
     with pytest.raises(CniError) as info:
         await handler.handle(request("ADD", cid, pod), pod.fd)
@@ -197,29 +214,28 @@ async def test_add_twice_fails_and_keeps_the_pod(node: NodeOps, make_pod, run_id
     assert (f"wp{run_id}-c2", "eth0") not in node.allocations
 
 
-async def test_add_with_mac_and_mtu(node: NodeOps, make_pod, run_id: str) -> None:
+async def test_add_with_mac_and_mtu(node: Node, make_pod, run_id: str) -> None:
     pod, cid = make_pod("pod"), f"wp{run_id}-c1"
     config = conf("0.4.0", mtu=1300, runtimeConfig={"Mac": "0A:58:0A:4D:00:09"})
-    result = await Handler(node).handle(request("ADD", cid, pod, config), pod.fd)
+    result = await node.handler().handle(request("ADD", cid, pod, config), pod.fd)
     [link] = ip_json(pod.ns, "link", "show", "dev", "eth0")
     assert (link["address"], link["mtu"]) == ("0a:58:0a:4d:00:09", 1300)
     assert result is not None and result["interfaces"][1]["mac"] == "0a:58:0a:4d:00:09"
     assert result["ips"][0]["version"] == "4"
 
 
-async def test_failed_add_leaves_nothing(node: NodeOps, make_pod, run_id: str) -> None:
+async def test_failed_add_leaves_nothing(node: Node, make_pod, run_id: str) -> None:
     pod, cid = make_pod("pod"), f"wp{run_id}-c1"
-    node.bridge = f"wp{run_id}nobr"  # the veth cannot join it
-    with pytest.raises(CniError) as info:
-        await Handler(node).handle(request("ADD", cid, pod), pod.fd)
+    with pytest.raises(CniError) as info:  # the veth cannot join a missing bridge
+        await node.handler(bridge=f"wp{run_id}nobr").handle(request("ADD", cid, pod), pod.fd)
     assert info.value.code == Code.KERNEL and "ENODEV" in info.value.msg
     assert node.allocations == {}
     assert_no_veth(node, pod, cid)
 
 
-async def test_check_verifies_the_prev_result(node: NodeOps, make_pod, run_id: str) -> None:
+async def test_check_verifies_the_prev_result(node: Node, make_pod, run_id: str) -> None:
     pod, cid = make_pod("pod"), f"wp{run_id}-c1"
-    handler = Handler(node)
+    handler = node.handler()
     result = await handler.handle(request("ADD", cid, pod), pod.fd)
     check = request("CHECK", cid, pod, conf(prevResult=result))
     assert await handler.handle(check, pod.fd) is None
@@ -229,15 +245,15 @@ async def test_check_verifies_the_prev_result(node: NodeOps, make_pod, run_id: s
     assert info.value.code == Code.CHECK_FAILED
     assert "address 10.77.0.2/24 is missing on eth0" in info.value.msg
     assert "route 0.0.0.0/0 via 10.77.0.1 is missing" in info.value.msg  # went with the address
-    in_ns(node.node_ns, lambda nl: nl.remove_link(pods.veth_names(cid, "eth0")[0]))
+    in_ns(node.ns, lambda nl: nl.remove_link(host_side(cid)))
     with pytest.raises(CniError) as info:
         await handler.handle(check, pod.fd)
     assert "host veth" in info.value.msg and "interface eth0 is missing" in info.value.msg
 
 
-async def test_del_is_idempotent(node: NodeOps, make_pod, run_id: str) -> None:
+async def test_del_is_idempotent(node: Node, make_pod, run_id: str) -> None:
     pod, cid = make_pod("pod"), f"wp{run_id}-c1"
-    handler = Handler(node)
+    handler = node.handler()
     await handler.handle(request("ADD", cid, pod), pod.fd)
     assert await handler.handle(request("DEL", cid, pod), pod.fd) is None
     assert_no_veth(node, pod, cid)
@@ -246,18 +262,18 @@ async def test_del_is_idempotent(node: NodeOps, make_pod, run_id: str) -> None:
     assert await handler.handle(request("DEL", cid, None), None) is None  # empty CNI_NETNS
 
 
-async def test_del_with_empty_netns_cleans_up(node: NodeOps, make_pod, run_id: str) -> None:
+async def test_del_with_empty_netns_cleans_up(node: Node, make_pod, run_id: str) -> None:
     pod, cid = make_pod("pod"), f"wp{run_id}-c1"
-    handler = Handler(node)
+    handler = node.handler()
     await handler.handle(request("ADD", cid, pod), pod.fd)
     assert await handler.handle(request("DEL", cid, None), None) is None
     assert_no_veth(node, pod, cid)
     assert node.allocations == {}
 
 
-async def test_del_after_the_pod_netns_is_gone(node: NodeOps, make_pod, run_id: str) -> None:
+async def test_del_after_the_pod_netns_is_gone(node: Node, make_pod, run_id: str) -> None:
     pod, cid = make_pod("pod"), f"wp{run_id}-c1"
-    handler = Handler(node)
+    handler = node.handler()
     await handler.handle(request("ADD", cid, pod), pod.fd)
     os.close(pod.fd)
     pod.fd = -1
@@ -270,13 +286,13 @@ async def test_del_after_the_pod_netns_is_gone(node: NodeOps, make_pod, run_id: 
 
 
 @pytest.mark.skipif(not os.access(HOST_LOCAL, os.X_OK), reason="needs containernetworking-plugins")
-async def test_delegated_host_local(node: NodeOps, make_pod, run_id: str, tmp_path: Path) -> None:
+async def test_delegated_host_local(node: Node, make_pod, run_id: str, tmp_path: Path) -> None:
     pod, cid = make_pod("pod"), f"wp{run_id}-c1"
     data = tmp_path / "host-local"
     ipam = {"type": "host-local", "subnet": "10.77.0.0/24", "rangeStart": "10.77.0.100",
             "dataDir": str(data)}  # fmt: skip
     config = conf("1.0.0", ipam=ipam)
-    handler = Handler(node)
+    handler = node.handler()
     result = await handler.handle(request("ADD", cid, pod, config), pod.fd)
     assert result is not None
     assert result["ips"] == [{"address": "10.77.0.100/24", "gateway": "10.77.0.1", "interface": 1}]
@@ -309,10 +325,10 @@ def exchange(path: str, doc: dict[str, Any], fd: int | None) -> dict[str, Any]:
     return answer
 
 
-async def test_server_end_to_end(node: NodeOps, make_pod, run_id: str, tmp_path: Path) -> None:
+async def test_server_end_to_end(node: Node, make_pod, run_id: str, tmp_path: Path) -> None:
     pod, cid = make_pod("pod"), f"wp{run_id}-c1"
     path = str(tmp_path / "cni.sock")
-    async with CniServer(path, Handler(node).handle):
+    async with CniServer(path, node.handler().handle):
         reply = await asyncio.to_thread(exchange, path, request("ADD", cid, pod), pod.fd)
         assert reply["ok"], reply
         result = reply["result"]
@@ -336,13 +352,12 @@ async def test_server_end_to_end(node: NodeOps, make_pod, run_id: str, tmp_path:
         assert node.allocations == {}
 
 
-def test_names_fit_and_differ() -> None:
+def test_host_names_fit_and_differ() -> None:
     seen = set()
     for cid in ("a", "a.b", "x" * 255):
-        assert pods.veth_names(cid, "eth0")[0] == pods.host_ifname(cid)  # eth0: by container id
+        assert host_side(cid) == pods.host_ifname(cid)  # eth0: by container id
         for ifname in ("eth0", "eth1", "net1"):
-            host, temp = pods.veth_names(cid, ifname)
-            assert len(host) <= 15 and len(temp) <= 15
-            assert host.startswith("wp") and temp.startswith("wpt")
-            seen |= {host, temp}
-    assert len(seen) == 3 * 3 * 2
+            host = host_side(cid, ifname)
+            assert len(host) <= 15 and host.startswith("wp")
+            seen.add(host)
+    assert len(seen) == 3 * 3
