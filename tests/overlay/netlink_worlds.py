@@ -110,8 +110,10 @@ class KernelWorld:
         return netlink.remove_netns(name)
 
     def close(self) -> None:
-        for closer in (*self._tuns, *self._handles):
-            closer.close()
+        for device in self._tuns:
+            device.close()
+        for handle in self._handles:
+            handle.close()
         for fd in self._fds:
             os.close(fd)
 

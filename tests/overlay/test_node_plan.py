@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from overlay import node
-from overlay.netlink import Link, Route
+from overlay.kernel import Link, Route
 from overlay.node import (
     Action,
     AddAddress,
@@ -67,7 +67,7 @@ class KernelError(Exception):
 
 
 def apply_to(observed: Observed, actions: list[Action]) -> Observed:
-    """What the kernel would report after ``node.apply(actions)`` (routes: ours only)."""
+    """What the kernel would report after ``node.apply`` of ``actions`` (routes: ours only)."""
     links = dict(observed.links)
     addresses = list(observed.bridge_addresses)
     routes = list(observed.routes)
@@ -236,43 +236,6 @@ def test_empty_node_converges_in_one_step() -> None:
     assert node.plan(desired, after) == []
     assert after.links[BR].kind == "bridge" and after.links[BR].up
     assert set(after.routes) == {Route(b, TUN) for b in desired.remote_blocks}
-
-
-class Recorder:
-    """Stands in for overlay.netlink.Netlink and records the calls ``node.apply`` makes."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[object, ...]] = []
-
-    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
-        def record(*args: object, **kwargs: object) -> None:
-            self.calls.append((name, *args, *sorted(kwargs.items())))
-
-        return record
-
-
-def test_apply_maps_each_action_to_its_netlink_call() -> None:
-    route = Route(NET("10.32.2.0/24"), TUN)
-    nl = Recorder()
-    node.apply(
-        nl,  # type: ignore[arg-type]
-        [
-            CreateBridge(BR),
-            SetLink(TUN, mtu=1376, up=True),
-            AddAddress(BR, IFACE("10.32.1.1/24")),
-            RemoveAddress(BR, IFACE("10.32.1.9/24")),
-            RemoveRoute(route),
-            AddRoute(route),
-        ],
-    )
-    assert nl.calls == [
-        ("ensure_bridge", BR),
-        ("set_link", TUN, ("gso_max_size", None), ("mtu", 1376), ("up", True)),
-        ("ensure_address", BR, IFACE("10.32.1.1/24")),
-        ("remove_address", BR, IFACE("10.32.1.9/24")),
-        ("remove_route", route),
-        ("ensure_route", route),
-    ]
 
 
 # -- property: plan, apply, plan again = nothing ---------------------------------------------
