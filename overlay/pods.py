@@ -18,7 +18,6 @@ import errno
 import hashlib
 import ipaddress
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -243,41 +242,3 @@ def _differences(e: Expected, inside: _Inside) -> list[str]:
             via = f" via {gateway}" if gateway is not None else ""
             problems.append(f"route {destination}{via} is missing in the pod's netns")
     return problems
-
-
-# -- module functions the old CNI handler (agent/cni.py) calls, one Pods per thread -----------
-
-_PER_THREAD = threading.local()
-
-
-def _thread_pods() -> Pods:
-    found: Pods | None = getattr(_PER_THREAD, "pods", None)
-    if found is None:
-        found = _PER_THREAD.pods = Pods.on_kernel()
-    return found
-
-
-def veth_names(container_id: str, ifname: str) -> tuple[str, str]:
-    """(host side, an unused ``wpt`` name) that tests of the old handler still unpack."""
-    key = pod_key(container_id, ifname)
-    return host_ifname(key), "wpt" + hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
-def has_link(netns: int, ifname: str) -> bool:
-    """``Pods.has_link`` on this thread's kernel ``Pods``."""
-    return _thread_pods().has_link(netns, ifname)
-
-
-def attach(a: Attachment) -> Attached:
-    """``Pods.attach`` on this thread's kernel ``Pods``."""
-    return _thread_pods().attach(a)
-
-
-def detach(container_id: str, ifname: str) -> bool:
-    """``Pods.detach`` on this thread's kernel ``Pods``."""
-    return _thread_pods().detach(container_id, ifname)
-
-
-def check(e: Expected) -> list[str]:
-    """``Pods.check`` on this thread's kernel ``Pods``."""
-    return _thread_pods().check(e)
