@@ -79,8 +79,11 @@ class MeshDriver:
                 self._pump()
                 self._wake.clear()
                 timeout = max(0.0, self.mesh.get_timer() - time.monotonic())
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation
+                # that arrives as the wake-up event is set, and run() would never end.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), min(timeout, 60.0))
+                    async with asyncio.timeout(min(timeout, 60.0)):
+                        await self._wake.wait()
         finally:
             self.closing = True
             server.close()
@@ -131,11 +134,13 @@ class MeshDriver:
         log.info("->[%s] attempting connection", where)
         self._set_outbound(addr, {"state": "connecting"})
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(*addr), DIAL_TIMEOUT)
+            async with asyncio.timeout(DIAL_TIMEOUT):
+                reader, writer = await asyncio.open_connection(*addr)
         except (OSError, TimeoutError) as exc:
             retry = self.mesh.dial_failed(addr, time.monotonic()) - time.monotonic()
-            log.info("->[%s] retrying in %.1fs: %s", where, retry, exc or "timeout")
-            self._set_outbound(addr, {"state": "retrying", "detail": f"{exc or 'timeout'}"})
+            reason = str(exc) or "timeout"
+            log.info("->[%s] retrying in %.1fs: %s", where, retry, reason)
+            self._set_outbound(addr, {"state": "retrying", "detail": reason})
             self._wake.set()
             return
         await self._serve(reader, writer, addr, where, addr[0])
@@ -148,18 +153,15 @@ class MeshDriver:
         where: str,
         host: str | None,
     ) -> None:
+        """One connection, dialled (``addr``) or accepted, from the handshake to its close."""
         try:
             result = await self._handshake(reader, writer, where)
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
-            log.info("->[%s] connection shutting down due to error: %s", where, exc or "timeout")
+            reason = str(exc) or "timeout"
+            log.info("->[%s] connection shutting down due to error: %s", where, reason)
             result = None
         if not isinstance(result, Accepted):
-            if addr is not None:
-                self.mesh.dial_failed(addr, time.monotonic())
-                reason = result.reason if isinstance(result, Refused) else "handshake failed"
-                self._set_outbound(addr, {"state": "failed", "detail": reason})
-            writer.close()
-            self._wake.set()
+            self._not_established(addr, result, writer)
             return
         conn = next(self._ids)
         where = f"{where}|{result.remote}"
@@ -170,17 +172,7 @@ class MeshDriver:
             writer.close()
             return
         log.info("->[%s] connection ready; using protocol version %d", where, result.version)
-        self.writers[conn], self.remotes[conn] = writer, where
-        if host is not None:
-            self.observed[result.remote.name] = host
-        entry = {"state": "established", "peer": str(result.remote), "name": result.remote.name}
-        advertised = result.remote.control_endpoint
-        if advertised != addr:  # connected the other way: no dial of ours is pending there
-            self.outbound.pop(advertised, None)
-        if addr is not None:
-            self.outbound[addr] = entry
-        else:
-            self.inbound[conn] = {**entry, "address": where.split("|")[0]}
+        self._established(conn, result.remote, writer, addr, where, host)
         try:
             for msg_type, fields in result.messages:
                 self.mesh.receive(conn, msg_type, fields, time.monotonic())
@@ -191,35 +183,68 @@ class MeshDriver:
         except OSError as exc:
             log.info("->[%s] connection shutting down due to error: %s", where, exc)
         finally:
-            self.mesh.connection_down(conn, time.monotonic())
-            self.inbound.pop(conn, None)
-            if addr is not None:
-                self.outbound.pop(addr, None)
-            self.writers.pop(conn, None)
-            self.remotes.pop(conn, None)
-            writer.close()
-            log.info("->[%s] connection deleted", where)
-            self._pump()
+            self._closed(conn, writer, addr, where)
+
+    def _not_established(
+        self, addr: Address | None, result: Refused | None, writer: asyncio.StreamWriter
+    ) -> None:
+        if addr is not None:
+            self.mesh.dial_failed(addr, time.monotonic())
+            reason = result.reason if result is not None else "handshake failed"
+            self._set_outbound(addr, {"state": "failed", "detail": reason})
+        writer.close()
+        self._wake.set()
+
+    def _established(
+        self,
+        conn: int,
+        remote: Hello,
+        writer: asyncio.StreamWriter,
+        addr: Address | None,
+        where: str,
+        host: str | None,
+    ) -> None:
+        self.writers[conn], self.remotes[conn] = writer, where
+        if host is not None:
+            self.observed[remote.name] = host
+        entry = {"state": "established", "peer": str(remote), "name": remote.name}
+        if remote.control_endpoint != addr:  # connected the other way: no dial of ours pends
+            self.outbound.pop(remote.control_endpoint, None)
+        if addr is not None:
+            self.outbound[addr] = entry
+        else:
+            self.inbound[conn] = {**entry, "address": where.split("|")[0]}
+
+    def _closed(
+        self, conn: int, writer: asyncio.StreamWriter, addr: Address | None, where: str
+    ) -> None:
+        self.mesh.connection_down(conn, time.monotonic())
+        self.inbound.pop(conn, None)
+        if addr is not None:
+            self.outbound.pop(addr, None)
+        self.writers.pop(conn, None)
+        self.remotes.pop(conn, None)
+        writer.close()
+        log.info("->[%s] connection deleted", where)
+        self._pump()
 
     async def _handshake(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str
     ) -> Accepted | Refused | None:
         shake = Handshake(self.hello, initiator=False)
         writer.write(shake.start())
-        deadline = time.monotonic() + HANDSHAKE_TIMEOUT
-        while True:
-            data = await asyncio.wait_for(reader.read(READ_SIZE), deadline - time.monotonic())
-            if not data:
-                log.info("->[%s] connection shutting down due to error: closed by peer", where)
-                return None
-            result = shake.receive(data)
-            if isinstance(result, Refused):
-                writer.write(shake.data_to_send())
-                log.warning("->[%s] connection shutting down due to error: %s", where,
-                            result.reason)  # fmt: skip
-                return result
-            if result is not None:
-                return result
+        result = None
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            while result is None:
+                data = await reader.read(READ_SIZE)
+                if not data:
+                    log.info("->[%s] connection shutting down due to error: closed by peer", where)
+                    return None
+                result = shake.receive(data)
+        if isinstance(result, Refused):
+            writer.write(shake.data_to_send())
+            log.warning("->[%s] connection shutting down due to error: %s", where, result.reason)
+        return result
 
     async def _read(self, conn: int, reader: asyncio.StreamReader, accepted: Accepted) -> None:
         decoder = accepted.decoder
