@@ -1,8 +1,9 @@
 """The netlink seam: what the agent asks of one network namespace's links, addresses and routes.
 
-Two implementations hold to it: ``overlay.netlink.Netlink`` (pyroute2, the real kernel) and
-``overlay.fake_kernel`` (in memory, for tests without root). One contract suite
-(tests/overlay/test_netlink_contract.py) runs the same tests against both.
+The values it speaks are in ``overlay.netdev``. Two implementations hold to it:
+``overlay.netlink.Netlink`` (pyroute2, the real kernel) and ``overlay.fake_kernel`` (in memory,
+for tests without root). One contract suite (tests/overlay/test_netlink_contract.py) runs the
+same tests against both.
 
 Theory of operation:
 
@@ -21,104 +22,23 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Protocol, Self, TypeVar
 
-RTPROT_KERNEL = 2
-RTPROT_WEAVE_PY = 119
-MAIN_TABLE = 254
+from overlay.netdev import (
+    RTPROT_WEAVE_PY,
+    Bridge,
+    Link,
+    LinkChange,
+    NetlinkFailure,
+    NewLink,
+    Route,
+    RouteEntry,
+    Veth,
+    Vxlan,
+)
 
 T = TypeVar("T")
-
-
-class NetlinkFailure(Exception):
-    """A kernel refusal, with the operation and errno name in the message."""
-
-    def __init__(self, what: str, code: int) -> None:
-        super().__init__(f"{what}: {errno.errorcode.get(code, str(code))}")
-        self.code = code
-
-
-@dataclass(frozen=True)
-class Link:
-    """A network device as the kernel reports it (``master``: the bridge's index, or 0)."""
-
-    index: int
-    name: str
-    kind: str
-    mtu: int
-    up: bool
-    master: int
-    gso_max_size: int
-    mac: str = ""
-
-
-@dataclass(frozen=True)
-class Route:
-    """An IPv4 route of the main table, its device by name."""
-
-    destination: IPv4Network
-    device: str
-    gateway: IPv4Address | None = None
-
-
-@dataclass(frozen=True)
-class RouteEntry:
-    """An IPv4 unicast route of the main table as a dump reports it: the device by index."""
-
-    destination: IPv4Network
-    index: int
-    gateway: IPv4Address | None
-    protocol: int
-
-
-@dataclass(frozen=True)
-class LinkChange:
-    """The attributes one request sets on a link; None leaves an attribute alone."""
-
-    mtu: int | None = None
-    up: bool | None = None
-    master: int | None = None  # a bridge's index; 0 takes the link off its bridge
-    gso_max_size: int | None = None
-
-
-@dataclass(frozen=True)
-class Bridge:
-    """A new bridge device (down, kernel defaults)."""
-
-    name: str
-
-
-@dataclass(frozen=True)
-class Veth:
-    """A new veth pair: ``name`` here and ``peer`` in ``peer_netns`` (a name under /run/netns,
-    an open fd, or None: here). ``mtu`` applies to both ends; ``master``, ``up`` and ``mac`` to
-    this end; the peer is born down (the kernel takes no flags for it)."""
-
-    name: str
-    peer: str
-    peer_netns: str | int | None = None
-    mtu: int | None = None
-    master: int | None = None
-    up: bool = False
-    mac: str | None = None
-    peer_mac: str | None = None
-    peer_gso_max_size: int | None = None
-
-
-@dataclass(frozen=True)
-class Vxlan:
-    """A new point-to-point kernel VXLAN device (``remote`` set: no fdb entries needed)."""
-
-    name: str
-    vni: int
-    local: IPv4Address
-    remote: IPv4Address
-    port: int
-
-
-NewLink = Bridge | Veth | Vxlan
 
 
 class LinkTable(Protocol):
@@ -126,23 +46,18 @@ class LinkTable(Protocol):
 
     def list_links(self) -> list[Link]:
         """Every link, by index."""
-        ...
 
     def link(self, name: str) -> Link | None:
         """One link by name (the kernel looks it up; no dump); None when there is none."""
-        ...
 
     def add_link(self, new: NewLink) -> None:
         """Create a link; EEXIST when a name is taken, EINVAL for an unknown master."""
-        ...
 
     def set_link_index(self, index: int, change: LinkChange) -> None:
         """Set what ``change`` names on link ``index``; ENODEV when there is no such link."""
-        ...
 
     def remove_link_index(self, index: int) -> None:
         """Delete link ``index`` (a veth takes its peer along); ENODEV when gone."""
-        ...
 
 
 class AddressTable(Protocol):
@@ -150,15 +65,12 @@ class AddressTable(Protocol):
 
     def list_addresses_index(self, index: int) -> list[IPv4Interface]:
         """The addresses of link ``index`` (none for an unknown index)."""
-        ...
 
     def add_address_index(self, index: int, address: IPv4Interface) -> None:
         """Add ``address``; EEXIST when it is there, ENODEV without the link."""
-        ...
 
     def remove_address_index(self, index: int, address: IPv4Interface) -> None:
         """Delete ``address``; EADDRNOTAVAIL when it is not there."""
-        ...
 
 
 class RouteTable(Protocol):
@@ -166,7 +78,6 @@ class RouteTable(Protocol):
 
     def list_route_entries(self, protocol: int | None = RTPROT_WEAVE_PY) -> list[RouteEntry]:
         """Unicast routes of the main table installed by ``protocol`` (None: every one)."""
-        ...
 
     def replace_route_index(
         self,
@@ -177,19 +88,16 @@ class RouteTable(Protocol):
     ) -> None:
         """Install a route, replacing any to the same destination; ENODEV without the link,
         ENETDOWN when it is down, ENETUNREACH when ``gateway`` is not on its link."""
-        ...
 
     def remove_route_index(
         self, destination: IPv4Network, index: int, protocol: int = RTPROT_WEAVE_PY
     ) -> None:
         """Delete the route to ``destination`` via link ``index`` installed by ``protocol``;
         ESRCH when there is none."""
-        ...
 
     def route_index(self, destination: IPv4Address) -> int | None:
         """The index of the link the kernel would send to ``destination`` on; None when it
         is unreachable."""
-        ...
 
 
 class NetlinkHandle(LinkTable, AddressTable, RouteTable, Protocol):
@@ -198,7 +106,6 @@ class NetlinkHandle(LinkTable, AddressTable, RouteTable, Protocol):
 
     def close(self) -> None:
         """Release the handle's socket."""
-        ...
 
     def __enter__(self) -> Self:
         return self

@@ -1,17 +1,15 @@
-"""The kernel's side of the netlink seam: ``overlay.kernel``'s primitives over pyroute2, the one
-module that imports it, and the network namespaces themselves.
+"""The kernel's side of the netlink seam: ``overlay.kernel``'s primitives over pyroute2 (the one
+module that imports it), and named network namespaces under /run/netns.
 
 A ``Netlink`` object is bound to one namespace, by name, or to the caller's own; each primitive
 is one request and turns the kernel's refusal into ``NetlinkFailure`` with its errno. The
-idempotent operations by name come with ``overlay.kernel.NetlinkHandle``.
+idempotent operations by name come with ``overlay.kernel.NetlinkHandle``. Entering a namespace
+is ``overlay.netns``'s; its functions are importable from here too.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import os
-import threading
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, TypeVar
@@ -20,19 +18,20 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as _netns
 from pyroute2.netlink.exceptions import NetlinkError
 
-from overlay.kernel import (
+from overlay.kernel import NetlinkHandle
+from overlay.netdev import (
     MAIN_TABLE,
     RTPROT_WEAVE_PY,
     Bridge,
     Link,
     LinkChange,
     NetlinkFailure,
-    NetlinkHandle,
     NewLink,
     Route,
     RouteEntry,
     Veth,
 )
+from overlay.netns import NETNS_DIR, enter_netns, run_in_netns
 
 __all__ = [
     "MAIN_TABLE",
@@ -50,8 +49,6 @@ __all__ = [
     "run_in_netns",
 ]
 
-CLONE_NEWNET = 0x40000000
-NETNS_DIR = "/run/netns"
 AF_INET = 2
 RTN_UNICAST = 1
 IFF_UP = 1
@@ -67,6 +64,7 @@ class Netlink(NetlinkHandle):
         self._ipr = IPRoute(netns=netns) if netns else IPRoute()
 
     def close(self) -> None:
+        """Close the netlink socket."""
         self._ipr.close()
 
     def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -78,9 +76,11 @@ class Netlink(NetlinkHandle):
     # -- links -------------------------------------------------------------------------------
 
     def list_links(self) -> list[Link]:
+        """RTM_GETLINK, a dump."""
         return [_link(msg) for msg in self._call("list links", self._ipr.get_links)]
 
     def link(self, name: str) -> Link | None:
+        """RTM_GETLINK by name."""
         try:
             return _link(self._ipr.link("get", ifname=name)[0])
         except NetlinkError as exc:
@@ -89,31 +89,38 @@ class Netlink(NetlinkHandle):
             raise NetlinkFailure(f"get link {name}", exc.code) from None
 
     def add_link(self, new: NewLink) -> None:
+        """RTM_NEWLINK with the attributes of ``new`` (a veth's peer nested)."""
         self._call(f"add link {new.name}", self._ipr.link, "add", **_new_link(new))
 
     def set_link_index(self, index: int, change: LinkChange) -> None:
+        """RTM_NEWLINK on an existing index, only the attributes ``change`` names."""
         self._call(f"set link {index}", self._ipr.link, "set", index=index, **_change(change))
 
     def remove_link_index(self, index: int) -> None:
+        """RTM_DELLINK."""
         self._call(f"delete link {index}", self._ipr.link, "del", index=index)
 
     # -- addresses ---------------------------------------------------------------------------
 
     def list_addresses_index(self, index: int) -> list[IPv4Interface]:
+        """RTM_GETADDR, a dump filtered to the index."""
         found = self._call("list addresses", self._ipr.get_addr, family=AF_INET, index=index)
         return [IPv4Interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}") for msg in found]
 
     def add_address_index(self, index: int, address: IPv4Interface) -> None:
+        """RTM_NEWADDR."""
         self._call(f"add address {address}", self._ipr.addr, "add", index=index,
                    address=str(address.ip), prefixlen=address.network.prefixlen)  # fmt: skip
 
     def remove_address_index(self, index: int, address: IPv4Interface) -> None:
+        """RTM_DELADDR."""
         self._call(f"delete address {address}", self._ipr.addr, "del", index=index,
                    address=str(address.ip), prefixlen=address.network.prefixlen)  # fmt: skip
 
     # -- routes ------------------------------------------------------------------------------
 
     def list_route_entries(self, protocol: int | None = RTPROT_WEAVE_PY) -> list[RouteEntry]:
+        """RTM_GETROUTE, a dump of the main table."""
         found = self._call("list routes", self._ipr.get_routes, family=AF_INET, table=MAIN_TABLE)
         return [
             _route(msg)
@@ -128,6 +135,7 @@ class Netlink(NetlinkHandle):
         gateway: IPv4Address | None = None,
         protocol: int = RTPROT_WEAVE_PY,
     ) -> None:
+        """RTM_NEWROUTE with NLM_F_REPLACE."""
         request: dict[str, Any] = {"dst": str(destination), "oif": index, "proto": protocol,
                                    "table": MAIN_TABLE}  # fmt: skip
         if gateway is not None:
@@ -137,10 +145,12 @@ class Netlink(NetlinkHandle):
     def remove_route_index(
         self, destination: IPv4Network, index: int, protocol: int = RTPROT_WEAVE_PY
     ) -> None:
+        """RTM_DELROUTE matching destination, device and protocol."""
         self._call(f"delete route {destination}", self._ipr.route, "del", dst=str(destination),
                    oif=index, proto=protocol, table=MAIN_TABLE)  # fmt: skip
 
     def route_index(self, destination: IPv4Address) -> int | None:
+        """RTM_GETROUTE for one address (what ``ip route get`` asks)."""
         try:
             found = self._ipr.route("get", dst=str(destination))
         except NetlinkError:
@@ -239,43 +249,6 @@ def remove_netns(name: str) -> bool:
         return False
     _netns.remove(name)
     return True
-
-
-def enter_netns(target: str | int) -> None:
-    """Move the calling thread into a namespace (a name under /run/netns, a path or an fd)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if isinstance(target, int):
-        fd, close = target, False
-    else:
-        path = target if "/" in target else os.path.join(NETNS_DIR, target)
-        fd, close = os.open(path, os.O_RDONLY | os.O_CLOEXEC), True
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            code = ctypes.get_errno()
-            raise NetlinkFailure(f"enter netns {target}", code)
-    finally:
-        if close:
-            os.close(fd)
-
-
-def run_in_netns(target: str | int, fn: Callable[..., T], *args: Any) -> T:
-    """Run ``fn(*args)`` on a fresh thread inside namespace ``target``; return its result."""
-    box: dict[str, Any] = {}
-
-    def body() -> None:
-        try:
-            enter_netns(target)
-            box["value"] = fn(*args)
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=body, name=f"netns-{target}")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    value: T = box["value"]
-    return value
 
 
 def in_netns(netns: int, fn: Callable[[NetlinkHandle], T]) -> T:

@@ -17,14 +17,8 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from overlay.kernel import (
-    Bridge,
-    Link,
-    LinkChange,
-    NetlinkFailure,
-    NetlinkHandle,
-    Route,
-)
+from overlay.kernel import NetlinkHandle
+from overlay.netdev import Bridge, Link, LinkChange, NetlinkFailure, Route
 from overlay.sysctl import ensure_sysctl
 
 

@@ -22,14 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from overlay import netlink
-from overlay.kernel import (
-    EnterNetns,
-    LinkChange,
-    NetlinkFailure,
-    NetlinkHandle,
-    Route,
-    Veth,
-)
+from overlay.kernel import EnterNetns, NetlinkHandle
+from overlay.netdev import LinkChange, NetlinkFailure, Route, Veth
 
 HOST_PREFIX = "wp"
 DEFAULT_IFNAME = "eth0"

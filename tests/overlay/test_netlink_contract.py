@@ -9,13 +9,13 @@ from collections.abc import Callable
 
 import pytest
 
-from overlay.kernel import (
+from overlay.kernel import NetlinkHandle
+from overlay.netdev import (
     RTPROT_KERNEL,
     Bridge,
     Link,
     LinkChange,
     NetlinkFailure,
-    NetlinkHandle,
     Route,
     RouteEntry,
     Veth,

@@ -10,7 +10,7 @@ import pytest
 
 from overlay import node
 from overlay.fake_kernel import FakeKernel
-from overlay.kernel import NetlinkFailure, Route
+from overlay.netdev import NetlinkFailure, Route
 from overlay.node import AddRoute, NodeSpec, RemoveRoute, SetLink
 from tests.overlay import netlink_worlds
 from tests.overlay.netlink_worlds import World

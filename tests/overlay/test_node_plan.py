@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from overlay import node
-from overlay.kernel import Link, Route
+from overlay.netdev import Link, Route
 from overlay.node import (
     Action,
     AddAddress,

@@ -11,7 +11,8 @@ import pytest
 
 from overlay import pods
 from overlay.fake_kernel import FakeKernel
-from overlay.kernel import Link, LinkChange, NetlinkFailure, NetlinkHandle, Route
+from overlay.kernel import NetlinkHandle
+from overlay.netdev import Link, LinkChange, NetlinkFailure, Route
 from overlay.pods import Attachment, Expected, InterfaceExists, Pods
 from tests.overlay import netlink_worlds
 from tests.overlay.netlink_worlds import World

@@ -1,0 +1,295 @@
+"""One in-memory network namespace behind the netlink seam (``overlay.kernel``), part of
+``overlay.fake_kernel``; tests/overlay/test_netlink_contract.py runs the same tests against it
+and the real kernel to keep it faithful where the agent depends on the kernel:
+
+- each namespace starts with a loopback ``lo`` (index 1, down) and numbers its links from 2;
+- links with index, kind, MTU, state, master, MAC and GSO size; a veth's peer may be born in
+  another namespace (registered first) and is deleted with it; deleting a bridge frees its ports;
+- addresses per link: a second address in the subnet of another is a secondary, and deleting
+  the primary deletes its secondaries (``promote_secondaries`` off, the default);
+- the main table: a connected route per primary address of an up link (protocol kernel),
+  routes replaced per destination, a gateway only through a connected route of the link, routes
+  via a link flushed when it goes down, is deleted or loses its last address;
+- errno as the kernel gives it: EEXIST, ENODEV, EINVAL (unknown master), ENETDOWN,
+  ENETUNREACH, EADDRNOTAVAIL, ESRCH.
+
+Not modelled: other tables, metrics and scopes, IPv6, the bridge's automatic MTU.
+``requests`` counts the primitives called, each one netlink request on the real kernel.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Protocol
+
+from overlay.kernel import NetlinkHandle
+from overlay.netdev import (
+    RTPROT_KERNEL,
+    RTPROT_WEAVE_PY,
+    Bridge,
+    Link,
+    LinkChange,
+    NetlinkFailure,
+    NewLink,
+    RouteEntry,
+    Veth,
+)
+
+LOOPBACK = 1
+DEFAULT_MTU = 1500
+DEFAULT_GSO_MAX_SIZE = 65536
+
+
+@dataclass
+class _Device:
+    index: int
+    name: str
+    kind: str
+    mac: str
+    mtu: int = DEFAULT_MTU
+    up: bool = False
+    master: int = 0
+    gso_max_size: int = DEFAULT_GSO_MAX_SIZE
+    peer: tuple[FakeNetns, int] | None = None
+    addresses: list[IPv4Interface] = field(default_factory=list)
+
+    def link(self) -> Link:
+        return Link(self.index, self.name, self.kind, self.mtu, self.up, self.master,
+                    self.gso_max_size, self.mac)  # fmt: skip
+
+    def primaries(self) -> list[IPv4Interface]:
+        return [a for i, a in enumerate(self.addresses) if _primary_of(self.addresses[:i], a)]
+
+
+def _primary_of(earlier: list[IPv4Interface], address: IPv4Interface) -> bool:
+    return not any(_same_subnet(e, address) for e in earlier)
+
+
+def _table_order(e: RouteEntry) -> tuple[int, int, int]:
+    return (int(e.destination.network_address), e.destination.prefixlen, e.index)
+
+
+def _same_subnet(a: IPv4Interface, b: IPv4Interface) -> bool:
+    return a.network == b.network
+
+
+class Registry(Protocol):
+    """What a namespace asks of the kernel it belongs to."""
+
+    def resolve(self, target: str | int) -> FakeNetns:
+        """The namespace a name or an open fd refers to."""
+
+    def new_mac(self) -> str:
+        """A fresh locally administered unicast MAC."""
+
+
+class FakeNetns(NetlinkHandle):
+    """One in-memory namespace, and a netlink handle on it."""
+
+    def __init__(self, kernel: Registry) -> None:
+        self._kernel = kernel
+        self._devices: dict[int, _Device] = {}
+        self._routes: dict[IPv4Network, RouteEntry] = {}
+        self._next_index = LOOPBACK
+        self.requests = 0
+        loopback = self._add("lo", "")
+        loopback.mtu, loopback.mac = 65536, "00:00:00:00:00:00"
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def add_device(self, name: str, kind: str = "tun") -> Link:
+        """A device made outside netlink (``open_tun`` makes a TUN: down, default MTU)."""
+        return self._add(name, kind).link()
+
+    def _add(self, name: str, kind: str) -> _Device:
+        if self._find(name) is not None:
+            raise NetlinkFailure(f"add link {name}", errno.EEXIST)
+        device = _Device(self._next_index, name, kind, self._kernel.new_mac())
+        self._devices[device.index] = device
+        self._next_index += 1
+        return device
+
+    def destroy(self) -> None:
+        """Delete every link (veth peers elsewhere go with them)."""
+        for index in list(self._devices):
+            if index in self._devices:
+                self._delete(index)
+
+    # -- links -------------------------------------------------------------------------------
+
+    def list_links(self) -> list[Link]:
+        """Every link, by index."""
+        self.requests += 1
+        return [self._devices[i].link() for i in sorted(self._devices)]
+
+    def link(self, name: str) -> Link | None:
+        """The link named ``name``, or None."""
+        self.requests += 1
+        device = self._find(name)
+        return device.link() if device is not None else None
+
+    def add_link(self, new: NewLink) -> None:
+        """A bridge, a VXLAN device or a veth pair; EEXIST when a name is taken."""
+        self.requests += 1
+        if self._find(new.name) is not None:
+            raise NetlinkFailure(f"add link {new.name}", errno.EEXIST)
+        if isinstance(new, Veth):
+            self._add_veth(new)
+        else:
+            self._add(new.name, "bridge" if isinstance(new, Bridge) else "vxlan")
+
+    def _add_veth(self, new: Veth) -> None:
+        there = self if new.peer_netns is None else self._kernel.resolve(new.peer_netns)
+        if there._find(new.peer) is not None or (there is self and new.peer == new.name):
+            raise NetlinkFailure(f"add link {new.name}", errno.EEXIST)
+        if new.master is not None:
+            self._check_master(new.master)
+        theirs = there._add(new.peer, "veth")  # the kernel registers the peer first
+        mine = self._add(new.name, "veth")
+        mine.peer, theirs.peer = (there, theirs.index), (self, mine.index)
+        mine.mtu = theirs.mtu = new.mtu or DEFAULT_MTU
+        mine.master, mine.up = new.master or 0, new.up
+        mine.mac = new.mac or mine.mac
+        theirs.mac = new.peer_mac or theirs.mac
+        theirs.gso_max_size = new.peer_gso_max_size or theirs.gso_max_size
+
+    def _check_master(self, index: int) -> None:
+        master = self._devices.get(index)
+        if master is None:
+            raise NetlinkFailure(f"master {index}", errno.EINVAL)
+        if master.kind != "bridge":
+            raise NetlinkFailure(f"master {index}", errno.EOPNOTSUPP)
+
+    def set_link_index(self, index: int, change: LinkChange) -> None:
+        """Change a link; going down flushes the routes via it."""
+        self.requests += 1
+        device = self._device(index, "set link")
+        if change.master:
+            self._check_master(change.master)
+        device.mtu = change.mtu if change.mtu is not None else device.mtu
+        device.master = change.master if change.master is not None else device.master
+        device.gso_max_size = change.gso_max_size or device.gso_max_size
+        if change.up is not None:
+            device.up = change.up
+            if not change.up:
+                self._flush_routes(index)
+
+    def remove_link_index(self, index: int) -> None:
+        """Delete a link, its peer, its routes; free its ports."""
+        self.requests += 1
+        self._device(index, "delete link")
+        self._delete(index)
+
+    def _delete(self, index: int) -> None:
+        device = self._devices.pop(index)
+        self._flush_routes(index)
+        for port in self._devices.values():
+            if port.master == index:
+                port.master = 0
+        if device.peer is not None:
+            there, peer = device.peer
+            if peer in there._devices:
+                there._delete(peer)
+
+    # -- addresses ---------------------------------------------------------------------------
+
+    def list_addresses_index(self, index: int) -> list[IPv4Interface]:
+        """The addresses of a link, in the order they were added."""
+        self.requests += 1
+        device = self._devices.get(index)
+        return list(device.addresses) if device is not None else []
+
+    def add_address_index(self, index: int, address: IPv4Interface) -> None:
+        """Add an address; EEXIST for the same address and prefix length."""
+        self.requests += 1
+        device = self._device(index, f"add address {address}")
+        if address in device.addresses:
+            raise NetlinkFailure(f"add address {address}", errno.EEXIST)
+        device.addresses.append(address)
+
+    def remove_address_index(self, index: int, address: IPv4Interface) -> None:
+        """Delete an address (a primary takes its secondaries)."""
+        self.requests += 1
+        device = self._device(index, f"delete address {address}")
+        if address not in device.addresses:
+            raise NetlinkFailure(f"delete address {address}", errno.EADDRNOTAVAIL)
+        primary = address in device.primaries()
+        device.addresses = [
+            a
+            for a in device.addresses
+            if a != address and not (primary and _same_subnet(a, address))
+        ]
+        if not device.addresses:
+            self._flush_routes(index)
+
+    # -- routes ------------------------------------------------------------------------------
+
+    def list_route_entries(self, protocol: int | None = RTPROT_WEAVE_PY) -> list[RouteEntry]:
+        """The main table, in address order."""
+        self.requests += 1
+        return [e for e in self._table() if protocol is None or e.protocol == protocol]
+
+    def replace_route_index(
+        self,
+        destination: IPv4Network,
+        index: int,
+        gateway: IPv4Address | None = None,
+        protocol: int = RTPROT_WEAVE_PY,
+    ) -> None:
+        """Store a route per destination, checked as the kernel checks it."""
+        self.requests += 1
+        what = f"replace route {destination}"
+        device = self._device(index, what)
+        if not device.up:
+            raise NetlinkFailure(what, errno.ENETDOWN)
+        if gateway is not None and not any(gateway in a.network for a in self._connected(device)):
+            raise NetlinkFailure(what, errno.ENETUNREACH)
+        self._routes[destination] = RouteEntry(destination, index, gateway, protocol)
+
+    def remove_route_index(
+        self, destination: IPv4Network, index: int, protocol: int = RTPROT_WEAVE_PY
+    ) -> None:
+        """Delete a stored route; ESRCH unless destination, link and protocol match."""
+        self.requests += 1
+        found = self._routes.get(destination)
+        if found is None or (found.index, found.protocol) != (index, protocol):
+            raise NetlinkFailure(f"delete route {destination}", errno.ESRCH)
+        del self._routes[destination]
+
+    def route_index(self, destination: IPv4Address) -> int | None:
+        """A local address: the loopback; else the longest matching prefix."""
+        self.requests += 1
+        if any(destination == a.ip for d in self._devices.values() for a in d.addresses):
+            return LOOPBACK
+        matches = [e for e in self._table() if destination in e.destination]
+        best = max(matches, key=lambda e: e.destination.prefixlen, default=None)
+        return best.index if best is not None else None
+
+    def _table(self) -> list[RouteEntry]:
+        """The main table: our stored routes and the connected routes they do not replace."""
+        entries = list(self._routes.values())
+        for device in self._devices.values():
+            for address in self._connected(device):
+                if address.network not in self._routes:
+                    entries.append(RouteEntry(address.network, device.index, None, RTPROT_KERNEL))
+        return sorted(entries, key=_table_order)
+
+    @staticmethod
+    def _connected(device: _Device) -> list[IPv4Interface]:
+        if not device.up:
+            return []
+        return [a for a in device.primaries() if a.network.prefixlen < 32]
+
+    def _flush_routes(self, index: int) -> None:
+        self._routes = {d: e for d, e in self._routes.items() if e.index != index}
+
+    def _find(self, name: str) -> _Device | None:
+        return next((d for d in self._devices.values() if d.name == name), None)
+
+    def _device(self, index: int, what: str) -> _Device:
+        if index not in self._devices:
+            raise NetlinkFailure(what, errno.ENODEV)
+        return self._devices[index]
