@@ -18,13 +18,15 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from ipaddress import IPv4Address, IPv4Interface
 from typing import Any, TypeVar
 
-from agent import cni_server, snapshot
+from agent import errors, snapshot
 from agent.api import Api
 from agent.cluster import Cluster
-from agent.cni import Handler
-from agent.cni_ops import CniOps
+from agent.cni import server as cni_server
+from agent.cni.handler import Handler
+from agent.cni.network import KernelPodNetwork
 from agent.config import Config, split_hostport
 from agent.ipam import Ipam
 from agent.peer_name import load_or_create
@@ -225,7 +227,10 @@ class Agent:
                 stack.push_async_callback(_close_server, server)
             if self.config.cni_socket:
                 os.makedirs(os.path.dirname(self.config.cni_socket) or ".", exist_ok=True)
-                cni = await cni_server.serve(self.config.cni_socket, Handler(CniOps(self)).handle)
+                network = KernelPodNetwork(self.config.bridge, self.mtu, self.config.gso_max_size)
+                stack.callback(network.close)
+                handler = Handler(_PodAddresses(self), network)
+                cni = await cni_server.serve(self.config.cni_socket, handler.handle)
                 stack.push_async_callback(_close_cni, cni)
             log.info("agent ready: %s, %d peer(s)", self.identity, len(self.config.peers))
             try:
@@ -410,6 +415,32 @@ class Agent:
             routes=self.routes,
             control=self.cluster.driver.connections() if self.cluster is not None else (),
         )
+
+
+class _PodAddresses:  # interim: the lead replaces this
+    """The CNI handler's PodAddresses over the agent's IPAM."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def ready(self) -> bool:
+        return self.agent.ready and bool(self.agent.ipam.owned or self.agent.ipam.ring)
+
+    async def allocate(self, container_id: str, ifname: str) -> tuple[IPv4Interface, IPv4Address]:
+        a = await self.agent.allocate_address(container_id, ifname, persist=False)
+        return a.address, a.gateway
+
+    async def persist(self) -> None:
+        try:
+            await self.agent.ipam.flush()
+        except OSError as exc:
+            raise errors.StorageFailed("cannot persist the address allocation", str(exc)) from None
+
+    async def release(self, container_id: str, ifname: str | None) -> None:
+        await self.agent.release_address(container_id, ifname)
+
+    def held(self) -> list[tuple[str, str]]:
+        return [(a.container_id, a.ifname) for a in self.agent.ipam.pool.allocations()]
 
 
 class _Stop(Exception):
