@@ -173,14 +173,8 @@ def parse_config(text: str) -> NetConf:
         raise CniError(Code.DECODE, f"error unmarshalling network config: {exc}") from None
     if not isinstance(doc, dict):
         raise CniError(Code.DECODE, "network config must be a JSON object")
-    version = doc.get("cniVersion") or "0.1.0"  # libcni's default for a missing version
-    if not isinstance(version, str):
-        raise CniError(Code.INVALID_CONFIG, "cniVersion must be a string")
-    if version not in SUPPORTED_VERSIONS:
-        supported = f"plugin supports {list(SUPPORTED_VERSIONS)}"
-        detail = f"config is {version!r}, {supported}"
-        raise CniError(Code.INCOMPATIBLE_VERSION, "incompatible CNI versions", detail)
     name, kind = doc.get("name"), doc.get("type")
+    version = _version(doc.get("cniVersion"))
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise CniError(Code.INVALID_CONFIG, f"network name {name!r} is missing or invalid")
     if not isinstance(kind, str) or not kind:
@@ -201,6 +195,16 @@ def parse_config(text: str) -> NetConf:
         prev_result=prev,
         valid_attachments=_attachments(doc.get("cni.dev/valid-attachments")),
     )
+
+
+def _version(value: Any) -> str:
+    version = value or "0.1.0"  # libcni's default for a missing version
+    if not isinstance(version, str):
+        raise CniError(Code.INVALID_CONFIG, "cniVersion must be a string")
+    if version not in SUPPORTED_VERSIONS:
+        detail = f"config is {version!r}, plugin supports {list(SUPPORTED_VERSIONS)}"
+        raise CniError(Code.INCOMPATIBLE_VERSION, "incompatible CNI versions", detail)
+    return version
 
 
 def _object(doc: Mapping[str, Any], key: str) -> dict[str, Any]:
