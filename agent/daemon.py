@@ -30,7 +30,7 @@ from agent.cni.network import KernelPodNetwork
 from agent.config import Config, split_hostport
 from agent.ipam import Ipam
 from agent.peer_name import load_or_create
-from agent.report import Report, Router
+from agent.report import IpamStatus, Report, Router
 from gossip.identity import Identity, name_for, new_identity, peer_id
 from overlay import frame, node, udp
 from overlay.datapath import Datapath
@@ -385,13 +385,14 @@ class Agent:
 
     # -- status ------------------------------------------------------------------------------
 
-    def _ipam_status(self) -> dict[str, Any]:
+    def _ipam_status(self) -> IpamStatus:
         if self.cluster is not None:
             records = self.cluster.topology.records
             live: set[str] = self.cluster.mesh.live()
         else:
             records, live = {}, set()
-        return self.ipam.status(records, live, self.identity.nickname)
+        status = self.ipam.status(records, live, self.identity.nickname)
+        return status if isinstance(status, IpamStatus) else IpamStatus.from_json(status)
 
     def snapshot(self) -> Report:
         """The node's status now, for /report, the views and the metrics."""

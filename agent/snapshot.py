@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 from agent import __version__
 from agent.report import Connection, IpamStatus, Peer, Report, Route, Router
@@ -21,21 +20,21 @@ def take(
     *,
     ready: bool,
     uptime_seconds: float,
-    ipam: Mapping[str, Any],
+    ipam: IpamStatus,
     sleeve: Sleeve | None,
     routes: Iterable[Mapping[str, str]],
     control: Iterable[Mapping[str, str]],
 ) -> Report:
-    """The Report of this moment. ``ipam``: what ``agent.ipam.Ipam.status`` returns;
-    ``routes``: {"destination", "device"} entries; ``control``: the mesh driver's
-    ``connections()`` (empty with static peers)."""
+    """The Report of this moment. ``routes``: {"destination", "device"} entries, as the
+    daemon keeps them; ``control``: the mesh driver's ``connections()`` (empty with static
+    peers)."""
     peers = tuple(peer_of(state) for state in sleeve.peers.values()) if sleeve else ()
     return Report(
         version=__version__,
         ready=ready,
         uptime_seconds=round(uptime_seconds, 1),
         router=router,
-        ipam=IpamStatus.from_json(ipam),
+        ipam=ipam,
         peers=peers,
         drops=dict(sleeve.drops) if sleeve else {},
         super_packets_received=dict(sleeve.paths) if sleeve else {},

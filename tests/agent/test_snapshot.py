@@ -1,20 +1,15 @@
 """The Report taken of the cores: the sleeve's peers and counters, the control connections
-with Weave's states, the IPAM status of a real Ipam and the kernel routes."""
+with Weave's states, and the kernel routes."""
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
-import json
 import random
-from pathlib import Path
 
 from agent import __version__, snapshot
-from agent.config import Config
-from agent.ipam import Ipam
 from agent.report import Connection, Peer, Report, Route
 from overlay.sleeve import PeerSpec, Sleeve
-from tests.agent.test_status import REPORT, REPORT_JSON
+from tests.agent.test_status import REPORT
 
 NET = ipaddress.IPv4Network
 NODE2 = PeerSpec(0xB2, "node-2", ("192.168.48.12", 6783), (NET("10.32.2.0/24"),),
@@ -47,7 +42,7 @@ def take(
         REPORT.router,
         ready=ready,
         uptime_seconds=12.46,
-        ipam=REPORT_JSON["ipam"],
+        ipam=REPORT.ipam,
         sleeve=sleeve,
         routes=[{"destination": "10.32.2.0/24", "device": "weave-tun"}],
         control=control or [],
@@ -113,22 +108,3 @@ def test_control_connections_get_weaves_states() -> None:
                    name="aa:bb:cc:dd:ee:09"),  # no data-plane peer of that name yet
         Connection("->", "192.0.2.10:6783", "retrying", detail="connection refused"),
     )  # fmt: skip
-
-
-def test_the_status_of_a_real_ipam_reads_as_the_tree(tmp_path: Path) -> None:
-    config = dataclasses.replace(
-        Config(), state_dir=str(tmp_path), ipalloc_range=NET("10.32.0.0/16"),
-        pod_block=NET("10.32.1.0/28"),
-    )  # fmt: skip
-    ipam = Ipam(config, "aa:bb:cc:dd:ee:01", 1)
-    report = snapshot.take(
-        REPORT.router, ready=True, uptime_seconds=1.0, ipam=ipam.status({}, set(), "node-1"),
-        sleeve=None, routes=[], control=[],
-    )  # fmt: skip
-    assert report.ipam.mode == "kube"
-    assert report.ipam.blocks == (NET("10.32.1.0/28"),)
-    [owner] = report.ipam.owners
-    assert (owner.name, owner.nickname, owner.local, owner.addresses) == (
-        "aa:bb:cc:dd:ee:01", "node-1", True, 16,
-    )  # fmt: skip
-    assert Report.from_json(json.loads(json.dumps(report.to_json()))) == report
