@@ -58,6 +58,8 @@ def get(
 def report(
     socket_path: str | None = None, http_addr: str | None = None, timeout: float = 5.0
 ) -> dict[str, Any]:
+    """The agent's ``/report`` document as JSON (``agent.report.Report.from_json`` reads it into
+    the status tree); raises OSError when the agent cannot be reached or does not answer 200."""
     code, body = get("/report", socket_path, http_addr, timeout)
     if code != 200:
         raise OSError(f"agent answered {code}")
