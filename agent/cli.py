@@ -115,10 +115,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from overlay.netlink import enter_netns
 
         enter_netns(cfg.netns)
-    from agent.daemon import Agent
+    from agent import daemon
 
     try:
-        _run_loop(Agent(cfg).run())
+        _run_loop(daemon.main(cfg))
     except (OSError, ValueError) as exc:
         log.error("agent failed: %s", exc)
         return 1

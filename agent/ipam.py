@@ -1,4 +1,4 @@
-"""The node's address management: the ring core and the pod pool, persisted, and what the rest
+"""The node's address management (sans-IO): the ring core and the pod pool, and what the rest
 of the agent asks of them.
 
 Modes: ``gossip`` (no pod block configured: the ring in overlay/ipam/ring.py decides which space
@@ -6,80 +6,81 @@ this node owns, through claims in the topology records) and ``kube``/``static`` 
 block from configuration: Kubernetes' podCIDR, or the static-peer lab). In every mode the pool
 hands out pod addresses keyed by (container id, interface name).
 
-Persistence: ``state_dir/ipam.json`` holds the ring's state and every allocation. It is written
-atomically (store.py) after each change and before the change is published or answered, so a
-crash never loses an address that was handed out, nor a grant that was made.
+Rules this module keeps: no disk, no clock, no event loop. The state to persist is
+``document()``: agent/addresses.py writes it after each allocation or release, the daemon after
+each ``step`` or ``rmpeer`` that changed the ring (before the change is published). Refusals are
+``agent.errors`` classes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
-import os
-import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Set
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Set
+from dataclasses import dataclass
 from typing import Any
 
 from agent import errors
 from agent.config import Config, init_count
+from agent.report import IpamStatus, Owner
 from gossip.topology import PeerRecord
-from overlay.ipam import space, store
+from overlay.ipam import space
 from overlay.ipam.claim import Claim, ClaimError, decode
 from overlay.ipam.pool import Allocation, Pool
 from overlay.ipam.ring import Ring, View
 
 log = logging.getLogger("weave-py.ipam")
 Net = ipaddress.IPv4Network
-STATE_FILE = "ipam.json"
 
 
-class IpamError(Exception):
-    """An address request that cannot be met; ``code`` is the HTTP status to answer with."""
+@dataclass(frozen=True)
+class Settings:
+    """What configuration says about addresses (agent/config.py documents each)."""
 
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    range: Net
+    block_prefix: int
+    pod_block: Net | None = None  # kube/static: this node's fixed block
+    quorum: int = 1  # gossip: nodes that must agree to seed the ring
+    static: bool = False  # the pod block comes with static peers (for status)
+
+    @classmethod
+    def of(cls, config: Config) -> Settings:
+        """The address settings of a validated configuration."""
+        return cls(config.ipalloc_range, config.ipalloc_block, config.pod_block,
+                   init_count(config) // 2 + 1, bool(config.peers))  # fmt: skip
 
 
 class Ipam:
-    def __init__(self, config: Config, name: str, incarnation: int) -> None:
-        self.config = config
+    """The ring and the pool of one node, restored from ``state`` (a saved ``document()``)."""
+
+    def __init__(
+        self, settings: Settings, name: str, incarnation: int, state: Mapping[str, Any] | None
+    ) -> None:
+        self.settings = settings
         self.name = name
-        self.path = os.path.join(config.state_dir, STATE_FILE)
-        self.mode = "gossip" if config.pod_block is None else ("static" if config.peers else "kube")
-        doc = store.load(self.path) or {}
+        self.mode = "gossip" if settings.pod_block is None else "static" if settings.static \
+            else "kube"  # fmt: skip
+        state = state or {}
         self.ring: Ring | None = None
-        if config.pod_block is None:
-            quorum = init_count(config) // 2 + 1
-            self.ring = Ring(name, config.ipalloc_range, config.ipalloc_block, quorum,
-                             incarnation, doc.get("ring"))  # fmt: skip
-        self.pool = self._load_pool(doc.get("pool"))
+        if settings.pod_block is None:
+            self.ring = Ring(name, settings.range, settings.block_prefix, settings.quorum,
+                             incarnation, state.get("ring"))  # fmt: skip
+        self.pool = self._load_pool(state.get("pool"))
         self.malformed: Counter[str] = Counter()  # claims we could not read, by peer
-        self.pending = 0  # requests waiting for space
-        self.kick: Callable[[], None] = lambda: None  # asks the agent to step and publish
-        self._space = asyncio.Event()
-        self._last_status = ""
-        self.published: dict[str, Any] = {}
+        self.pending = 0  # requests waiting for space (the address driver counts them)
         self._claims: dict[str, tuple[PeerRecord, Claim | str]] = {}  # str: why malformed
-        self._seq = self._written = 0
-        self._write_lock = threading.Lock()
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="ipam-writer")
-        self.save()
+        self._last_status = ""
 
     def _load_pool(self, state: Mapping[str, Any] | None) -> Pool:
-        block = self.config.pod_block
-        prefix = self.config.ipalloc_block if block is None else block.prefixlen
+        block = self.settings.pod_block
+        prefix = self.settings.block_prefix if block is None else block.prefixlen
         pool = Pool.from_state(state) if state else Pool(prefix)
         if pool.block_prefix != prefix:
             if pool.used:
                 raise ValueError(
-                    f"{self.path}: allocations use /{pool.block_prefix} blocks, configuration "
-                    f"says /{prefix}; keep the old block size or remove the node's pods first"
+                    f"allocations use /{pool.block_prefix} blocks, configuration says "
+                    f"/{prefix}; keep the old block size or remove the node's pods first"
                 )
             pool = Pool(prefix)
         owned = [block] if block is not None else (self.ring.owned if self.ring else [])
@@ -90,16 +91,17 @@ class Ipam:
 
     @property
     def owned(self) -> list[Net]:
+        """The space this node's pods get addresses from."""
         return list(self.pool.owned)
 
     @property
     def gateways(self) -> tuple[ipaddress.IPv4Interface, ...]:
+        """The bridge's addresses: the first address of each active block."""
         return self.pool.gateways
 
-    def publish(self) -> dict[str, Any]:
-        """The record fields to publish now (remembered as published)."""
-        self.published = self.record_fields()
-        return self.published
+    def can_allocate(self) -> bool:
+        """Whether an address request may be taken now (it may still wait for space)."""
+        return bool(self.pool.owned) or self.ring is not None
 
     def record_fields(self) -> dict[str, Any]:
         """Our record's ``blocks`` and ``meta``: the claim we publish."""
@@ -139,8 +141,8 @@ class Ipam:
 
     # -- the ring ----------------------------------------------------------------------------
 
-    def step(self, records: Mapping[str, PeerRecord], live: Set[str]) -> bool:
-        """Take in the topology; True when our claim changed (publish it)."""
+    def step(self, records: Mapping[str, PeerRecord], live: Set[str], wall_ns: int) -> bool:
+        """Take in the topology at wall-clock time ``wall_ns``; True when the ring changed."""
         if self.ring is None:
             return False
         for gone in self._claims.keys() - records.keys():
@@ -154,14 +156,13 @@ class Ipam:
             except ClaimError:
                 continue  # counted and logged by ``routable``
             views[name] = View(r.incarnation, r.version, claim, r.nickname)
-        need = self.pending > 0 or not self.pool.owned or self.pool.used >= self.pool.capacity
-        if self.ring.step(time.time_ns(), views, live, need, self.pool.free_space(),
-                          self.pool.used):  # fmt: skip
+        pool = self.pool
+        need = self.pending > 0 or not pool.owned or pool.used >= pool.capacity
+        changed = self.ring.step(wall_ns, views, live, need, pool.free_space(), pool.used)
+        if changed:
             self._follow_ring()
-            self.save()
         self._log_status()
-        self._space.set()  # waiting requests try again
-        return self.record_fields() != self.published
+        return changed
 
     def _follow_ring(self) -> None:
         """The pool holds what the ring owns. The ring gives up space in use only when this
@@ -180,8 +181,7 @@ class Ipam:
 
     def _log_status(self) -> None:
         assert self.ring is not None
-        status = (self.ring.status, self.ring.conflict, tuple(self.pool.owned))
-        text = repr(status)
+        text = repr((self.ring.status, self.ring.conflict, tuple(self.pool.owned)))
         if text == self._last_status:
             return
         self._last_status = text
@@ -191,6 +191,7 @@ class Ipam:
                  ", ".join(map(str, self.pool.owned)) or "nothing")  # fmt: skip
 
     def rmpeer(self, name: str, live: Set[str]) -> list[Net]:
+        """Take over the space of dead peer ``name`` (Conflict while it is live)."""
         if self.ring is None:
             raise errors.Conflict(f"rmpeer needs gossip IPAM; this node is in {self.mode} mode")
         try:
@@ -198,142 +199,98 @@ class Ipam:
         except ValueError as exc:
             raise errors.Conflict(str(exc)) from None
         self._follow_ring()
-        self.save()
         log.info("ipam: removed peer %s, reclaimed %s", name,
                  ", ".join(map(str, taken)) or "nothing")  # fmt: skip
         return taken
 
     # -- pod addresses -------------------------------------------------------------------------
 
-    async def allocate(self, container_id: str, ifname: str, persist: bool = True) -> Allocation:
-        """The key's address. With ``persist`` False the caller must ``await flush()`` before
-        it hands the address out (the CNI handler overlaps that write with the veth work)."""
-        deadline = time.monotonic() + self.config.ipam_timeout
-        while True:
-            try:
-                allocation = self.pool.allocate(container_id, ifname)
-            except ValueError as exc:
-                raise errors.Invalid(str(exc)) from None
-            if allocation is not None:
-                if persist:
-                    self.save()
-                return allocation
+    def allocate(self, container_id: str, ifname: str) -> Allocation | None:
+        """The key's address; None when the node must first obtain space (step, then ask
+        again). Invalid for a malformed key, NoAddress when no space can come."""
+        try:
+            allocation = self.pool.allocate(container_id, ifname)
+        except ValueError as exc:
+            raise errors.Invalid(str(exc)) from None
+        if allocation is None:
             self._check_exhausted()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise errors.TimedOut(self._waiting_message())
-            self._space.clear()
-            self.pending += 1
-            try:
-                self.kick()
-                await asyncio.wait_for(self._space.wait(), remaining)
-            except TimeoutError:
-                raise errors.TimedOut(self._waiting_message()) from None
-            finally:
-                self.pending -= 1
+        return allocation
 
     def _check_exhausted(self) -> None:
         if self.ring is None:
             raise errors.NoAddress(
-                f"no free address: block {self.config.pod_block} is full "
+                f"no free address: block {self.settings.pod_block} is full "
                 f"({self.pool.used} addresses in use)"
-            )  # fmt: skip
+            )
         ring = self.ring
         if ring.owned and ring.want is None and ring.status.startswith("waiting for IP"):
             raise errors.NoAddress(
-                f"no free address: range {self.config.ipalloc_range} is fully allocated "
+                f"no free address: range {self.settings.range} is fully allocated "
                 f"(this node uses {self.pool.used}; no reachable peer has space to give)"
-            )  # fmt: skip
+            )
 
-    def _waiting_message(self) -> str:
+    def waiting_message(self, timeout: float) -> str:
+        """Why a request that waited ``timeout`` seconds got no address."""
         status = self.ring.status if self.ring else "full"
-        return (f"no address within {self.config.ipam_timeout:g}s: IPAM is {status} "
-                f"(range {self.config.ipalloc_range}); try again later")  # fmt: skip
+        return (f"no address within {timeout:g}s: IPAM is {status} "
+                f"(range {self.settings.range}); try again later")  # fmt: skip
 
     def release(self, container_id: str, ifname: str | None) -> list[Allocation]:
+        """Free the key's addresses (every interface's when ``ifname`` is None)."""
         try:
             released = self.pool.release(container_id, ifname)
         except ValueError as exc:
             raise errors.Invalid(str(exc)) from None
-        if released:
-            self.save()
         return released
 
-    def save(self) -> None:
-        """Write the state now (on the caller's thread)."""
-        self._seq += 1
-        self._write(self._seq, self._document())
-
-    async def flush(self) -> None:
-        """Write the state on the writer thread: the event loop goes on meanwhile. Writes are
-        ordered by when they were asked for; one overtaken by a newer write is skipped (the
-        newer document holds everything the older one did)."""
-        self._seq += 1
-        seq, document = self._seq, self._document()
-        await asyncio.get_running_loop().run_in_executor(self._writer, self._write, seq, document)
-
-    def _document(self) -> dict[str, Any]:
+    def document(self) -> dict[str, Any]:
+        """The state to persist: what ``Ipam(..., state=...)`` restores."""
         ring = self.ring.to_state() if self.ring else None
         return {"ring": ring, "pool": self.pool.to_state()}
-
-    def _write(self, seq: int, document: dict[str, Any]) -> None:
-        with self._write_lock:
-            if seq <= self._written:
-                return
-            store.save(self.path, document)
-            self._written = seq
 
     # -- status --------------------------------------------------------------------------------
 
     def status(
         self, records: Mapping[str, PeerRecord], live: Set[str], nickname: str
-    ) -> dict[str, Any]:
-        total = self.config.ipalloc_range.num_addresses
+    ) -> IpamStatus:
+        """What ``status ipam``, /report and the IPAM metrics show."""
         owners = []
         if self.pool.owned:
-            local = self._owner(self.name, nickname, list(self.pool.owned), self.pool.used, True)
-            owners.append(local)
+            owners.append(self._owner(self.name, nickname, self.pool.owned, self.pool.used, True))
         if self.ring is not None:
             for name, view in sorted(self.ring.known.items()):
                 if view.claim.ring != self.ring.ring or not view.claim.owned:
                     continue
                 record = records.get(name)
                 nick = record.nickname if record else view.nickname
-                owners.append(self._owner(name, nick, list(view.claim.owned), view.claim.used,
+                owners.append(self._owner(name, nick, view.claim.owned, view.claim.used,
                                           name in live))  # fmt: skip
         else:
             for name, r in sorted(records.items()):
                 if name != self.name and r.blocks:
-                    owned = [Net(b) for b in r.blocks]
+                    owned = tuple(Net(b) for b in r.blocks)
                     owners.append(self._owner(name, r.nickname, owned, 0, name in live))
-        unreachable = [o for o in owners if not o["reachable"]]
-        lost = sum(o["addresses"] for o in unreachable)
-        return {
-            "mode": self.mode,
-            "status": self.ring.status if self.ring else "ready",
-            "range": str(self.config.ipalloc_range),
-            "block_prefix": self.pool.block_prefix,
-            "blocks": [str(b) for b in self.pool.active_blocks],
-            "conflict": self.ring.conflict if self.ring else None,
-            "owners": owners,
-            "used": self.pool.used,
-            "capacity": self.pool.capacity,
-            "pending_allocates": self.pending,
-            "pending_claims": int(bool(self.ring and self.ring.want)),
-            "unreachable_addresses": lost,
-            "unreachable_percentage": round(100.0 * lost / total, 2),
-        }
+        lost = sum(o.addresses for o in owners if not o.reachable)
+        ring = self.ring
+        return IpamStatus(
+            mode=self.mode,
+            status=ring.status if ring else "ready",
+            range=self.settings.range,
+            block_prefix=self.pool.block_prefix,
+            blocks=tuple(self.pool.active_blocks),
+            conflict=ring.conflict if ring else None,
+            owners=tuple(owners),
+            used=self.pool.used,
+            capacity=self.pool.capacity,
+            pending_allocates=self.pending,
+            pending_claims=int(bool(ring and ring.want)),
+            unreachable_addresses=lost,
+            unreachable_percentage=round(100.0 * lost / self.settings.range.num_addresses, 2),
+        )
 
-    def _owner(self, name: str, nickname: str, owned: list[Net], active: int,
-               reachable: bool) -> dict[str, Any]:  # fmt: skip
+    def _owner(self, name: str, nickname: str, owned: tuple[Net, ...], active: int,
+               reachable: bool) -> Owner:  # fmt: skip
         addresses = space.size(owned)
-        return {
-            "name": name,
-            "nickname": nickname,
-            "local": name == self.name,
-            "reachable": reachable,
-            "owned": [str(n) for n in owned],
-            "addresses": addresses,
-            "share": round(100.0 * addresses / self.config.ipalloc_range.num_addresses, 1),
-            "active": active,
-        }
+        total = self.settings.range.num_addresses
+        return Owner(name, nickname, name == self.name, reachable, tuple(owned), addresses,
+                     round(100.0 * addresses / total, 1), active)  # fmt: skip

@@ -1,7 +1,7 @@
-"""The agent's IPAM driver (agent.ipam.Ipam) with real configurations and state directories:
-kube/static mode over a fixed pod block, gossip mode seeding alone, waiting for consensus and
-sharing the range between two nodes through their topology records, rmpeer, persistence and
-status."""
+"""The node's IPAM (agent/ipam.py's core, agent/addresses.py's driver and state file) with real
+configurations and state directories: kube/static mode over a fixed pod block, gossip mode
+seeding alone, waiting for consensus and sharing the range between two nodes through their
+topology records, rmpeer, persistence and status."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ import pytest
 from agent import config as agent_config
 from agent import errors
 from agent.config import Config, StaticPeer
-from agent.ipam import STATE_FILE, Ipam
+from agent.addresses import STATE_FILE, Addresses, StateFile
+from agent.ipam import Ipam, Settings
 from gossip.topology import PeerRecord
 from overlay.ipam import space, store
+from overlay.ipam.pool import Allocation
 from overlay.ipam.claim import decode
 
 Net = ipaddress.IPv4Network
@@ -47,15 +49,67 @@ def make_config(state_dir: Path, **changes: Any) -> Config:
     return config
 
 
-def kube(tmp_path: Path, incarnation: int = 1, **changes: Any) -> Ipam:
-    return Ipam(make_config(tmp_path, pod_block=POD_BLOCK, **changes), A, incarnation)
+class Box:
+    """An IPAM core with its state file and address driver, wired as the daemon wires them;
+    the core's attributes read through. ``step`` is the daemon's: write the state when the ring
+    changed, wake waiting requests, and say whether the claim to publish changed."""
+
+    def __init__(self, config: Config, name: str, incarnation: int) -> None:
+        self.config = config
+        self.state = StateFile(config.state_dir)
+        self.core = Ipam(Settings.of(config), name, incarnation, self.state.load())
+        self.state.save(self.core.document())
+        self.kicks = 0
+        self.published: dict[str, Any] = {}
+        self.addresses = Addresses(self.core, self.state, config.ipam_timeout, self._wake,
+                                   self._follow)  # fmt: skip
+        self.addresses.started = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.core, name)
+
+    def _wake(self) -> None:
+        self.kicks += 1
+
+    async def _follow(self) -> None:
+        pass
+
+    async def allocate(self, container_id: str, ifname: str) -> Allocation:
+        allocation = await self.addresses.take(container_id, ifname)
+        await self.addresses.persist()
+        return allocation
+
+    async def release(self, container_id: str, ifname: str | None) -> list[Allocation]:
+        return await self.addresses.free(container_id, ifname)
+
+    def step(self, records: dict[str, PeerRecord], live: set[str]) -> bool:
+        if self.core.step(records, live, time.time_ns()):
+            self.state.save(self.core.document())
+        self.addresses.space_arrived()
+        return self.core.record_fields() != self.published
+
+    def publish(self) -> dict[str, Any]:
+        self.published = self.core.record_fields()
+        return self.published
+
+    def rmpeer(self, name: str, live: set[str]) -> list[Net]:
+        taken = self.core.rmpeer(name, live)
+        self.state.save(self.core.document())
+        return taken
+
+    def status(self, records: dict[str, PeerRecord], live: set[str], nick: str) -> Any:
+        return self.core.status(records, live, nick).to_json()
+
+
+def kube(tmp_path: Path, incarnation: int = 1, **changes: Any) -> Box:
+    return Box(make_config(tmp_path, pod_block=POD_BLOCK, **changes), A, incarnation)
 
 
 class Node:
     """An Ipam with the topology record it publishes (version bumped on every change), built
     from ``Ipam.publish()`` as the agent builds it."""
 
-    def __init__(self, ipam: Ipam, incarnation: int) -> None:
+    def __init__(self, ipam: Box, incarnation: int) -> None:
         self.ipam = ipam
         self.incarnation = incarnation
         self.version = 0
@@ -86,7 +140,7 @@ class Node:
 
 def gossip_node(tmp_path: Path, name: str, incarnation: int, **changes: Any) -> Node:
     config = make_config(tmp_path / name.replace(":", ""), **changes)
-    return Node(Ipam(config, name, incarnation), incarnation)
+    return Node(Box(config, name, incarnation), incarnation)
 
 
 def exchange(nodes: list[Node], live: set[str], rounds: int = 30) -> None:
@@ -99,7 +153,7 @@ def exchange(nodes: list[Node], live: set[str], rounds: int = 30) -> None:
     raise AssertionError(f"claims still changing after {rounds} rounds")
 
 
-def settle_alone(ipam: Ipam, rounds: int = 10) -> None:
+def settle_alone(ipam: Box, rounds: int = 10) -> None:
     """Step a node that sees nobody else until its claim stops changing (as the agent does:
     it publishes and steps again at once whenever a step changed the claim)."""
     for _ in range(rounds):
@@ -153,10 +207,10 @@ async def test_kube_release_frees_the_address(tmp_path: Path) -> None:
     ipam = kube(tmp_path)
     held = await ipam.allocate("c1", "eth0")
     await ipam.allocate("c2", "eth0")
-    released = ipam.release("c1", None)
+    released = await ipam.release("c1", None)
     assert released == [held]
     assert ipam.pool.used == 1
-    assert ipam.release("c1", None) == []  # CNI DEL is retried: a second release is a no-op
+    assert await ipam.release("c1", None) == []  # CNI DEL is retried: a second release is a no-op
     reused = await ipam.allocate("c3", "eth0")
     assert reused.address == held.address  # lowest free address first: the released one
 
@@ -165,7 +219,7 @@ async def test_kube_release_of_one_interface_keeps_the_others(tmp_path: Path) ->
     ipam = kube(tmp_path)
     eth0 = await ipam.allocate("c1", "eth0")
     net1 = await ipam.allocate("c1", "net1")
-    assert ipam.release("c1", "net1") == [net1]
+    assert await ipam.release("c1", "net1") == [net1]
     assert ipam.pool.get("c1", "eth0") == eth0
     assert ipam.pool.get("c1", "net1") is None
 
@@ -173,7 +227,7 @@ async def test_kube_release_of_one_interface_keeps_the_others(tmp_path: Path) ->
 async def test_kube_restart_returns_the_same_addresses(tmp_path: Path) -> None:
     ipam = kube(tmp_path)
     before = {key: await ipam.allocate(*key) for key in [("c1", "eth0"), ("c2", "eth0")]}
-    ipam.release("c1", "eth0")
+    await ipam.release("c1", "eth0")
     kept = before[("c2", "eth0")]
 
     restarted = kube(tmp_path, incarnation=2)
@@ -188,7 +242,7 @@ async def test_kube_config_from_the_environment(tmp_path: Path) -> None:
         None,
         {"WEAVE_STATE_DIR": str(tmp_path), "WEAVE_POD_BLOCK": str(POD_BLOCK), "HOSTNAME": "n1"},
     )
-    ipam = Ipam(config, A, 1)
+    ipam = Box(config, A, 1)
     allocation = await ipam.allocate("c1", "eth0")
     assert allocation.address.network == POD_BLOCK
     assert ipam.record_fields() == {"blocks": (str(POD_BLOCK),), "meta": b""}
@@ -208,7 +262,7 @@ async def test_kube_full_block_is_507_naming_the_block(tmp_path: Path) -> None:
     assert str(POD_BLOCK) in caught.value.message
     assert ipam.pool.used == 13 and ipam.pending == 0
     assert await ipam.allocate("c0", "eth0") == allocations[0]  # held keys still answer
-    ipam.release("c5", None)
+    await ipam.release("c5", None)
     assert (await ipam.allocate("c13", "eth0")).address == allocations[5].address
 
 
@@ -231,7 +285,7 @@ async def test_kube_bad_keys_are_400(tmp_path: Path, container_id: str, ifname: 
     with pytest.raises(errors.Invalid):
         await ipam.allocate(container_id, ifname)
     with pytest.raises(errors.Invalid):
-        ipam.release(container_id, ifname)
+        await ipam.release(container_id, ifname)
     assert ipam.pool.used == 0
 
 
@@ -240,7 +294,7 @@ async def test_static_mode_publishes_its_block_and_refuses_rmpeer(tmp_path: Path
     ipam = kube(tmp_path, peers=(other,))
     assert ipam.mode == "static"
     assert ipam.record_fields() == {"blocks": (str(POD_BLOCK),), "meta": b""}
-    assert ipam.step({}, {A}) is False  # nothing to decide without the ring
+    assert ipam.core.step({}, {A}, time.time_ns()) is False  # no ring: nothing to decide
     with pytest.raises(errors.Conflict) as caught:
         ipam.rmpeer(B, {A})
     assert "static" in caught.value.message
@@ -250,15 +304,13 @@ async def test_static_mode_publishes_its_block_and_refuses_rmpeer(tmp_path: Path
 
 
 async def test_lone_node_allocation_waits_for_the_ring_then_completes(tmp_path: Path) -> None:
-    ipam = Ipam(make_config(tmp_path, ipam_timeout=5.0), A, 1)
-    kicks: list[None] = []
-    ipam.kick = lambda: kicks.append(None)
+    ipam = Box(make_config(tmp_path, ipam_timeout=5.0), A, 1)
     task = asyncio.create_task(ipam.allocate("c1", "eth0"))
     await asyncio.sleep(0.05)
     assert not task.done()  # no space before any step
     assert ipam.owned == []
     assert ipam.pending == 1
-    assert kicks  # asked the agent to step
+    assert ipam.kicks  # asked the agent to step
     assert ipam.status({}, {A}, "a")["pending_allocates"] == 1
 
     start = time.monotonic()
@@ -272,7 +324,7 @@ async def test_lone_node_allocation_waits_for_the_ring_then_completes(tmp_path: 
 
 
 async def test_lone_node_owns_the_range_and_publishes_its_ring(tmp_path: Path) -> None:
-    ipam = Ipam(make_config(tmp_path), A, 1)
+    ipam = Box(make_config(tmp_path), A, 1)
     assert ipam.record_fields()["blocks"] == ()
     settle_alone(ipam)
     assert ipam.owned == [RANGE]
@@ -287,7 +339,7 @@ async def test_lone_node_owns_the_range_and_publishes_its_ring(tmp_path: Path) -
 
 async def test_consensus_of_three_alone_times_out_with_504(tmp_path: Path) -> None:
     timeout = 0.3
-    ipam = Ipam(make_config(tmp_path, ipalloc_init="consensus=3", ipam_timeout=timeout), A, 1)
+    ipam = Box(make_config(tmp_path, ipalloc_init="consensus=3", ipam_timeout=timeout), A, 1)
 
     async def agent_steps() -> None:  # the agent steps on every heartbeat
         while True:
@@ -313,7 +365,7 @@ async def test_consensus_of_three_alone_times_out_with_504(tmp_path: Path) -> No
 
 async def test_lone_node_with_its_range_full_is_507_naming_the_range(tmp_path: Path) -> None:
     small = Net("10.32.0.0/28")  # four /30 blocks with one pod address each
-    ipam = Ipam(make_config(tmp_path, ipalloc_range=small, ipalloc_block=30), A, 1)
+    ipam = Box(make_config(tmp_path, ipalloc_range=small, ipalloc_block=30), A, 1)
     settle_alone(ipam)
     for i in range(4):
         await ipam.allocate(f"c{i}", "eth0")
@@ -398,7 +450,7 @@ def test_rmpeer_takes_a_dead_peers_space(pair: tuple[Node, Node]) -> None:
     assert status["unreachable_addresses"] == 0
     # the claim we publish says so, and the reclaimed space survives a restart
     assert decode(a.record().blocks, a.record().meta).removed == ((B, b.incarnation),)
-    restarted = Ipam(a.ipam.config, A, 10)
+    restarted = Box(a.ipam.config, A, 10)
     assert restarted.owned == [RANGE]
 
 
@@ -435,14 +487,14 @@ async def test_state_file_is_valid_after_each_allocation(tmp_path: Path) -> None
 
 
 async def test_gossip_state_is_saved_and_restored(tmp_path: Path) -> None:
-    ipam = Ipam(make_config(tmp_path), A, 1)
+    ipam = Box(make_config(tmp_path), A, 1)
     settle_alone(ipam)
     allocation = await ipam.allocate("c1", "eth0")
     document = store.load(str(tmp_path / STATE_FILE))
     assert document is not None
     assert document["ring"]["owned"] == [str(RANGE)]
 
-    restarted = Ipam(ipam.config, A, 2)
+    restarted = Box(ipam.config, A, 2)
     assert restarted.owned == [RANGE]
     assert await restarted.allocate("c1", "eth0") == allocation
     assert restarted.record_fields()["blocks"] == (str(RANGE),)
@@ -472,7 +524,7 @@ def test_corrupt_state_file_is_an_error_not_a_fresh_start(tmp_path: Path) -> Non
 
 
 def test_status_of_a_fresh_gossip_node(tmp_path: Path) -> None:
-    ipam = Ipam(make_config(tmp_path), A, 1)
+    ipam = Box(make_config(tmp_path), A, 1)
     status = ipam.status({}, {A}, "node-1")
     assert set(status) == STATUS_KEYS
     assert status["mode"] == "gossip"

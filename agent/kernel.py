@@ -1,0 +1,106 @@
+"""The node's kernel as the agent finds and keeps it: netlink on a thread of its own, the TUN,
+the MTUs, and the routes a previous agent left.
+
+``NodeKernel.open`` returns a complete object: everything later steps need is found before it
+returns, so nothing is filled in afterwards. pyroute2's synchronous API runs an event loop of
+its own, so every netlink call runs on one worker thread, created in the agent's namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from agent.config import Config
+from overlay import frame, node
+from overlay.kernel import NetlinkHandle
+from overlay.netdev import Route
+from overlay.netlink import Netlink
+from overlay.tun import Tun, open_tun
+
+log = logging.getLogger("weave-py")
+DEFAULT_UNDERLAY_MTU = 1500
+T = TypeVar("T")
+Net = ipaddress.IPv4Network
+
+
+def first_hosts(config: Config) -> list[str]:
+    """Addresses of other nodes we were told about (static peers, then seeds)."""
+    return [p.host for p in config.peers] + [s.partition(":")[0] for s in config.seeds]
+
+
+@dataclass(frozen=True)
+class Underlay:
+    """What the kernel says about the network towards the other nodes."""
+
+    mtu: int  # of the interface that reaches the first peer (1500 when unknown)
+    address: str | None  # this node's address on that interface (None when unknown)
+    kept: frozenset[Net]  # our routes already in the kernel (a previous agent's)
+
+
+def survey(nl: NetlinkHandle, hosts: list[str]) -> Underlay:
+    """The underlay towards the first of ``hosts`` that has a route."""
+    kept = frozenset(r.destination for r in nl.list_routes())
+    for host in hosts:
+        link = nl.route_device(ipaddress.IPv4Address(host))
+        if link is not None:
+            addresses = nl.list_addresses(link.name)
+            address = str(addresses[0].ip) if addresses else None
+            return Underlay(link.mtu or DEFAULT_UNDERLAY_MTU, address, kept)
+    return Underlay(DEFAULT_UNDERLAY_MTU, None, kept)
+
+
+@dataclass
+class NodeKernel:
+    """The set-up kernel side of the node. ``mtu`` is the overlay MTU of bridge, TUN and pods."""
+
+    tun: Tun
+    underlay: Underlay
+    mtu: int
+    _thread: ThreadPoolExecutor
+    _reconciler: node.Reconciler
+    routes: tuple[Route, ...] = field(default=())  # ours after the last reconcile
+
+    @classmethod
+    async def open(cls, config: Config) -> NodeKernel:
+        """Find the underlay, open the TUN (raises OSError or NetlinkFailure on failure)."""
+        thread = ThreadPoolExecutor(1, thread_name_prefix="netlink")
+        try:
+            nl, underlay = await _on(thread, _survey, first_hosts(config))
+            tun = open_tun(config.tun, offload=config.offload)
+        except BaseException:
+            thread.shutdown()
+            raise
+        log.info("open tun: %s offload=%s", config.tun, tun.offload)
+        mtu = config.mtu or underlay.mtu - frame.OVERHEAD
+        return cls(tun, underlay, mtu, thread, node.Reconciler(nl))
+
+    async def reconcile(self, spec: node.NodeSpec) -> list[node.Action]:
+        """Bring bridge, TUN, addresses and routes to ``spec``; the changes made."""
+        actions = await _on(self._thread, self._reconciler.run, spec)
+        self.routes = self._reconciler.routes
+        return actions
+
+    async def ensure_forwarding(self, spec: node.NodeSpec) -> list[str]:
+        """Forwarding and reverse-path sysctls; the ones changed."""
+        return await _on(self._thread, node.ensure_forwarding, spec)
+
+    def close(self) -> None:
+        """Close the TUN descriptor and netlink (the devices stay for a restart)."""
+        self.tun.close()
+        self._thread.submit(self._reconciler.nl.close).result()
+        self._thread.shutdown()
+
+
+def _survey(hosts: list[str]) -> tuple[Netlink, Underlay]:
+    nl = Netlink()
+    return nl, survey(nl, hosts)
+
+
+async def _on(thread: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:
+    return await asyncio.get_running_loop().run_in_executor(thread, fn, *args)

@@ -1,0 +1,100 @@
+"""The gossip peer source: the mesh core, its driver, and the members its routes reach.
+
+The node publishes its record (endpoints, address claim, data-plane exceptions); every peer the
+mesh's routes reach is a member, sent to directly or through the next hop's endpoint.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from agent.peers import Address, Member, View
+from gossip.driver import MeshDriver
+from gossip.events import MeshEvent
+from gossip.handshake import Hello
+from gossip.identity import Identity
+from gossip.mesh import Mesh, MeshConfig
+from gossip.topology import PeerRecord, Topology
+
+
+def seed_address(seed: str, port: int) -> Address:
+    """``HOST`` or ``HOST:PORT`` as an address (the agent's port by default)."""
+    host, _, given = seed.partition(":")
+    return host, int(given) if given else port
+
+
+class GossipPeers:
+    """Members from the mesh. ``endpoint`` is where this node is reached (control and sleeve),
+    ``claim`` the record fields to start with, ``seeds`` the nodes to join through."""
+
+    kind = "gossip"
+
+    def __init__(
+        self,
+        identity: Identity,
+        incarnation: int,
+        endpoint: Address,
+        listen: Address,
+        seeds: tuple[str, ...],
+        conn_limit: int,
+        claim: Mapping[str, Any],
+    ) -> None:
+        record = PeerRecord(
+            name=identity.name, nickname=identity.nickname, incarnation=incarnation,
+            version=1, uid=identity.uid, data_endpoint=endpoint, control_endpoint=endpoint,
+            **claim,
+        )  # fmt: skip
+        self.topology = Topology(record)
+        self.mesh = Mesh(
+            self.topology,
+            MeshConfig(conn_limit=conn_limit),
+            random.Random(),
+            [seed_address(s, endpoint[1]) for s in seeds],
+        )
+        hello = Hello(
+            identity.name, identity.nickname, identity.uid, incarnation, endpoint, endpoint
+        )
+        self.driver = MeshDriver(self.mesh, hello, listen, self._event)
+        self._changed: Callable[[], None] = lambda: None
+
+    def _event(self, event: MeshEvent) -> None:
+        self._changed()  # every kind of mesh event can change members, routes or claims
+
+    def view(self) -> View:
+        """Every peer the routes reach, with the records and the live set."""
+        records = self.topology.records
+        members = []
+        for name, hop in sorted(self.mesh.routes().items()):
+            r = records.get(name)
+            if r is None or hop not in records:
+                continue
+            via = None if hop == name else self._endpoint(records[hop])
+            members.append(Member(name, r.nickname, self._endpoint(r), via, r))
+        return View(tuple(members), records, frozenset(self.mesh.live()))
+
+    def _endpoint(self, record: PeerRecord) -> Address:
+        """A neighbour's sleeve endpoint at the host we reach it at (what it advertises may be
+        on a segment we cannot reach)."""
+        host, port = record.data_endpoint
+        return self.driver.observed.get(record.name, host), port
+
+    def publish(self, fields: Mapping[str, Any]) -> None:
+        """Change our record and send it out now."""
+        self.mesh.set_local(time.monotonic(), **fields)
+        self.driver.flush()
+
+    async def run(self, changed: Callable[[], None]) -> None:
+        """Run the mesh driver until cancelled."""
+        self._changed = changed
+        await self.driver.run()
+
+    def leave(self) -> None:
+        """Say goodbye to every neighbour."""
+        self.driver.leave()
+
+    def connections(self) -> list[dict[str, str]]:
+        """Control connections and dial targets, Weave-style."""
+        return self.driver.connections()
