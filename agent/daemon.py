@@ -239,7 +239,7 @@ class Agent:
         router = Router(
             name=self.identity.name, nickname=self.identity.nickname,
             uid=f"{self.identity.uid:x}", port=self.config.port, mtu=self.kernel.mtu,
-            underlay_mtu=self.kernel.underlay.mtu, offload=self.kernel.tun.offload,
+            underlay_mtu=self.kernel.underlay.mtu, offload=self.kernel.offload,
             super_packets="udp-gso" if self.datapath.udp_gso else "ip-fragments",
         )  # fmt: skip
         routes = [{"destination": str(r.destination), "device": r.device}

@@ -21,7 +21,8 @@ from overlay import frame, node
 from overlay.kernel import NetlinkHandle
 from overlay.netdev import Route
 from overlay.netlink import Netlink
-from overlay.tun import Tun, open_tun
+from overlay.sysctl import ensure_sysctl
+from overlay.tun import TunDevice, open_tun
 
 log = logging.getLogger("weave-py")
 DEFAULT_UNDERLAY_MTU = 1500
@@ -59,11 +60,13 @@ def survey(nl: NetlinkHandle, hosts: list[str]) -> Underlay:
 class NodeKernel:
     """The set-up kernel side of the node. ``mtu`` is the overlay MTU of bridge, TUN and pods."""
 
-    tun: Tun
+    tun: TunDevice
+    offload: str  # the TUN's offload mode (overlay/tun.py OFFLOAD_MODES)
     underlay: Underlay
     mtu: int
     _thread: ThreadPoolExecutor
     _reconciler: node.Reconciler
+    sysctl: Callable[[str, str], bool] = ensure_sysctl  # sets one, says whether it changed
     routes: tuple[Route, ...] = field(default=())  # ours after the last reconcile
 
     @classmethod
@@ -78,7 +81,7 @@ class NodeKernel:
             raise
         log.info("open tun: %s offload=%s", config.tun, tun.offload)
         mtu = config.mtu or underlay.mtu - frame.OVERHEAD
-        return cls(tun, underlay, mtu, thread, node.Reconciler(nl))
+        return cls(tun, tun.offload, underlay, mtu, thread, node.Reconciler(nl))
 
     async def reconcile(self, spec: node.NodeSpec) -> list[node.Action]:
         """Bring bridge, TUN, addresses and routes to ``spec``; the changes made."""
@@ -88,7 +91,7 @@ class NodeKernel:
 
     async def ensure_forwarding(self, spec: node.NodeSpec) -> list[str]:
         """Forwarding and reverse-path sysctls; the ones changed."""
-        return await _on(self._thread, node.ensure_forwarding, spec)
+        return await _on(self._thread, node.ensure_forwarding, spec, self.sysctl)
 
     def close(self) -> None:
         """Close the TUN descriptor and netlink (the devices stay for a restart)."""
