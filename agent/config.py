@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
+from agent.cni.plugin import DEFAULT_SOCKET as DEFAULT_CNI_SOCKET
+
 IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 PEER = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)@(?P<host>[0-9.]+)(:(?P<port>\d+))?=(?P<blocks>\S+)$")
 
@@ -27,7 +29,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class StaticPeer:
-    """A remote node given by configuration (the gossip issue replaces this)."""
+    """A remote node given by configuration (``--peer``): nodes that do not gossip."""
 
     name: str
     host: str
@@ -128,7 +130,7 @@ class Config:
         None,
     )
     port: int = _setting(
-        "WEAVE_PORT", "--port", "UDP port of the sleeve data plane (and, later, TCP gossip).", 6783
+        "WEAVE_PORT", "--port", "UDP port of the sleeve data plane and TCP port of gossip.", 6783
     )
     bind_address: str = _setting(
         "WEAVE_BIND_ADDR", "--bind-address", "IPv4 address the sleeve socket binds.", "0.0.0.0"
@@ -197,14 +199,14 @@ class Config:
     socket_path: str = _setting(
         "WEAVE_SOCKET",
         "--socket",
-        "Unix socket of the local API (and, later, the CNI plugin).",
+        "Unix socket of the local API (status, report, addresses, rmpeer).",
         "/run/weave-py/weave-py.sock",
     )
     cni_socket: str = _setting(
         "WEAVE_CNI_SOCKET",
         "--cni-socket",
         "Unix socket the CNI plugin hands requests (and the pod's netns) to; empty disables.",
-        "/run/weave-py/cni.sock",
+        DEFAULT_CNI_SOCKET,
     )
     state_dir: str = _setting(
         "WEAVE_STATE_DIR", "--state-dir", "Directory for persistent state.", "/var/lib/weave-py"
