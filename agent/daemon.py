@@ -242,12 +242,10 @@ class Agent:
             underlay_mtu=self.kernel.underlay.mtu, offload=self.kernel.offload,
             super_packets="udp-gso" if self.datapath.udp_gso else "ip-fragments",
         )  # fmt: skip
-        routes = [{"destination": str(r.destination), "device": r.device}
-                  for r in self.kernel.routes]  # fmt: skip
         return snapshot.take(
             router, ready=self.ready, uptime_seconds=time.time() - self.started_at,
             ipam=self.ipam.status(view.records, view.live, self.identity.nickname),
-            sleeve=self.sleeve, routes=routes, control=self.source.connections(),
+            sleeve=self.sleeve, routes=self.kernel.routes, control=self.source.connections(),
         )  # fmt: skip
 
     def _peer_event(self, event: PeerEvent) -> None:

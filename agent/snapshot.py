@@ -7,11 +7,11 @@ router and the time it has been up, and serves the result (agent/report.py).
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 
 from agent import __version__
 from agent.report import Connection, IpamStatus, Peer, Report, Route, Router
+from overlay import netdev
 from overlay.sleeve import PeerState, Sleeve
 
 
@@ -21,14 +21,13 @@ def take(
     ready: bool,
     uptime_seconds: float,
     ipam: IpamStatus,
-    sleeve: Sleeve | None,
-    routes: Iterable[Mapping[str, str]],
+    sleeve: Sleeve,
+    routes: Iterable[netdev.Route],
     control: Iterable[Mapping[str, str]],
 ) -> Report:
-    """The Report of this moment. ``routes``: {"destination", "device"} entries, as the
-    daemon keeps them; ``control``: the mesh driver's ``connections()`` (empty with static
-    peers)."""
-    peers = tuple(peer_of(state) for state in sleeve.peers.values()) if sleeve else ()
+    """The Report of this moment. ``routes``: ours in the kernel after the last reconcile;
+    ``control``: the peer source's ``connections()`` (empty with static peers)."""
+    peers = tuple(peer_of(state) for state in sleeve.peers.values())
     return Report(
         version=__version__,
         ready=ready,
@@ -36,9 +35,9 @@ def take(
         router=router,
         ipam=ipam,
         peers=peers,
-        drops=dict(sleeve.drops) if sleeve else {},
-        super_packets_received=dict(sleeve.paths) if sleeve else {},
-        routes=tuple(Route(ipaddress.IPv4Network(r["destination"]), r["device"]) for r in routes),
+        drops=dict(sleeve.drops),
+        super_packets_received=dict(sleeve.paths),
+        routes=tuple(Route(r.destination, r.device) for r in routes),
         connections=connections_of(control, peers),
     )
 

@@ -8,16 +8,12 @@ with ``Report.from_json``, so a bad document raises ``document.DocumentError``).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from agent.report import Connection, IpamStatus, Owner, Report
 
-Viewed = Report | Mapping[str, Any]
 
-
-def render_status(report: Viewed) -> str:
+def render_status(r: Report) -> str:
     """Weave's ``status``: the router service, then the ipam service, labels right-aligned."""
-    r = _tree(report)
     control = r.connections
     states = [c.state for c in control] or [p.state for p in r.peers]
     order = ("established", "pending", "retrying", "failed", "connecting")
@@ -56,10 +52,10 @@ def _ipam_rows(ipam: IpamStatus) -> list[tuple[str, str]]:
     return rows
 
 
-def render_ipam(report: Viewed) -> str:
+def render_ipam(r: Report) -> str:
     """Weave's ``status ipam``: one line per peer owning address space, local first, then by
     name; the name column padded to the longest name plus three spaces."""
-    ipam = _tree(report).ipam
+    ipam = r.ipam
     owners = sorted(ipam.owners, key=lambda o: (not o.local, o.name))
     whos = [f"{o.name}({o.nickname})" for o in owners]
     width = max(map(len, whos), default=0) + 3
@@ -80,10 +76,9 @@ def _owner_line(owner: Owner, who: str, width: int) -> str:
     return line
 
 
-def render_connections(report: Viewed) -> str:
+def render_connections(r: Report) -> str:
     """Weave's layout: direction, address (21 wide), state (11 wide), then peer or error.
     Gossip mode lists control connections; static mode the configured data paths."""
-    r = _tree(report)
     if r.connections:
         return _render_control(r.connections)
     lines = []
@@ -106,9 +101,8 @@ def _render_control(connections: Sequence[Connection]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_peers(report: Viewed) -> str:
+def render_peers(r: Report) -> str:
     """Every peer with its data-path state and counters (Weave had no such counters)."""
-    r = _tree(report)
     head = f"{'PEER':<28} {'ADDRESS':<21} {'STATE':<11} {'RTT':>8} {'TX':>16} {'RX':>16} DROPS"
     lines = [head]
     for p in r.peers:
@@ -127,19 +121,14 @@ def render_peers(report: Viewed) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_routes(report: Viewed) -> str:
+def render_routes(r: Report) -> str:
     """The kernel routes of the node's table, each with the peer owning its destination."""
-    r = _tree(report)
     lines = [f"{'DESTINATION':<20} {'VIA':<12} PEER"]
     owners = {b: f"{p.name}({p.nickname})" for p in r.peers for b in p.blocks}
     for route in r.routes:
         who = owners.get(route.destination, "-")
         lines.append(f"{route.destination!s:<20} {route.device:<12} {who}")
     return "\n".join(lines) + "\n"
-
-
-def _tree(report: Viewed) -> Report:
-    return report if isinstance(report, Report) else Report.from_json(report)
 
 
 def _counts(counts: Mapping[str, int]) -> str:
@@ -155,7 +144,7 @@ def _bytes(n: int) -> str:
     return f"{n}B"
 
 
-VIEWS: dict[str, Callable[[Viewed], str]] = {
+VIEWS: dict[str, Callable[[Report], str]] = {
     "": render_status,
     "connections": render_connections,
     "peers": render_peers,

@@ -8,6 +8,7 @@ import random
 
 from agent import __version__, snapshot
 from agent.report import Connection, Peer, Report, Route
+from overlay import netdev
 from overlay.sleeve import PeerSpec, Sleeve
 from tests.agent.test_status import REPORT
 
@@ -38,13 +39,14 @@ def sleeve() -> Sleeve:
 def take(
     control: list[dict[str, str]] | None = None, sleeve: Sleeve | None = None, ready: bool = True
 ) -> Report:
+    """The report of ``sleeve`` (default: one with no peers yet)."""
     return snapshot.take(
         REPORT.router,
         ready=ready,
         uptime_seconds=12.46,
         ipam=REPORT.ipam,
-        sleeve=sleeve,
-        routes=[{"destination": "10.32.2.0/24", "device": "weave-tun"}],
+        sleeve=sleeve or Sleeve(1, 1, [], 1376),
+        routes=[netdev.Route(NET("10.32.2.0/24"), "weave-tun")],
         control=control or [],
     )
 
@@ -81,7 +83,7 @@ def test_the_report_is_a_copy_not_a_view_of_the_counters() -> None:
     assert report.super_packets_received == {"gro": 2}
 
 
-def test_before_the_sleeve_exists() -> None:
+def test_before_any_peer() -> None:
     report = take(ready=False)
     assert report.peers == ()
     assert report.drops == {} and report.super_packets_received == {}

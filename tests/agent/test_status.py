@@ -291,7 +291,7 @@ def test_report_json_is_the_document_agents_serve() -> None:
 @pytest.mark.parametrize("view", sorted(status.VIEWS))
 def test_views_render_fetched_json_as_the_tree(view: str) -> None:
     render = status.VIEWS[view]
-    assert render(REPORT_JSON) == render(REPORT)
+    assert render(Report.from_json(REPORT_JSON)) == render(REPORT)
 
 
 # -- weave-py status ---------------------------------------------------------------------------
