@@ -1,34 +1,42 @@
 """Data-plane benchmark: one TCP stream pod->pod across two nodes, weave-py against the kernel.
 
-``python -m bench.dataplane [--seconds N] [--rounds R] [--name NAME] [--quick]`` builds three
-topologies side by side (idle ones cost nothing):
+``python -m bench.dataplane [--seconds N] [--rounds R] [--name NAME] [--quick]
+[--baseline-rev REV]`` builds three topologies side by side (idle ones cost nothing):
 
 1. ``weave-py``: a real two-node lab (:class:`agent.lab.lab.Lab`), agents and all;
 2. ``vxlan``: the same shape, cross-node traffic over kernel VXLAN (MTU 1450);
 3. ``routing``: the same shape, plain kernel routing over the underlay (MTU 1500).
 
-then measures them in turn, R rounds (weave-py, vxlan, routing, weave-py, ...), so that the
-slow drifts of a shared VM fall on every case alike. Each measurement: ``iperf3`` from pod 1
-(node 1) to pod 2 (node 2) for ``--seconds`` (received rate and sender retransmits) and the
-average of a fast ICMP ping. A case's figure is the median of its rounds. Prints a table, then
-ONE JSON line with every figure (throughput in Gbit/s, RTT in µs, ratios weave/vxlan and
-weave/routing, and each round's throughputs). The bar it documents: weave-py >= 0.5 x kernel
-VXLAN. Every namespace is named ``wp<name>...`` and removed in ``finally``, also on failure,
-Ctrl-C or SIGTERM.
+and, with ``--baseline-rev``, a fourth: ``baseline``, the same lab whose agents run the code of
+git revision REV (checked out into a temporary ``git worktree`` outside the checkout, removed
+afterwards; the agents import it through ``PYTHONPATH`` with ``PYTHONSAFEPATH`` set, which is
+checked before the run). It then measures them in turn, R rounds (weave-py, baseline, vxlan,
+routing, weave-py, ...), so that the slow drifts of a shared VM fall on every case alike; the
+A/B figure ``ab_ratio`` is the median over rounds of weave-py / baseline. Each measurement:
+``iperf3`` from pod 1 (node 1) to pod 2 (node 2) for ``--seconds`` (received rate and sender
+retransmits) and the average of a fast ICMP ping. A case's figure is the median of its
+rounds. Prints a table, then ONE JSON line with every figure (throughput in Gbit/s, RTT in µs,
+ratios weave/vxlan and weave/routing, each round's throughputs, the load average before and
+after). The bar it documents: weave-py >= 0.5 x kernel VXLAN. Every namespace is named
+``wp<name>...`` and removed in ``finally``, also on failure, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -42,6 +50,7 @@ BAR = 0.5  # weave-py throughput / kernel VXLAN throughput
 NAME = re.compile(r"^[a-z0-9]{1,9}$")  # + one letter per case must fit LabPlan's 10
 IPERF_PORT = 5201
 RTT = re.compile(r"= [\d.]+/([\d.]+)/")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
 
 
 @dataclass(frozen=True)
@@ -156,24 +165,75 @@ class Case:
     mtu: int
 
 
-def weave_case(lab: Lab) -> Case:
+def weave_case(lab: Lab, case: str = "weave-py") -> Case:
     plan = lab.plan
     mtu = int(lab.report(1)["router"]["mtu"])
     return Case(
-        "weave-py", Pair(plan.pod_ns(1, 1), plan.pod_ns(2, 1), str(lab.pod_address(2, 1).ip)), mtu
+        case, Pair(plan.pod_ns(1, 1), plan.pod_ns(2, 1), str(lab.pod_address(2, 1).ip)), mtu
     )
 
 
-def run_all(name: str, seconds: int, pings: int, rounds: int) -> dict[str, list[Result]]:
-    """Build the three topologies, measure them ``rounds`` times in turn, remove them."""
-    lab_name = f"{name}w"
-    lab = Lab(LabPlan(lab_name, nodes=2, pods=1, directory=f"/tmp/weave-py-bench/{lab_name}"))
+class OldCodeLab(Lab):
+    """A lab whose agents import the code checked out at ``code`` instead of this checkout's:
+    ``PYTHONPATH`` puts it first and ``PYTHONSAFEPATH`` keeps ``python -m`` from putting the
+    working directory (this checkout) before it."""
+
+    def __init__(self, plan: LabPlan, code: str) -> None:
+        super().__init__(plan)
+        self.code = code
+
+    def agent_command(self, i: int) -> list[str]:
+        return ["env", *code_environment(self.code), *super().agent_command(i)]
+
+
+def code_environment(code: str) -> list[str]:
+    return ["PYTHONSAFEPATH=1", f"PYTHONPATH={code}"]
+
+
+@contextlib.contextmanager
+def worktree(rev: str) -> Iterator[str]:
+    """Revision ``rev`` checked out in a temporary git worktree outside the checkout."""
+    path = tempfile.mkdtemp(prefix="weave-py-baseline-")
+    git = ["git", "-C", ROOT, "worktree"]
+    try:
+        subprocess.run([*git, "add", "--detach", path, rev], check=True, capture_output=True)
+        yield path
+    finally:
+        subprocess.run([*git, "remove", "--force", path], check=False, capture_output=True)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def imported_from(code: str) -> str:
+    """Where an agent started as OldCodeLab starts it imports ``agent`` and ``overlay`` from;
+    raises RuntimeError unless both come from ``code``."""
+    script = "import agent, overlay.sleeve; print(agent.__file__, overlay.sleeve.__file__)"
+    argv = ["env", *code_environment(code), sys.executable, "-c", script]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    paths = done.stdout.split()
+    if done.returncode != 0 or len(paths) != 2:
+        raise RuntimeError(f"baseline code does not import: {done.stderr.strip()}")
+    if not all(path.startswith(code + os.sep) for path in paths):
+        raise RuntimeError(f"baseline agents would run {paths}, not the code in {code}")
+    return os.path.dirname(paths[0])
+
+
+def run_all(
+    name: str, seconds: int, pings: int, rounds: int, baseline_code: str | None = None
+) -> dict[str, list[Result]]:
+    """Build the topologies, measure them ``rounds`` times in turn, remove them."""
+    labs = [Lab(bench_plan(f"{name}w"))]
+    if baseline_code is not None:
+        labs.append(OldCodeLab(bench_plan(f"{name}a"), baseline_code))
     baselines = [Baseline.named(f"{name}{mode[0]}", mode) for mode in ("vxlan", "routing")]
     built: list[Baseline] = []
+    started: list[Lab] = []
     try:
-        log(f"weave-py: lab {lab_name} up")
-        lab.up()
-        cases = [weave_case(lab)]
+        cases = []
+        for lab, case in zip(labs, ("weave-py", "baseline"), strict=False):
+            log(f"{case}: lab {lab.plan.name} up")
+            started.append(lab)
+            lab.up()
+            cases.append(weave_case(lab, case))
         for b in baselines:
             log(f"{b.mode}: build {b.plan.prefix}")
             built.append(b)
@@ -181,14 +241,19 @@ def run_all(name: str, seconds: int, pings: int, rounds: int) -> dict[str, list[
             cases.append(Case(b.mode, pair_of(b.plan), b.mtu))
         results: dict[str, list[Result]] = {c.name: [] for c in cases}
         for k in range(rounds):
+            log(f"round {k + 1}/{rounds}")
             for c in cases:
-                log(f"round {k + 1}/{rounds}")
                 results[c.name].append(measure(c.name, c.pair, seconds, pings, c.mtu))
         return results
     finally:
         for b in reversed(built):
             topology.teardown(b)
-        lab.down()
+        for lab in reversed(started):
+            lab.down()
+
+
+def bench_plan(lab_name: str) -> LabPlan:
+    return LabPlan(lab_name, nodes=2, pods=1, directory=f"/tmp/weave-py-bench/{lab_name}")
 
 
 def median_result(runs: list[Result]) -> Result:
@@ -221,7 +286,23 @@ def summary(runs: dict[str, list[Result]], name: str, seconds: int) -> dict[str,
     out["bar_ratio_vxlan"] = BAR
     out["meets_bar"] = w.gbps >= BAR * v.gbps
     out["order"] = list(runs)
+    if "baseline" in runs:
+        out |= ab_summary(runs, results["baseline"], v)
     return out
+
+
+def ab_summary(runs: dict[str, list[Result]], b: Result, v: Result) -> dict[str, Any]:
+    """The interleaved A/B figures: this code (weave-py) against the baseline revision."""
+    ab = [x.gbps / y.gbps for x, y in zip(runs["weave-py"], runs["baseline"], strict=True)]
+    return {
+        "baseline_gbps": round(b.gbps, 3),
+        "baseline_rtt_us": round(b.rtt_us, 1),
+        "baseline_retransmits": b.retransmits,
+        "baseline_gbps_rounds": [round(x.gbps, 3) for x in runs["baseline"]],
+        "baseline_ratio_vxlan": round(b.gbps / v.gbps, 3),
+        "ab_ratio": round(statistics.median(ab), 3),
+        "ab_ratio_rounds": [round(x, 3) for x in ab],
+    }
 
 
 def render(results: dict[str, Result]) -> str:
@@ -264,6 +345,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--quick", action="store_true", help="short run (1 round, 2 s, 20 pings): smoke test"
     )
+    ap.add_argument(
+        "--baseline-rev",
+        default=None,
+        help="also measure agents running this git revision, in turns (A/B: ab_ratio)",
+    )
     args = ap.parse_args(argv)
     args.name = args.name or "b" + secrets.token_hex(2)
     if not NAME.match(args.name):
@@ -281,9 +367,18 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _on_signal)
     log(f"run wp{args.name}: {args.rounds} x {args.seconds}s per case, in turns")
+    load = os.getloadavg()
+    extra: dict[str, Any] = {}
     try:
-        runs = run_all(args.name, args.seconds, pings, args.rounds)
-    except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
+        with contextlib.ExitStack() as stack:
+            code = None
+            if args.baseline_rev:
+                code = stack.enter_context(worktree(args.baseline_rev))
+                extra["baseline_rev"] = args.baseline_rev
+                extra["baseline_code"] = imported_from(code)
+                log(f"baseline: {args.baseline_rev} in {code}")
+            runs = run_all(args.name, args.seconds, pings, args.rounds, code)
+    except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as exc:
         log(f"failed: {exc}")
         return 1
     except KeyboardInterrupt:
@@ -291,7 +386,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(render({case: median_result(r) for case, r in runs.items()}))
     print(f"medians of {args.rounds} round(s); bar: weave-py >= {BAR} x kernel VXLAN")
-    print(json.dumps(summary(runs, args.name, args.seconds)), flush=True)
+    extra["loadavg_before"] = [round(x, 2) for x in load]
+    extra["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(summary(runs, args.name, args.seconds) | extra), flush=True)
     return 0
 
 
