@@ -1,4 +1,5 @@
-"""Sleeve wire format: one UDP datagram carries one frame.
+"""Sleeve wire format: one UDP datagram carries one frame. Every offset the data plane reads or
+writes is named here; the drivers and the forwarding core use these names, never numbers.
 
 Layout (network byte order)::
 
@@ -17,16 +18,16 @@ A DATA body is a sequence of records, each ``u16 packet length`` followed by the
 virtio-net header and the packet exactly as the TUN device returned them. Records are never
 split across datagrams; a TSO super-packet travels as one record in one (IP-fragmented) datagram.
 
-A super-packet whose frame would not fit one underlay packet may instead travel as DATA_CHUNK
-frames, sent together with one ``sendmsg`` + ``UDP_SEGMENT`` (GSO) so the kernel moves them as
-one unit: each chunk's body is ``u32 offset, u32 total`` and a slice of what would have been
-the DATA body; ``total`` is set in the chunk at offset 0 only (zero in the others, so every
-header but two is the same for every train and is prebuilt). Chunks of one body are sent in
-order; the receiver appends them per source (see overlay/reassembly.py), a new offset 0 starts
-the next body, and handles the result as a DATA body.
+A super-packet whose frame would not fit one underlay packet may instead travel as a *train* of
+DATA_CHUNK frames, sent together with one ``sendmsg`` + ``UDP_SEGMENT`` (GSO) so the kernel
+moves them as one unit: each chunk's body is ``u32 offset, u32 total`` and a slice of what would
+have been the DATA body; ``total`` is set in the chunk at offset 0 only (zero in the others, so
+every header but two is the same for every train and is prebuilt: overlay/train.py). Chunks of
+one body are sent in order; a receiver that reads a whole train coalesced (``UDP_GRO``) checks
+it with a few word compares (overlay/train.py), else appends the chunks per source
+(overlay/reassembly.py).
 
-HEARTBEAT and HEARTBEAT_ACK bodies are ``u64 sequence, u64 sender uid``. MTU_PROBE and
-MTU_PROBE_ACK bodies are ``u64 sequence, u16 probed size`` plus padding up to that size.
+HEARTBEAT and HEARTBEAT_ACK bodies are ``u64 sequence, u64 sender uid``.
 
 Every decoder turns malformed input into one DecodeError whose ``reason`` is a short
 counter label; nothing else escapes.
@@ -41,39 +42,65 @@ from typing import NamedTuple
 
 Buffer = bytes | bytearray | memoryview  # what the codecs and drivers accept
 VERSION = 1
-HEADER = struct.Struct("!BBBBIQQ")
-HEADER_SIZE = HEADER.size  # 24
-AEAD_EXTENSION = struct.Struct("!IQ")
-AEAD_TAG_SIZE = 16
+DEFAULT_HOPS = 4
 FLAG_AEAD = 0x01
 KNOWN_FLAGS = FLAG_AEAD
+
+# The frame header, offsets from the start of the datagram.
+HEADER = struct.Struct("!BBBBIQQ")
+HEADER_SIZE = HEADER.size  # 24
+TYPE_AT, HOPS_AT, LENGTH_AT = 1, 3, 4
+AEAD_EXTENSION = struct.Struct("!IQ")
+AEAD_TAG_SIZE = 16
+
+# A DATA record, offsets from the record's start; the inner IPv4 header, from the packet's.
 RECORD = struct.Struct("!H")
 RECORD_SIZE = RECORD.size  # 2
-VNET_HEADER = struct.Struct("=BBHHHH")
+VNET_HEADER = struct.Struct("=BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start/offset
 VNET_HEADER_SIZE = VNET_HEADER.size  # 10
-HEARTBEAT = struct.Struct("!QQ")
-MTU_PROBE = struct.Struct("!QH")
+RECORD_VNET = RECORD_SIZE  # where the virtio-net header starts
+RECORD_IP = RECORD_VNET + VNET_HEADER_SIZE  # where the IP packet starts
+VNET_GSO_TYPE_AT = 1  # 0: not a GSO super-packet
+IPV4_MIN = 20
+IPV4_FLAGS_AT = 6
+IPV4_DF = 0x40  # "don't fragment", in the byte at IPV4_FLAGS_AT
+IPV4_DST_AT = 16
+ADDRESS = struct.Struct("!I")  # an IPv4 address as an int
+
+# A DATA_CHUNK frame: the header, then ``u32 offset, u32 total``, then the slice.
 CHUNK = struct.Struct("!II")
 CHUNK_FRAME = struct.Struct("!BBBBIQQII")  # header + chunk fields, packed in one go
 CHUNK_OVERHEAD = CHUNK_FRAME.size  # 32
-DEFAULT_HOPS = 4
+CHUNK_TOTAL_AT = HEADER_SIZE + 4
+CHUNK_WORD = HEADER_SIZE // 8  # the (offset, total) pair as the chunk's 8-byte word
+U32 = struct.Struct("!I")
+
+HEARTBEAT = struct.Struct("!QQ")
 MAX_PACKET = 0xFFFF
 MAX_BODY = RECORD_SIZE + VNET_HEADER_SIZE + MAX_PACKET
-
-# Outer IPv4 + UDP + frame header + one record header + virtio-net header.
-OVERHEAD = 20 + 8 + HEADER_SIZE + RECORD_SIZE + VNET_HEADER_SIZE  # 64 bytes
-AEAD_OVERHEAD = AEAD_EXTENSION.size + AEAD_TAG_SIZE  # 28 more bytes once encryption lands
+UNDERLAY_HEADERS = 20 + 8  # outer IPv4 + UDP
+OVERHEAD = UNDERLAY_HEADERS + HEADER_SIZE + RECORD_SIZE + VNET_HEADER_SIZE  # 64 bytes
 MAX_DATAGRAM = 65507  # largest UDP payload over IPv4
 MAX_RECORD_PACKET = MAX_DATAGRAM - HEADER_SIZE - RECORD_SIZE - VNET_HEADER_SIZE
 
 
 class MessageType(IntEnum):
+    """Frame types. Append-only: the numbers are the protocol, and a retired number stays
+    reserved so it can never mean something else to an older peer."""
+
     DATA = 1
     HEARTBEAT = 2
     HEARTBEAT_ACK = 3
-    MTU_PROBE = 4
-    MTU_PROBE_ACK = 5
+    MTU_PROBE = 4  # reserved, never sent: a received one is dropped as "type"
+    MTU_PROBE_ACK = 5  # reserved, likewise
     DATA_CHUNK = 6
+
+
+ACCEPTED = frozenset(
+    int(t) for t in (MessageType.DATA, MessageType.HEARTBEAT, MessageType.HEARTBEAT_ACK,
+                     MessageType.DATA_CHUNK)
+)  # fmt: skip
+DATA_CHUNK = int(MessageType.DATA_CHUNK)  # a plain int: hot path
 
 
 class DecodeError(Exception):
@@ -85,6 +112,8 @@ class DecodeError(Exception):
 
 
 class Header(NamedTuple):  # a tuple: built per datagram, so it must be cheap
+    """A checked frame header (decode_header)."""
+
     type: int
     flags: int
     hops: int
@@ -106,7 +135,7 @@ def encode_header(
     HEADER.pack_into(buf, 0, VERSION, msg_type, 0, hops, length, source, destination)
 
 
-def decode_header(data: bytes | bytearray | memoryview, size: int) -> Header:
+def decode_header(data: Buffer, size: int) -> Header:
     """Check the header of a received datagram of ``size`` bytes held in ``data``."""
     if size < HEADER_SIZE:
         raise DecodeError("short")
@@ -116,18 +145,15 @@ def decode_header(data: bytes | bytearray | memoryview, size: int) -> Header:
     if flags & ~KNOWN_FLAGS:
         raise DecodeError("flags")
     if flags & FLAG_AEAD:
-        raise DecodeError("encrypted")  # no keys exist yet: the security issue adds them
-    if msg_type not in _TYPES:
+        raise DecodeError("encrypted")  # this node holds no keys
+    if msg_type not in ACCEPTED:
         raise DecodeError("type")
     if length != size - HEADER_SIZE:
         raise DecodeError("length")
     return Header(msg_type, flags, hops, length, source, destination, HEADER_SIZE)
 
 
-_TYPES = frozenset(int(t) for t in MessageType)
-
-
-def iter_records(data: bytes | bytearray | memoryview, start: int, end: int) -> Iterator[int]:
+def iter_records(data: Buffer, start: int, end: int) -> Iterator[int]:
     """Yield the offset of each record's virtio-net header; its packet follows it.
 
     The record's packet length is read back with ``record_length``. Raises DecodeError on the
@@ -136,24 +162,24 @@ def iter_records(data: bytes | bytearray | memoryview, start: int, end: int) -> 
     pos = start
     while pos < end:
         stop = record_end(data, pos, end)
-        yield pos + RECORD_SIZE
+        yield pos + RECORD_VNET
         pos = stop
 
 
-def record_end(data: bytes | bytearray | memoryview, pos: int, end: int) -> int:
+def record_end(data: Buffer, pos: int, end: int) -> int:
     """Where the record starting at ``pos`` ends; DecodeError unless it fits before ``end``
     and holds a packet. The hot path walks a body with this, no generator."""
-    if end - pos < RECORD_SIZE + VNET_HEADER_SIZE:
+    if end - pos < RECORD_IP:
         raise DecodeError("record")
-    stop = pos + RECORD_SIZE + VNET_HEADER_SIZE + ((data[pos] << 8) | data[pos + 1])
-    if stop > end or stop == pos + RECORD_SIZE + VNET_HEADER_SIZE:
+    stop = pos + RECORD_IP + ((data[pos] << 8) | data[pos + 1])
+    if stop > end or stop == pos + RECORD_IP:
         raise DecodeError("record")
     return stop
 
 
-def record_length(data: bytes | bytearray | memoryview, vnet_offset: int) -> int:
+def record_length(data: Buffer, vnet_offset: int) -> int:
     """Length of vnet header + packet for the record whose vnet header is at ``vnet_offset``."""
-    (plen,) = RECORD.unpack_from(data, vnet_offset - RECORD_SIZE)
+    (plen,) = RECORD.unpack_from(data, vnet_offset - RECORD_VNET)
     return int(VNET_HEADER_SIZE + plen)
 
 
@@ -175,39 +201,22 @@ def encode_data(source: int, destination: int, packets: list[bytes]) -> bytes:
 def encode_heartbeat(
     msg_type: MessageType, source: int, destination: int, sequence: int, uid: int
 ) -> bytes:
+    """A HEARTBEAT or HEARTBEAT_ACK datagram."""
     out = bytearray(HEADER_SIZE + HEARTBEAT.size)
     encode_header(out, msg_type, HEARTBEAT.size, source, destination)
     HEARTBEAT.pack_into(out, HEADER_SIZE, sequence, uid)
     return bytes(out)
 
 
-def decode_heartbeat(data: bytes | bytearray | memoryview, header: Header) -> tuple[int, int]:
+def decode_heartbeat(data: Buffer, header: Header) -> tuple[int, int]:
+    """(sequence, sender uid) of a HEARTBEAT or HEARTBEAT_ACK."""
     if header.length < HEARTBEAT.size:
         raise DecodeError("heartbeat")
     sequence, uid = HEARTBEAT.unpack_from(data, header.body_offset)
     return int(sequence), int(uid)
 
 
-def encode_mtu_probe(
-    msg_type: MessageType, source: int, destination: int, sequence: int, size: int
-) -> bytes:
-    """A probe whose whole UDP payload is ``size`` bytes (an ack stays small)."""
-    body = max(MTU_PROBE.size, size - HEADER_SIZE) if msg_type == MessageType.MTU_PROBE else 0
-    body = max(body, MTU_PROBE.size)
-    out = bytearray(HEADER_SIZE + body)
-    encode_header(out, msg_type, body, source, destination)
-    MTU_PROBE.pack_into(out, HEADER_SIZE, sequence, size)
-    return bytes(out)
-
-
-def decode_mtu_probe(data: bytes | bytearray | memoryview, header: Header) -> tuple[int, int]:
-    if header.length < MTU_PROBE.size:
-        raise DecodeError("mtu_probe")
-    sequence, size = MTU_PROBE.unpack_from(data, header.body_offset)
-    return int(sequence), int(size)
-
-
-def decode_chunk(data: bytes | bytearray | memoryview, header: Header) -> tuple[int, int]:
+def decode_chunk(data: Buffer, header: Header) -> tuple[int, int]:
     """(offset, total) of a DATA_CHUNK (total 0 unless offset is 0); the slice follows."""
     if header.length <= CHUNK.size:
         raise DecodeError("chunk")

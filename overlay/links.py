@@ -10,23 +10,22 @@ main socket; control datagrams are sent from it too (acks answer the source addr
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Callable, Sequence
 
 from overlay.frame import Buffer
-from overlay.sleeve import Address
+from overlay.udp import Address, Cmsg, UdpSocket
 
 log = logging.getLogger("weave-py.sleeve")
-Cmsg = tuple[int, int, bytes]
+Connect = Callable[[Address], UdpSocket]  # opens a send-only socket connected to an endpoint
 
 
 class Links:
-    def __init__(
-        self, main: socket.socket, connect: Callable[[Address], socket.socket] | None
-    ) -> None:
+    """The sockets data leaves by: one link per current peer endpoint, else ``main``."""
+
+    def __init__(self, main: UdpSocket, connect: Connect | None) -> None:
         self.main = main
         self._connect = connect
-        self._links: dict[Address, socket.socket] = {}
+        self._links: dict[Address, UdpSocket] = {}
         self._endpoints: set[Address] = set()
 
     def sendmsg(self, parts: Sequence[Buffer], cmsgs: Sequence[Cmsg], addr: Address) -> None:
@@ -45,7 +44,7 @@ class Links:
             if link is not self.main:
                 link.close()
 
-    def _open(self, addr: Address) -> socket.socket:
+    def _open(self, addr: Address) -> UdpSocket:
         if self._connect is None or addr not in self._endpoints:
             return self.main  # not a current peer endpoint: not kept
         try:

@@ -1,4 +1,5 @@
-"""The TUN device: opened non-blocking with a virtio-net header, offloads probed.
+"""The TUN device: what the sleeve's driver needs of one (TunDevice), and the kernel's, opened
+non-blocking with a virtio-net header and offloads probed (open_tun).
 
 With offloads on, reads return TCP (and, where the kernel accepts USO, UDP) super-packets of up
 to ~64 KiB behind the 10-byte virtio-net header; writes hand the kernel the same, and it does
@@ -9,9 +10,16 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import os
 import struct
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from overlay.frame import Buffer
+
+Buffers = Sequence[bytearray | memoryview]
+Parts = Sequence[Buffer]
 
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
@@ -34,13 +42,45 @@ OFFLOAD_MODES: tuple[tuple[str, int], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Tun:
-    fd: int
-    name: str
-    offload: str  # one of OFFLOAD_MODES' names
+class TunDevice(Protocol):
+    """What the sleeve's driver needs of a TUN device: one packet (virtio-net header + IP
+    packet) per read or write, non-blocking (BlockingIOError when there is nothing to read),
+    and a descriptor to wait on. Tun is the kernel's; overlay.fakes has an in-memory one."""
+
+    def fileno(self) -> int:
+        """The descriptor the event loop waits on for reads."""
+
+    def readv(self, buffers: Buffers, /) -> int:
+        """Read one packet into ``buffers`` (filled in order); its length."""
+
+    def write(self, packet: Buffer, /) -> int:
+        """Write one packet."""
+
+    def writev(self, parts: Parts, /) -> int:
+        """Write one packet gathered from ``parts``."""
 
     def close(self) -> None:
+        """Release the device (a persistent one stays in the kernel)."""
+
+
+class Tun:
+    """An open TUN device (open_tun). ``readv``, ``write`` and ``writev`` are the os calls
+    bound to its descriptor: the driver's hot path calls them with no Python frame between."""
+
+    def __init__(self, fd: int, name: str, offload: str) -> None:
+        self.fd = fd
+        self.name = name
+        self.offload = offload  # one of OFFLOAD_MODES' names
+        self.readv: Callable[[Buffers], int] = functools.partial(os.readv, fd)
+        self.write: Callable[[Buffer], int] = functools.partial(os.write, fd)
+        self.writev: Callable[[Parts], int] = functools.partial(os.writev, fd)
+
+    def fileno(self) -> int:
+        """The device's descriptor."""
+        return self.fd
+
+    def close(self) -> None:
+        """Close the descriptor (a persistent device stays)."""
         os.close(self.fd)
 
 
@@ -63,6 +103,7 @@ def open_tun(name: str, offload: bool = True, persist: bool = True) -> Tun:
 
 
 def probe_offload(fd: int) -> str:
+    """The first of OFFLOAD_MODES the kernel accepts on ``fd``, now set."""
     for mode, flags in OFFLOAD_MODES:
         try:
             return _set_offload(fd, mode, flags)
@@ -75,14 +116,3 @@ def probe_offload(fd: int) -> str:
 def _set_offload(fd: int, mode: str, flags: int) -> str:
     fcntl.ioctl(fd, TUNSETOFFLOAD, flags)
     return mode
-
-
-def remove_tun(name: str) -> None:
-    """Drop persistence so the device disappears once no agent holds it."""
-    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
-    try:
-        ifr = struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI | IFF_VNET_HDR)
-        fcntl.ioctl(fd, TUNSETIFF, ifr)
-        fcntl.ioctl(fd, TUNSETPERSIST, 0)
-    finally:
-        os.close(fd)

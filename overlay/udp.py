@@ -1,9 +1,15 @@
-"""The sleeve's UDP socket: non-blocking, large buffers, kernel fragmentation allowed."""
+"""The sleeve's UDP sockets: what the driver needs of one (UdpSocket), and the kernel's, opened
+non-blocking with large buffers and kernel fragmentation allowed (open_udp)."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+Address = tuple[str, int]  # an IPv4 UDP endpoint
+Cmsg = tuple[int, int, bytes]  # (level, type, data) of one control message
 
 IP_MTU_DISCOVER = 10
 IP_PMTUDISC_DONT = 0
@@ -14,9 +20,38 @@ UDP_SEGMENT = 103  # 2-byte cmsg: GSO segment size (Python 3.11's socket module 
 UDP_GRO = 104  # socket option and 4-byte int cmsg: coalesced segment size
 
 
-def open_udp(
-    host: str, port: int, buffer_bytes: int, peer: tuple[str, int] | None = None
-) -> socket.socket:
+class UdpSocket(Protocol):
+    """What the sleeve's driver needs of a UDP socket, non-blocking (BlockingIOError when
+    nothing waits or the send buffer is full): gathered sends with control messages (the GSO
+    segment size), reads into a buffer with theirs (the GRO segment size), and a descriptor to
+    wait on. A ``socket.socket`` from open_udp is one, with nothing in between; overlay.fakes
+    has an in-memory one."""
+
+    def fileno(self) -> int:
+        """The descriptor the event loop waits on for reads."""
+
+    def sendmsg(
+        self,
+        buffers: Iterable[bytes | bytearray | memoryview],
+        ancdata: Iterable[Cmsg] = ...,
+        flags: int = ...,
+        address: Address | None = ...,
+        /,
+    ) -> int:
+        """Send ``buffers`` gathered as one datagram (or one GSO train) to ``address``, or to
+        the connected peer when there is none; the bytes sent."""
+
+    def recvmsg_into(
+        self, buffers: Iterable[bytearray | memoryview], ancbufsize: int = ..., flags: int = ..., /
+    ) -> tuple[int, list[Cmsg], int, Any]:
+        """Read one datagram (or one GRO read) into ``buffers``: (bytes, control messages,
+        flags, source address)."""
+
+    def close(self) -> None:
+        """Release the socket."""
+
+
+def open_udp(host: str, port: int, buffer_bytes: int, peer: Address | None = None) -> socket.socket:
     """Bind ``host:port``. The fallback path sends super-packets as one datagram the kernel
     fragments, so the socket must not set DF; UDP_GRO is asked for so GSO chunk trains arrive
     coalesced; buffers are forced large because user-space tunnels lose packets at socket

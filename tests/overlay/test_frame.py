@@ -57,9 +57,30 @@ def test_layout_constants() -> None:
     assert frame.HEADER_SIZE == 24
     assert frame.VNET_HEADER_SIZE == 10
     assert frame.OVERHEAD == 20 + 8 + 24 + 2 + 10
+    assert frame.CHUNK_OVERHEAD == 32
 
 
-@pytest.mark.parametrize("msg_type", list(MessageType))
+def test_named_offsets_point_at_their_fields() -> None:
+    """Each offset the data plane uses, checked against fields packed independently."""
+    data = OUTER.pack(1, 6, 0, 3, 0x01020304, 11, 12) + struct.pack("!II", 0, 77)
+    assert data[frame.TYPE_AT] == 6 and data[frame.HOPS_AT] == 3
+    assert struct.unpack_from("!I", data, frame.LENGTH_AT) == (0x01020304,)
+    assert struct.unpack_from("!I", data, frame.CHUNK_TOTAL_AT) == (77,)
+    assert struct.unpack_from("!Q", data, 8 * frame.CHUNK_WORD) == (77,)  # offset 0, total 77
+    pkt = IP(src="10.32.1.5", dst="10.32.2.9", flags="DF") / UDP() / Raw(b"x")
+    vnet = VNET.pack(0, 4, 0, 0, 0, 0)
+    rec = record(bytes(pkt), vnet)
+    assert rec[frame.RECORD_VNET : frame.RECORD_IP] == vnet
+    assert rec[frame.RECORD_VNET + frame.VNET_GSO_TYPE_AT] == 4
+    ip = rec[frame.RECORD_IP :]
+    assert ip[frame.IPV4_FLAGS_AT] & frame.IPV4_DF
+    assert frame.ADDRESS.unpack_from(ip, frame.IPV4_DST_AT) == (0x0A200209,)
+
+
+ACCEPTED = [t for t in MessageType if t in frame.ACCEPTED]
+
+
+@pytest.mark.parametrize("msg_type", ACCEPTED)
 @pytest.mark.parametrize(
     ("source", "destination", "hops"), [(0, 0, 0), (1, 2, 4), (U64, U64 - 1, 255)]
 )
@@ -99,6 +120,8 @@ def test_decode_header_uses_size_not_buffer_length() -> None:
         (datagram(flags=0x80 | frame.FLAG_AEAD), "flags"),
         (datagram(flags=frame.FLAG_AEAD), "encrypted"),
         (datagram(msg_type=0), "type"),
+        (datagram(msg_type=MessageType.MTU_PROBE), "type"),  # reserved: never accepted
+        (datagram(msg_type=MessageType.MTU_PROBE_ACK), "type"),
         (datagram(msg_type=max(MessageType) + 1), "type"),
         (datagram(msg_type=255), "type"),
         (datagram(b"xyz", length=2), "length"),
@@ -166,8 +189,6 @@ def test_empty_data_body_has_no_records() -> None:
     [
         (MessageType.HEARTBEAT, bytes(15), frame.decode_heartbeat, "heartbeat"),
         (MessageType.HEARTBEAT_ACK, b"", frame.decode_heartbeat, "heartbeat"),
-        (MessageType.MTU_PROBE, bytes(9), frame.decode_mtu_probe, "mtu_probe"),
-        (MessageType.MTU_PROBE_ACK, b"", frame.decode_mtu_probe, "mtu_probe"),
     ],
 )
 def test_control_body_too_short(
@@ -250,24 +271,8 @@ def test_heartbeat_round_trip(msg_type: MessageType) -> None:
     assert data[24:] == struct.pack("!QQ", U64, 0x1234567890ABCDEF)
 
 
-def test_mtu_probe_is_padded_to_size_and_ack_stays_small() -> None:
-    probe = frame.encode_mtu_probe(MessageType.MTU_PROBE, 1, 2, 77, 1400)
-    assert len(probe) == 1400
-    h = decode(probe)
-    assert frame.decode_mtu_probe(probe, h) == (77, 1400)
-    ack = frame.encode_mtu_probe(MessageType.MTU_PROBE_ACK, 2, 1, 77, 1400)
-    assert len(ack) == 24 + 10
-    assert frame.decode_mtu_probe(ack, decode(ack)) == (77, 1400)
-
-
-def test_mtu_probe_smaller_than_its_own_fields_still_decodes() -> None:
-    probe = frame.encode_mtu_probe(MessageType.MTU_PROBE, 1, 2, 3, 8)
-    assert len(probe) == 24 + 10
-    assert frame.decode_mtu_probe(probe, decode(probe)) == (3, 8)
-
-
 def test_chunk_without_a_slice() -> None:
-    """DATA_CHUNK (its layout is still settling): a body of only the chunk fields is refused."""
+    """A DATA_CHUNK body of only the chunk fields is refused."""
     data = datagram(bytes(frame.CHUNK.size), msg_type=MessageType.DATA_CHUNK)
     with pytest.raises(DecodeError) as exc:
         frame.decode_chunk(data, decode(data))
@@ -285,10 +290,8 @@ def _consume(data: bytes) -> None:
             assert vnet + frame.record_length(data, vnet) <= len(data)
     elif h.type in (MessageType.HEARTBEAT, MessageType.HEARTBEAT_ACK):
         frame.decode_heartbeat(data, h)
-    elif h.type == MessageType.DATA_CHUNK:
-        frame.decode_chunk(data, h)
     else:
-        frame.decode_mtu_probe(data, h)
+        frame.decode_chunk(data, h)
 
 
 @st.composite
@@ -333,7 +336,6 @@ def test_random_input_raises_only_decode_error(data: bytes) -> None:
             "length",
             "record",
             "heartbeat",
-            "mtu_probe",
             "chunk",
         }
 

@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
-from overlay import frame, sleeve
+from overlay import frame
 from overlay.frame import MessageType
-from overlay.sleeve import PeerEvent, PeerSpec, Sleeve
+from overlay.sleeve import PeerEvent, PeerEventKind, PeerSpec, Sleeve
 
 A_ID, B_ID, C_ID = 0xA1, 0xB2, 0xC3
 A_UID, B_UID = 0x1111, 0x2222
@@ -137,7 +137,7 @@ def test_ack_establishes_and_switches_to_slow_interval() -> None:
     peer = a.peers[B_ID]
     assert peer.established and peer.rtt == 0.25 and peer.last_ack_at == 1.25
     assert peer.remote_uid == B_UID
-    assert a.events() == [PeerEvent("established", B_SPEC, "rtt 250.00ms")]
+    assert a.events() == [PeerEvent(PeerEventKind.ESTABLISHED, B_SPEC, "rtt 250.00ms")]
     assert a.get_timer() == 1.25 + 5.0
     # Slow from now on, while acks keep coming.
     for expected in (6.25, 11.25, 16.25, 21.25):
@@ -152,7 +152,7 @@ def test_ack_establishes_and_switches_to_slow_interval() -> None:
 def test_lost_after_timeout_then_recovers() -> None:
     a, b = pair()
     establish(a, b, at=1.0, rtt=0.0)  # last ack at exactly 1.0
-    assert [e.kind for e in a.events()] == ["established"]
+    assert [e.kind for e in a.events()] == [PeerEventKind.ESTABLISHED]
     times, lost_at = [], None
     while lost_at is None:
         now = fire(a)
@@ -160,7 +160,7 @@ def test_lost_after_timeout_then_recovers() -> None:
         a.datagrams_to_send()  # b stopped answering
         events = a.events()
         if events:
-            assert events == [PeerEvent("lost", B_SPEC, "heartbeat timeout")]
+            assert events == [PeerEvent(PeerEventKind.LOST, B_SPEC, "heartbeat timeout")]
             lost_at = now
         assert now < 100
     # One slow beat, another still slow (5 s is not yet overdue), then fast until the timeout.
@@ -173,7 +173,7 @@ def test_lost_after_timeout_then_recovers() -> None:
     # b answers again: established anew.
     deliver(a, A_ADDR, b, 16.5)
     deliver(b, B_ADDR, a, 16.6)
-    assert [e.kind for e in a.events()] == ["established"]
+    assert [e.kind for e in a.events()] == [PeerEventKind.ESTABLISHED]
     assert a.peers[B_ID].established
     assert a.get_timer() == pytest.approx(16.6 + 5.0)
 
@@ -213,8 +213,8 @@ def test_both_directions_establish_independently() -> None:
         deliver(b, B_ADDR, a, now)
         deliver(a, A_ADDR, b, now)  # the acks b's heartbeats caused
     assert a.peers[B_ID].established and b.peers[A_ID].established
-    assert [e.kind for e in a.events()] == ["established"]
-    assert [e.kind for e in b.events()] == ["established"]
+    assert [e.kind for e in a.events()] == [PeerEventKind.ESTABLISHED]
+    assert [e.kind for e in b.events()] == [PeerEventKind.ESTABLISHED]
     assert nonzero(a.drops) == {} and nonzero(b.drops) == {}
 
 
@@ -225,11 +225,11 @@ def test_restart_of_remote_is_reported() -> None:
     b2 = core(B_ID, 0x3333, B_BLOCK, [A_SPEC])
     b2.handle_timer(10.0)
     deliver(b2, B_ADDR, a, 10.0)
-    assert a.events() == [PeerEvent("restarted", B_SPEC, "uid 3333")]
+    assert a.events() == [PeerEvent(PeerEventKind.RESTARTED, B_SPEC, "uid 3333")]
     assert a.peers[B_ID].remote_uid == 0x3333
     # The new b gets its answer.
     deliver(a, A_ADDR, b2, 10.1)
-    assert [e.kind for e in b2.events()] == ["established"]
+    assert [e.kind for e in b2.events()] == [PeerEventKind.ESTABLISHED]
     # Same uid again: no further restart event.
     b2.handle_timer(20.0)
     deliver(b2, B_ADDR, a, 20.0)
@@ -244,7 +244,7 @@ def test_restart_noticed_through_an_ack_too() -> None:
     a.handle_timer(a.get_timer() or 0.0)
     deliver(a, A_ADDR, b2, 7.0)
     deliver(b2, B_ADDR, a, 7.1)
-    assert [e.kind for e in a.events()] == ["restarted"]
+    assert [e.kind for e in a.events()] == [PeerEventKind.RESTARTED]
 
 
 def test_first_uid_is_not_a_restart() -> None:
@@ -290,7 +290,7 @@ def test_stale_and_unsolicited_acks_are_counted() -> None:
     assert nonzero(a.drops) == {"stale_ack": 2}
     assert nonzero(a.peers[B_ID].counters.drops) == {"stale_ack": 2}
     assert a.peers[B_ID].last_ack_at == 1.6  # stale acks do not refresh liveness
-    assert [e.kind for e in a.events()] == ["established"]
+    assert [e.kind for e in a.events()] == [PeerEventKind.ESTABLISHED]
 
 
 def test_stale_ack_does_not_refresh_a_lost_peer() -> None:
@@ -309,24 +309,11 @@ def test_malformed_control_bodies_are_counted_per_peer() -> None:
     short_beat = bytearray(frame.HEADER_SIZE + 4)
     frame.encode_header(short_beat, MessageType.HEARTBEAT, 4, B_ID, A_ID)
     a.receive_control(short_beat, frame.decode_header(short_beat, len(short_beat)), B_ADDR, 1.0)
-    short_probe = bytearray(frame.HEADER_SIZE + 2)
-    frame.encode_header(short_probe, MessageType.MTU_PROBE_ACK, 2, B_ID, A_ID)
-    a.receive_control(short_probe, frame.decode_header(short_probe, len(short_probe)), B_ADDR, 1)
-    assert nonzero(a.drops) == {"heartbeat": 1, "mtu_probe": 1}
-    assert nonzero(a.peers[B_ID].counters.drops) == {"heartbeat": 1, "mtu_probe": 1}
+    data = frame.encode_data(B_ID, A_ID, [bytes(30)])  # not a control frame
+    a.receive_control(data, frame.decode_header(data, len(data)), B_ADDR, 1.0)
+    assert nonzero(a.drops) == {"heartbeat": 1, "type": 1}
+    assert nonzero(a.peers[B_ID].counters.drops) == {"heartbeat": 1, "type": 1}
     assert a.datagrams_to_send() == []
-
-
-def test_mtu_probe_is_acknowledged_small_to_the_sender() -> None:
-    a, _ = pair()
-    probe = frame.encode_mtu_probe(MessageType.MTU_PROBE, B_ID, A_ID, 42, 1372)
-    a.receive_control(probe, frame.decode_header(probe, len(probe)), ("198.51.100.7", 40000), 1.0)
-    [(ack, addr)] = a.datagrams_to_send()
-    assert addr == ("198.51.100.7", 40000)
-    h = frame.decode_header(ack, len(ack))
-    assert (h.type, h.source, h.destination) == (MessageType.MTU_PROBE_ACK, A_ID, B_ID)
-    assert frame.decode_mtu_probe(ack, h) == (42, 1372)
-    assert len(ack) < 100
 
 
 def test_drop_counts_globally_and_per_peer() -> None:
@@ -339,65 +326,7 @@ def test_drop_counts_globally_and_per_peer() -> None:
     assert nonzero(peer.counters.drops) == {"too_big": 2}
 
 
-# -- forwarding table ------------------------------------------------------------------------
-
-
-def test_peer_for_longest_prefix_across_lengths() -> None:
-    wide = PeerSpec(0x10, "wide", ("192.0.2.10", 6783), (NET("10.32.0.0/16"),))
-    narrow = PeerSpec(0x20, "narrow", ("192.0.2.20", 6783), (NET("10.32.5.0/24"),))
-    host = PeerSpec(0x30, "host", ("192.0.2.30", 6783), (NET("10.32.5.77/32"), NET("10.40.0.0/24")))
-    everything = PeerSpec(0x40, "default", ("192.0.2.40", 6783), (NET("0.0.0.0/0"),))
-    s = core(A_ID, A_UID, NET("10.99.1.0/24"), [wide, narrow, host])
-
-    def owner(addr: str) -> int | None:
-        found = s.peer_for(ip(addr))
-        return None if found is None else found.peer_id
-
-    assert owner("10.32.5.7") == 0x20
-    assert owner("10.32.5.0") == 0x20
-    assert owner("10.32.5.255") == 0x20
-    assert owner("10.32.5.77") == 0x30
-    assert owner("10.32.4.255") == 0x10
-    assert owner("10.32.6.1") == 0x10
-    assert owner("10.32.255.255") == 0x10
-    assert owner("10.40.0.9") == 0x30
-    assert owner("10.33.0.1") is None
-    assert owner("10.31.255.255") is None
-    # The same blocks given in the other order find the same owners.
-    s.set_peers([host, narrow, wide, everything], 0.0)
-    assert owner("10.32.5.7") == 0x20
-    assert owner("10.32.5.77") == 0x30
-    assert owner("10.32.9.9") == 0x10
-    assert owner("10.33.0.1") == 0x40
-    assert owner("8.8.8.8") == 0x40
-
-
-def test_is_local() -> None:
-    s = Sleeve(A_ID, A_UID, [NET("10.32.1.0/24"), NET("10.32.64.0/18")], 1400)
-    assert s.is_local(ip("10.32.1.0"))
-    assert s.is_local(ip("10.32.1.255"))
-    assert s.is_local(ip("10.32.100.3"))
-    assert not s.is_local(ip("10.32.2.1"))
-    assert not s.is_local(ip("10.32.128.1"))
-    assert s.peer_for(ip("10.32.1.5")) is None  # local blocks never route to a peer
-
-
-def test_remembered_answers_follow_changes_and_stay_bounded() -> None:
-    """peer_for and is_local remember answers per destination: a change of the blocks or
-    peers must show at once, and the memory must not grow with the destinations seen."""
-    s = Sleeve(A_ID, A_UID, [NET("10.32.1.0/24")], 1400)
-    s.set_peers([B_SPEC], 0.0)
-    assert s.is_local(ip("10.32.1.9")) and not s.is_local(ip("10.32.7.9"))
-    s.set_local_blocks([NET("10.32.7.0/24")])
-    assert not s.is_local(ip("10.32.1.9")) and s.is_local(ip("10.32.7.9"))
-    assert s.peer_for(ip("10.32.2.9")) is s.peers[B_ID]
-    s.set_peers([PeerSpec(B_ID, "node-b", B_SPEC.address, (NET("10.32.8.0/24"),))], 1.0)
-    assert s.peer_for(ip("10.32.2.9")) is None
-    for k in range(3 * sleeve.LOOKUP_CACHE):
-        assert s.peer_for(ip("10.32.8.0") + k) is (s.peers[B_ID] if k < 256 else None)
-        s.is_local(ip("10.33.0.0") + k)
-    assert len(s._peer_cache) <= sleeve.LOOKUP_CACHE
-    assert len(s._local_cache) <= sleeve.LOOKUP_CACHE
+# -- peer set --------------------------------------------------------------------------------
 
 
 def test_set_peers_keeps_remaining_state_and_drops_removed() -> None:
@@ -406,7 +335,7 @@ def test_set_peers_keeps_remaining_state_and_drops_removed() -> None:
     establish(a, b, at=1.0)
     kept = a.peers[B_ID]
     kept.counters.tx_packets = 5
-    assert a.peer_for(ip("10.32.3.1")) is not None
+    assert a.forwarding.peer_for(ip("10.32.3.1")) is not None
 
     moved_b = PeerSpec(B_ID, "node-b", ("192.0.2.22", 7000), (B_BLOCK, NET("10.32.9.0/24")))
     d_spec = PeerSpec(0xD4, "node-d", ("192.0.2.4", 6783), (NET("10.32.4.0/24"),))
@@ -415,9 +344,10 @@ def test_set_peers_keeps_remaining_state_and_drops_removed() -> None:
     assert set(a.peers) == {B_ID, 0xD4}
     assert a.peers[B_ID] is kept
     assert kept.established and kept.counters.tx_packets == 5 and kept.spec == moved_b
-    assert a.peer_for(ip("10.32.3.1")) is None  # c's block is gone
-    assert a.peer_for(ip("10.32.9.1")) is kept  # b's new block routes
-    assert a.peer_for(ip("10.32.4.1")) is a.peers[0xD4]
+    assert kept.send_to == ("192.0.2.22", 7000)
+    assert a.forwarding.peer_for(ip("10.32.3.1")) is None  # c's block is gone
+    assert a.forwarding.peer_for(ip("10.32.9.1")) is kept  # b's new block routes
+    assert a.forwarding.peer_for(ip("10.32.4.1")) is a.peers[0xD4]
     fresh = a.peers[0xD4]
     assert not fresh.established and 50.0 <= fresh.next_heartbeat_at <= 50.125
     # The kept peer's next heartbeat goes to its new address.
@@ -431,7 +361,7 @@ def test_set_peers_to_nothing() -> None:
     a.set_peers([], 0.0)
     assert a.peers == {}
     assert a.get_timer() is None
-    assert a.peer_for(ip("10.32.2.1")) is None
+    assert a.forwarding.peer_for(ip("10.32.2.1")) is None
     a.handle_timer(100.0)
     assert a.datagrams_to_send() == []
 

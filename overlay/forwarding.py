@@ -1,0 +1,285 @@
+"""The sleeve's forwarding core (sans-IO): every per-packet decision of the data plane.
+
+Rules this module keeps:
+- It never touches a socket, a device or a clock. The drivers hand it their buffers with
+  offsets (and ``now`` where a timer depends on it); it reads them through the offsets named in
+  overlay/frame.py and answers with a verdict, a plain int, and the peer it concerns in
+  ``peer``. Nothing is allocated per packet but the views the driver writes or sends.
+- Outbound: a packet read from the TUN goes to the peer whose block holds its destination, or
+  is dropped: not IPv4, no route, too large, or DF set and larger than the peer's MTU (an ICMP
+  "fragmentation needed" is then left in ``replies()`` for the TUN).
+- Inbound: a datagram is dropped (malformed, unknown peer, not for this node's space), handed
+  to the health core (heartbeats), relayed towards its destination with one hop less, or its
+  packets are written to the TUN. DATA_CHUNK trains are checked whole (overlay/train.py) or
+  reassembled per source (overlay/reassembly.py).
+- Drops are counted by reason, globally and per peer when the peer is known; traffic is
+  counted per peer when the verdict is given, before the driver's syscall.
+
+Trust: a datagram's packets reach the TUN only from a known peer and only for an address in
+this node's own space; the outer source port is not checked (data leaves peers by ephemeral
+ports), relays are refused back to the host a frame came from.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Callable, Iterable
+
+from overlay import frame, icmp
+from overlay.blocks import BlockTable
+from overlay.frame import (
+    ADDRESS,
+    CHUNK_OVERHEAD,
+    HEADER_SIZE,
+    HOPS_AT,
+    IPV4_DF,
+    IPV4_DST_AT,
+    IPV4_FLAGS_AT,
+    IPV4_MIN,
+    MAX_PACKET,
+    RECORD_IP,
+    RECORD_VNET,
+    VNET_GSO_TYPE_AT,
+    VNET_HEADER_SIZE,
+    Buffer,
+    DecodeError,
+    Header,
+    MessageType,
+)
+from overlay.peer import PeerState
+from overlay.reassembly import Reassembler
+from overlay.udp import Address
+
+# Verdicts on a received datagram or train.
+DROP = 0  # counted by reason; nothing to do
+DONE = 1  # taken in: a heartbeat answered, a chunk stored
+WRITE = 2  # write each of ``packets`` (or the train's parts) to the TUN
+RELAY = 3  # send the datagram, unchanged but for its hops, on to ``peer.send_to``
+SLOW = 4  # a train the general path must take, datagram by datagram
+
+LOOKUP_CACHE = 4096  # destinations remembered per lookup table (cleared when full or changed)
+DATA = int(MessageType.DATA)  # plain ints: hot path
+DATA_CHUNK = int(MessageType.DATA_CHUNK)
+Control = Callable[[Buffer, Header, Address, float], None]
+
+
+class Forwarding:
+    """Per-packet decisions over the peers of one sleeve (``peers``, shared with it); control
+    frames go to ``control`` (the sleeve's heartbeat handling)."""
+
+    def __init__(self, local_id: int, peers: dict[int, PeerState], control: Control) -> None:
+        self.local_id = local_id
+        self.peers = peers
+        self.drops: Counter[str] = Counter()
+        self.paths: Counter[str] = Counter()  # how received super-packets were handled
+        self.reassembler = Reassembler(drops=self.drops)
+        self.router_address = b"\0\0\0\0"  # where ICMP errors come from (our gateway)
+        self.peer: PeerState | None = None  # the peer the last verdict concerns
+        self.packets: list[memoryview] = []  # WRITE: one TUN write each, until the next call
+        self._control = control
+        self._replies: list[bytes] = []
+        self._remote = BlockTable()
+        self._local = BlockTable()
+        self._peer_cache: dict[int, PeerState | None] = {}
+        self._local_cache: dict[int, bool] = {}
+
+    # -- tables ------------------------------------------------------------------------------
+
+    def set_routes(self, peers: Iterable[PeerState]) -> None:
+        """Route each peer's blocks to it (longest prefix wins)."""
+        table = BlockTable()
+        for state in peers:
+            for block in state.spec.blocks:
+                table.add(block, state)
+        self._remote = table
+        self._peer_cache = {}
+
+    def set_local(
+        self, blocks: Iterable[ipaddress.IPv4Network], router_address: bytes | None = None
+    ) -> None:
+        """This node's own space (packets for it are delivered here) and the address ICMP
+        errors come from."""
+        table = BlockTable()
+        for block in blocks:
+            table.add(block, True)
+        self._local = table
+        self._local_cache = {}
+        if router_address is not None:
+            self.router_address = router_address
+
+    def peer_for(self, destination: int) -> PeerState | None:
+        """The peer owning the IPv4 destination address ``destination`` (an int). Answers are
+        remembered per destination until the peer set changes: a flow's packets cost one
+        dict lookup, not one per prefix length."""
+        try:
+            return self._peer_cache[destination]
+        except KeyError:
+            value = self._remote.lookup(destination)
+            found = value if isinstance(value, PeerState) else None
+            if len(self._peer_cache) >= LOOKUP_CACHE:
+                self._peer_cache.clear()
+            self._peer_cache[destination] = found
+            return found
+
+    def is_local(self, destination: int) -> bool:
+        """Whether ``destination`` is in this node's own space (remembered like peer_for)."""
+        found = self._local_cache.get(destination)
+        if found is None:
+            found = self._local.lookup(destination) is not None
+            if len(self._local_cache) >= LOOKUP_CACHE:
+                self._local_cache.clear()
+            self._local_cache[destination] = found
+        return found
+
+    def drop(self, reason: str, peer: PeerState | None = None) -> None:
+        """Count a drop, globally and against ``peer`` when there is one."""
+        self.drops[reason] += 1
+        if peer is not None:
+            peer.counters.drops[reason] += 1
+
+    # -- outbound: TUN -> peer ---------------------------------------------------------------
+
+    def route(self, buf: Buffer, n: int) -> PeerState | None:
+        """The peer for the packet the TUN read into ``buf`` as a record (``n`` bytes of
+        virtio-net header and IP packet from RECORD_VNET), counted as sent to it; None when it
+        is dropped (counted)."""
+        size = n - VNET_HEADER_SIZE
+        if size < IPV4_MIN or buf[RECORD_IP] >> 4 != 4:
+            self.drop("tun_not_ipv4")
+            return None
+        peer = self.peer_for(ADDRESS.unpack_from(buf, RECORD_IP + IPV4_DST_AT)[0])
+        if peer is None:
+            self.drop("no_route")
+            return None
+        if (
+            size > peer.mtu
+            and buf[RECORD_VNET + VNET_GSO_TYPE_AT] == 0
+            and buf[RECORD_IP + IPV4_FLAGS_AT] & IPV4_DF
+        ):
+            self._too_big(memoryview(buf)[RECORD_IP : RECORD_VNET + n], peer)
+            return None
+        if size > MAX_PACKET:
+            self.drop("too_large", peer)
+            return None
+        counters = peer.counters
+        counters.tx_packets += 1
+        counters.tx_bytes += size
+        return peer
+
+    def _too_big(self, packet: memoryview, peer: PeerState) -> None:
+        """A DF packet that is not a GSO super-packet and exceeds the peer's MTU: it cannot
+        be carried, and the sender learns so from an ICMP error."""
+        self.drop("too_big", peer)
+        reply = icmp.frag_needed(packet, peer.mtu, self.router_address)
+        if reply is not None:
+            self._replies.append(reply)
+
+    def replies(self) -> list[bytes]:
+        """IP packets (ICMP errors) made for the TUN since the last call."""
+        out, self._replies = self._replies, []
+        return out
+
+    # -- inbound: datagram -> TUN, relay or health -------------------------------------------
+
+    def train(self, buf: Buffer, body: int, total: int, source: int) -> int:
+        """Verdict on a whole train from ``source`` whose DATA body of ``total`` bytes starts
+        at ``body`` in ``buf``: WRITE when it is one record for this node's space from a known
+        peer, DROP when its packet is not for this node, SLOW for anything else."""
+        peer = self.peers.get(source)
+        size = total - RECORD_IP
+        if peer is None or (buf[body] << 8 | buf[body + 1]) != size:
+            return SLOW  # not a single record from a known peer: the general path decides
+        self.peer = peer
+        ip = body + RECORD_IP
+        if (
+            size < IPV4_MIN
+            or buf[ip] >> 4 != 4
+            or not self.is_local(ADDRESS.unpack_from(buf, ip + IPV4_DST_AT)[0])
+        ):
+            self.drop("not_local", peer)
+            return DROP
+        self.paths["gro_train"] += 1
+        counters = peer.counters
+        counters.rx_packets += 1
+        counters.rx_bytes += size
+        return WRITE
+
+    def receive(self, data: memoryview, addr: Address, now: float) -> int:
+        """Verdict on one datagram ``data`` from ``addr``: DROP, DONE, WRITE (``packets``) or
+        RELAY (to ``peer``; its hop count is lowered in ``data``)."""
+        try:
+            header = frame.decode_header(data, len(data))
+        except DecodeError as exc:
+            self.drop(exc.reason)
+            return DROP
+        if header.destination != self.local_id:
+            return self._relay(data, header, addr[0])
+        kind = header.type
+        if kind != DATA and kind != DATA_CHUNK:
+            self._control(data, header, addr, now)
+            return DONE
+        peer = self.peers.get(header.source)
+        if peer is None:
+            self.drop("unknown_peer")
+            return DROP
+        self.peer = peer
+        if kind == DATA:
+            return self._records(data, HEADER_SIZE, len(data), peer)
+        return self._chunk(data, header, peer, now)
+
+    def _relay(self, data: memoryview, header: Header, host: str) -> int:
+        """A frame for another peer goes on, unchanged but for one hop less, to its next hop;
+        never back to the host it came from (data comes from a peer's link, its own port, so a
+        loop shows in the host alone) and never once its hops are spent."""
+        target = self.peers.get(header.destination)
+        if target is None:
+            self.drop("wrong_destination")
+            return DROP
+        if header.hops == 0 or target.send_to[0] == host:
+            self.drop("relay_loop", target)
+            return DROP
+        data[HOPS_AT] = header.hops - 1
+        target.counters.relayed += 1
+        self.peer = target
+        return RELAY
+
+    def _chunk(self, data: memoryview, header: Header, peer: PeerState, now: float) -> int:
+        try:
+            offset, total = frame.decode_chunk(data, header)
+        except DecodeError as exc:
+            self.drop(exc.reason, peer)
+            return DROP
+        body = self.reassembler.add(header.source, offset, total, data[CHUNK_OVERHEAD:], now)
+        if body is None:
+            return DONE
+        self.paths["reassembled"] += 1
+        return self._records(memoryview(body), 0, len(body), peer)
+
+    def _records(self, body: memoryview, pos: int, end: int, peer: PeerState) -> int:
+        """WRITE with the DATA body's packets for this node in ``packets`` (the others and a
+        malformed rest counted as drops), DROP when there is none."""
+        packets, is_local, counters = self.packets, self.is_local, peer.counters
+        packets.clear()
+        try:
+            while pos < end:
+                stop = frame.record_end(body, pos, end)
+                ip = pos + RECORD_IP
+                if (
+                    stop - ip < IPV4_MIN
+                    or body[ip] >> 4 != 4
+                    or not is_local(ADDRESS.unpack_from(body, ip + IPV4_DST_AT)[0])
+                ):
+                    self.drop("not_local", peer)
+                else:
+                    packets.append(body[pos + RECORD_VNET : stop])
+                    counters.rx_packets += 1
+                    counters.rx_bytes += stop - ip
+                pos = stop
+        except DecodeError as exc:
+            self.drop(exc.reason, peer)
+        return WRITE if packets else DROP
+
+    def expire(self, now: float) -> None:
+        """Forget bodies whose chunks stopped coming (counted)."""
+        self.reassembler.expire(now)
