@@ -15,6 +15,7 @@ class BlockTable:
         self._order: list[tuple[int, dict[int, object]]] = []
 
     def add(self, block: ipaddress.IPv4Network, value: object) -> None:
+        """Map every address of ``block`` to ``value`` (a longer prefix wins)."""
         table = self._by_len.setdefault(block.prefixlen, {})
         table[int(block.network_address)] = value
         self._order = [
@@ -23,6 +24,7 @@ class BlockTable:
         ]
 
     def lookup(self, address: int) -> object | None:
+        """The value of the longest block holding ``address`` (an int), or None."""
         for mask, table in self._order:
             found = table.get(address & mask)
             if found is not None:

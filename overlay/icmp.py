@@ -15,6 +15,7 @@ MAX_QUOTE = 576 - 20 - 8  # RFC 1812: quote as much as fits in a 576-byte reply
 
 
 def checksum(data: bytes | bytearray) -> int:
+    """The Internet checksum (RFC 1071) of ``data``."""
     if len(data) % 2:
         data = bytes(data) + b"\0"
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))

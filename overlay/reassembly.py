@@ -21,6 +21,8 @@ class _Partial:
 
 
 class Reassembler:
+    """Bodies in progress, one per source, with drops counted into ``drops``."""
+
     def __init__(self, timeout: float = 1.0, drops: Counter[str] | None = None) -> None:
         self.timeout = timeout
         self.drops: Counter[str] = Counter() if drops is None else drops
@@ -59,6 +61,7 @@ class Reassembler:
         return partial.body
 
     def expire(self, now: float) -> None:
+        """Drop the bodies started ``timeout`` or more before ``now`` (counted)."""
         stale = [k for k, p in self._pending.items() if now - p.started_at >= self.timeout]
         for key in stale:
             del self._pending[key]
