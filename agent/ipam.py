@@ -28,7 +28,8 @@ from gossip.topology import PeerRecord
 from overlay.ipam import space
 from overlay.ipam.claim import Claim, ClaimError, decode
 from overlay.ipam.pool import Allocation, Pool
-from overlay.ipam.ring import Ring, View
+from overlay.ipam.ring import Ring
+from overlay.ipam.ringstate import View
 
 log = logging.getLogger("weave-py.ipam")
 Net = ipaddress.IPv4Network

@@ -3,12 +3,9 @@
 Theory of operation. Each peer publishes a ``Claim`` (claim.py) in its own topology record, and
 only that peer changes it, so ownership changes only by the owner's own action:
 
-- Seeding. Before anyone owns anything, the range belongs to nobody. Ringless peers run
-  single-decree Paxos over their claims (acceptor state ``promised``/``accepted``, proposer state
-  ``proposal``/``accept``), with a quorum of ``quorum`` acceptors (from ``IPALLOC_INIT``
-  consensus=N: N // 2 + 1). Only the lowest-named live ringless peer proposes. The decided value
-  is a ring id ``(time, seed)``; the seed then owns the whole range. A group smaller than the
-  quorum (the minority side of a partition, a lone node) cannot decide: it waits.
+- Seeding. Before anyone owns anything, the range belongs to nobody. Ringless peers agree on a
+  ring id ``(time, seed)`` by single-decree Paxos over their claims (seeding.py); the seed then
+  owns the whole range. A group smaller than the quorum cannot decide: it waits.
 - Grants. A peer that needs space sets ``want`` to the live owner in its ring with the most
   free space. That owner moves part of its free space (half of its largest free CIDR, at least
   one block) from ``owned`` to ``grants`` with a fresh serial. The grantee adds it to its own
@@ -27,18 +24,17 @@ only that peer changes it, so ownership changes only by the owner's own action:
   them and reports ``conflict`` with what to do.
 
 The agent calls ``step`` whenever the topology changes and on a timer, persists ``to_state()``
-when it returns True, then publishes ``claim()``.
+when it returns True, then publishes ``claim()`` (both from ringstate.py, with the fields).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Set
-from dataclasses import dataclass
-from typing import Any
 
 from overlay.ipam import space
-from overlay.ipam.claim import Ballot, Claim, Grant, RingId
+from overlay.ipam.claim import Grant, RingId
+from overlay.ipam.ringstate import RingState, View
 
 Net = ipaddress.IPv4Network
 MAX_REMOVED = 256
@@ -48,73 +44,9 @@ class RmpeerError(ValueError):
     """rmpeer refused; the message says why."""
 
 
-@dataclass(frozen=True)
-class View:
-    """A peer's claim as we last saw it, with its record's stamp."""
-
-    incarnation: int
-    version: int
-    claim: Claim
-    nickname: str = ""
-
-
-class Ring:
-    """This peer's part in block ownership: its claim, and what it makes of everyone's."""
-
-    def __init__(
-        self,
-        name: str,
-        cluster_range: Net,
-        block_prefix: int,
-        quorum: int,
-        incarnation: int,
-        state: Mapping[str, Any] | None = None,
-    ) -> None:
-        if block_prefix < cluster_range.prefixlen:
-            raise ValueError(f"blocks (/{block_prefix}) are larger than the range {cluster_range}")
-        self.name = name
-        self.range = cluster_range
-        self.block_prefix = block_prefix
-        self.quorum = max(1, quorum)
-        self.incarnation = incarnation
-        self.ring: RingId | None = None
-        self.owned: list[Net] = []
-        self.grants: list[Grant] = []
-        self.serial = 0
-        self.acks: dict[str, int] = {}
-        self.want: str | None = None
-        self.promised: Ballot | None = None
-        self.accepted: tuple[Ballot, RingId] | None = None
-        self.proposal: Ballot | None = None
-        self.accept: tuple[Ballot, RingId] | None = None
-        self.removed: list[tuple[str, int]] = []
-        self.seeded: list[RingId] = []  # rings we seeded: never seed one again
-        self.known: dict[str, View] = {}
-        # Removal markers for our name below this concern earlier lives of this peer.
-        self.removed_since = incarnation
-        self.conflict: str | None = None
-        self.status = "idle"
-        if state:
-            self._load(state)
-
-    # -- what we publish ---------------------------------------------------------------------
-
-    def claim(self, used: int = 0, free: int = 0) -> Claim:
-        """The claim to publish, with the pool's counts of addresses in use and to spare."""
-        return Claim(
-            owned=tuple(self.owned),
-            ring=self.ring,
-            grants=tuple(self.grants),
-            acks=tuple(sorted(self.acks.items())),
-            want=self.want,
-            promised=self.promised,
-            accepted=self.accepted,
-            proposal=self.proposal,
-            accept=self.accept,
-            removed=tuple(self.removed),
-            used=used,
-            free=free,
-        )
+class Ring(RingState):
+    """This peer's part in block ownership: its claim, and what it makes of everyone's (the
+    fields, the claim and the state document are RingState's)."""
 
     # -- the step ----------------------------------------------------------------------------
 
@@ -259,7 +191,7 @@ class Ring:
             return
         ring = self.ring or winner
         if ring is not None:
-            self._clear_proposal()
+            self.seeding.clear_proposal()
             owners = sorted(
                 (-self.known[n].claim.free, n)
                 for n in live
@@ -275,68 +207,14 @@ class Ring:
             return
         self.want = None
         self.status = "awaiting consensus"
-        self._bootstrap(live, now_ns)
+        self._seed(live, now_ns)
 
-    # -- seeding (single-decree Paxos over claims) -------------------------------------------
-
-    def _bootstrap(self, live: Set[str], now_ns: int) -> None:
+    def _seed(self, live: Set[str], now_ns: int) -> None:
+        """Take part in seeding a ring; as its decided seed, own the whole range."""
         claims = {n: v.claim for n, v in self.known.items()}
-        self._act_as_acceptor(live, claims)
-        decided = self._decided(claims)
-        if decided is not None:
-            if decided[1] == self.name and decided not in self.seeded:
-                self.seeded.append(decided)
-                self.ring, self.owned = decided, [self.range]
-                self._clear_proposal()
-            return
-        if self.name != min([self.name, *live]):
-            self._clear_proposal()
-            return
-        self._propose(claims, now_ns)
-
-    def _act_as_acceptor(self, live: Set[str], claims: Mapping[str, Claim]) -> None:
-        requests = [c for n, c in claims.items() if n in live] + [self.claim()]
-        for c in sorted(requests, key=lambda c: c.proposal or (-1, "")):
-            if c.proposal is not None and (self.promised is None or c.proposal > self.promised):
-                self.promised = c.proposal
-        for c in requests:
-            if c.accept is None:
-                continue
-            ballot, _value = c.accept
-            if self.promised is None or ballot >= self.promised:
-                self.promised = ballot
-                if self.accepted is None or ballot > self.accepted[0]:
-                    self.accepted = c.accept
-
-    def _decided(self, claims: Mapping[str, Claim]) -> RingId | None:
-        votes: dict[tuple[Ballot, RingId], int] = {}
-        for c in [*claims.values(), self.claim()]:
-            if c.accepted is not None:
-                votes[c.accepted] = votes.get(c.accepted, 0) + 1
-        decided = [value for (_b, value), n in votes.items() if n >= self.quorum]
-        return min(decided) if decided else None
-
-    def _propose(self, claims: Mapping[str, Claim], now_ns: int) -> None:
-        everyone = [*claims.values(), self.claim()]
-        top = max(
-            (b for c in everyone for b in (c.promised, c.proposal, c.accepted and c.accepted[0])
-             if b),
-            default=(0, ""),
-        )  # fmt: skip
-        if self.proposal is None or top > self.proposal:
-            self.proposal, self.accept = (top[0] + 1, self.name), None
-            return
-        if self.accept is not None:
-            return
-        promises = [c for c in everyone if c.promised == self.proposal]
-        if len(promises) < self.quorum:
-            return
-        prior = [c.accepted for c in promises if c.accepted is not None]
-        value = max(prior)[1] if prior else (now_ns, self.name)
-        self.accept = (self.proposal, value)
-
-    def _clear_proposal(self) -> None:
-        self.proposal, self.accept = None, None
+        seeded = self.seeding.step(claims, live, now_ns)
+        if seeded is not None:
+            self.ring, self.owned = seeded, [self.range]
 
     # -- operator actions --------------------------------------------------------------------
 
@@ -363,76 +241,3 @@ class Ring:
         del self.known[name]
         self._forget_taken_grants(self._markers())
         return taken
-
-    # -- persistence ---------------------------------------------------------------------------
-
-    def _fingerprint(self) -> tuple[Any, ...]:
-        return (self.ring, tuple(self.owned), tuple(self.grants), self.serial,
-                tuple(sorted(self.acks.items())), self.want, self.promised, self.accepted,
-                self.proposal, self.accept, tuple(self.removed), tuple(self.seeded),
-                self.removed_since)  # fmt: skip
-
-    def to_state(self) -> dict[str, Any]:
-        """Everything a restart needs, as a JSON-ready document (the ``state`` argument)."""
-        return {
-            "range": str(self.range),
-            "incarnation": self.incarnation,
-            "ring": list(self.ring) if self.ring else None,
-            "owned": [str(n) for n in self.owned],
-            "grants": [[str(n), who, s] for n, who, s in self.grants],
-            "serial": self.serial,
-            "acks": dict(self.acks),
-            "promised": list(self.promised) if self.promised else None,
-            "accepted": _pair_out(self.accepted),
-            "removed": [list(r) for r in self.removed],
-            "seeded": [list(r) for r in self.seeded],
-            "removed_since": self.removed_since,
-            "known": {n: _known_out(v) for n, v in self.known.items() if v.claim.owned},
-        }
-
-    def _load(self, d: Mapping[str, Any]) -> None:
-        try:
-            if d["range"] != str(self.range):
-                raise ValueError(
-                    f"the state holds range {d['range']}, configuration says {self.range}; "
-                    f"changing IPALLOC_RANGE needs a fresh state directory on every node"
-                )
-            self.ring = _ring(d["ring"])
-            self.owned = space.collapse(Net(n) for n in d["owned"])
-            self.grants = [(Net(n), str(who), int(s)) for n, who, s in d["grants"]]
-            self.serial = int(d["serial"])
-            self.acks = {str(k): int(v) for k, v in d["acks"].items()}
-            self.promised = _ballot(d["promised"])
-            acc = d["accepted"]
-            self.accepted = None if acc is None else (_ballot(acc[0]), _ring(acc[1]))  # type: ignore[assignment]
-            self.removed = [(str(n), int(i)) for n, i in d["removed"]]
-            self.seeded = [r for r in (_ring(x) for x in d["seeded"]) if r is not None]
-            # Removal markers at or above the incarnation that saved this state concern us now.
-            self.removed_since = min(int(d["removed_since"]), int(d["incarnation"]))
-            for n, k in d["known"].items():
-                claim = Claim(owned=tuple(Net(o) for o in k["owned"]), ring=_ring(k["ring"]))
-                self.known[str(n)] = View(int(k["incarnation"]), 0, claim, str(k["nickname"]))
-        except (KeyError, TypeError, ValueError, IndexError) as e:
-            raise ValueError(f"IPAM state: {e}") from None
-
-
-def _known_out(v: View) -> dict[str, Any]:
-    """What we remember of another owner across restarts (for status and rmpeer)."""
-    return {
-        "incarnation": v.incarnation,
-        "nickname": v.nickname,
-        "ring": list(v.claim.ring) if v.claim.ring else None,
-        "owned": [str(o) for o in v.claim.owned],
-    }
-
-
-def _ring(value: Any) -> RingId | None:
-    return None if value is None else (int(value[0]), str(value[1]))
-
-
-def _ballot(value: Any) -> Ballot | None:
-    return None if value is None else (int(value[0]), str(value[1]))
-
-
-def _pair_out(value: tuple[Ballot, RingId] | None) -> list[Any] | None:
-    return None if value is None else [list(value[0]), list(value[1])]

@@ -17,7 +17,8 @@ from typing import Any
 
 from overlay.ipam import space
 from overlay.ipam.claim import Claim, decode
-from overlay.ipam.ring import Ring, View
+from overlay.ipam.ring import Ring
+from overlay.ipam.ringstate import View
 
 Net = ipaddress.IPv4Network
 RANGE = Net("10.32.0.0/16")
