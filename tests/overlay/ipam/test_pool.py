@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from overlay.ipam.pool import Allocation, Pool, PoolError
+from overlay.ipam.pool import Allocation, Pool
+from overlay.ipam.validation import PoolError
 
 N = IPv4Network
 A = IPv4Address
