@@ -18,13 +18,13 @@ import pytest
 
 from agent import config as agent_config
 from agent import errors
-from agent.config import Config, StaticPeer
 from agent.addresses import STATE_FILE, Addresses, StateFile
+from agent.config import Config, StaticPeer
 from agent.ipam import Ipam, Settings
 from gossip.topology import PeerRecord
 from overlay.ipam import space, store
-from overlay.ipam.pool import Allocation
 from overlay.ipam.claim import decode
+from overlay.ipam.pool import Allocation
 
 Net = ipaddress.IPv4Network
 Addr = ipaddress.IPv4Address
