@@ -255,22 +255,7 @@ class Ipam:
         self, records: Mapping[str, PeerRecord], live: Set[str], nickname: str
     ) -> IpamStatus:
         """What ``status ipam``, /report and the IPAM metrics show."""
-        owners = []
-        if self.pool.owned:
-            owners.append(self._owner(self.name, nickname, self.pool.owned, self.pool.used, True))
-        if self.ring is not None:
-            for name, view in sorted(self.ring.known.items()):
-                if view.claim.ring != self.ring.ring or not view.claim.owned:
-                    continue
-                record = records.get(name)
-                nick = record.nickname if record else view.nickname
-                owners.append(self._owner(name, nick, view.claim.owned, view.claim.used,
-                                          name in live))  # fmt: skip
-        else:
-            for name, r in sorted(records.items()):
-                if name != self.name and r.blocks:
-                    owned = tuple(Net(b) for b in r.blocks)
-                    owners.append(self._owner(name, r.nickname, owned, 0, name in live))
+        owners = self._owners(records, live, nickname)
         lost = sum(o.addresses for o in owners if not o.reachable)
         ring = self.ring
         return IpamStatus(
@@ -288,6 +273,28 @@ class Ipam:
             unreachable_addresses=lost,
             unreachable_percentage=round(100.0 * lost / self.settings.range.num_addresses, 2),
         )
+
+    def _owners(
+        self, records: Mapping[str, PeerRecord], live: Set[str], nickname: str
+    ) -> list[Owner]:
+        """This node first, then every peer that owns space of our ring (of its record
+        without a ring), by name."""
+        owners = []
+        if self.pool.owned:
+            owners.append(self._owner(self.name, nickname, self.pool.owned, self.pool.used, True))
+        if self.ring is None:
+            for name, r in sorted(records.items()):
+                if name != self.name and r.blocks:
+                    owned = tuple(Net(b) for b in r.blocks)
+                    owners.append(self._owner(name, r.nickname, owned, 0, name in live))
+            return owners
+        for name, view in sorted(self.ring.known.items()):
+            if view.claim.ring == self.ring.ring and view.claim.owned:
+                record = records.get(name)
+                nick = record.nickname if record else view.nickname
+                owners.append(self._owner(name, nick, view.claim.owned, view.claim.used,
+                                          name in live))  # fmt: skip
+        return owners
 
     def _owner(self, name: str, nickname: str, owned: tuple[Net, ...], active: int,
                reachable: bool) -> Owner:  # fmt: skip
