@@ -97,7 +97,8 @@ class Datapath:
                 timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
         finally:
             loop.remove_reader(self.tun.fileno())
             loop.remove_reader(self.sock.fileno())

@@ -4,7 +4,8 @@ Rules this module keeps:
 - It never touches a socket, a device or a clock. The drivers hand it their buffers with
   offsets (and ``now`` where a timer depends on it); it reads them through the offsets named in
   overlay/frame.py and answers with a verdict, a plain int, and the peer it concerns in
-  ``peer``. Nothing is allocated per packet but the views the driver writes or sends.
+  ``peer``. Per packet nothing is allocated but a decoded header and the views the driver
+  writes or sends.
 - Outbound: a packet read from the TUN goes to the peer whose block holds its destination, or
   is dropped: not IPv4, no route, too large, or DF set and larger than the peer's MTU (an ICMP
   "fragmentation needed" is then left in ``replies()`` for the TUN).
@@ -15,9 +16,10 @@ Rules this module keeps:
 - Drops are counted by reason, globally and per peer when the peer is known; traffic is
   counted per peer when the verdict is given, before the driver's syscall.
 
-Trust: a datagram's packets reach the TUN only from a known peer and only for an address in
-this node's own space; the outer source port is not checked (data leaves peers by ephemeral
-ports), relays are refused back to the host a frame came from.
+Trust: a datagram's packets reach the TUN only from a known peer (by the source id in its
+header) and only for an address in this node's own space. The outer source address is not
+compared with the peer's endpoint: data leaves a peer by an ephemeral port and may arrive
+relayed by another peer. A relay never sends a frame back to the host it came from.
 """
 
 from __future__ import annotations

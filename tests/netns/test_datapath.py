@@ -152,6 +152,9 @@ def test_garbage_datagrams_are_counted_and_harmless(lab_factory) -> None:
     datagrams = [rng.randbytes(rng.randrange(0, 1500)) for _ in range(200)]
     datagrams += [good[:n] for n in range(1, len(good))]  # every truncation
     datagrams += [bytes([2]) + good[1:]]  # unknown version
+    probe = bytearray(frame.HEADER_SIZE + 10)  # a reserved type: nobody sends it any more
+    frame.encode_header(probe, frame.MessageType.MTU_PROBE, 10, node1_id, node2_id)
+    datagrams += [bytes(probe)]
 
     def blast() -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -167,7 +170,7 @@ def test_garbage_datagrams_are_counted_and_harmless(lab_factory) -> None:
             break
         time.sleep(0.05)
     assert drops >= len(datagrams), snap["drops"]
-    assert {"short", "version", "length"} <= set(snap["drops"])
+    assert {"short", "version", "length", "type"} <= set(snap["drops"])
     assert lab.procs[2].poll() is None  # still running
     assert_matrix_complete(lab)
 

@@ -383,7 +383,8 @@ async def test_run_establishes_and_carries_packets_over_the_fakes(underlay: Fake
     finally:
         for t in tasks:
             t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        async with asyncio.timeout(5):  # run() ends when cancelled
+            await asyncio.gather(*tasks, return_exceptions=True)
         a.close()
         b.close()
 
