@@ -9,11 +9,11 @@ import logging
 import os
 import sys
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import quote
 
-from agent import client, config, status
-from agent.cni import install, plugin
+from agent import client, config, config_sources, status
+from agent.cni import install
 
 log = logging.getLogger("weave-py")
 
@@ -31,11 +31,26 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="weave-py", description=__doc__)
     sub = parser.add_subparsers()
+    _run_command(sub)
+    _api_commands(sub)
+    _cni_commands(sub)
+    ref = sub.add_parser("config-reference", help="print the configuration reference")
+    ref.set_defaults(func=lambda a: print(config.reference()) or 0)
+    _lab_commands(sub)
+    return parser
 
+
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _run_command(sub: Commands) -> None:
     run = sub.add_parser("run", help="run the agent on this node")
-    config.add_arguments(run)
+    config_sources.add_arguments(run)
     run.set_defaults(func=cmd_run)
 
+
+def _api_commands(sub: Commands) -> None:
+    """Commands that ask the local agent over its API."""
     st = sub.add_parser("status", help="print Weave-style status from the local agent")
     st.add_argument("view", nargs="?", default="", choices=sorted(status.VIEWS))
     _api_arguments(st)
@@ -50,12 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     _api_arguments(rm)
     rm.set_defaults(func=cmd_rmpeer)
 
+
+def _cni_commands(sub: Commands) -> None:
     cni = sub.add_parser("install-cni", help="install the CNI plugin and the network's conflist")
     cni.add_argument("--bin-dir", default=install.DEFAULT_BIN_DIR, help="plugin directory")
     cni.add_argument("--conf-dir", default=install.DEFAULT_CONF_DIR, help="conflist directory")
     cni.add_argument(
         "--socket",
-        default=os.environ.get("WEAVE_CNI_SOCKET", plugin.DEFAULT_SOCKET),
+        default=config_sources.from_environment("cni_socket", os.environ),
         help="the agent's CNI socket, written into the conflist",
     )
     cni.add_argument("--name", default=install.NETWORK_NAME, help="network name")
@@ -63,9 +80,8 @@ def _parser() -> argparse.ArgumentParser:
                      "host; default /usr/bin/python3 when present here")  # fmt: skip
     cni.set_defaults(func=cmd_install_cni)
 
-    ref = sub.add_parser("config-reference", help="print the configuration reference")
-    ref.set_defaults(func=lambda a: print(config.reference()) or 0)
 
+def _lab_commands(sub: Commands) -> None:
     lab = sub.add_parser("lab", help="a multi-node cluster on this machine")
     labsub = lab.add_subparsers()
     up = labsub.add_parser("up", help="build the lab and show pods reaching each other")
@@ -83,7 +99,6 @@ def _parser() -> argparse.ArgumentParser:
     down.add_argument("--name", default="lab")
     down.add_argument("--dir")
     down.set_defaults(func=cmd_lab_down)
-    return parser
 
 
 def _api_arguments(p: argparse.ArgumentParser) -> None:
@@ -94,7 +109,7 @@ def _api_arguments(p: argparse.ArgumentParser) -> None:
 def _request(args: argparse.Namespace, method: str, path: str) -> tuple[int, str]:
     if args.http_addr:
         return client.request(method, path, http_addr=args.http_addr)
-    default = os.environ.get("WEAVE_SOCKET", config.Config.socket_path)
+    default = config_sources.from_environment("socket_path", os.environ)
     return client.request(method, path, socket_path=args.socket or default)
 
 
@@ -104,7 +119,7 @@ def _get(args: argparse.Namespace, path: str) -> tuple[int, str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        cfg = config.load(args, os.environ)
+        cfg = config_sources.load(args, os.environ)
     except config.ConfigError as exc:
         print(f"weave-py: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -1,26 +1,21 @@
-"""Agent configuration: parsed and validated once into a frozen dataclass.
+"""Agent configuration: the settings, each documented where it is declared.
 
-Sources, later ones winning: defaults, an optional TOML file (``--config`` / ``WEAVE_CONFIG``;
-keys are the field names), environment variables (Weave's names where Weave had the setting),
-then command-line flags. Nothing else in the project reads ``os.environ``. Every field below
-documents its meaning, unit and default; ``reference()`` renders them for the README.
+``Config`` is parsed and validated once and then frozen. Sources, later ones winning: defaults,
+an optional TOML file (``--config`` / ``WEAVE_CONFIG``; keys are the field names), environment
+variables (Weave's names where Weave had the setting), then command-line flags; each field's
+metadata names its variable and flag. agent/config_sources.py reads the sources (``load``), and
+agent/config_rules.py holds the rules a configuration keeps (``validate``). The command line
+(agent/cli.py) hands the process environment to those two; nothing else reads settings from
+``os.environ``. ``reference()`` renders the fields for the README.
 """
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
-import re
-import socket
-import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import MISSING, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from agent.cni.plugin import DEFAULT_SOCKET as DEFAULT_CNI_SOCKET
-
-IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-PEER = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)@(?P<host>[0-9.]+)(:(?P<port>\d+))?=(?P<blocks>\S+)$")
 
 
 class ConfigError(ValueError):
@@ -231,202 +226,6 @@ class Config:
     @property
     def nickname(self) -> str:
         return self.node_name
-
-
-# -- parsing -----------------------------------------------------------------------------------
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("expected true or false")
-
-
-def _parse_peers(value: Any) -> tuple[StaticPeer, ...]:
-    items = value if isinstance(value, list | tuple) else re.split(r"[;\s]+", str(value))
-    out = []
-    for item in items:
-        if isinstance(item, StaticPeer):
-            out.append(item)
-            continue
-        if not str(item).strip():
-            continue
-        m = PEER.match(str(item).strip())
-        if not m:
-            raise ValueError(f"{item!r} is not NAME@HOST[:PORT]=BLOCK[,BLOCK]")
-        ipaddress.IPv4Address(m["host"])
-        blocks = tuple(ipaddress.IPv4Network(b) for b in m["blocks"].split(","))
-        out.append(StaticPeer(m["name"], m["host"], int(m["port"] or 6783), blocks))
-    return tuple(out)
-
-
-def _parse_seeds(value: Any) -> tuple[str, ...]:
-    items = value if isinstance(value, list | tuple) else re.split(r"[;,\s]+", str(value))
-    out = []
-    for item in (str(i).strip() for i in items):
-        if not item:
-            continue
-        host, _, port = item.partition(":")
-        ipaddress.IPv4Address(host)
-        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
-            raise ValueError(f"{item!r} has a bad port")
-        out.append(item)
-    return tuple(out)
-
-
-def _parse_int(value: Any) -> int:
-    """Whole numbers only: TOML's true/false and 6783.9 are errors, not 1 and 6783."""
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise ValueError("expected a whole number")
-    if isinstance(value, float):
-        return int(value)
-    return int(str(value).strip())
-
-
-def _optional(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
-    return lambda v: None if v is None or str(v).strip() == "" else parse(str(v))
-
-
-PARSERS: dict[str, Callable[[Any], Any]] = {
-    "ipalloc_range": lambda v: ipaddress.IPv4Network(str(v)),
-    "pod_block": _optional(ipaddress.IPv4Network),
-    "ipalloc_block": _parse_int,
-    "ipam_timeout": float,
-    "peers": _parse_peers,
-    "mtu": _optional(_parse_int),
-    "seeds": lambda v: _parse_seeds(v),
-    "conn_limit": _parse_int,
-    "port": _parse_int,
-    "offload": lambda v: v if isinstance(v, bool) else _parse_bool(str(v)),
-    "udp_gso": lambda v: v if isinstance(v, bool) else _parse_bool(str(v)),
-    "gso_max_size": _parse_int,
-    "socket_buffer": _parse_int,
-    "heartbeat_interval": float,
-    "heartbeat_slow_interval": float,
-    "heartbeat_timeout": float,
-    "reconcile_interval": float,
-    "netns": _optional(str),
-}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="TOML file with settings (keys are field names)")
-    for f in fields(Config):
-        meta = f.metadata
-        action = "append" if f.name in ("peers", "seeds") else "store"
-        parser.add_argument(meta["flag"], dest=f.name, action=action, help=meta["doc"])
-
-
-def load(
-    args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
-) -> Config:
-    """Build the configuration from file, environment and flags; raise ConfigError."""
-    environ = {} if environ is None else environ
-    raw: dict[str, tuple[str, Any]] = {}
-    path = (getattr(args, "config", None) if args else None) or environ.get("WEAVE_CONFIG")
-    if path:
-        raw.update(_read_file(path))
-    for f in fields(Config):
-        env = f.metadata["env"]
-        if env and env in environ:
-            raw[f.name] = (env, environ[env])
-        value = getattr(args, f.name, None) if args is not None else None
-        if value is not None:
-            raw[f.name] = (f.metadata["flag"], value)
-    values = {name: _convert(name, source, value) for name, (source, value) in raw.items()}
-    config = Config(**values)
-    if not config.node_name:
-        config = replace(config, node_name=socket.gethostname())
-    validate(config)
-    return config
-
-
-def _read_file(path: str) -> dict[str, tuple[str, Any]]:
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path}: {exc}") from None
-    known = {f.name for f in fields(Config)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
-    return {k: (f"{path}:{k}", v) for k, v in data.items()}
-
-
-def _convert(name: str, source: str, value: Any) -> Any:
-    if isinstance(value, list) and name not in ("peers", "seeds"):
-        value = value[-1]
-    try:
-        return PARSERS.get(name, str)(value)
-    except ValueError as exc:
-        raise ConfigError(f"{name} (from {source}): bad value {value!r}: {exc}") from None
-
-
-def validate(c: Config) -> None:
-    def bad(name: str, value: Any, why: str) -> ConfigError:
-        return ConfigError(f"{name}: {value!r} {why}")
-
-    if c.mtu is not None and not 576 <= c.mtu <= 65000:
-        raise bad("mtu", c.mtu, "is outside 576..65000")
-    if not 1 <= c.port <= 65535:
-        raise bad("port", c.port, "is not a port number")
-    for name in ("bridge", "tun"):
-        if not IFNAME.match(getattr(c, name)):
-            raise bad(name, getattr(c, name), "is not a valid interface name (1-15 characters)")
-    if c.bridge == c.tun:
-        raise bad("tun", c.tun, "must differ from the bridge name")
-    if c.pod_block is not None:
-        if not c.pod_block.subnet_of(c.ipalloc_range):
-            raise bad("pod_block", str(c.pod_block), f"is not inside {c.ipalloc_range}")
-        if c.pod_block.num_addresses < 4:
-            raise bad("pod_block", str(c.pod_block), "is too small (at least a /30)")
-    widest = max(c.ipalloc_range.prefixlen, 8)
-    if not widest <= c.ipalloc_block <= 30:
-        why = f"is outside {widest}..30 (range {c.ipalloc_range})"
-        raise bad("ipalloc_block", c.ipalloc_block, why)
-    if c.ipalloc_init and init_count(c) < 1:
-        raise bad("ipalloc_init", c.ipalloc_init, "is not consensus=N with N >= 1")
-    if c.ipam_timeout <= 0:
-        raise bad("ipam_timeout", c.ipam_timeout, "must be > 0 seconds")
-    for peer in c.peers:
-        if not 1 <= peer.port <= 65535:
-            raise bad("peers", str(peer), "has a port outside 1..65535")
-        for block in peer.blocks:
-            if c.pod_block is not None and block.overlaps(c.pod_block):
-                raise bad("peers", str(peer), f"overlaps this node's block {c.pod_block}")
-    if c.peers and c.pod_block is None:
-        raise bad("pod_block", None, "is required with static peers (no gossip IPAM)")
-    if not 1024 <= c.gso_max_size <= 65000:
-        raise bad("gso_max_size", c.gso_max_size, "is outside 1024..65000")
-    if c.heartbeat_interval <= 0 or c.heartbeat_slow_interval < c.heartbeat_interval:
-        raise bad("heartbeat_slow_interval", c.heartbeat_slow_interval, "must be >= interval > 0")
-    if c.heartbeat_timeout <= c.heartbeat_slow_interval:
-        raise bad("heartbeat_timeout", c.heartbeat_timeout, "must exceed the slow interval")
-    if c.conn_limit < 1:
-        raise bad("conn_limit", c.conn_limit, "must be at least 1")
-    if c.advertise_address:
-        try:
-            ipaddress.IPv4Address(c.advertise_address)
-        except ValueError:
-            raise bad("advertise_address", c.advertise_address, "is not an IPv4 address") from None
-    if c.reconcile_interval <= 0:
-        raise bad("reconcile_interval", c.reconcile_interval, "must be > 0 seconds")
-    if c.socket_buffer < 65536:
-        raise bad("socket_buffer", c.socket_buffer, "is below 65536 bytes")
-    if c.log_format not in ("text", "json"):
-        raise bad("log_format", c.log_format, "is not 'text' or 'json'")
-    if c.log_level not in ("debug", "info", "warning", "error"):
-        raise bad("log_level", c.log_level, "is not debug, info, warning or error")
-    for name in ("http_addr", "metrics_addr"):
-        value = getattr(c, name)
-        if value and split_hostport(value) is None:
-            raise bad(name, value, "is not HOST:PORT")
 
 
 def init_count(c: Config) -> int:

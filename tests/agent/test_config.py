@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import config
+from agent import config, config_sources
 from agent.config import Config, ConfigError, StaticPeer
 from overlay import frame
 
@@ -22,12 +22,12 @@ BLOCK = "10.32.1.0/24"
 
 def flags(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    config.add_arguments(parser)
+    config_sources.add_arguments(parser)
     return parser.parse_args(list(argv))
 
 
 def load(*argv: str, env: dict[str, str] | None = None) -> Config:
-    return config.load(flags(*argv), env or {})
+    return config_sources.load(flags(*argv), env or {})
 
 
 def toml(tmp_path: Path, text: str) -> str:
@@ -40,7 +40,7 @@ def toml(tmp_path: Path, text: str) -> str:
 
 
 def test_defaults() -> None:
-    c = config.load(None, {})
+    c = config_sources.load(None, {})
     assert c.node_name == socket.gethostname() == c.nickname
     assert c.ipalloc_range == NET("10.32.0.0/12")
     assert c.pod_block is None and c.peers == () and c.mtu is None
@@ -60,11 +60,11 @@ def test_defaults() -> None:
 
 
 def test_empty_flags_equal_defaults() -> None:
-    assert load() == config.load(None, {})
+    assert load() == config_sources.load(None, {})
 
 
 def test_config_is_frozen() -> None:
-    c = config.load(None, {})
+    c = config_sources.load(None, {})
     with pytest.raises(FrozenInstanceError):
         c.port = 1  # type: ignore[misc]
 
@@ -72,7 +72,7 @@ def test_config_is_frozen() -> None:
 def test_load_does_not_read_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WEAVE_PORT", "7000")
     monkeypatch.setenv("HOSTNAME", "from-os-environ")
-    c = config.load(None, {})
+    c = config_sources.load(None, {})
     assert c.port == 6783
     assert c.node_name == socket.gethostname()
 
@@ -107,7 +107,7 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
 def test_every_field_has_a_working_flag() -> None:
     """Each flag reaches its field (catches a mistyped dest or flag name)."""
     parser = argparse.ArgumentParser()
-    config.add_arguments(parser)
+    config_sources.add_arguments(parser)
     for f in fields(Config):
         flag = f.metadata["flag"]
         assert flag.startswith("--")

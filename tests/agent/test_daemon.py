@@ -15,7 +15,8 @@ import pytest
 
 from agent import errors
 from agent.addresses import STATE_FILE
-from agent.config import Config, StaticPeer, validate
+from agent.config import Config, StaticPeer
+from agent.config_rules import validate
 from agent.daemon import Agent
 from agent.kernel import NodeKernel, Underlay
 from gossip.identity import name_for, new_identity

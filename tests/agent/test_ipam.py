@@ -16,8 +16,7 @@ from typing import Any
 
 import pytest
 
-from agent import config as agent_config
-from agent import errors
+from agent import config_rules, config_sources, errors
 from agent.addresses import STATE_FILE, Addresses, StateFile
 from agent.config import Config, StaticPeer
 from agent.ipam import Ipam, Settings
@@ -45,7 +44,7 @@ def make_config(state_dir: Path, **changes: Any) -> Config:
     state_dir.mkdir(parents=True, exist_ok=True)
     changes.setdefault("ipalloc_range", RANGE)
     config = dataclasses.replace(Config(), state_dir=str(state_dir), **changes)
-    agent_config.validate(config)
+    config_rules.validate(config)
     return config
 
 
@@ -238,7 +237,7 @@ async def test_kube_restart_returns_the_same_addresses(tmp_path: Path) -> None:
 
 
 async def test_kube_config_from_the_environment(tmp_path: Path) -> None:
-    config = agent_config.load(
+    config = config_sources.load(
         None,
         {"WEAVE_STATE_DIR": str(tmp_path), "WEAVE_POD_BLOCK": str(POD_BLOCK), "HOSTNAME": "n1"},
     )
