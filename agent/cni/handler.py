@@ -3,10 +3,10 @@ open file descriptor) over the socket of agent/cni/server.py.
 
 Theory of operation. ``Handler.handle(frame, fd)`` parses the forwarded request and its network
 configuration once (agent/cni/spec.py: every malformed input is one ``CniError`` with the spec's
-code), then runs the command against two seams the daemon builds: ``PodAddresses`` (the agent's
-IPAM) and ``PodNetwork`` (veth, address and routes, on a thread the network owns). Both refuse
-only with ``agent.errors.Refused`` subclasses; ``CODES`` below is the one place those become CNI
-codes, at ``handle``'s boundary.
+code), then runs the command against the two seams of agent/cni/seams.py that the daemon
+builds: ``PodAddresses`` (the agent's IPAM) and ``PodNetwork`` (veth, address and routes, on a
+thread the network owns). Both refuse only with ``agent.errors.Refused`` subclasses; ``handle``
+turns those into CNI codes at its boundary, through the one table of that module (``CODES``).
 
 Rules this module keeps (CNI.md):
 
@@ -36,12 +36,12 @@ import json
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Interface
-from typing import Any, Protocol
+from typing import Any
 
 from agent import errors
 from agent.cni.delegate import Delegate, exec_plugin
 from agent.cni.result import Addressing, add_result, expected_from, parse_ipam_result
+from agent.cni.seams import PodAddresses, PodNetwork, cni_error
 from agent.cni.spec import (
     CniError,
     Code,
@@ -55,77 +55,6 @@ from agent.cni.spec import (
 from overlay import pods
 
 log = logging.getLogger("weave-py.cni")
-
-
-# -- the seams -------------------------------------------------------------------------------
-
-
-class PodAddresses(Protocol):
-    """Pod addresses of this node (the agent's IPAM), keyed by (container id, interface name)."""
-
-    def ready(self) -> bool:
-        """Whether ADD may ask for addresses now (it answers TRY_AGAIN_LATER while not)."""
-
-    async def allocate(self, container_id: str, ifname: str) -> tuple[IPv4Interface, IPv4Address]:
-        """The key's address and gateway (the same key gets the same address back); not yet
-        durable."""
-
-    async def persist(self) -> None:
-        """Make what ``allocate`` handed out durable (ADD awaits it before answering)."""
-
-    async def release(self, container_id: str, ifname: str | None) -> None:
-        """Give the key's address back (None: every interface of the container); releasing
-        what is not held is no error."""
-
-    def held(self) -> list[tuple[str, str]]:
-        """Every (container id, ifname) holding an address (GC)."""
-
-
-class PodNetwork(Protocol):
-    """The node side of pod networking: veth, address, routes. Owns the thread it runs on."""
-
-    @property
-    def bridge(self) -> str:
-        """The node bridge the host side of each veth joins."""
-
-    @property
-    def mtu(self) -> int:
-        """The MTU pods get unless the network configuration sets ``mtu``."""
-
-    @property
-    def gso_max_size(self) -> int:
-        """The GSO size pod veths are created with."""
-
-    async def has_link(self, netns: int, ifname: str) -> bool:
-        """Whether the pod's namespace (an open descriptor) already has ``ifname``."""
-
-    async def attach(self, a: pods.Attachment) -> pods.Attached:
-        """Create and configure the veth pair; ``errors.InterfaceExists`` (nothing touched)
-        when the pod already has ``a.ifname``; nothing is left behind on any failure."""
-
-    async def detach(self, container_id: str, ifname: str) -> bool:
-        """Remove the key's veth pair; False when there was none."""
-
-    async def check(self, e: pods.Expected) -> list[str]:
-        """What is missing or different from ``e``; empty when the attachment is intact."""
-
-
-# The agent's refusals as CNI codes: the first class the refusal is an instance of.
-CODES: dict[type[errors.Refused], Code] = {
-    errors.TryLater: Code.TRY_AGAIN_LATER,  # TimedOut is one too
-    errors.NoAddress: Code.NO_ADDRESS,
-    errors.Invalid: Code.INVALID_ENV,
-    errors.InterfaceExists: Code.INTERFACE_EXISTS,
-    errors.KernelRefused: Code.KERNEL,
-    errors.StorageFailed: Code.IO_FAILURE,
-    errors.Refused: Code.IPAM,
-}
-
-
-def cni_error(exc: errors.Refused) -> CniError:
-    """The refusal as the CNI error the runtime gets (message and details kept)."""
-    code = next(code for kind, code in CODES.items() if isinstance(exc, kind))
-    return CniError(code, exc.message, exc.details)
 
 
 @dataclass
@@ -158,10 +87,16 @@ class Handler:
             raise CniError(Code.INCOMPATIBLE_VERSION, f"config version does not allow {r.command}")
         if r.command == "STATUS":
             await self._status(r, conf)
-            return None
-        if r.command == "GC":
+        elif r.command == "GC":
             await self._gc(r, conf)
-            return None
+        else:
+            return await self._for_container(r, conf, fd)
+        return None
+
+    async def _for_container(
+        self, r: Request, conf: NetConf, fd: int | None
+    ) -> dict[str, Any] | None:
+        """ADD, DEL and CHECK: one container's requests run one at a time."""
         args = parse_args(r.args)
         if r.command == "ADD" and not self.addresses.ready():
             raise CniError(Code.TRY_AGAIN_LATER, "the weave-py agent is not ready")
@@ -195,21 +130,27 @@ class Handler:
         mac = conf.mac or (
             checked_mac(args["MAC"], Code.INVALID_ENV, "CNI_ARGS MAC") if args.get("MAC") else None
         )
+        await self._refuse_early(r, conf, args, netns)
+        # Our own IPAM is idempotent per key: a repeated ADD gets the live pod's address back,
+        # which a failure here must then not release.
+        held = conf.ipam_type is None and (r.container_id, r.ifname) in set(self.addresses.held())
+        addressing = await self._address(r, conf, netns)
+        attachment = self._attachment(r, conf, netns, addressing, mac)
+        attached = await self._attach(r, conf, attachment, held)
+        log.info("add pod: %s %s %s on %s (%s)", _pod(args, r), r.ifname, addressing.address,
+                 attached.host, r.container_id[:12])  # fmt: skip
+        return add_result(conf, r.netns, r.ifname, addressing, attached)
+
+    async def _refuse_early(
+        self, r: Request, conf: NetConf, args: dict[str, str], netns: int
+    ) -> None:
+        """What ADD refuses before any address is taken."""
         if conf.ipam_type is None and (conf.requested_ips or args.get("IP")):
             msg = "weave-py IPAM cannot assign a requested address (IP= or runtimeConfig ips)"
             raise CniError(Code.UNSUPPORTED_FIELD, msg, "delegate to an IPAM plugin instead")
         if conf.ipam_type is not None and await self.network.has_link(netns, r.ifname):
             # before the delegate allocates anything
             raise errors.InterfaceExists(f"interface {r.ifname} already exists in netns {r.netns}")
-        # Our own IPAM is idempotent per key: a repeated ADD gets the live pod's address back,
-        # which a failure here must then not release.
-        held = conf.ipam_type is None and (r.container_id, r.ifname) in set(self.addresses.held())
-        addressing = await self._address(r, conf, netns)
-        attached = await self._attach(r, conf, self._attachment(r, conf, netns, addressing, mac),
-                                      held)  # fmt: skip
-        log.info("add pod: %s %s %s on %s (%s)", _pod(args, r), r.ifname, addressing.address,
-                 attached.host, r.container_id[:12])  # fmt: skip
-        return add_result(conf, r.netns, r.ifname, addressing, attached)
 
     async def _address(self, r: Request, conf: NetConf, netns: int) -> Addressing:
         if conf.ipam_type is None:

@@ -13,7 +13,8 @@ import pytest
 
 from agent import errors
 from agent.cni.delegate import exec_plugin
-from agent.cni.handler import Handler, cni_error
+from agent.cni.handler import Handler
+from agent.cni.seams import cni_error
 from agent.cni.spec import CniError, Code
 from tests.agent.cni_fakes import FD, FakeAddresses, FakeNetwork, host_side
 
