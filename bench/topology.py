@@ -20,8 +20,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.lab.lab import wire_node
 from agent.lab.plan import LabPlan
+from agent.lab.underlay import wire_node
 from overlay import netlink
 from overlay.netlink import Netlink, Route
 from overlay.sysctl import ensure_sysctl

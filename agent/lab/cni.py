@@ -8,6 +8,7 @@ stdin (the conflist's first plugin, with the list's name and cniVersion, as libc
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -15,6 +16,8 @@ from typing import Any
 
 from agent.cni import install as install_cni
 from agent.lab.plan import LabPlan
+from overlay import netlink
+from overlay.netlink import Netlink
 
 REFERENCE_PLUGINS = "/usr/lib/cni"
 
@@ -49,15 +52,7 @@ def call(
     """Run the plugin on node i; ``netns`` is a path (e.g. /run/netns/NAME) or empty."""
     conf = network_config(plan, i) if config is None else config
     stdin = conf if isinstance(conf, str) else json.dumps(conf)
-    environ = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "CNI_COMMAND": command,
-        "CNI_CONTAINERID": container_id,
-        "CNI_NETNS": netns,
-        "CNI_IFNAME": ifname,
-        "CNI_PATH": f"{plan.cni_bin_dir(i)}:{REFERENCE_PLUGINS}",
-        **(env or {}),
-    }
+    environ = {**_environment(plan, i, command, container_id, netns, ifname), **(env or {})}
     return subprocess.run(
         ["nsenter", f"--net=/run/netns/{plan.node_ns(i)}", plugin_path(plan, i)],
         input=stdin,
@@ -67,3 +62,31 @@ def call(
         timeout=timeout,
         check=False,
     )
+
+
+def _environment(
+    plan: LabPlan, i: int, command: str, container_id: str, netns: str, ifname: str
+) -> dict[str, str]:
+    """The CNI_* variables a runtime sets, and a PATH for the plugin's interpreter."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "CNI_COMMAND": command,
+        "CNI_CONTAINERID": container_id,
+        "CNI_NETNS": netns,
+        "CNI_IFNAME": ifname,
+        "CNI_PATH": f"{plan.cni_bin_dir(i)}:{REFERENCE_PLUGINS}",
+    }
+
+
+def add_pod(plan: LabPlan, i: int, j: int) -> ipaddress.IPv4Interface:
+    """Pod j of node i: its namespace, attached through the node's CNI plugin (ADD) as a
+    container runtime does it; the address the plugin answered."""
+    ns = plan.pod_ns(i, j)
+    netlink.ensure_netns(ns)
+    done = call(plan, i, "ADD", container_id=ns, netns=f"{netlink.NETNS_DIR}/{ns}")
+    if done.returncode != 0:
+        raise OSError(f"node {i}: CNI ADD of {ns}: {done.stdout.strip() or done.stderr}")
+    with Netlink(ns) as inside:  # the runtime's part (CNI's loopback plugin)
+        inside.set_link("lo", up=True)
+    result = json.loads(done.stdout)
+    return ipaddress.IPv4Interface(result["ips"][0]["address"])

@@ -7,8 +7,9 @@ import time
 
 from agent import status
 from agent.lab import probe
-from agent.lab.lab import Lab, default_directory, load_plan
+from agent.lab.lab import Lab
 from agent.lab.plan import LabPlan
+from agent.lab.state import default_directory, load_plan
 from agent.report import Report
 
 
@@ -20,25 +21,44 @@ def up(name: str, nodes: int, pods: int, directory: str | None, gossip: bool = T
         return 2
     lab = Lab(plan, gossip=gossip)
     started = time.monotonic()
-    try:
-        lab.up()
-    except (OSError, RuntimeError) as exc:
-        print(f"weave-py lab: up failed: {exc}", file=sys.stderr)
-        print(
-            f"weave-py lab: logs are in {plan.directory}; run 'weave-py lab down --name {name}'",
-            file=sys.stderr,
-        )
+    if not _build(lab):
         return 1
     print(
         f"lab {name}: {nodes} node(s), {pods} pod(s) each, up in "
         f"{time.monotonic() - started:.1f}s; logs in {plan.directory}\n"
     )
-    for i in range(1, nodes + 1):
+    _print_nodes(lab)
+    return _print_matrix(lab)
+
+
+def _build(lab: Lab) -> bool:
+    """Bring the lab up; False (and what to do, on stderr) when that failed."""
+    try:
+        lab.up()
+    except (OSError, RuntimeError) as exc:
+        print(f"weave-py lab: up failed: {exc}", file=sys.stderr)
+        print(
+            f"weave-py lab: logs are in {lab.plan.directory}; "
+            f"run 'weave-py lab down --name {lab.plan.name}'",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def _print_nodes(lab: Lab) -> None:
+    """Each node's connections and routes, then the address space."""
+    plan = lab.plan
+    for i in range(1, plan.nodes + 1):
         report = Report.from_json(lab.report(i))
         owned = ", ".join(lab.owned(i)) or "none"
         print(f"== node{i} ({plan.node_ns(i)}, {plan.node_address(i).ip}, owns {owned})")
         print(status.render_connections(report) + status.render_routes(report))
     print(status.render_ipam(Report.from_json(lab.report(1))))
+
+
+def _print_matrix(lab: Lab) -> int:
+    """Probe every pair of pods and print the matrix; 1 when a pair failed."""
     addresses = lab.pod_ips()
     if len(addresses) < 2:
         print("fewer than two pods: no reachability matrix")
@@ -55,7 +75,7 @@ def up(name: str, nodes: int, pods: int, directory: str | None, gossip: bool = T
         return 1
     print(
         f"all {len(results)} pod pairs reach each other. Remove with: "
-        f"weave-py lab down --name {name}"
+        f"weave-py lab down --name {lab.plan.name}"
     )
     return 0
 
