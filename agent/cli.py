@@ -127,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     logs.setup(cfg.log_level, cfg.log_format)
     if cfg.netns:
-        from overlay.netlink import enter_netns
+        from overlay.netns import enter_netns
 
         enter_netns(cfg.netns)
     from agent import daemon

@@ -33,7 +33,7 @@ from agent.peers import Member, View
 from gossip.identity import peer_id
 from gossip.topology import PeerRecord
 from overlay.node import NodeSpec
-from overlay.sleeve import PeerSpec
+from overlay.peer import PeerSpec
 
 Net = ipaddress.IPv4Network
 STEP_INTERVAL = 0.5  # seconds between steps without news (IPAM requests, liveness)

@@ -156,8 +156,12 @@ class Agent:
         spec = self.coordinator.node
         assert spec is not None  # the first plan always has one
         changed = await self.kernel.ensure_forwarding(spec)
-        log.info("reconcile node: mtu %d (underlay %d)%s", self.kernel.mtu,
-                 self.kernel.underlay.mtu, f", sysctl {' '.join(changed)}" if changed else "")
+        log.info(
+            "reconcile node: mtu %d (underlay %d)%s",
+            self.kernel.mtu,
+            self.kernel.underlay.mtu,
+            f", sysctl {' '.join(changed)}" if changed else "",
+        )
         self.addresses.started = self.ready = True
 
     async def run(self) -> None:

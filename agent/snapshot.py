@@ -12,7 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from agent import __version__
 from agent.report import Connection, IpamStatus, Peer, Report, Route, Router
 from overlay import netdev
-from overlay.sleeve import PeerState, Sleeve
+from overlay.peer import PeerState
+from overlay.sleeve import Sleeve
 
 
 def take(

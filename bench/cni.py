@@ -29,6 +29,7 @@ from agent.lab import cni
 from agent.lab.lab import Lab
 from agent.lab.plan import LabPlan
 from overlay import netlink
+from overlay.netns import NETNS_DIR
 
 BAR = 2.0  # weave-py ADD p50 / reference ADD p50
 NAME = re.compile(r"^[a-z0-9]{1,9}$")
@@ -44,13 +45,13 @@ def reference_call(host_ns: str, command: str, pod: str, config: dict[str, Any])
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "CNI_COMMAND": command,
         "CNI_CONTAINERID": pod,
-        "CNI_NETNS": f"{netlink.NETNS_DIR}/{pod}",
+        "CNI_NETNS": f"{NETNS_DIR}/{pod}",
         "CNI_IFNAME": "eth0",
         "CNI_PATH": REFERENCE,
     }
     started = time.perf_counter()
     done = subprocess.run(
-        ["nsenter", f"--net={netlink.NETNS_DIR}/{host_ns}", f"{REFERENCE}/bridge"],
+        ["nsenter", f"--net={NETNS_DIR}/{host_ns}", f"{REFERENCE}/bridge"],
         input=json.dumps(config), capture_output=True, text=True, env=env, timeout=60,
         check=False,
     )  # fmt: skip
@@ -62,7 +63,7 @@ def reference_call(host_ns: str, command: str, pod: str, config: dict[str, Any])
 
 def weave_call(lab: Lab, command: str, pod: str) -> float:
     started = time.perf_counter()
-    done = cni.call(lab.plan, 1, command, pod, f"{netlink.NETNS_DIR}/{pod}")
+    done = cni.call(lab.plan, 1, command, pod, f"{NETNS_DIR}/{pod}")
     took = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"weave-py {command} {pod}: {done.stdout}{done.stderr}")

@@ -23,7 +23,9 @@ from typing import Literal
 from agent.lab.plan import LabPlan
 from agent.lab.underlay import wire_node
 from overlay import netlink
-from overlay.netlink import Netlink, Route
+from overlay.netdev import Route
+from overlay.netlink import Netlink
+from overlay.netns import run_in_netns
 from overlay.sysctl import ensure_sysctl
 
 Mode = Literal["vxlan", "routing"]
@@ -90,7 +92,7 @@ def _add_node(b: Baseline, ul: Netlink, i: int) -> None:
     p = b.plan
     ns = p.node_ns(i)
     wire_node(p, ul, i)
-    netlink.run_in_netns(ns, ensure_sysctl, "net.ipv4.ip_forward", "1")
+    run_in_netns(ns, ensure_sysctl, "net.ipv4.ip_forward", "1")
     with Netlink(ns) as nl:
         nl.ensure_bridge(p.bridge)
         nl.ensure_address(p.bridge, b.gateway(i))

@@ -4,7 +4,7 @@ module that imports it), and named network namespaces under /run/netns.
 A ``Netlink`` object is bound to one namespace, by name, or to the caller's own; each primitive
 is one request and turns the kernel's refusal into ``NetlinkFailure`` with its errno. The
 idempotent operations by name come with ``overlay.kernel.NetlinkHandle``. Entering a namespace
-is ``overlay.netns``'s; its functions are importable from here too.
+is ``overlay.netns``'s.
 """
 
 from __future__ import annotations
@@ -27,27 +27,10 @@ from overlay.netdev import (
     LinkChange,
     NetlinkFailure,
     NewLink,
-    Route,
     RouteEntry,
     Veth,
 )
-from overlay.netns import NETNS_DIR, enter_netns, run_in_netns
-
-__all__ = [
-    "MAIN_TABLE",
-    "NETNS_DIR",
-    "RTPROT_WEAVE_PY",
-    "Link",
-    "Netlink",
-    "NetlinkFailure",
-    "Route",
-    "ensure_netns",
-    "enter_netns",
-    "in_netns",
-    "list_netns",
-    "remove_netns",
-    "run_in_netns",
-]
+from overlay.netns import run_in_netns
 
 AF_INET = 2
 RTN_UNICAST = 1

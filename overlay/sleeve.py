@@ -27,7 +27,6 @@ from overlay.frame import Buffer, MessageType
 from overlay.peer import PeerSpec, PeerState
 from overlay.udp import Address
 
-__all__ = ["Address", "PeerEvent", "PeerEventKind", "PeerSpec", "PeerState", "Sleeve"]
 SENT_REMEMBERED = 64  # heartbeats per peer whose send time is kept for an RTT
 
 

@@ -53,10 +53,17 @@ def lab_factory(
     """Build labs (``lab_factory(nodes=2, pods=1)``); every one is torn down afterwards."""
     labs: list[Lab] = []
 
-    def make(nodes: int = 2, pods: int = 1, start: int | None = None, **kw: object) -> Lab:
+    def make(
+        nodes: int = 2,
+        pods: int = 1,
+        start: int | None = None,
+        agent_args: tuple[str, ...] = (),
+        gossip: bool = True,
+        line: bool = False,
+    ) -> Lab:
         name = f"{run_id}{len(labs)}"
         directory = str(tmp_path_factory.mktemp(f"lab-{name}"))
-        lab = Lab(LabPlan(name, nodes, pods, directory), **kw)  # type: ignore[arg-type]
+        lab = Lab(LabPlan(name, nodes, pods, directory), agent_args, gossip, line)
         labs.append(lab)
         lab.up(start=start)
         return lab

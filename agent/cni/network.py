@@ -19,8 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from agent import errors
-from overlay import netlink, pods
+from overlay import pods
 from overlay.kernel import NetlinkFailure
+from overlay.netns import enter_netns
 
 T = TypeVar("T")
 
@@ -80,4 +81,4 @@ class KernelPodNetwork:
 
 def _enter(netns: str | None) -> None:
     if netns is not None:
-        netlink.enter_netns(netns)
+        enter_netns(netns)

@@ -18,6 +18,7 @@ from agent.cni import install as install_cni
 from agent.lab.plan import LabPlan
 from overlay import netlink
 from overlay.netlink import Netlink
+from overlay.netns import NETNS_DIR
 
 REFERENCE_PLUGINS = "/usr/lib/cni"
 
@@ -83,7 +84,7 @@ def add_pod(plan: LabPlan, i: int, j: int) -> ipaddress.IPv4Interface:
     container runtime does it; the address the plugin answered."""
     ns = plan.pod_ns(i, j)
     netlink.ensure_netns(ns)
-    done = call(plan, i, "ADD", container_id=ns, netns=f"{netlink.NETNS_DIR}/{ns}")
+    done = call(plan, i, "ADD", container_id=ns, netns=f"{NETNS_DIR}/{ns}")
     if done.returncode != 0:
         raise OSError(f"node {i}: CNI ADD of {ns}: {done.stdout.strip() or done.stderr}")
     with Netlink(ns) as inside:  # the runtime's part (CNI's loopback plugin)

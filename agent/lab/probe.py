@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 
 from overlay.icmp import checksum
-from overlay.netlink import enter_netns, run_in_netns
+from overlay.netns import enter_netns, run_in_netns
 
 TCP_PORT = 7777
 

@@ -1,4 +1,4 @@
-"""In-memory fakes of the CNI handler's two seams (agent/cni/handler.py: PodAddresses and
+"""In-memory fakes of the CNI handler's two seams (agent/cni/seams.py: PodAddresses and
 PodNetwork), sharing one call log so tests can assert the order of calls across both."""
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ import random
 from agent import __version__, snapshot
 from agent.report import Connection, Peer, Report, Route
 from overlay import netdev
-from overlay.sleeve import PeerSpec, Sleeve
+from overlay.peer import PeerSpec
+from overlay.sleeve import Sleeve
 from tests.agent.test_status import REPORT
 
 NET = ipaddress.IPv4Network

@@ -21,6 +21,7 @@ import pytest
 from agent.lab import cni
 from overlay import netlink
 from overlay.netlink import Netlink
+from overlay.netns import NETNS_DIR
 
 pytestmark = pytest.mark.netns
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +30,7 @@ REFERENCE = Path("/usr/lib/cni")
 
 
 def netns_path(name: str) -> str:
-    return f"{netlink.NETNS_DIR}/{name}"
+    return f"{NETNS_DIR}/{name}"
 
 
 def pod_ports(lab, i: int = 1) -> list[str]:
@@ -256,7 +257,8 @@ def test_del_after_a_failed_add_cleans_up(lab_factory, scratch_netns) -> None:
         inside.ensure_bridge("eth0")  # CNI_IFNAME already taken: ADD must fail
     failed = cni.call(lab.plan, 1, "ADD", "half", netns_path(pod))
     assert failed.returncode == 1 and "eth0" in error_of(failed)["msg"] + error_of(failed).get(
-        "details", "")
+        "details", ""
+    )
     done = cni.call(lab.plan, 1, "DEL", "half", netns_path(pod))
     assert done.returncode == 0
     assert lab.report(1)["ipam"]["used"] == 0
@@ -266,8 +268,12 @@ def test_del_after_a_failed_add_cleans_up(lab_factory, scratch_netns) -> None:
 def test_agent_down_add_fails_fast_and_status_is_not_ready(lab_factory, scratch_netns) -> None:
     lab = lab_factory(nodes=1, pods=0)
     pod = scratch_netns("down")
-    assert cni.call(lab.plan, 1, "STATUS", config={**cni.network_config(lab.plan, 1),
-                                                    "cniVersion": "1.1.0"}).returncode == 0
+    assert (
+        cni.call(
+            lab.plan, 1, "STATUS", config={**cni.network_config(lab.plan, 1), "cniVersion": "1.1.0"}
+        ).returncode
+        == 0
+    )
     lab.stop_agent(1, signal.SIGTERM)
     started = time.monotonic()
     done = cni.call(lab.plan, 1, "ADD", "late", netns_path(pod))
@@ -275,6 +281,7 @@ def test_agent_down_add_fails_fast_and_status_is_not_ready(lab_factory, scratch_
     error = error_of(done)
     assert error["code"] == 11 and "not running" in error["msg"], error
     assert took < 10, f"ADD took {took:.1f}s with the agent down"  # no hang (generous bound)
-    status = cni.call(lab.plan, 1, "STATUS", config={**cni.network_config(lab.plan, 1),
-                                                      "cniVersion": "1.1.0"})
+    status = cni.call(
+        lab.plan, 1, "STATUS", config={**cni.network_config(lab.plan, 1), "cniVersion": "1.1.0"}
+    )
     assert error_of(status)["code"] == 50

@@ -24,7 +24,9 @@ from agent.cni.network import KernelPodNetwork
 from agent.cni.server import CniServer
 from agent.cni.spec import CniError, Code
 from overlay import netlink, pods
+from overlay.netdev import Route
 from overlay.netlink import Netlink
+from overlay.netns import NETNS_DIR, run_in_netns
 
 pytestmark = pytest.mark.netns
 T = TypeVar("T")
@@ -89,7 +91,7 @@ class Pod:
 
     @property
     def path(self) -> str:
-        return f"{netlink.NETNS_DIR}/{self.ns}"
+        return f"{NETNS_DIR}/{self.ns}"
 
 
 @pytest.fixture
@@ -111,7 +113,7 @@ def make_pod(scratch_netns: Callable[[str], str]) -> Iterator[Callable[[str], Po
 
     def make(suffix: str) -> Pod:
         ns = scratch_netns(suffix)
-        pod = Pod(ns, os.open(f"{netlink.NETNS_DIR}/{ns}", os.O_RDONLY | os.O_CLOEXEC))
+        pod = Pod(ns, os.open(f"{NETNS_DIR}/{ns}", os.O_RDONLY | os.O_CLOEXEC))
         opened.append(pod)
         return pod
 
@@ -151,7 +153,7 @@ def in_ns(ns: str, fn: Callable[[Netlink], T]) -> T:
         with Netlink() as nl:
             return fn(nl)
 
-    return netlink.run_in_netns(ns, body)
+    return run_in_netns(ns, body)
 
 
 def link_names(ns: str) -> set[str]:
@@ -187,7 +189,7 @@ async def test_add_wires_the_pod_to_the_bridge(node: Node, make_pod, run_id: str
     assert (link["mtu"], link["gso_max_size"], link["operstate"]) == (1376, 62000, "UP")
     assert (host_link["master"], host_link["mtu"]) == (node.bridge, 1376)
     assert addresses(pod.ns) == [IPv4Interface("10.77.0.2/24")]
-    default = netlink.Route(pods.DEFAULT_ROUTE, "eth0", GATEWAY.ip)
+    default = Route(pods.DEFAULT_ROUTE, "eth0", GATEWAY.ip)
     assert default in in_ns(pod.ns, lambda nl: nl.list_routes(protocol=None))
     # the loopback is the runtime's (CNI's loopback plugin): ADD leaves it alone
     loopback = in_ns(pod.ns, lambda nl: nl.link("lo"))

@@ -18,6 +18,7 @@ import pytest
 from agent.lab import probe
 from overlay import frame, netlink, pods
 from overlay.netlink import Netlink
+from overlay.netns import enter_netns, run_in_netns
 
 pytestmark = pytest.mark.netns
 
@@ -60,7 +61,7 @@ def tcp_transfer(src_ns: str, dst_ns: str, dst_ip: str, payload: bytes) -> bytes
     ready = threading.Event()
 
     def serve() -> None:
-        netlink.enter_netns(dst_ns)
+        enter_netns(dst_ns)
         with socket.create_server(("0.0.0.0", 7788)) as srv:
             ready.set()
             srv.settimeout(20)
@@ -77,7 +78,7 @@ def tcp_transfer(src_ns: str, dst_ns: str, dst_ip: str, payload: bytes) -> bytes
         with socket.create_connection((dst_ip, 7788), 5) as s:
             s.sendall(payload)
 
-    netlink.run_in_netns(src_ns, send)
+    run_in_netns(src_ns, send)
     t.join(30)
     return bytes(received)
 
@@ -90,8 +91,11 @@ def test_three_nodes_two_pods_full_matrix(lab_factory, gossip: bool) -> None:
         routes = {r["destination"] for r in lab.report(i)["routes"]}
         assert routes == {n for k in (1, 2, 3) if k != i for n in lab.owned(k)}
     owned = [ipaddress.IPv4Network(n) for k in (1, 2, 3) for n in lab.owned(k)]
-    assert len(owned) >= 3 and all(  # distinct space, none configured
-        not a.overlaps(b) for x, a in enumerate(owned) for b in owned[x + 1 :]
+    assert (
+        len(owned) >= 3
+        and all(  # distinct space, none configured
+            not a.overlaps(b) for x, a in enumerate(owned) for b in owned[x + 1 :]
+        )
     )
 
 
@@ -161,7 +165,7 @@ def test_garbage_datagrams_are_counted_and_harmless(lab_factory) -> None:
             for d in datagrams:
                 s.sendto(d, target)
 
-    netlink.run_in_netns(p.node_ns(1), blast)
+    run_in_netns(p.node_ns(1), blast)
     deadline = time.monotonic() + 5
     while True:
         snap = lab.report(2)

@@ -8,7 +8,10 @@ import time
 
 import pytest
 
+from agent import status
 from agent.lab import probe
+from agent.report import Report
+from overlay.netns import run_in_netns
 
 pytestmark = pytest.mark.netns
 
@@ -78,7 +81,6 @@ def test_garbage_on_the_control_port_closes_only_that_connection(lab_factory) ->
 
     from gossip import wire
     from gossip.handshake import Handshake, Hello
-    from overlay import netlink
 
     lab = lab_factory(nodes=3, pods=1)
     target = (str(lab.plan.node_address(2).ip), 6783)
@@ -106,7 +108,7 @@ def test_garbage_on_the_control_port_closes_only_that_connection(lab_factory) ->
                     pass
         return ports
 
-    ports = netlink.run_in_netns(lab.plan.node_ns(1), send_all)
+    ports = run_in_netns(lab.plan.node_ns(1), send_all)
     with open(f"{lab.plan.node_dir(2)}/agent.log") as f:
         logged = f.read()
     for port in ports[1:]:  # the first may be cut before its address is logged with a reason
@@ -125,8 +127,6 @@ FAST_HEARTBEATS = (
 
 
 def test_relay_through_the_node_on_both_segments(lab_factory) -> None:
-    from agent import status
-
     lab = lab_factory(nodes=3, pods=1, line=True, agent_args=FAST_HEARTBEATS)
     p = lab.plan
     one, three = p.pod_ns(1, 1), p.pod_ns(3, 1)
@@ -134,9 +134,9 @@ def test_relay_through_the_node_on_both_segments(lab_factory) -> None:
     assert probe.ping(one, ip3) is not None and probe.ping(three, ip1) is not None
     with probe.Responder(three):
         assert probe.tcp_source(one, ip3) == ip1  # relayed, still no NAT
-    view = status.render_peers(lab.report(1))
+    view = status.render_peers(Report.from_json(lab.report(1)))
     assert "relayed" in view and "via 192.168.1.8:6783" in view, view
-    control = status.render_connections(lab.report(1))
+    control = status.render_connections(Report.from_json(lab.report(1)))
     assert re.search(r"(->|<-) 192\.168\.1\.8:\d+ +established sleeve", control), control
     assert "-> 192.168.2.9:6783      retrying    [Errno 101]" in control, control
     relayed_by_2 = {x["nickname"]: x["relayed"] for x in lab.report(2)["peers"]}

@@ -13,6 +13,7 @@ import pytest
 
 from agent import client, status
 from agent.lab import probe
+from agent.report import Report
 
 pytestmark = pytest.mark.netns
 SMALL = ("--ipalloc-range", "10.244.0.0/26", "--ipalloc-block", "28")  # 4 blocks of 13 pods
@@ -47,7 +48,7 @@ def test_nodes_without_blocks_get_distinct_space_and_a_joiner_gets_its_own(lab_f
     lab = lab_factory(nodes=4, pods=1, start=3)
     spaces = {i: lab.owned(i) for i in (1, 2, 3)}
     assert all(spaces.values()) and disjoint(spaces), spaces
-    view = status.render_ipam(lab.report(1))
+    view = status.render_ipam(Report.from_json(lab.report(1)))
     assert view.count(" IPs (") == 3 and "unreachable" not in view, view
     lab.join(4)
     spaces = {i: lab.owned(i) for i in (1, 2, 3, 4)}  # the joiner's came from an owner's
@@ -65,12 +66,12 @@ def test_rmpeer_reclaims_a_dead_nodes_space_for_the_survivors(lab_factory) -> No
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     assert refused.returncode == 1 and "reachable" in refused.stderr, refused
     lab.stop_agent(3, signal.SIGKILL)
-    wait_for(lambda: "unreachable!" in status.render_ipam(lab.report(1)), 20)
+    wait_for(lambda: "unreachable!" in status.render_ipam(Report.from_json(lab.report(1))), 20)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0, done.stderr
     for n in spaces[3]:
         assert n in done.stdout
-    wait_for(lambda: "unreachable!" not in status.render_ipam(lab.report(1)), 10)
+    wait_for(lambda: "unreachable!" not in status.render_ipam(Report.from_json(lab.report(1))), 10)
 
     def node2_sees_the_reclaim() -> bool:
         owners = lab.report(2)["ipam"]["owners"]

@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 
 from overlay import netlink, tun
+from overlay.netdev import NetlinkFailure
 from overlay.netlink import Netlink
+from overlay.netns import run_in_netns
 from overlay.sysctl import ensure_sysctl, read_sysctl
 
 pytestmark = pytest.mark.netns
@@ -15,9 +17,9 @@ pytestmark = pytest.mark.netns
 
 def test_sysctl_in_namespace(scratch_netns) -> None:
     ns = scratch_netns("a")
-    assert netlink.run_in_netns(ns, ensure_sysctl, "net.ipv4.ip_forward", "1") is True
-    assert netlink.run_in_netns(ns, ensure_sysctl, "net.ipv4.ip_forward", "1") is False
-    assert netlink.run_in_netns(ns, read_sysctl, "net.ipv4.ip_forward") == "1"
+    assert run_in_netns(ns, ensure_sysctl, "net.ipv4.ip_forward", "1") is True
+    assert run_in_netns(ns, ensure_sysctl, "net.ipv4.ip_forward", "1") is False
+    assert run_in_netns(ns, read_sysctl, "net.ipv4.ip_forward") == "1"
 
 
 def test_namespaces_are_idempotent(run_id) -> None:
@@ -32,18 +34,18 @@ def test_namespaces_are_idempotent(run_id) -> None:
 
 
 def test_entering_a_namespace_that_is_not_one_is_refused(tmp_path) -> None:
-    with pytest.raises(netlink.NetlinkFailure):
-        netlink.run_in_netns(str(tmp_path), lambda: None)
+    with pytest.raises(NetlinkFailure):
+        run_in_netns(str(tmp_path), lambda: None)
 
 
 def test_tun_offload_probe_and_reattach(scratch_netns) -> None:
     ns = scratch_netns("t")
-    first = netlink.run_in_netns(ns, tun.open_tun, "wptun", True, True)
+    first = run_in_netns(ns, tun.open_tun, "wptun", True, True)
     assert first.offload in {name for name, _ in tun.OFFLOAD_MODES}
     first.close()
     with Netlink(ns) as nl:
         link = nl.link("wptun")  # persistent: survives the agent closing it
         assert link is not None and link.kind == "tun"
-    plain = netlink.run_in_netns(ns, tun.open_tun, "wptun", False, True)
+    plain = run_in_netns(ns, tun.open_tun, "wptun", False, True)
     assert plain.offload == "off"
     plain.close()

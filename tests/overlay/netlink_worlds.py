@@ -12,6 +12,7 @@ import pytest
 from overlay import netlink, tun
 from overlay.fake_kernel import FakeKernel
 from overlay.kernel import NetlinkHandle
+from overlay.netns import NETNS_DIR, run_in_netns
 
 T = TypeVar("T")
 
@@ -93,7 +94,7 @@ class KernelWorld:
         return name, handle
 
     def open(self, name: str) -> int:
-        fd = os.open(f"{netlink.NETNS_DIR}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(f"{NETNS_DIR}/{name}", os.O_RDONLY | os.O_CLOEXEC)
         self._fds.append(fd)
         return fd
 
@@ -101,7 +102,7 @@ class KernelWorld:
         return netlink.in_netns(netns, fn)
 
     def add_tun(self, name: str, device: str) -> None:
-        self._tuns.append(netlink.run_in_netns(name, tun.open_tun, device, True, True))
+        self._tuns.append(run_in_netns(name, tun.open_tun, device, True, True))
 
     def netns_names(self) -> list[str]:
         return netlink.list_netns()

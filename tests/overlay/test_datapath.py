@@ -22,7 +22,8 @@ from overlay import frame
 from overlay.datapath import Datapath
 from overlay.fakes import FakeTun, FakeUdp, FakeUnderlay
 from overlay.frame import VNET_HEADER, MessageType
-from overlay.sleeve import PeerEvent, PeerEventKind, PeerSpec, Sleeve
+from overlay.peer import PeerSpec
+from overlay.sleeve import PeerEvent, PeerEventKind, Sleeve
 
 NET = ipaddress.IPv4Network
 A_ID, B_ID, C_ID = 0xA1, 0xB2, 0xC3

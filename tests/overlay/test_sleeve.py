@@ -10,7 +10,8 @@ import pytest
 
 from overlay import frame
 from overlay.frame import MessageType
-from overlay.sleeve import PeerEvent, PeerEventKind, PeerSpec, Sleeve
+from overlay.peer import PeerSpec
+from overlay.sleeve import PeerEvent, PeerEventKind, Sleeve
 
 A_ID, B_ID, C_ID = 0xA1, 0xB2, 0xC3
 A_UID, B_UID = 0x1111, 0x2222
