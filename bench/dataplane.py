@@ -12,7 +12,10 @@ git revision REV (checked out into a temporary ``git worktree`` outside the chec
 afterwards; the agents import it through ``PYTHONPATH`` with ``PYTHONSAFEPATH`` set, which is
 checked before the run). It then measures them in turn, R rounds (weave-py, baseline, vxlan,
 routing, weave-py, ...), so that the slow drifts of a shared VM fall on every case alike; the
-A/B figure ``ab_ratio`` is the median over rounds of weave-py / baseline. Each measurement:
+A/B figures are medians over rounds: ``ab_ratio`` of throughput weave-py / baseline, and
+``ab_cpu_ratio`` of CPU cost, baseline / weave-py, from both agents' CPU seconds per GB moved
+(above 1: this code is cheaper; a cost per byte moves far less with a shared VM's noise than
+throughput does). Each measurement:
 ``iperf3`` from pod 1 (node 1) to pod 2 (node 2) for ``--seconds`` (received rate and sender
 retransmits) and the average of a fast ICMP ping. A case's figure is the median of its
 rounds. Prints a table, then ONE JSON line with every figure (throughput in Gbit/s, RTT in µs,
@@ -60,6 +63,7 @@ class Result:
     retransmits: int
     rtt_us: float
     mtu: int
+    cpu_s_per_gb: float | None = None  # both agents' CPU seconds per GB moved (weave cases)
 
 
 @dataclass(frozen=True)
@@ -146,11 +150,25 @@ def ping_rtt_us(pair: Pair, count: int) -> float:
     return float(found.group(1)) * 1000
 
 
-def measure(case: str, pair: Pair, seconds: int, pings: int, mtu: int) -> Result:
-    log(f"{case}: ping x{pings}, iperf3 {seconds}s")
-    rtt = ping_rtt_us(pair, pings)
-    gbps, retransmits = iperf(pair, seconds)
-    return Result(case, gbps, retransmits, rtt, mtu)
+def measure(c: Case, seconds: int, pings: int) -> Result:
+    log(f"{c.name}: ping x{pings}, iperf3 {seconds}s")
+    rtt = ping_rtt_us(c.pair, pings)
+    before = cpu_seconds(c.pids)
+    gbps, retransmits = iperf(c.pair, seconds)
+    cpu = cpu_seconds(c.pids) - before
+    per_gb = cpu / (gbps * seconds / 8) if c.pids and gbps > 0 else None
+    return Result(c.name, gbps, retransmits, rtt, c.mtu, per_gb)
+
+
+def cpu_seconds(pids: tuple[int, ...]) -> float:
+    """User + system CPU time the processes ``pids`` have used so far, in seconds: a cost
+    per byte that a busy VM's scheduling noise moves far less than throughput."""
+    ticks = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def pair_of(plan: LabPlan) -> Pair:
@@ -163,14 +181,14 @@ class Case:
     name: str
     pair: Pair
     mtu: int
+    pids: tuple[int, ...] = ()  # the agents whose CPU time a measurement counts
 
 
 def weave_case(lab: Lab, case: str = "weave-py") -> Case:
     plan = lab.plan
     mtu = int(lab.report(1)["router"]["mtu"])
-    return Case(
-        case, Pair(plan.pod_ns(1, 1), plan.pod_ns(2, 1), str(lab.pod_address(2, 1).ip)), mtu
-    )
+    pair = Pair(plan.pod_ns(1, 1), plan.pod_ns(2, 1), str(lab.pod_address(2, 1).ip))
+    return Case(case, pair, mtu, tuple(lab.pids[i] for i in (1, 2)))
 
 
 class OldCodeLab(Lab):
@@ -243,7 +261,7 @@ def run_all(
         for k in range(rounds):
             log(f"round {k + 1}/{rounds}")
             for c in cases:
-                results[c.name].append(measure(c.name, c.pair, seconds, pings, c.mtu))
+                results[c.name].append(measure(c, seconds, pings))
         return results
     finally:
         for b in reversed(built):
@@ -286,6 +304,7 @@ def summary(runs: dict[str, list[Result]], name: str, seconds: int) -> dict[str,
     out["bar_ratio_vxlan"] = BAR
     out["meets_bar"] = w.gbps >= BAR * v.gbps
     out["order"] = list(runs)
+    out["weave_cpu_s_per_gb"] = cpu_median(runs["weave-py"])
     if "baseline" in runs:
         out |= ab_summary(runs, results["baseline"], v)
     return out
@@ -293,7 +312,9 @@ def summary(runs: dict[str, list[Result]], name: str, seconds: int) -> dict[str,
 
 def ab_summary(runs: dict[str, list[Result]], b: Result, v: Result) -> dict[str, Any]:
     """The interleaved A/B figures: this code (weave-py) against the baseline revision."""
-    ab = [x.gbps / y.gbps for x, y in zip(runs["weave-py"], runs["baseline"], strict=True)]
+    pairs = list(zip(runs["weave-py"], runs["baseline"], strict=True))
+    ab = [x.gbps / y.gbps for x, y in pairs]
+    cost = [y.cpu_s_per_gb / x.cpu_s_per_gb for x, y in pairs if x.cpu_s_per_gb and y.cpu_s_per_gb]
     return {
         "baseline_gbps": round(b.gbps, 3),
         "baseline_rtt_us": round(b.rtt_us, 1),
@@ -302,7 +323,16 @@ def ab_summary(runs: dict[str, list[Result]], b: Result, v: Result) -> dict[str,
         "baseline_ratio_vxlan": round(b.gbps / v.gbps, 3),
         "ab_ratio": round(statistics.median(ab), 3),
         "ab_ratio_rounds": [round(x, 3) for x in ab],
+        "baseline_cpu_s_per_gb": cpu_median(runs["baseline"]),
+        "ab_cpu_ratio": round(statistics.median(cost), 3) if cost else None,
+        "ab_cpu_ratio_rounds": [round(x, 3) for x in cost],
     }
+
+
+def cpu_median(runs: list[Result]) -> float | None:
+    """The median of the rounds' CPU seconds per GB (None when not measured)."""
+    costs = [r.cpu_s_per_gb for r in runs if r.cpu_s_per_gb is not None]
+    return round(statistics.median(costs), 3) if costs else None
 
 
 def render(results: dict[str, Result]) -> str:
