@@ -31,6 +31,7 @@ from agent.config import Config, split_hostport
 from agent.coordinator import ROUTE_GRACE, Coordinator, Plan
 from agent.ipam import Ipam, Settings
 from agent.kernel import NodeKernel
+from agent.peer_log import peer_event, peer_tables
 from agent.peer_name import load_or_create
 from agent.peers import PeerSource
 from agent.peers.gossip import GossipPeers
@@ -39,11 +40,10 @@ from agent.report import Report, Router
 from gossip.identity import Identity
 from overlay import node, udp
 from overlay.datapath import Datapath
-from overlay.sleeve import PeerEvent, PeerEventKind, Sleeve
+from overlay.sleeve import Sleeve
 
 log = logging.getLogger("weave-py")
 SHUTDOWN_GRACE = 5.0  # seconds a stop may take before the process exits regardless
-PEER_TABLE_INTERVAL = 60.0  # seconds between peer tables in the log
 
 
 def peer_source(
@@ -84,7 +84,8 @@ class Agent:
                              slow_interval=c.heartbeat_slow_interval,
                              timeout=c.heartbeat_timeout)  # fmt: skip
         self.datapath = Datapath(
-            self.sleeve, kernel.tun, self.sock, kernel.underlay.mtu, self._peer_event, c.udp_gso,
+            self.sleeve, kernel.tun, self.sock, kernel.underlay.mtu,
+            lambda event: peer_event(event, kernel.mtu), c.udp_gso,
             connect=lambda peer: udp.open_udp(c.bind_address, 0, c.socket_buffer, peer),
         )  # fmt: skip
         self.addresses = Addresses(self.ipam, self.state, c.ipam_timeout, self.wake, self.follow)
@@ -181,7 +182,7 @@ class Agent:
                     tasks.create_task(self.source.run(self.wake), name=self.source.kind)
                     tasks.create_task(self._follow_loop(), name="follow")
                     tasks.create_task(self._repair_loop(), name="repair")
-                    tasks.create_task(self._peer_table_loop(), name="peer-table")
+                    tasks.create_task(peer_tables(self.report), name="peer-table")
                     await stop.wait()
                     _exit_if_stuck(SHUTDOWN_GRACE)
                     self.source.leave()
@@ -251,26 +252,6 @@ class Agent:
             ipam=self.ipam.status(view.records, view.live, self.identity.nickname),
             sleeve=self.sleeve, routes=self.kernel.routes, control=self.source.connections(),
         )  # fmt: skip
-
-    def _peer_event(self, event: PeerEvent) -> None:
-        p = event.peer
-        where = f"sleeve ->[{p.address[0]}:{p.address[1]}|{p.peer_name}({p.name})]"
-        if event.kind == PeerEventKind.ESTABLISHED:
-            log.info("%s: data path established (%s), mtu=%d", where, event.detail,
-                     self.kernel.mtu)  # fmt: skip
-        elif event.kind == PeerEventKind.LOST:
-            log.warning("%s: data path lost: %s", where, event.detail)
-        else:
-            log.info("%s: peer restarted (%s)", where, event.detail)
-
-    async def _peer_table_loop(self) -> None:
-        """A compact peer table in the log every minute, for ``kubectl logs``."""
-        while True:
-            await asyncio.sleep(PEER_TABLE_INTERVAL)
-            for p in self.report().peers:
-                log.info("peer %s(%s) %s %s tx=%d rx=%d drops=%d", p.name, p.nickname,
-                         p.address, p.state, p.tx_packets, p.rx_packets,
-                         sum(p.drops.values()))  # fmt: skip
 
 
 async def main(config: Config) -> None:
