@@ -16,6 +16,7 @@ handed out, nor a grant that was made.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -109,24 +110,31 @@ class Addresses:
     async def take(self, container_id: str, ifname: str) -> Allocation:
         """The key's allocation, waiting for space up to ``timeout``."""
         gateways = self.ipam.gateways
-        deadline = time.monotonic() + self.timeout
-        while (allocation := self.ipam.allocate(container_id, ifname)) is None:
-            await self._wait_for_space(deadline)
+        allocation = self.ipam.allocate(container_id, ifname)
+        if allocation is None:
+            allocation = await self._wait_for_space(container_id, ifname)
         if self.ipam.gateways != gateways:
             await self.follow()
         return allocation
 
-    async def _wait_for_space(self, deadline: float) -> None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise errors.TimedOut(self.ipam.waiting_message(self.timeout))
-        self._space.clear()
+    async def _wait_for_space(self, container_id: str, ifname: str) -> Allocation:
+        """Counted as pending (so the next step asks for space; it is asked for now), try
+        again after every step until the deadline."""
+        deadline = time.monotonic() + self.timeout
         self.ipam.pending += 1
         try:
             self.wake()
-            await asyncio.wait_for(self._space.wait(), remaining)
-        except TimeoutError:
-            raise errors.TimedOut(self.ipam.waiting_message(self.timeout)) from None
+            while True:
+                self._space.clear()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise errors.TimedOut(self.ipam.waiting_message(self.timeout))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await self._space.wait()
+                allocation = self.ipam.allocate(container_id, ifname)
+                if allocation is not None:
+                    return allocation
         finally:
             self.ipam.pending -= 1
 

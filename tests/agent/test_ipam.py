@@ -356,6 +356,7 @@ async def test_consensus_of_three_alone_times_out_with_504(tmp_path: Path) -> No
         stepper.cancel()
     assert "awaiting consensus" in caught.value.message
     assert "try again later" in caught.value.message
+    assert ipam.kicks == 1  # asked for a step once, then waited for the steps to come
     assert timeout * 0.9 <= elapsed < timeout + 1.0
     assert ipam.owned == []
     assert ipam.pending == 0
