@@ -12,11 +12,11 @@ git revision REV (checked out into a temporary ``git worktree`` outside the chec
 afterwards; the agents import it through ``PYTHONPATH`` with ``PYTHONSAFEPATH`` set, which is
 checked before the run). It then measures them in turn, R rounds (weave-py, baseline, vxlan,
 routing; every other round the baseline first), so that the slow drifts of a shared VM fall
-on every case alike. The A/B figures are medians over rounds: ``ab_ratio`` of throughput weave-py / baseline, and
-``ab_cpu_ratio`` of CPU cost, baseline / weave-py, from both agents' CPU seconds per GB moved
-(above 1: this code is cheaper; a cost per byte moves far less with a shared VM's noise than
-throughput does). Each measurement:
-``iperf3`` from pod 1 (node 1) to pod 2 (node 2) for ``--seconds`` (received rate and sender
+on every case alike. The A/B figures are medians over rounds: ``ab_ratio`` of throughput,
+weave-py / baseline, and ``ab_cpu_ratio`` of CPU cost, baseline / weave-py, from both agents'
+CPU seconds per GB moved (above 1: this code is cheaper; a cost per byte moves far less with
+a shared VM's noise than throughput does). Each measurement: ``iperf3`` from pod 1 (node 1)
+to pod 2 (node 2) for ``--seconds`` (received rate and sender
 retransmits) and the average of a fast ICMP ping. A case's figure is the median of its
 rounds. Prints a table, then ONE JSON line with every figure (throughput in Gbit/s, RTT in µs,
 ratios weave/vxlan and weave/routing, each round's throughputs, the load average before and
