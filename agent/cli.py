@@ -76,8 +76,8 @@ def _cni_commands(sub: Commands) -> None:
         help="the agent's CNI socket, written into the conflist",
     )
     cni.add_argument("--name", default=install.NETWORK_NAME, help="network name")
-    cni.add_argument("--python", default="", help="interpreter the plugin runs with on the "
-                     "host; default /usr/bin/python3 when present here")  # fmt: skip
+    cni.add_argument("--plugin", default="", help="the plugin binary to install; default "
+                     "weave-py-net beside this weave-py (<sys.prefix>/bin)")  # fmt: skip
     cni.set_defaults(func=cmd_install_cni)
 
 
@@ -197,7 +197,7 @@ def cmd_rmpeer(args: argparse.Namespace) -> int:
 def cmd_install_cni(args: argparse.Namespace) -> int:
     try:
         written = install.install(
-            args.bin_dir, args.conf_dir, args.socket, args.name, python=args.python
+            args.bin_dir, args.conf_dir, args.socket, args.name, plugin=args.plugin
         )
     except OSError as exc:
         print(f"weave-py: install-cni: {exc}", file=sys.stderr)

@@ -15,7 +15,7 @@ import ipaddress
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
-from agent.cni.plugin import DEFAULT_SOCKET as DEFAULT_CNI_SOCKET
+from agent.cni.spec import DEFAULT_SOCKET as DEFAULT_CNI_SOCKET
 
 
 class ConfigError(ValueError):

@@ -1,4 +1,5 @@
-"""CNI latency benchmark: weave-py's plugin against the reference ``bridge`` + ``host-local``.
+"""CNI latency benchmark: weave-py's plugin (the ``weave-py-net`` binary scripts/build-plugin
+builds) against the reference ``bridge`` + ``host-local``.
 
 ``python -m bench.cni [--pods N] [--name NAME]`` builds a one-node weave-py lab and, beside it,
 a scratch "host" namespace for the reference plugins (Debian's containernetworking-plugins),
@@ -25,6 +26,7 @@ import tempfile
 import time
 from typing import Any
 
+from agent.cni import install
 from agent.lab import cni
 from agent.lab.lab import Lab
 from agent.lab.plan import LabPlan
@@ -141,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--name: 1-9 of [a-z0-9]; --pods: 1..500")
     if not os.access(f"{REFERENCE}/bridge", os.X_OK):
         parser.error(f"{REFERENCE}/bridge missing: apt-get install containernetworking-plugins")
+    if not os.access(install.default_plugin(), os.X_OK):
+        parser.error(f"{install.default_plugin()} missing: run scripts/build-plugin")
     summary = run(args.name, args.pods)
     print(table(summary))
     print(json.dumps(summary))

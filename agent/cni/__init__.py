@@ -1,9 +1,11 @@
 """CNI: the agent's side of the plugin protocol, and the plugin itself.
 
-- ``plugin``: the standard-library-only executable the runtime runs (copied verbatim into the
-  CNI bin directory by ``install``); it is also the one place the protocol's shared constants
-  live (spec versions, error codes it reports, the frame limit, the default socket).
-- ``spec``: a request and its network configuration, checked once; ``CniError`` and ``Code``.
+- ``plugin/``: the executable the runtime runs, ``weave-py-net``: a static Go program (standard
+  library only; scripts/build-plugin) that checks the request, opens the pod's netns and hands
+  both to the agent. ``install`` copies it into the CNI bin directory.
+- ``spec``: a request and its network configuration, checked once; ``CniError`` and ``Code``;
+  the protocol's constants the plugin shares (versions, commands, codes, the frame limit, the
+  default socket).
 - ``result``: what ADD answers and CHECK expects, in the configuration's cniVersion.
 - ``seams``: the two seams the daemon builds for the handler, ``PodAddresses`` (IPAM) and
   ``PodNetwork`` (veth, address, routes), and the one table mapping the agent's refusals to

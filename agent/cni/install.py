@@ -1,7 +1,9 @@
 """``weave-py install-cni``: put the CNI plugin and the network's conflist where runtimes look.
 
-The plugin (agent/cni/plugin.py, standard library only) is copied into the CNI bin directory
-as ``weave-py-net``; the conflist (our plugin, then ``portmap`` for hostPort mappings) goes into
+The plugin is a static binary (agent/cni/plugin, built by scripts/build-plugin next to the
+``weave-py`` console script: ``<sys.prefix>/bin/weave-py-net``, in the virtualenv and in the
+image); it needs nothing on the node. It is copied into the CNI bin directory as
+``weave-py-net``; the conflist (our plugin, then ``portmap`` for hostPort mappings) goes into
 the CNI conf directory as ``10-weave-py.conflist``. Both are written to a temporary file in the
 target directory and renamed into place, so a runtime never reads half a file, and nothing but
 these two names is touched: other networks' files stay as they are.
@@ -9,13 +11,13 @@ these two names is touched: other networks' files stay as they are.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
 from typing import Any
 
-from agent.cni import plugin
-from agent.cni.plugin import DEFAULT_SOCKET
+from agent.cni.spec import DEFAULT_SOCKET
 from overlay.ipam import store
 
 PLUGIN_TYPE = "weave-py-net"
@@ -26,23 +28,22 @@ DEFAULT_BIN_DIR = "/opt/cni/bin"
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
 
 
-def plugin_source(python: str = "") -> bytes:
-    """The plugin's text, with its first line naming the interpreter the runtime will use:
-    the system Python, since the plugin needs nothing but the standard library. (From a
-    container, pass the host's path, e.g. /usr/bin/python3.)"""
-    with open(plugin.__file__, "rb") as f:
-        text = f.read()
-    body = text.split(b"\n", 1)[1] if text.startswith(b"#!") else text
-    # -I: no environment or user site; -S: no site module (start-up time).
-    return b"#!" + (python or python_for_plugin()).encode() + b" -IS\n" + body
+def default_plugin() -> str:
+    """Where the plugin binary is built and shipped: beside this interpreter's scripts."""
+    return os.path.join(sys.prefix, "bin", PLUGIN_TYPE)
 
 
-def python_for_plugin() -> str:
-    """The host's python3 the plugin's first line names (this interpreter if there is none)."""
-    for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return sys.executable
+def plugin_binary(path: str = "") -> bytes:
+    """The plugin's bytes, from ``path`` or the default place; an ``OSError`` that says how to
+    build it when it is not there."""
+    source = path or default_plugin()
+    try:
+        with open(source, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            errno.ENOENT, "CNI plugin not built (scripts/build-plugin builds it)", source
+        ) from None
 
 
 def conflist(
@@ -75,10 +76,11 @@ def install(
     socket_path: str = DEFAULT_SOCKET,
     name: str = NETWORK_NAME,
     mtu: int = 0,
-    python: str = "",
+    plugin: str = "",
 ) -> list[str]:
-    """Install plugin and conflist; the paths written."""
-    plugin = write_atomic(bin_dir, PLUGIN_TYPE, plugin_source(python), 0o755)
+    """Install the plugin binary (``plugin``, default ``default_plugin()``) and the conflist;
+    the paths written."""
+    binary = write_atomic(bin_dir, PLUGIN_TYPE, plugin_binary(plugin), 0o755)
     text = json.dumps(conflist(socket_path, name, mtu), indent=2) + "\n"
     conf = write_atomic(conf_dir, CONFLIST_NAME, text.encode(), 0o644)
-    return [plugin, conf]
+    return [binary, conf]

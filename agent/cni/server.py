@@ -1,9 +1,9 @@
 """The unix socket the CNI plugin forwards requests to, with the pod's netns as a descriptor.
 
-Wire format: the plugin's (agent/cni/plugin.py, whose constants it is built on). One connection
+Wire format: the plugin's (agent/cni/plugin/main.go; the constants are spec's). One connection
 per request; the plugin sends one frame, the agent answers with one frame and closes. A frame
 is a 4-byte big-endian length and that many bytes of UTF-8 JSON (an object), at most
-``plugin.MAX_FRAME_BYTES``. The request may carry one file descriptor (SCM_RIGHTS): the pod's
+``spec.MAX_FRAME_BYTES``. The request may carry one file descriptor (SCM_RIGHTS): the pod's
 network namespace. Replies are ``{"ok": true, "result": ...}`` or
 ``{"ok": false, "error": {"code", "msg", "details"}}``.
 
@@ -31,8 +31,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from agent.cni.plugin import LENGTH, MAX_FRAME_BYTES
-from agent.cni.spec import CniError, Code
+from agent.cni.spec import LENGTH, MAX_FRAME_BYTES, CniError, Code
 
 log = logging.getLogger("weave-py.cni")
 

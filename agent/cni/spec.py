@@ -1,24 +1,36 @@
 """What a CNI request says, checked once: the frame the plugin forwards, CNI_ARGS and the
 network configuration. Every malformed input is one ``CniError`` with the spec's code.
 
-The protocol's constants (versions, the commands and the variables each needs, the codes the
-plugin reports) are the plugin's (agent/cni/plugin.py), which must stay importable without the
-project; they are not repeated here.
+It also holds the agent's side of the protocol's constants: the versions, the commands and the
+variables each needs, the frame's length prefix and limit, the default socket and the codes.
+The plugin (agent/cni/plugin/, a Go program) holds the same values; tests/agent/
+test_cni_plugin.py compares them with what the built binary prints for ``--constants``.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from agent.cni import plugin
-
-SUPPORTED_VERSIONS = plugin.SUPPORTED_VERSIONS
-COMMANDS = tuple(command for command in plugin.REQUIRED_ENV if command != "VERSION")
+SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+MIN_VERSION = {"CHECK": "0.4.0", "GC": "1.1.0", "STATUS": "1.1.0"}  # the others: every version
+REQUIRED_ENV = {  # set and non-empty, per CNI_COMMAND
+    "ADD": ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "CHECK": ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"),
+    "DEL": ("CNI_COMMAND", "CNI_CONTAINERID", "CNI_IFNAME"),
+    "GC": ("CNI_COMMAND",),
+    "STATUS": ("CNI_COMMAND",),
+    "VERSION": ("CNI_COMMAND",),
+}
+COMMANDS = tuple(command for command in REQUIRED_ENV if command != "VERSION")  # the agent's
+DEFAULT_SOCKET = "/run/weave-py/cni.sock"  # when neither the conflist nor WEAVE_CNI_SOCKET says
+MAX_FRAME_BYTES = 1 << 20  # bytes of JSON in one frame, either direction
+LENGTH = struct.Struct(">I")  # the frame's length prefix
 OWN_IPAM = "weave-py"
 MAX_IFNAME = 15  # IFNAMSIZ - 1
 
@@ -31,18 +43,18 @@ _FIELDS = {"CNI_CONTAINERID": "container_id", "CNI_NETNS": "netns", "CNI_IFNAME"
 class Code(IntEnum):
     """CNI error codes. The numbers are the protocol: append only."""
 
-    INCOMPATIBLE_VERSION = plugin.INCOMPATIBLE_VERSION
+    INCOMPATIBLE_VERSION = 1
     UNSUPPORTED_FIELD = 2
     UNKNOWN_CONTAINER = 3
-    INVALID_ENV = plugin.INVALID_ENV
-    IO_FAILURE = plugin.IO_FAILURE
-    DECODE = plugin.DECODE
-    INVALID_CONFIG = plugin.INVALID_CONFIG
-    TRY_AGAIN_LATER = plugin.TRY_AGAIN_LATER
-    NOT_READY = plugin.NOT_READY  # STATUS: not ready for ADD
+    INVALID_ENV = 4
+    IO_FAILURE = 5
+    DECODE = 6
+    INVALID_CONFIG = 7
+    TRY_AGAIN_LATER = 11
+    NOT_READY = 50  # STATUS: not ready for ADD
     LIMITED_CONNECTIVITY = 51
     # plugin-specific
-    INTERNAL = plugin.INTERNAL  # a bug in the agent: the message names the exception
+    INTERNAL = 100  # a bug in the agent: the message names the exception
     KERNEL = 101  # the kernel refused a netlink operation
     INTERFACE_EXISTS = 102  # ADD: the pod already has CNI_IFNAME
     NO_ADDRESS = 103  # the agent's IPAM has no free address
@@ -98,7 +110,7 @@ def parse_request(frame: Mapping[str, Any]) -> Request:
     request = Request(**fields, netns_missing=missing_netns)
     if request.command not in COMMANDS:
         raise CniError(Code.INVALID_ENV, f"CNI_COMMAND {request.command!r} is not supported")
-    required = plugin.REQUIRED_ENV[request.command]
+    required = REQUIRED_ENV[request.command]
     missing = [env for env in required if env in _FIELDS and not fields[_FIELDS[env]]]
     if missing:
         raise CniError(Code.INVALID_ENV, f"required env variables [{' '.join(missing)}] missing")
@@ -121,6 +133,11 @@ def _check_ifname(name: str) -> None:
     )
     if bad:
         raise CniError(Code.INVALID_ENV, f"CNI_IFNAME {name!r} is not a valid interface name")
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """A dotted version as numbers, for comparing."""
+    return tuple(int(part) for part in version.split("."))
 
 
 def parse_args(text: str) -> dict[str, str]:
@@ -156,12 +173,12 @@ class NetConf:
 
     def at_least(self, version: str) -> bool:
         """Whether the configuration's cniVersion is ``version`` or newer."""
-        return plugin.version_key(self.version) >= plugin.version_key(version)
+        return version_key(self.version) >= version_key(version)
 
     def allows(self, command: str) -> bool:
         """Whether the configuration's cniVersion has ``command`` (CHECK, GC, STATUS are
         newer than the others)."""
-        needed = plugin.MIN_VERSION.get(command)
+        needed = MIN_VERSION.get(command)
         return needed is None or self.at_least(needed)
 
 

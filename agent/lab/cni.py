@@ -1,7 +1,8 @@
 """The lab's container runtime: pods are added and deleted through the installed CNI plugin.
 
-Each node has its own CNI bin and conf directories (``weave-py install-cni`` output) and its
-agent its own CNI socket. A call runs the plugin binary the way a runtime does: in the node's
+Each node has its own CNI bin and conf directories (``weave-py install-cni`` output: the
+plugin binary built by scripts/build-plugin, and the conflist) and its agent its own CNI
+socket. A call runs the installed plugin binary the way a runtime does: in the node's
 ("host's") network namespace, with the CNI_* environment and the network's plugin config on
 stdin (the conflist's first plugin, with the list's name and cniVersion, as libcni sends it).
 """
@@ -24,6 +25,7 @@ REFERENCE_PLUGINS = "/usr/lib/cni"
 
 
 def install(plan: LabPlan, i: int) -> list[str]:
+    """Node i's plugin and conflist, as ``weave-py install-cni`` writes them; the paths."""
     return install_cni.install(plan.cni_bin_dir(i), plan.cni_conf_dir(i), plan.cni_socket(i))
 
 
@@ -68,7 +70,7 @@ def call(
 def _environment(
     plan: LabPlan, i: int, command: str, container_id: str, netns: str, ifname: str
 ) -> dict[str, str]:
-    """The CNI_* variables a runtime sets, and a PATH for the plugin's interpreter."""
+    """The variables a runtime sets: CNI_* and its own PATH."""
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "CNI_COMMAND": command,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agent.cni import plugin
+from agent.cni import spec
 from agent.cni.handler import Handler
 from agent.cni.server import CniServer
 from agent.cni.spec import CniError, Code
@@ -102,7 +102,7 @@ async def test_server_replaces_a_stale_socket_file(socket_path: str) -> None:
 @pytest.mark.parametrize(
     ("data", "text"),
     [
-        (struct.pack("!I", plugin.MAX_FRAME_BYTES + 1), "exceeds"),
+        (struct.pack("!I", spec.MAX_FRAME_BYTES + 1), "exceeds"),
         (struct.pack("!I", 3) + b"{{{", "not JSON"),
         (struct.pack("!I", 2) + b"\xff\xfe", "not JSON"),
         (frame_bytes([1, 2]), "not a JSON object"),

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agent.cni import plugin, result, spec
+from agent.cni import result, spec
 from agent.cni.spec import CniError, Code
 
 MAC = "0a:58:0a:20:00:05"
@@ -109,12 +109,7 @@ def test_commands_each_version_allows(version: str, allowed: set[str]) -> None:
     assert {c for c in spec.COMMANDS if parsed.allows(c)} == allowed
 
 
-def test_the_agent_speaks_the_plugins_versions_and_codes() -> None:
-    assert spec.SUPPORTED_VERSIONS == plugin.SUPPORTED_VERSIONS
+def test_the_agent_serves_every_command_but_version() -> None:
+    """(The plugin's versions, codes and limits are compared with spec's in
+    tests/agent/test_cni_plugin.py, on the built binary.)"""
     assert set(spec.COMMANDS) == {"ADD", "DEL", "CHECK", "GC", "STATUS"}
-    reported = {
-        name: value
-        for name, value in vars(plugin).items()
-        if name.isupper() and isinstance(value, int) and 0 < value < 1000
-    }
-    assert reported == {name: Code[name] for name in reported}

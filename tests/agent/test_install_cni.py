@@ -1,5 +1,5 @@
-"""``weave-py install-cni`` (agent/cni/install.py): plugin and conflist land atomically, other
-networks stay."""
+"""``weave-py install-cni`` (agent/cni/install.py): the plugin binary and the conflist land
+atomically, other networks stay."""
 
 from __future__ import annotations
 
@@ -10,9 +10,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from agent.cni import install
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built() -> None:
+    """The plugin binary where install-cni takes it from by default."""
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "build-plugin"), install.default_plugin()],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def run_install(*args: str) -> subprocess.CompletedProcess[str]:
@@ -34,8 +46,7 @@ def test_installs_plugin_and_conflist_and_keeps_other_files(tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr
     plugin = bin_dir / install.PLUGIN_TYPE
     assert stat.S_IMODE(plugin.stat().st_mode) == 0o755
-    first = plugin.read_bytes().split(b"\n", 1)[0]
-    assert first.startswith(b"#!") and b"python3" in first
+    assert plugin.read_bytes() == Path(install.default_plugin()).read_bytes()
     conf = json.loads((conf_dir / install.CONFLIST_NAME).read_text())
     assert conf["name"] == "weave-py" and conf["cniVersion"] == "1.0.0"
     assert [p["type"] for p in conf["plugins"]] == ["weave-py-net", "portmap"]
@@ -58,6 +69,27 @@ def test_installed_plugin_answers_version_with_dummy_env(tmp_path: Path) -> None
                           timeout=10, check=False)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1.0.0" in json.loads(done.stdout)["supportedVersions"]
+
+
+def test_the_plugin_option_names_the_binary_to_install(tmp_path: Path) -> None:
+    other = tmp_path / "other-build"
+    other.write_bytes(b"\x7fELF another build")
+    bin_dir = tmp_path / "bin"
+    done = run_install("--bin-dir", str(bin_dir), "--conf-dir", str(tmp_path / "c"),
+                       "--plugin", str(other))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    installed = bin_dir / install.PLUGIN_TYPE
+    assert installed.read_bytes() == other.read_bytes()
+    assert stat.S_IMODE(installed.stat().st_mode) == 0o755
+
+
+def test_a_plugin_not_built_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "weave-py-net"
+    done = run_install("--bin-dir", str(tmp_path / "b"), "--conf-dir", str(tmp_path / "c"),
+                       "--plugin", str(missing))  # fmt: skip
+    assert done.returncode == 1
+    assert "scripts/build-plugin" in done.stderr and str(missing) in done.stderr
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 
 def test_unwritable_target_is_a_clear_error(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
-"""The installed CNI plugin driven by real clients on the real kernel: the reference plugins as
-the oracle for errors and edge cases, cnitool (libcni), podman with its CNI backend, and a
-runtime-like storm of parallel ADD/DEL. Recipes: ../shared/CNI.md.
+"""The installed CNI plugin (the static binary) driven by real clients on the real kernel: the
+reference plugins as the oracle for errors and edge cases, cnitool (libcni), podman with its CNI
+backend, a runtime-like storm of parallel ADD/DEL, and a node with no /usr at all (no python3,
+no libc). Recipes: ../shared/CNI.md.
 """
 
 from __future__ import annotations
@@ -108,6 +109,39 @@ def test_version_with_dummy_env_lists_what_conflists_use(lab_factory) -> None:
     done = cni.call(lab.plan, 1, "VERSION", "dummy", "dummy", "dummy", config="")
     versions = json.loads(done.stdout)["supportedVersions"]
     assert {"0.3.1", "0.4.0", "1.0.0", "1.1.0"} <= set(versions)
+
+
+def test_the_plugin_wires_a_pod_on_a_node_without_usr(lab_factory, scratch_netns) -> None:
+    """The runtime's mount namespace without /usr (so without python3, a shell or libc; /bin and
+    /lib are links into it on Debian): ADD and DEL work all the same."""
+    lab = lab_factory(nodes=1, pods=0)
+    pod = scratch_netns("bare")
+    environ = {"PATH": "/usr/bin:/bin", "CNI_CONTAINERID": "bare", "CNI_NETNS": netns_path(pod),
+               "CNI_IFNAME": "eth0", "CNI_PATH": lab.plan.cni_bin_dir(1)}  # fmt: skip
+    bare = (
+        'mount -t tmpfs wpbare /usr && [ ! -e /usr/bin/python3 ] && [ ! -e /bin/sh ] && exec "$0"'
+    )
+    node = f"--net={netns_path(lab.plan.node_ns(1))}"
+    unshare = ["unshare", "--mount", "--propagation", "private", "sh", "-c", bare]
+    command = ["nsenter", node, *unshare, cni.plugin_path(lab.plan, 1)]
+    stdin = json.dumps(cni.network_config(lab.plan, 1))
+
+    def call(operation: str) -> str:
+        env = {**environ, "CNI_COMMAND": operation}
+        done = subprocess.run(
+            command, input=stdin, capture_output=True, text=True, env=env, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    address = ipaddress.IPv4Interface(json.loads(call("ADD"))["ips"][0]["address"])
+    with Netlink(pod) as inside:
+        assert address in inside.list_addresses("eth0")
+    assert call("DEL") == ""
+    with Netlink(pod) as inside:
+        assert inside.link("eth0") is None
+    assert lab.report(1)["ipam"]["used"] == 0
+    assert pod_ports(lab) == []
 
 
 # -- cnitool (libcni) --------------------------------------------------------------------------
