@@ -5,16 +5,19 @@ and the real kernel to keep it faithful where the agent depends on the kernel:
 - each namespace starts with a loopback ``lo`` (index 1, down) and numbers its links from 2;
 - links with index, kind, MTU, state, master, MAC and GSO size; a veth's peer may be born in
   another namespace (registered first) and is deleted with it; deleting a bridge frees its ports;
+- hairpin on a bridge port only (EOPNOTSUPP on any other link), lost when it leaves its bridge;
 - addresses per link: a second address in the subnet of another is a secondary, and deleting
   the primary deletes its secondaries (``promote_secondaries`` off, the default);
 - the main table: a connected route per primary address of an up link (protocol kernel),
   routes replaced per destination, a gateway only through a connected route of the link, routes
   via a link flushed when it goes down, is deleted or loses its last address;
+- nftables tables by name (``overlay.fake_nat``);
 - errno as the kernel gives it: EEXIST, ENODEV, EINVAL (unknown master), ENETDOWN,
-  ENETUNREACH, EADDRNOTAVAIL, ESRCH.
+  ENETUNREACH, EADDRNOTAVAIL, ESRCH, EOPNOTSUPP, ENOENT.
 
 Not modelled: other tables, metrics and scopes, IPv6, the bridge's automatic MTU.
-``requests`` counts the primitives called, each one netlink request on the real kernel.
+``requests`` counts the netlink requests the primitives make on the real kernel (one each, but
+three to read a NAT table that exists).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Protocol
 
+from overlay.fake_nat import FakeNatTables
 from overlay.kernel import NetlinkHandle
 from overlay.netdev import (
     RTPROT_KERNEL,
@@ -52,12 +56,13 @@ class _Device:
     up: bool = False
     master: int = 0
     gso_max_size: int = DEFAULT_GSO_MAX_SIZE
+    hairpin: bool = False
     peer: tuple[FakeNetns, int] | None = None
     addresses: list[IPv4Interface] = field(default_factory=list)
 
     def link(self) -> Link:
         return Link(self.index, self.name, self.kind, self.mtu, self.up, self.master,
-                    self.gso_max_size, self.mac)  # fmt: skip
+                    self.gso_max_size, self.mac, self.hairpin)  # fmt: skip
 
     def primaries(self) -> list[IPv4Interface]:
         return [a for i, a in enumerate(self.addresses) if _primary_of(self.addresses[:i], a)]
@@ -85,7 +90,7 @@ class Registry(Protocol):
         """A fresh locally administered unicast MAC."""
 
 
-class FakeNetns(NetlinkHandle):
+class FakeNetns(FakeNatTables, NetlinkHandle):
     """One in-memory namespace, and a netlink handle on it."""
 
     def __init__(self, kernel: Registry) -> None:
@@ -93,7 +98,7 @@ class FakeNetns(NetlinkHandle):
         self._devices: dict[int, _Device] = {}
         self._routes: dict[IPv4Network, RouteEntry] = {}
         self._next_index = LOOPBACK
-        self.requests = 0
+        FakeNatTables.__init__(self)
         loopback = self._add("lo", "")
         loopback.mtu, loopback.mac = 65536, "00:00:00:00:00:00"
 
@@ -113,10 +118,11 @@ class FakeNetns(NetlinkHandle):
         return device
 
     def destroy(self) -> None:
-        """Delete every link (veth peers elsewhere go with them)."""
+        """Delete every link (veth peers elsewhere go with them) and every table."""
         for index in list(self._devices):
             if index in self._devices:
                 self._delete(index)
+        self._nat.clear()
 
     # -- links -------------------------------------------------------------------------------
 
@@ -166,16 +172,30 @@ class FakeNetns(NetlinkHandle):
     def set_link_index(self, index: int, change: LinkChange) -> None:
         """Change a link; going down flushes the routes via it."""
         self.requests += 1
-        device = self._device(index, "set link")
+        self._set(self._device(index, "set link"), change)
+
+    def set_link_by_name(self, name: str, change: LinkChange) -> None:
+        """Change the link named ``name``."""
+        self.requests += 1
+        device = self._find(name)
+        if device is None:
+            raise NetlinkFailure(f"set link {name}", errno.ENODEV)
+        self._set(device, change)
+
+    def _set(self, device: _Device, change: LinkChange) -> None:
         if change.master:
             self._check_master(change.master)
+        if change.hairpin is not None and not device.master:  # the port's part comes first
+            raise NetlinkFailure(f"set link {device.name}", errno.EOPNOTSUPP)
+        device.hairpin = change.hairpin if change.hairpin is not None else device.hairpin
         device.mtu = change.mtu if change.mtu is not None else device.mtu
-        device.master = change.master if change.master is not None else device.master
+        if change.master is not None and change.master != device.master:
+            device.master, device.hairpin = change.master, False
         device.gso_max_size = change.gso_max_size or device.gso_max_size
         if change.up is not None:
             device.up = change.up
             if not change.up:
-                self._flush_routes(index)
+                self._flush_routes(device.index)
 
     def remove_link_index(self, index: int) -> None:
         """Delete a link, its peer, its routes; free its ports."""
@@ -188,7 +208,7 @@ class FakeNetns(NetlinkHandle):
         self._flush_routes(index)
         for port in self._devices.values():
             if port.master == index:
-                port.master = 0
+                port.master, port.hairpin = 0, False
         if device.peer is not None:
             there, peer = device.peer
             if peer in there._devices:

@@ -1,4 +1,5 @@
-"""The netlink seam: what the agent asks of one network namespace's links, addresses and routes.
+"""The netlink seam: what the agent asks of one network namespace's links, addresses, routes and
+its own nftables NAT table.
 
 The values it speaks are in ``overlay.netdev``. Two implementations hold to it:
 ``overlay.netlink.Netlink`` (pyroute2, the real kernel) and ``overlay.fake_kernel`` (in memory,
@@ -16,12 +17,16 @@ Theory of operation:
   implementations inherit them by subclassing the Protocol.
 - Routes this project installs carry protocol ``RTPROT_WEAVE_PY``, so listing and removing by
   default only ever touch our own routes in the main table.
+- nftables: ``NatTables`` reads, replaces and removes one table by name (family ip), and the
+  agent only ever names its own (``overlay.node.NAT_TABLE``); other tables (kube-proxy's,
+  iptables-nft's) are never read or changed. A replacement is one transaction, so packets see
+  either the old table or the new one.
 """
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Protocol, Self, TypeVar
 
@@ -30,6 +35,8 @@ from overlay.netdev import (
     Bridge,
     Link,
     LinkChange,
+    Masquerade,
+    NatTable,
     NetlinkFailure,
     NewLink,
     Route,
@@ -54,7 +61,12 @@ class LinkTable(Protocol):
         """Create a link; EEXIST when a name is taken, EINVAL for an unknown master."""
 
     def set_link_index(self, index: int, change: LinkChange) -> None:
-        """Set what ``change`` names on link ``index``; ENODEV when there is no such link."""
+        """Set what ``change`` names on link ``index``; ENODEV when there is no such link,
+        EOPNOTSUPP for ``hairpin`` on a link that is not a bridge port."""
+
+    def set_link_by_name(self, name: str, change: LinkChange) -> None:
+        """``set_link_index`` for a link known by name only (the kernel looks it up, still one
+        request); ENODEV when there is none."""
 
     def remove_link_index(self, index: int) -> None:
         """Delete link ``index`` (a veth takes its peer along); ENODEV when gone."""
@@ -100,7 +112,22 @@ class RouteTable(Protocol):
         is unreachable."""
 
 
-class NetlinkHandle(LinkTable, AddressTable, RouteTable, Protocol):
+class NatTables(Protocol):
+    """nftables tables (family ip) of one namespace, by name; callers name only their own."""
+
+    def nat_table(self, name: str) -> NatTable | None:
+        """Table ``name`` as the kernel reports it; None when there is none. One request when
+        it is missing, three when it is there (the table, our chain, a dump of its rules)."""
+
+    def replace_nat_table(self, name: str, rules: Sequence[Masquerade]) -> None:
+        """Make table ``name`` hold exactly our postrouting NAT chain with ``rules``, created
+        when missing, whatever it held before gone: one transaction, one request."""
+
+    def remove_nat_table(self, name: str) -> None:
+        """Delete table ``name`` with everything in it; ENOENT when there is none."""
+
+
+class NetlinkHandle(LinkTable, AddressTable, RouteTable, NatTables, Protocol):
     """Netlink in one network namespace: the primitives plus the idempotent operations by
     name that lab, bench and the agent's start-up use (each looks the link up first)."""
 

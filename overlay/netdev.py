@@ -1,5 +1,6 @@
 """The values the netlink seam (``overlay.kernel``) speaks: links and routes as the kernel
-reports them, the links it can create, the changes it can make, and its one failure."""
+reports them, the links it can create, the changes it can make, our nftables NAT table, and its
+one failure."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class Link:
     master: int
     gso_max_size: int
     mac: str = ""
+    hairpin: bool = False  # a bridge port that may send a frame back out where it came in
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,7 @@ class LinkChange:
     up: bool | None = None
     master: int | None = None  # a bridge's index; 0 takes the link off its bridge
     gso_max_size: int | None = None
+    hairpin: bool | None = None  # only on a link that already is a bridge port (EOPNOTSUPP)
 
 
 @dataclass(frozen=True)
@@ -99,3 +102,22 @@ class Vxlan:
 
 
 NewLink = Bridge | Veth | Vxlan
+
+
+@dataclass(frozen=True)
+class Masquerade:
+    """A rule of our NAT table: IPv4 packets from ``source`` to any address outside ``exempt``
+    leave with the address of the interface they leave by."""
+
+    source: IPv4Network
+    exempt: IPv4Network
+
+
+@dataclass(frozen=True)
+class NatTable:
+    """An nftables table (family ip) as the kernel reports it. ``chained``: it holds exactly
+    our chain (postrouting, type nat, srcnat priority, policy accept) and nothing else;
+    ``rules``: the rules in it, None for each of a shape we do not make."""
+
+    chained: bool
+    rules: tuple[Masquerade | None, ...]

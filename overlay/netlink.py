@@ -1,5 +1,6 @@
-"""The kernel's side of the netlink seam: ``overlay.kernel``'s primitives over pyroute2 (the one
-module that imports it), and named network namespaces under /run/netns.
+"""The kernel's side of the netlink seam: ``overlay.kernel``'s primitives over pyroute2 (with
+``overlay.nftables`` for our NAT table, the only modules that import it), and named network
+namespaces under /run/netns.
 
 A ``Netlink`` object is bound to one namespace, by name, or to the caller's own; each primitive
 is one request and turns the kernel's refusal into ``NetlinkFailure`` with its errno. The
@@ -10,7 +11,7 @@ is ``overlay.netns``'s.
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, TypeVar
 
@@ -25,16 +26,20 @@ from overlay.netdev import (
     Bridge,
     Link,
     LinkChange,
+    Masquerade,
+    NatTable,
     NetlinkFailure,
     NewLink,
     RouteEntry,
     Veth,
 )
 from overlay.netns import run_in_netns
+from overlay.nftables import Nftables
 
 AF_INET = 2
 RTN_UNICAST = 1
 IFF_UP = 1
+BR_HAIRPIN_MODE = 1  # IFLA_BRPORT_MODE
 
 T = TypeVar("T")
 
@@ -45,6 +50,7 @@ class Netlink(NetlinkHandle):
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
         self._ipr = IPRoute(netns=netns) if netns else IPRoute()
+        self._nft = Nftables(netns)
 
     def close(self) -> None:
         """Close the netlink socket."""
@@ -78,6 +84,10 @@ class Netlink(NetlinkHandle):
     def set_link_index(self, index: int, change: LinkChange) -> None:
         """RTM_NEWLINK on an existing index, only the attributes ``change`` names."""
         self._call(f"set link {index}", self._ipr.link, "set", index=index, **_change(change))
+
+    def set_link_by_name(self, name: str, change: LinkChange) -> None:
+        """RTM_NEWLINK on an existing link named in IFLA_IFNAME (index 0)."""
+        self._call(f"set link {name}", self._ipr.link, "set", ifname=name, **_change(change))
 
     def remove_link_index(self, index: int) -> None:
         """RTM_DELLINK."""
@@ -132,6 +142,20 @@ class Netlink(NetlinkHandle):
         self._call(f"delete route {destination}", self._ipr.route, "del", dst=str(destination),
                    oif=index, proto=protocol, table=MAIN_TABLE)  # fmt: skip
 
+    # -- our nftables table ----------------------------------------------------------------
+
+    def nat_table(self, name: str) -> NatTable | None:
+        """NFT_MSG_GETTABLE, then NFT_MSG_GETCHAIN and a dump of its rules (overlay.nftables)."""
+        return self._nft.table(name)
+
+    def replace_nat_table(self, name: str, rules: Sequence[Masquerade]) -> None:
+        """One nfnetlink batch (overlay.nftables)."""
+        self._nft.replace(name, rules)
+
+    def remove_nat_table(self, name: str) -> None:
+        """NFT_MSG_DELTABLE in a batch of its own."""
+        self._nft.remove(name)
+
     def route_index(self, destination: IPv4Address) -> int | None:
         """RTM_GETROUTE for one address (what ``ip route get`` asks)."""
         try:
@@ -182,12 +206,18 @@ def _change(change: LinkChange) -> dict[str, Any]:
         out["master"] = change.master
     if change.gso_max_size is not None:
         out["gso_max_size"] = change.gso_max_size
+    if change.hairpin is not None:  # the port's side of its bridge: "bridge_slave" data
+        port = [("IFLA_BRPORT_MODE", BR_HAIRPIN_MODE if change.hairpin else 0)]
+        out["IFLA_LINKINFO"] = {"attrs": [("IFLA_INFO_SLAVE_KIND", "bridge"),
+                                          ("IFLA_INFO_SLAVE_DATA", {"attrs": port})]}  # fmt: skip
     return out
 
 
 def _link(msg: Any) -> Link:
     info = msg.get("IFLA_LINKINFO")
     kind = info.get("IFLA_INFO_KIND") if info else None
+    bridged = info is not None and info.get("IFLA_INFO_SLAVE_KIND") == "bridge"
+    port = info.get("IFLA_INFO_SLAVE_DATA") if bridged else None
     return Link(
         index=msg["index"],
         name=msg.get("IFLA_IFNAME"),
@@ -197,6 +227,7 @@ def _link(msg: Any) -> Link:
         master=msg.get("IFLA_MASTER") or 0,
         gso_max_size=msg.get("IFLA_GSO_MAX_SIZE") or 0,
         mac=msg.get("IFLA_ADDRESS") or "",
+        hairpin=bool(port is not None and port.get("IFLA_BRPORT_MODE") == BR_HAIRPIN_MODE),
     )
 
 

@@ -6,8 +6,10 @@ kernel reports and returns the changes. ``apply`` performs them through the netl
 Running the pair again right after is a no-op, so a restarted agent converges to the same
 state without errors or duplicates.
 
-Owned here: the bridge (the node's gateway address on it), the TUN's MTU and state, one route
-per remote block ``dev <tun>`` (protocol RTPROT_WEAVE_PY), and the forwarding sysctls.
+Owned here: the bridge (the node's gateway address on it, hairpin on its ports), the TUN's MTU
+and state, one route per remote block ``dev <tun>`` (protocol RTPROT_WEAVE_PY), the nftables
+table ``NAT_TABLE`` (masquerade of pod egress leaving the cluster range), and the forwarding
+sysctls. Other tables, routes and links are never read for a change nor touched.
 """
 
 from __future__ import annotations
@@ -18,14 +20,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from overlay.kernel import NetlinkHandle
-from overlay.netdev import Bridge, Link, LinkChange, NetlinkFailure, Route
+from overlay.netdev import Bridge, Link, LinkChange, Masquerade, NatTable, NetlinkFailure, Route
 from overlay.sysctl import ensure_sysctl
+
+NAT_TABLE = "weave-py"  # our nftables table (family ip), the only one the agent creates
 
 
 @dataclass(frozen=True)
 class NodeSpec:
     """What the node should look like: bridge and TUN (with their MTU, the TUN's GSO size),
-    the gateways on the bridge and the remote blocks routed into the TUN."""
+    the gateways on the bridge and the remote blocks routed into the TUN; hairpin on every port
+    of the bridge (a pod reaches itself through a Service); ``masquerade``: the cluster range,
+    whose packets to anywhere outside it leave with the node's address (None: no NAT table)."""
 
     bridge: str
     tun: str
@@ -33,15 +39,25 @@ class NodeSpec:
     gso_max_size: int
     gateways: tuple[ipaddress.IPv4Interface, ...]
     remote_blocks: frozenset[ipaddress.IPv4Network]
+    hairpin: bool = False
+    masquerade: ipaddress.IPv4Network | None = None
+
+    @property
+    def nat_rules(self) -> tuple[Masquerade, ...]:
+        """The rules our NAT table holds: pods to outside the cluster range, nothing else."""
+        cluster = self.masquerade
+        return (Masquerade(cluster, cluster),) if cluster is not None else ()
 
 
 @dataclass(frozen=True)
 class Observed:
-    """What the kernel reports: every link by name, the bridge's addresses, our routes."""
+    """What the kernel reports: every link by name, the bridge's addresses, our routes, our
+    NAT table (None: there is none)."""
 
     links: dict[str, Link]
     bridge_addresses: tuple[ipaddress.IPv4Interface, ...]
     routes: tuple[Route, ...]
+    nat: NatTable | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,13 @@ class SetLink:
     mtu: int | None = None
     up: bool | None = None
     gso_max_size: int | None = None
+
+
+@dataclass(frozen=True)
+class Hairpin:
+    """Turn hairpin on for ``port``, a port of the bridge (nothing when it has gone since)."""
+
+    port: str
 
 
 @dataclass(frozen=True)
@@ -91,11 +114,27 @@ class RemoveRoute:
     route: Route
 
 
-Action = CreateBridge | SetLink | AddAddress | RemoveAddress | AddRoute | RemoveRoute
+@dataclass(frozen=True)
+class ReplaceNat:
+    """Make our NAT table exactly ``rules`` (one transaction)."""
+
+    rules: tuple[Masquerade, ...]
+
+
+@dataclass(frozen=True)
+class RemoveNat:
+    """Delete our NAT table."""
+
+
+Action = (
+    CreateBridge | SetLink | Hairpin | AddAddress | RemoveAddress | AddRoute | RemoveRoute
+    | ReplaceNat | RemoveNat
+)  # fmt: skip
 
 
 def plan(desired: NodeSpec, observed: Observed) -> list[Action]:
-    """The changes that take ``observed`` to ``desired`` (pure; nothing for other links)."""
+    """The changes that take ``observed`` to ``desired`` (pure; nothing for links that are
+    neither ours nor ports of our bridge, nothing for other tables)."""
     actions: list[Action] = []
     bridge = observed.links.get(desired.bridge)
     if bridge is None:
@@ -111,7 +150,20 @@ def plan(desired: NodeSpec, observed: Observed) -> list[Action]:
     have_routes = set(observed.routes)
     actions += [RemoveRoute(r) for r in sorted(have_routes - want_routes, key=_route_key)]
     actions += [AddRoute(r) for r in sorted(want_routes - have_routes, key=_route_key)]
-    return actions
+    if desired.hairpin and bridge is not None:
+        actions += [Hairpin(p.name) for p in _ports(observed, bridge) if not p.hairpin]
+    return actions + _nat_changes(desired.nat_rules, observed.nat)
+
+
+def _ports(observed: Observed, bridge: Link) -> list[Link]:
+    ports = (link for link in observed.links.values() if link.master == bridge.index)
+    return sorted(ports, key=lambda link: link.index)
+
+
+def _nat_changes(rules: tuple[Masquerade, ...], table: NatTable | None) -> list[Action]:
+    if not rules:
+        return [RemoveNat()] if table is not None else []
+    return [] if table == NatTable(True, rules) else [ReplaceNat(rules)]
 
 
 def _link_changes(name: str, link: Link | None, mtu: int, gso: int | None) -> list[Action]:
@@ -131,7 +183,8 @@ def _route_key(route: Route) -> tuple[int, int, str]:
 
 
 def observe(nl: NetlinkHandle, desired: NodeSpec) -> Observed:
-    """One look at the node: every link, the bridge's addresses and our routes (three dumps)."""
+    """One look at the node: every link, the bridge's addresses, our routes (three dumps) and
+    our NAT table (one request, three when it is there)."""
     links = {link.name: link for link in nl.list_links()}
     names = {link.index: link.name for link in links.values()}
     bridge = links.get(desired.bridge)
@@ -139,7 +192,7 @@ def observe(nl: NetlinkHandle, desired: NodeSpec) -> Observed:
     routes = tuple(
         Route(e.destination, names.get(e.index, ""), e.gateway) for e in nl.list_route_entries()
     )
-    return Observed(links, addresses, routes)
+    return Observed(links, addresses, routes, nl.nat_table(NAT_TABLE))
 
 
 def apply(nl: NetlinkHandle, observed: Observed, actions: list[Action]) -> None:
@@ -157,17 +210,31 @@ def _execute(nl: NetlinkHandle, indexes: dict[str, int], action: Action) -> None
     elif isinstance(action, SetLink):
         change = LinkChange(mtu=action.mtu, up=action.up, gso_max_size=action.gso_max_size)
         nl.set_link_index(_index(indexes, action.name), change)
+    elif isinstance(action, Hairpin):  # a pod's port may go (DEL) between look and change
+        port = LinkChange(hairpin=True)
+        index = _index(indexes, action.port)
+        _tolerate(lambda: nl.set_link_index(index, port), errno.ENODEV, errno.EOPNOTSUPP)
     elif isinstance(action, AddAddress):
         index = _index(indexes, action.device)
         _tolerate(lambda: nl.add_address_index(index, action.address), errno.EEXIST)
     elif isinstance(action, RemoveAddress):
         index = _index(indexes, action.device)
         _tolerate(lambda: nl.remove_address_index(index, action.address), errno.EADDRNOTAVAIL)
-    elif isinstance(action, AddRoute):
-        r = action.route
+    elif isinstance(action, AddRoute | RemoveRoute):
+        _execute_route(nl, indexes, action)
+    elif isinstance(action, ReplaceNat):
+        nl.replace_nat_table(NAT_TABLE, action.rules)
+    else:
+        _tolerate(lambda: nl.remove_nat_table(NAT_TABLE), errno.ENOENT)
+
+
+def _execute_route(
+    nl: NetlinkHandle, indexes: dict[str, int], action: AddRoute | RemoveRoute
+) -> None:
+    r = action.route
+    if isinstance(action, AddRoute):
         nl.replace_route_index(r.destination, _index(indexes, r.device), r.gateway)
     else:
-        r = action.route
         index = _index(indexes, r.device)
         _tolerate(lambda: nl.remove_route_index(r.destination, index), errno.ESRCH)
 
@@ -178,12 +245,12 @@ def _index(indexes: dict[str, int], name: str) -> int:
     return indexes[name]
 
 
-def _tolerate(request: Callable[[], None], code: int) -> None:
-    """Run ``request``; the kernel saying ``code`` means it is already done."""
+def _tolerate(request: Callable[[], None], *codes: int) -> None:
+    """Run ``request``; the kernel saying one of ``codes`` means it is already done."""
     try:
         request()
     except NetlinkFailure as exc:
-        if exc.code != code:
+        if exc.code not in codes:
             raise
 
 

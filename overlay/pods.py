@@ -69,6 +69,7 @@ class Attachment:
     gso_max_size: int
     routes: tuple[tuple[ipaddress.IPv4Network, ipaddress.IPv4Address], ...] = ()
     mac: str | None = None  # the pod side's MAC; None: a random one
+    hairpin: bool = True  # the host side's bridge port may send frames back to the pod
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,10 @@ class Pods:
         the veth pair is removed again (the caller still owns the address).
 
         The fast path is what every pod start waits for: the pair is made in one request, its
-        pod side born in the pod's namespace under its final name, and the pod side is
-        configured by index with one request per change -- no read-before-write."""
+        pod side born in the pod's namespace under its final name; hairpin on the host side
+        takes a second (the kernel reads a port's settings only on a link that already is a
+        port, and by name: no read-before-write); the pod side is configured by index with one
+        request per change."""
         host = host_ifname(pod_key(a.container_id, a.ifname))
         macs = (random_mac(), a.mac or random_mac())
 
@@ -145,6 +148,8 @@ class Pods:
         except NetlinkFailure as exc:
             self._add_again(a, exc, host, veth)
         try:
+            if a.hairpin:
+                self._node.set_link_by_name(host, LinkChange(hairpin=True))
             self._enter(a.netns, lambda nl: _configure(nl, a))
         except BaseException:
             self._node.remove_link(host)

@@ -15,6 +15,8 @@ from overlay.netdev import (
     Bridge,
     Link,
     LinkChange,
+    Masquerade,
+    NatTable,
     NetlinkFailure,
     Route,
     RouteEntry,
@@ -185,6 +187,62 @@ def test_vxlan(world: World) -> None:
     refused(errno.EEXIST, lambda: nl.add_link(Vxlan("wpvx0", 42, ADDR("1.1.1.1"),
                                                     ADDR("1.1.1.2"), 6784)))  # fmt: skip
     refused(errno.EEXIST, lambda: nl.ensure_bridge("wpvx0"))
+
+
+def test_hairpin_only_on_a_bridge_port_and_lost_when_it_leaves(world: World) -> None:
+    _, nl = world.space("a")
+    bridge = nl.ensure_bridge("wpbr0").index
+    veth = nl.ensure_veth("wpv0", "wpv1").index
+    assert get(nl, "wpv0").hairpin is False
+    refused(errno.EOPNOTSUPP, lambda: nl.set_link_index(veth, LinkChange(hairpin=True)))
+    # the port's part of a request is read before its master changes: refused as a whole
+    both = LinkChange(master=bridge, hairpin=True)
+    refused(errno.EOPNOTSUPP, lambda: nl.set_link_index(veth, both))
+    assert get(nl, "wpv0").master == 0
+    nl.set_link_index(veth, LinkChange(master=bridge))
+    nl.set_link_by_name("wpv0", LinkChange(hairpin=True))
+    assert [link.name for link in nl.list_links() if link.hairpin] == ["wpv0"]
+    nl.set_link_index(veth, LinkChange(hairpin=False, mtu=1400))
+    assert (get(nl, "wpv0").hairpin, get(nl, "wpv0").mtu) == (False, 1400)
+    nl.set_link_index(veth, LinkChange(hairpin=True))
+    nl.set_link_index(veth, LinkChange(master=0))
+    nl.set_link_index(veth, LinkChange(master=bridge))
+    assert get(nl, "wpv0").hairpin is False  # a new port starts without it
+    nl.set_link_by_name("wpv0", LinkChange(hairpin=True))
+    nl.remove_link("wpbr0")
+    assert get(nl, "wpv0").hairpin is False
+    refused(errno.ENODEV, lambda: nl.set_link_by_name("wpmissing", LinkChange(up=True)))
+
+
+# -- our nftables table ------------------------------------------------------------------------
+
+
+def test_nat_tables_by_name_read_back_exactly(world: World) -> None:
+    _, nl = world.space("a")
+    assert nl.nat_table("wpnat") is None
+    refused(errno.ENOENT, lambda: nl.remove_nat_table("wpnat"))
+    rules = [  # prefixes not on byte boundaries too (pyroute2's own helper packs those wrongly)
+        Masquerade(NET("10.32.0.0/12"), NET("10.32.0.0/12")),
+        Masquerade(NET("172.16.4.0/23"), NET("0.0.0.0/0")),
+        Masquerade(NET("10.1.2.3/32"), NET("10.0.0.0/8")),
+    ]
+    nl.replace_nat_table("wpnat", rules)
+    assert nl.nat_table("wpnat") == NatTable(True, tuple(rules))
+    nl.replace_nat_table("wpnat", rules[:1])  # what was there before is gone
+    assert nl.nat_table("wpnat") == NatTable(True, tuple(rules[:1]))
+    nl.replace_nat_table("wpnat", [])
+    assert nl.nat_table("wpnat") == NatTable(True, ())
+
+
+def test_a_nat_table_is_changed_and_removed_alone(world: World) -> None:
+    _, nl = world.space("a")
+    mine = [Masquerade(NET("10.32.0.0/12"), NET("10.32.0.0/12"))]
+    theirs = [Masquerade(NET("192.168.0.0/16"), NET("192.168.0.0/16"))]
+    nl.replace_nat_table("wpother", theirs)
+    nl.replace_nat_table("wpnat", mine)
+    nl.remove_nat_table("wpnat")
+    assert nl.nat_table("wpnat") is None
+    assert nl.nat_table("wpother") == NatTable(True, tuple(theirs))
 
 
 # -- addresses -------------------------------------------------------------------------------

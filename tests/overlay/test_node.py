@@ -10,8 +10,17 @@ import pytest
 
 from overlay import node
 from overlay.fake_kernel import FakeKernel
-from overlay.netdev import NetlinkFailure, Route
-from overlay.node import AddRoute, NodeSpec, RemoveRoute, SetLink
+from overlay.netdev import Masquerade, NatTable, NetlinkFailure, Route
+from overlay.node import (
+    NAT_TABLE,
+    AddRoute,
+    Hairpin,
+    NodeSpec,
+    RemoveNat,
+    RemoveRoute,
+    ReplaceNat,
+    SetLink,
+)
 from tests.overlay import netlink_worlds
 from tests.overlay.netlink_worlds import World
 
@@ -19,11 +28,16 @@ world = netlink_worlds.world
 NET = ipaddress.IPv4Network
 IFACE = ipaddress.IPv4Interface
 BR, TUN = "wpbr", "wptun"
-OBSERVATION = 3  # links, the bridge's addresses, our routes
+OBSERVATION = 4  # links, the bridge's addresses, our routes, our NAT table (there is none)
+CLUSTER = NET("10.244.0.0/16")
 
 
 def spec(
-    remote: set[str], mtu: int = 1436, gateways: tuple[str, ...] = ("10.244.1.1/24",)
+    remote: set[str],
+    mtu: int = 1436,
+    gateways: tuple[str, ...] = ("10.244.1.1/24",),
+    hairpin: bool = False,
+    masquerade: NET | None = None,
 ) -> NodeSpec:
     return NodeSpec(
         bridge=BR,
@@ -32,6 +46,8 @@ def spec(
         gso_max_size=64000,
         gateways=tuple(IFACE(g) for g in gateways),
         remote_blocks=frozenset(NET(b) for b in remote),
+        hairpin=hairpin,
+        masquerade=masquerade,
     )
 
 
@@ -86,6 +102,55 @@ def test_a_new_block_moves_the_gateway(world: World) -> None:
     assert rec.run(spec(set(), gateways=("10.244.9.1/24",))) == []
 
 
+def test_hairpin_on_every_port_of_the_bridge(world: World) -> None:
+    name, nl = world.space("node")
+    world.add_tun(name, TUN)
+    rec = node.Reconciler(nl)
+    rec.run(spec(set(), hairpin=True))
+    for i in (1, 2):
+        nl.ensure_veth(f"wpport{i}", f"wppeer{i}")
+        nl.set_link(f"wpport{i}", master=BR)
+    nl.ensure_veth("wploose", "wploosep")  # on no bridge: left alone
+    assert rec.run(spec(set(), hairpin=True)) == [Hairpin("wpport1"), Hairpin("wpport2")]
+    assert rec.run(spec(set(), hairpin=True)) == []
+    hairpins = {link.name: link.hairpin for link in nl.list_links()}
+    assert hairpins["wpport1"] and hairpins["wpport2"] and not hairpins["wploose"]
+    nl.remove_link("wpport2")  # a pod deleted, another one attached under the same name
+    nl.ensure_veth("wpport2", "wppeer2")
+    nl.set_link("wpport2", master=BR)
+    assert rec.run(spec(set(), hairpin=True)) == [Hairpin("wpport2")]
+
+
+def test_a_port_gone_between_look_and_change_is_no_error(world: World) -> None:
+    name, nl = world.space("node")
+    world.add_tun(name, TUN)
+    rec = node.Reconciler(nl)
+    rec.run(spec(set()))
+    nl.ensure_veth("wpport1", "wppeer1")
+    nl.set_link("wpport1", master=BR)
+    observed = node.observe(nl, spec(set(), hairpin=True))
+    nl.remove_link("wpport1")  # a pod deleted meanwhile
+    node.apply(nl, observed, [Hairpin("wpport1")])
+
+
+def test_the_nat_table_converges_and_leaves_other_tables_alone(world: World) -> None:
+    name, nl = world.space("node")
+    world.add_tun(name, TUN)
+    foreign = [Masquerade(NET("192.168.0.0/16"), NET("192.168.0.0/16"))]
+    nl.replace_nat_table("wpforeign", foreign)
+    rec = node.Reconciler(nl)
+    rules = (Masquerade(CLUSTER, CLUSTER),)
+    assert ReplaceNat(rules) in rec.run(spec(set(), masquerade=CLUSTER))
+    assert rec.run(spec(set(), masquerade=CLUSTER)) == []
+    assert nl.nat_table(NAT_TABLE) == NatTable(True, rules)
+    nl.replace_nat_table(NAT_TABLE, [*rules, Masquerade(NET("10.0.0.0/8"), CLUSTER)])  # drift
+    assert rec.run(spec(set(), masquerade=CLUSTER)) == [ReplaceNat(rules)]
+    assert nl.nat_table(NAT_TABLE) == NatTable(True, rules)
+    assert rec.run(spec(set())) == [RemoveNat()]  # masquerading turned off
+    assert nl.nat_table(NAT_TABLE) is None and rec.run(spec(set())) == []
+    assert nl.nat_table("wpforeign") == NatTable(True, tuple(foreign))
+
+
 def test_a_missing_tun_is_refused(world: World) -> None:
     _, nl = world.space("node")
     with pytest.raises(NetlinkFailure) as err:
@@ -113,6 +178,12 @@ def test_a_run_costs_one_observation_and_one_request_per_change() -> None:
     assert len(rec.run(spec(fewer))) == 200
     assert nl.requests == OBSERVATION + 200
     assert len(rec.routes) == 100 and set(nl.list_routes()) == set(rec.routes)
+    nl.requests = 0
+    rec.run(spec(fewer, masquerade=CLUSTER))
+    assert nl.requests == OBSERVATION + 1  # the table, made in one transaction
+    nl.requests = 0
+    assert rec.run(spec(fewer, masquerade=CLUSTER)) == []
+    assert nl.requests == OBSERVATION + 2  # reading a table that is there: table, chain, rules
 
 
 def test_apply_executes_by_the_observed_indexes() -> None:

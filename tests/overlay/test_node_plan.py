@@ -10,16 +10,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from overlay import node
-from overlay.netdev import Link, Route
+from overlay.netdev import Link, Masquerade, NatTable, Route
 from overlay.node import (
     Action,
     AddAddress,
     AddRoute,
     CreateBridge,
+    Hairpin,
     NodeSpec,
     Observed,
     RemoveAddress,
+    RemoveNat,
     RemoveRoute,
+    ReplaceNat,
     SetLink,
 )
 
@@ -27,6 +30,7 @@ NET = ipaddress.IPv4Network
 IFACE = ipaddress.IPv4Interface
 BR, TUN = "weave", "weave-tun"
 ETH0 = Link(2, "eth0", "", 1500, True, 0, 65536)
+CLUSTER = NET("10.32.0.0/12")
 
 
 def spec(
@@ -34,6 +38,8 @@ def spec(
     gateways: tuple[str, ...] = ("10.32.1.1/24",),
     mtu: int = 1376,
     gso: int = 64000,
+    hairpin: bool = False,
+    masquerade: NET | None = None,
 ) -> NodeSpec:
     return NodeSpec(
         bridge=BR,
@@ -42,6 +48,8 @@ def spec(
         gso_max_size=gso,
         gateways=tuple(IFACE(g) for g in gateways),
         remote_blocks=frozenset(NET(b) for b in blocks),
+        hairpin=hairpin,
+        masquerade=masquerade,
     )
 
 
@@ -59,6 +67,7 @@ def converged(desired: NodeSpec) -> Observed:
         },
         bridge_addresses=desired.gateways,
         routes=tuple(Route(b, TUN) for b in sorted(desired.remote_blocks)),
+        nat=NatTable(True, desired.nat_rules) if desired.nat_rules else None,
     )
 
 
@@ -71,6 +80,7 @@ def apply_to(observed: Observed, actions: list[Action]) -> Observed:
     links = dict(observed.links)
     addresses = list(observed.bridge_addresses)
     routes = list(observed.routes)
+    nat = observed.nat
     for action in actions:
         if isinstance(action, CreateBridge):
             if action.name in links:
@@ -95,6 +105,17 @@ def apply_to(observed: Observed, actions: list[Action]) -> Observed:
                 addresses.append(action.address)
         elif isinstance(action, RemoveAddress):
             addresses = [a for a in addresses if a != action.address]
+        elif isinstance(action, Hairpin):
+            port = links[action.port]
+            if not port.master:
+                raise KernelError(f"{action.port} is not a bridge port")
+            links[action.port] = replace(port, hairpin=True)
+        elif isinstance(action, ReplaceNat):
+            nat = NatTable(True, action.rules)
+        elif isinstance(action, RemoveNat):
+            if nat is None:
+                raise KernelError("no table")
+            nat = None
         elif isinstance(action, AddRoute):
             if action.route.device not in links:
                 raise KernelError(f"no device {action.route.device}")
@@ -106,7 +127,7 @@ def apply_to(observed: Observed, actions: list[Action]) -> Observed:
             r = action.route
             routes = [x for x in routes if (x.destination, x.device) != (r.destination, r.device)]
     bridge_addresses = tuple(addresses) if BR in links else ()
-    return Observed(links, bridge_addresses, tuple(routes))
+    return Observed(links, bridge_addresses, tuple(routes), nat)
 
 
 # -- examples --------------------------------------------------------------------------------
@@ -229,6 +250,38 @@ def test_other_links_are_never_touched() -> None:
     assert node.plan(desired, replace(base, links=links)) == []
 
 
+def test_ports_of_the_bridge_get_hairpin_and_only_they() -> None:
+    desired = spec(hairpin=True)
+    base = converged(desired)
+    bridge = base.links[BR].index
+    links = dict(base.links)
+    links["wpa"] = Link(10, "wpa", "veth", 1376, True, bridge, 65536)
+    links["wpb"] = Link(11, "wpb", "veth", 1376, True, bridge, 65536, "", True)
+    links["wpc"] = Link(12, "wpc", "veth", 1376, True, 0, 65536)  # on no bridge
+    links["vx"] = Link(13, "vx", "vxlan", 1376, True, 99, 65536)  # another bridge's
+    assert node.plan(desired, replace(base, links=links)) == [Hairpin("wpa")]
+    assert node.plan(spec(hairpin=False), replace(base, links=links)) == []
+
+
+def test_our_nat_table_holds_exactly_the_masquerade_of_the_cluster_range() -> None:
+    desired = spec(masquerade=CLUSTER)
+    rules = (Masquerade(CLUSTER, CLUSTER),)
+    assert desired.nat_rules == rules
+    assert node.plan(desired, replace(converged(desired), nat=None)) == [ReplaceNat(rules)]
+    assert node.plan(desired, converged(desired)) == []
+    for drifted in (
+        NatTable(False, rules),  # a chain of another kind, or something else in the table
+        NatTable(True, ()),
+        NatTable(True, (*rules, *rules)),
+        NatTable(True, (None,)),  # a rule of a shape we do not make
+        NatTable(True, (Masquerade(CLUSTER, NET("10.0.0.0/8")),)),
+    ):
+        assert node.plan(desired, replace(converged(desired), nat=drifted)) == [ReplaceNat(rules)]
+    off = spec(masquerade=None)
+    assert node.plan(off, replace(converged(off), nat=NatTable(True, rules))) == [RemoveNat()]
+    assert node.plan(off, converged(off)) == []
+
+
 def test_empty_node_converges_in_one_step() -> None:
     desired = spec()
     empty = Observed({"eth0": ETH0, TUN: fresh_tun()}, (), ())
@@ -278,7 +331,29 @@ def desired_specs(draw: st.DrawFn) -> NodeSpec:
         gso_max_size=draw(st.sampled_from([1024, 16384, 64000, 65000])),
         gateways=tuple(draw(st.lists(st.sampled_from(GATEWAYS), unique=True, max_size=2))),
         remote_blocks=frozenset(draw(st.sets(st.sampled_from(BLOCKS), max_size=6))),
+        hairpin=draw(st.booleans()),
+        masquerade=draw(st.sampled_from([None, CLUSTER, NET("10.244.0.0/16")])),
     )
+
+
+RULES = [Masquerade(CLUSTER, CLUSTER), Masquerade(CLUSTER, NET("10.0.0.0/8")), None]
+NAT_TABLES = st.one_of(
+    st.none(),
+    st.builds(NatTable, st.booleans(), st.lists(st.sampled_from(RULES), max_size=2).map(tuple)),
+)
+
+
+@st.composite
+def ports(draw: st.DrawFn, bridge: Link | None) -> dict[str, Link]:
+    """Pods' host veths: on the bridge (hairpin or not), or on no bridge at all."""
+    found = {}
+    for index in range(10, 10 + draw(st.integers(0, 3))):
+        on_bridge = bridge is not None and draw(st.booleans())
+        master = bridge.index if bridge is not None and on_bridge else 0
+        hairpin = on_bridge and draw(st.booleans())
+        name = f"wp{index}"
+        found[name] = Link(index, name, "veth", 1376, True, master, 65536, "", hairpin)
+    return found
 
 
 @st.composite
@@ -293,7 +368,8 @@ def observed_states(draw: st.DrawFn) -> Observed:
     route = st.builds(Route, st.sampled_from(BLOCKS), st.sampled_from([TUN, BR, "eth0"]), gateway)
     # The kernel keeps one route of ours per destination in the main table.
     routes = draw(st.lists(route, unique_by=lambda r: r.destination, max_size=6))
-    return Observed(found, addresses, tuple(routes))
+    found.update(draw(ports(found.get(BR))))
+    return Observed(found, addresses, tuple(routes), draw(NAT_TABLES))
 
 
 @settings(max_examples=300)
@@ -309,15 +385,19 @@ def test_plan_apply_plan_is_idempotent(desired: NodeSpec, observed: Observed) ->
         assert after.links[name].mtu == desired.mtu and after.links[name].up
     assert after.links[TUN].gso_max_size == desired.gso_max_size
     assert after.links["eth0"] == ETH0
+    bridge = after.links[BR].index
+    on_bridge = [link for link in after.links.values() if link.master == bridge]
+    assert not desired.hairpin or all(port.hairpin for port in on_bridge)
+    assert after.nat == (NatTable(True, desired.nat_rules) if desired.masquerade else None)
     # Minimal: no action repeats, nothing touches foreign devices.
     assert len(actions) == len(set(actions))
     for a in actions:
-        target = (
-            a.route.device
-            if isinstance(a, AddRoute | RemoveRoute)
-            else (a.name if isinstance(a, CreateBridge | SetLink) else a.device)
-        )
-        assert target in (BR, TUN) or isinstance(a, RemoveRoute)
+        if isinstance(a, Hairpin):
+            assert observed.links[a.port].master == bridge and not observed.links[a.port].hairpin
+        elif isinstance(a, AddRoute | RemoveRoute):
+            assert a.route.device in (BR, TUN) or isinstance(a, RemoveRoute)
+        elif not isinstance(a, ReplaceNat | RemoveNat):
+            assert (a.name if isinstance(a, CreateBridge | SetLink) else a.device) in (BR, TUN)
 
 
 @given(desired_specs(), observed_states())

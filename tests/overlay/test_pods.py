@@ -75,6 +75,7 @@ def test_attach_wires_the_pod_to_the_bridge(world: World) -> None:
     host, inside = get(n.nl, attached.host), get(n.pod, "eth0")
     bridge = n.nl.index(BR)
     assert (host.master, host.mtu, host.up, host.mac) == (bridge, 1376, True, attached.host_mac)
+    assert host.hairpin  # a pod reaches itself through a Service
     pod_side = (inside.mtu, inside.gso_max_size, inside.up, inside.mac)
     assert pod_side == (1376, 62000, True, attached.pod_mac)
     assert n.pod.list_addresses("eth0") == [a.address]
@@ -176,8 +177,13 @@ def test_a_pod_start_costs_one_node_request_and_no_read_before_write() -> None:
     p.attach(replace(a, container_id="c0", ifname="eth9"))  # the bridge's index, once
     node.requests = pod.requests = 0
     p.attach(a)
-    assert node.requests == 1  # the veth pair, pod side born in the pod
+    assert node.requests == 2  # the veth pair, pod side born in the pod; hairpin on its port
     assert pod.requests == 4  # find the pod side; up; address; default route
+    node.requests = 0
+    p.attach(replace(a, container_id="c2", ifname="eth1", hairpin=False))
+    assert node.requests == 1
+    plain = node.link(pods.host_ifname(pods.pod_key("c2", "eth1")))
+    assert plain is not None and not plain.hairpin
 
 
 def test_names_fit_and_differ() -> None:
