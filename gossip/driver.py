@@ -64,6 +64,9 @@ class MeshDriver:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self.closing = False  # set on shutdown: no new dials
+        # Connections ended (Weave's weave_connection_terminations_total): every one that
+        # failed its handshake or closed once established; a duplicate closed at once is not.
+        self.terminations = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -192,6 +195,7 @@ class MeshDriver:
             self.mesh.dial_failed(addr, time.monotonic())
             reason = result.reason if result is not None else "handshake failed"
             self._set_outbound(addr, {"state": "failed", "detail": reason})
+        self.terminations += 1
         writer.close()
         self._wake.set()
 
@@ -224,6 +228,7 @@ class MeshDriver:
             self.outbound.pop(addr, None)
         self.writers.pop(conn, None)
         self.remotes.pop(conn, None)
+        self.terminations += 1
         writer.close()
         log.info("->[%s] connection deleted", where)
         self._pump()

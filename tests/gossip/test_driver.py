@@ -155,6 +155,8 @@ async def test_refused_handshake_closes_only_that_connection(start_peer: StartPe
     assert "name collision" in impostor.driver.outbound[a.address]["detail"]
     assert impostor.mesh.conns == {}
     assert set(a.mesh.by_name) == {b.name} and connected(a, b)
+    await until(lambda: a.driver.terminations >= 1 and impostor.driver.terminations >= 1)
+    assert b.driver.terminations == 0  # its connection stayed
 
 
 async def test_malformed_message_closes_only_that_connection(start_peer: StartPeer) -> None:
@@ -187,9 +189,11 @@ async def test_clean_leave_is_seen_at_once_and_forgotten(start_peer: StartPeer) 
     b = await start_peer("b", seeds=(a.address,))
     await until(lambda: connected(a, b) and b.name in a.mesh.routes())
     a.events.clear()
+    assert (a.driver.terminations, b.driver.terminations) == (0, 0)
     b.driver.leave()
     await stop(b)
     await until(lambda: PeerForgotten(b.name) in a.events)
+    assert a.driver.terminations == 1
     assert a.events.index(RecordUpdated(b.name)) < a.events.index(PeerUnreachable(b.name))
     assert a.mesh.conns == {} and a.mesh.routes() == {}
     assert set(a.mesh.topology.records) == {a.name}
