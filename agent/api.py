@@ -1,7 +1,8 @@
 """The local HTTP API, on 127.0.0.1:6784 and the agent's unix socket.
 
 GET    /healthz          liveness: the event loop answers
-GET    /status           Weave's status text; 503 until the node is set up (the readiness probe)
+GET    /status           Weave's status text; 503, led by what is missing, until the node can
+                         carry pod traffic (the readiness probe)
 GET    /status/{connections,peers,ipam,routes}
 GET    /report           the status report (agent/report.py) as JSON
 GET    /metrics          Prometheus exposition (also alone on the metrics address)
@@ -79,19 +80,21 @@ class Actions(Protocol):
 class Api:
     """``report``: the node's status now, taken per request and per scrape.
     ``metrics_only``: the public metrics listener serves /metrics and nothing else.
-    ``actions``: the address-management calls; without it their routes answer 404."""
+    ``actions``: the address-management calls; without it their routes answer 404.
+    ``peer_metrics``: /metrics carries the per-peer series (agent/metrics.py)."""
 
     def __init__(
         self,
         report: Callable[[], Report],
         metrics_only: bool = False,
         actions: Actions | None = None,
+        peer_metrics: bool = True,
     ) -> None:
         self.report = report
         self.metrics_only = metrics_only
         self.actions = actions
         self.registry = CollectorRegistry()
-        self.registry.register(ReportCollector(report))
+        self.registry.register(ReportCollector(report, peer_metrics))
 
     def respond(self, method: str, path: str) -> Answer:
         """The answer to one GET request (405 for any other method)."""
@@ -108,7 +111,7 @@ class Api:
         if path == "/report":
             return 200, "application/json", json.dumps(report.to_json(), indent=2) + "\n"
         if path == "/status":
-            return (200 if report.ready else 503), "text/plain", status.render_status(report)
+            return readiness(report)
         if path.startswith("/status/") and path[8:] in status.VIEWS:
             return 200, "text/plain", status.VIEWS[path[8:]](report)
         return 404, "text/plain", f"no such endpoint: {path}\n"
@@ -203,6 +206,15 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
     if length:
         await asyncio.wait_for(reader.readexactly(length), 5)
     return method, target
+
+
+def readiness(report: Report) -> Answer:
+    """The readiness probe's answer: 200 and the status text when the node can carry pod
+    traffic, else 503 with what it lacks first."""
+    text = status.render_status(report)
+    if report.ready:
+        return 200, "text/plain", text
+    return 503, "text/plain", "".join(f"not ready: {why}\n" for why in report.waiting_for) + text
 
 
 def refusal(exc: errors.Refused) -> Answer:

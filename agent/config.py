@@ -132,6 +132,14 @@ class Config:
     )
     bridge: str = _setting("WEAVE_BRIDGE", "--bridge", "Name of the pod bridge.", "weave")
     tun: str = _setting("WEAVE_TUN", "--tun", "Name of the TUN device.", "weave-tun")
+    masquerade: bool = _setting(
+        "WEAVE_MASQUERADE",
+        "--masquerade",
+        "Pods' traffic to addresses outside the cluster range (ipalloc_range) leaves with the "
+        "node's address (nftables table 'weave-py', nothing else touched); pod-to-pod traffic "
+        "never does. 'false' when the network routes the pod range itself.",
+        True,
+    )
     offload: bool = _setting(
         "WEAVE_OFFLOAD",
         "--offload",
@@ -190,6 +198,14 @@ class Config:
         "--metrics-addr",
         "Prometheus endpoint HOST:PORT; empty disables it.",
         "0.0.0.0:6782",
+    )
+    peer_metrics: bool = _setting(
+        "WEAVE_PEER_METRICS",
+        "--peer-metrics",
+        "Per-peer Prometheus series (weave_py_peer_*). Each node exports 7 per remote peer, "
+        "plus one per peer and drop reason seen: 7(N-1) per node and 7N(N-1) across a cluster "
+        "of N nodes (69,300 at N=100). 'false' leaves them out; the node-wide series stay.",
+        True,
     )
     socket_path: str = _setting(
         "WEAVE_SOCKET",

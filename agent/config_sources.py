@@ -166,6 +166,8 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "port": _parse_int,
     "offload": _parse_bool,
     "udp_gso": _parse_bool,
+    "masquerade": _parse_bool,
+    "peer_metrics": _parse_bool,
     "gso_max_size": _parse_int,
     "socket_buffer": _parse_int,
     "heartbeat_interval": float,

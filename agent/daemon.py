@@ -31,12 +31,13 @@ from agent.config import Config, split_hostport
 from agent.coordinator import ROUTE_GRACE, Coordinator, Plan
 from agent.ipam import Ipam, Settings
 from agent.kernel import NodeKernel
-from agent.peer_log import peer_event, peer_tables
+from agent.peer_log import log_table, peer_event, peer_tables
 from agent.peer_name import load_or_create
 from agent.peers import PeerSource
 from agent.peers.gossip import GossipPeers
 from agent.peers.static import StaticPeers
 from agent.report import Report, Router
+from gossip.driver import MeshDriver
 from gossip.identity import Identity
 from overlay import node, udp
 from overlay.datapath import Datapath
@@ -73,7 +74,9 @@ class Agent:
         self.state = StateFile(c.state_dir)
         self.ipam = Ipam(Settings.of(c), identity.name, self.incarnation, self.state.load())
         self.state.save(self.ipam.document())
-        base = node.NodeSpec(c.bridge, c.tun, kernel.mtu, c.gso_max_size, (), frozenset())
+        masquerade = c.ipalloc_range if c.masquerade else None
+        base = node.NodeSpec(c.bridge, c.tun, kernel.mtu, c.gso_max_size, (), frozenset(),
+                             hairpin=True, masquerade=masquerade)  # fmt: skip
         grace = time.monotonic() + ROUTE_GRACE
         self.coordinator = Coordinator(self.ipam, base, kernel.underlay.kept, grace)
         self.source = peer_source(c, identity, self.incarnation, kernel,
@@ -92,7 +95,9 @@ class Agent:
         self.network = KernelPodNetwork(c.bridge, kernel.mtu, c.gso_max_size)
         self._changed = asyncio.Event()
         self._stepping = asyncio.Lock()
-        self.ready = False
+        self.applied = False  # the node's state is in the kernel
+        self.cni_serving = not c.cni_socket  # (no socket configured: nothing to wait for)
+        self._missing: tuple[str, ...] | None = None  # readiness last logged
 
     # -- the coordinator's driver -------------------------------------------------------------
 
@@ -135,6 +140,7 @@ class Agent:
                     await self._changed.wait()
             self._changed.clear()
             await self.follow()
+            self._note_readiness()
 
     async def _repair_loop(self) -> None:
         """Apply the desired node state again now and then: repairs drift."""
@@ -163,7 +169,7 @@ class Agent:
             self.kernel.underlay.mtu,
             f", sysctl {' '.join(changed)}" if changed else "",
         )
-        self.addresses.started = self.ready = True
+        self.addresses.started = self.applied = True
 
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT."""
@@ -175,7 +181,8 @@ class Agent:
         async with contextlib.AsyncExitStack() as stack:
             stack.callback(self.close)
             await self._serve(stack)
-            log.info("agent ready: %s, %d peer(s)", self.identity, len(self.sleeve.peers))
+            log.info("agent started: %s, peers from %s", self.identity, self.source.kind)
+            self._note_readiness()
             try:
                 async with asyncio.TaskGroup() as tasks:
                     tasks.create_task(self.datapath.run(), name="datapath")
@@ -193,7 +200,7 @@ class Agent:
 
     async def _serve(self, stack: contextlib.AsyncExitStack) -> None:
         c = self.config
-        api = Api(self.report, actions=self)
+        api = Api(self.report, actions=self, peer_metrics=c.peer_metrics)
         os.makedirs(os.path.dirname(c.socket_path) or ".", exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(c.socket_path)
@@ -201,12 +208,13 @@ class Agent:
         if hostport := split_hostport(c.http_addr) if c.http_addr else None:
             servers.append(await asyncio.start_server(api.handle, *hostport, reuse_address=True))
         if hostport := split_hostport(c.metrics_addr) if c.metrics_addr else None:
-            public = Api(self.report, metrics_only=True)
+            public = Api(self.report, metrics_only=True, peer_metrics=c.peer_metrics)
             servers.append(await asyncio.start_server(public.handle, *hostport, reuse_address=True))
         for server in servers:
             stack.push_async_callback(_close, server)
         if c.cni_socket:
             cni = await serve(c.cni_socket, Handler(self.addresses, self.network).handle)
+            self.cni_serving = True
             stack.push_async_callback(_close, cni)
 
     def close(self) -> None:
@@ -248,10 +256,39 @@ class Agent:
             super_packets="udp-gso" if self.datapath.udp_gso else "ip-fragments",
         )  # fmt: skip
         return snapshot.take(
-            router, ready=self.ready, uptime_seconds=time.time() - self.started_at,
+            router, waiting_for=self.readiness(), uptime_seconds=time.time() - self.started_at,
             ipam=self.ipam.status(view.records, view.live, self.identity.nickname),
             sleeve=self.sleeve, routes=self.kernel.routes, control=self.source.connections(),
+            terminations=self._terminations(),
         )  # fmt: skip
+
+    def readiness(self) -> tuple[str, ...]:
+        """What keeps the node from carrying pod traffic (empty: ready; /status answers 200)."""
+        space = bool(self.ipam.owned)
+        return snapshot.readiness(applied=self.applied, space=space, cni_serving=self.cni_serving)
+
+    def _note_readiness(self) -> None:
+        """A line when the node becomes able to carry pod traffic (with the peer count and the
+        peer table) and when it stops or waits."""
+        missing = self.readiness()
+        if missing == self._missing:
+            return
+        was_ready, self._missing = self._missing == (), missing
+        if not missing:
+            log.info("agent ready: %s, %d peer(s), space %s", self.identity,
+                     len(self.sleeve.peers), " ".join(map(str, self.ipam.owned)))  # fmt: skip
+            log_table(self.report())
+        else:
+            say = log.warning if was_ready else log.info
+            say("agent %s: %s", "not ready" if was_ready else "waiting", "; ".join(missing))
+
+    def _terminations(self) -> int:
+        """Control connections ended so far: the gossip mesh driver counts them."""
+        terminations = getattr(self.source, "terminations", None)  # PeerSource.terminations()
+        if callable(terminations):
+            return int(terminations())
+        driver = getattr(self.source, "driver", None)
+        return driver.terminations if isinstance(driver, MeshDriver) else 0
 
 
 async def main(config: Config) -> None:

@@ -1,20 +1,31 @@
 """Prometheus collector rendering the status Report (agent/report.py) at scrape time.
 
-Weave's names where the meaning matches (``weave_connections`` and the IPAM series
-``weave_ips``, ``weave_max_ips``, ``weave_ipam_*``, which dashboards and the kube-prometheus
-alerts use), plus per-peer tunnel series Weave never had. The cores never import prometheus.
+Weave's names where the meaning matches (``weave_connections``,
+``weave_connection_terminations_total`` and the IPAM series ``weave_ips``, ``weave_max_ips``,
+``weave_ipam_*``, which dashboards and the kube-prometheus alerts use; Weave's
+``weave_ipam_unreachable_count`` is ``weave_ipam_unreachable_peers`` here, as Prometheus
+reserves ``_count`` for summaries and histograms), the process's own
+``process_*`` series (prometheus-client's collector), plus per-peer tunnel series Weave never
+had. The cores never import prometheus.
+
+Series per node in a cluster of N nodes: the per-peer ones are 7 per remote peer
+(``PEER_SERIES``: four counters, three gauges; the round trip once a heartbeat was answered) plus
+one ``weave_py_peer_drops_total`` per peer and drop reason seen, so 7(N-1) per node and 7N(N-1)
+across the cluster; ``peer_metrics=False`` leaves them all out. The rest does not grow with N:
+about 20 series, plus one per drop reason seen.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from agent.report import IpamStatus, Peer, Report
 
-Family = GaugeMetricFamily | CounterMetricFamily
+Family = GaugeMetricFamily | CounterMetricFamily | Metric
 PEER_LABELS = ["peer", "nickname"]
 PEER_COUNTERS: tuple[tuple[str, str, Callable[[Peer], int]], ...] = (
     ("weave_py_peer_tx_packets", "Packets sent to the peer.", lambda p: p.tx_packets),
@@ -22,6 +33,8 @@ PEER_COUNTERS: tuple[tuple[str, str, Callable[[Peer], int]], ...] = (
     ("weave_py_peer_rx_packets", "Packets received from the peer.", lambda p: p.rx_packets),
     ("weave_py_peer_rx_bytes", "Inner bytes received from the peer.", lambda p: p.rx_bytes),
 )
+PEER_SERIES = len(PEER_COUNTERS) + 3  # and the gauges: rtt, mtu, established
+CONNECTION_STATES = ("connecting", "retrying", "failed", "pending", "established")  # Weave's
 IPAM_GAUGES: tuple[tuple[str, str, Callable[[IpamStatus], float]], ...] = (
     ("weave_max_ips", "Size of IP address space used by allocator.", lambda i: i.capacity),
     (
@@ -35,35 +48,59 @@ IPAM_GAUGES: tuple[tuple[str, str, Callable[[IpamStatus], float]], ...] = (
 
 
 class ReportCollector(Collector):
-    """Every series, built from ``report()`` when Prometheus scrapes."""
+    """Every series, built from ``report()`` when Prometheus scrapes; ``peer_metrics``: the
+    per-peer series too (7 per remote peer, see the module docstring)."""
 
-    def __init__(self, report: Callable[[], Report]) -> None:
+    def __init__(self, report: Callable[[], Report], peer_metrics: bool = True) -> None:
         self.report = report
+        self.peer_metrics = peer_metrics
+        self.process = ProcessCollector(registry=None)
 
     def collect(self) -> Iterator[Family]:
+        """The series of this moment's report, then the process's."""
         r = self.report()
-        conns = GaugeMetricFamily(
-            "weave_connections",
-            "Connections to peers by state.",
-            labels=["state", "type", "encryption"],
-        )
-        for state in ("established", "pending"):
-            conns.add_metric([state, "sleeve", "no"], sum(1 for p in r.peers if p.state == state))
-        yield conns
-        yield from _peer_counters(r.peers)
-        all_drops = CounterMetricFamily(
-            "weave_py_drops", "Datagrams and packets dropped, by reason.", labels=["reason"]
-        )
-        for reason, n in r.drops.items():
-            all_drops.add_metric([reason], n)
-        yield all_drops
-        yield from _peer_gauges(r.peers)
-        info = GaugeMetricFamily(
-            "weave_py_dataplane_info", "Data-plane mode of this node.", labels=["offload", "mtu"]
-        )
-        info.add_metric([r.router.offload, str(r.router.mtu)], 1)
-        yield info
+        yield from _connections(r)
+        if self.peer_metrics:
+            yield from _peer_counters(r.peers)
+            yield from _peer_gauges(r.peers)
+        yield from _node(r)
         yield from _ipam(r.ipam)
+        yield from self.process.collect()
+
+
+def _connections(r: Report) -> Iterator[Family]:
+    """Weave's connection series: connections by Weave's states (the control connections and
+    dial targets when there are any, else the static peers' data paths), every state given
+    even at 0 as Weave does; and how many control connections ended."""
+    conns = GaugeMetricFamily(
+        "weave_connections",
+        "Number of peer-to-peer connections.",
+        labels=["state", "type", "encryption"],
+    )
+    states = [c.state for c in r.connections] if r.connections else [p.state for p in r.peers]
+    for state in CONNECTION_STATES:
+        conns.add_metric([state, "sleeve", "no"], states.count(state))
+    yield conns
+    yield CounterMetricFamily(
+        "weave_connection_terminations",
+        "Number of peer-to-peer connections terminated.",
+        value=r.connection_terminations,
+    )
+
+
+def _node(r: Report) -> Iterator[Family]:
+    """Drops of the whole node by reason, and its data-plane mode."""
+    drops = CounterMetricFamily(
+        "weave_py_drops", "Datagrams and packets dropped, by reason.", labels=["reason"]
+    )
+    for reason, n in r.drops.items():
+        drops.add_metric([reason], n)
+    yield drops
+    info = GaugeMetricFamily(
+        "weave_py_dataplane_info", "Data-plane mode of this node.", labels=["offload", "mtu"]
+    )
+    info.add_metric([r.router.offload, str(r.router.mtu)], 1)
+    yield info
 
 
 def _peer_counters(peers: Sequence[Peer]) -> Iterator[CounterMetricFamily]:
@@ -112,6 +149,9 @@ def _ipam(ipam: IpamStatus) -> Iterator[GaugeMetricFamily]:
     for name, doc, value in IPAM_GAUGES:
         yield GaugeMetricFamily(name, doc, value=value(ipam))
     unreachable = sum(1 for o in ipam.owners if not o.reachable)
-    yield GaugeMetricFamily(
-        "weave_ipam_unreachable_count", "Number of unreachable peers.", value=unreachable
+    yield GaugeMetricFamily(  # Weave's weave_ipam_unreachable_count (a _count suffix is a
+        # summary's or a histogram's to Prometheus: promtool refuses it on a gauge)
+        "weave_ipam_unreachable_peers",
+        "Number of unreachable peers.",
+        value=unreachable,
     )

@@ -1,4 +1,8 @@
-"""What ``kubectl logs`` shows about peers: a line per data-path event and a periodic table."""
+"""What ``kubectl logs`` shows about peers: a line per data-path event and a periodic table.
+
+Every line stands alone (a log collector may show any one of them): the peer as
+``name(nickname)`` with its address, the event or its state, and counts as ``key=value``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from agent.report import Report
+from agent.report import Peer, Report
 from overlay.sleeve import PeerEvent, PeerEventKind
 
 log = logging.getLogger("weave-py")
@@ -25,10 +29,35 @@ def peer_event(event: PeerEvent, mtu: int) -> None:
         log.info("%s: peer restarted (%s)", where, event.detail)
 
 
+def table(report: Report) -> list[str]:
+    """The peer table: a heading with the counts, then a line per peer."""
+    established = sum(1 for p in report.peers if p.state == "established")
+    heading = (
+        f"peer table: {len(report.peers)} peer(s), {established} established; "
+        f"ipam {report.ipam.status}; {report.connection_terminations} control connection(s) "
+        "terminated"
+    )
+    return [heading, *(_row(p) for p in report.peers)]
+
+
+def _row(p: Peer) -> str:
+    path = f"via {p.via}" if p.via else "direct"
+    rtt = f"{p.rtt_ms:.3f}ms" if p.rtt_ms is not None else "-"
+    return (
+        f"peer {p.name}({p.nickname}) {p.address} {p.state} {path} rtt={rtt} mtu={p.mtu} "
+        f"tx={p.tx_packets}/{p.tx_bytes}B rx={p.rx_packets}/{p.rx_bytes}B "
+        f"drops={sum(p.drops.values())}"
+    )
+
+
+def log_table(report: Report) -> None:
+    """The peer table in the log, a line each."""
+    for line in table(report):
+        log.info("%s", line)
+
+
 async def peer_tables(report: Callable[[], Report], interval: float = TABLE_INTERVAL) -> None:
-    """A compact peer table in the log every ``interval`` seconds, until cancelled."""
+    """The peer table in the log every ``interval`` seconds, until cancelled."""
     while True:
         await asyncio.sleep(interval)
-        for p in report().peers:
-            log.info("peer %s(%s) %s %s tx=%d rx=%d drops=%d", p.name, p.nickname, p.address,
-                     p.state, p.tx_packets, p.rx_packets, sum(p.drops.values()))  # fmt: skip
+        log_table(report())

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from agent.document import Fields
+from agent.document import DocumentError, Fields
 
 Net = ipaddress.IPv4Network
 Json = dict[str, Any]
@@ -222,7 +222,8 @@ class Report(_Node):
     """Everything the views show about one node, taken at one moment."""
 
     version: str
-    ready: bool  # node set up: the readiness probe's answer
+    ready: bool  # the node can carry pod traffic: the readiness probe's answer
+    waiting_for: tuple[str, ...]  # what it still lacks, in words (empty when ready)
     uptime_seconds: float
     router: Router
     ipam: IpamStatus
@@ -231,6 +232,7 @@ class Report(_Node):
     super_packets_received: Mapping[str, int]  # how received super-packets were handled
     routes: tuple[Route, ...]
     connections: tuple[Connection, ...]  # empty with static peers
+    connection_terminations: int  # control connections ended so far (Weave's metric)
 
     @classmethod
     def from_json(cls, data: object, where: str = "report") -> Self:
@@ -239,6 +241,7 @@ class Report(_Node):
         return cls(
             version=f.text("version"),
             ready=f.flag("ready"),
+            waiting_for=_texts(f, "waiting_for"),
             uptime_seconds=f.number("uptime_seconds"),
             router=Router.from_json(*f.child("router")),
             ipam=IpamStatus.from_json(*f.child("ipam")),
@@ -247,7 +250,18 @@ class Report(_Node):
             super_packets_received=f.counts("super_packets_received"),
             routes=tuple(Route.from_json(d, w) for d, w in f.items("routes")),
             connections=tuple(Connection.from_json(d, w) for d, w in f.items("connections")),
+            connection_terminations=f.integer("connection_terminations"),
         )
+
+
+def _texts(f: Fields, key: str) -> tuple[str, ...]:
+    """A list of strings."""
+    out = []
+    for value, where in f.items(key):
+        if not isinstance(value, str):
+            raise DocumentError(f"{where}: expected a string, got {value!r}")
+        out.append(value)
+    return tuple(out)
 
 
 def _json(value: object) -> Any:

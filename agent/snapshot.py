@@ -1,8 +1,9 @@
 """The snapshot: a Report taken of the running cores for every view.
 
-It reads the sleeve's peers and counters, the mesh driver's control connections, the IPAM
-status and the kernel routes the last reconcile listed; the daemon passes them in, with its
-router and the time it has been up, and serves the result (agent/report.py).
+It reads the sleeve's peers and counters, the mesh driver's control connections and how many
+ended, the IPAM status and the kernel routes the last reconcile listed; the daemon passes them
+in, with its router, what the node still lacks to carry pod traffic (``readiness``) and the time
+it has been up, and serves the result (agent/report.py).
 """
 
 from __future__ import annotations
@@ -16,22 +17,40 @@ from overlay.peer import PeerState
 from overlay.sleeve import Sleeve
 
 
+def readiness(*, applied: bool, space: bool, cni_serving: bool) -> tuple[str, ...]:
+    """What keeps the node from carrying pod traffic, in words; empty when nothing does (the
+    readiness probe passes). ``applied``: the node's state is in the kernel; ``space``: IPAM
+    has addresses for pods (owned space, or the node's podCIDR); ``cni_serving``: the CNI
+    socket accepts requests (or none is configured)."""
+    missing = []
+    if not applied:
+        missing.append("node state not in the kernel yet")
+    if not space:
+        missing.append("no address space for pods yet")
+    if not cni_serving:
+        missing.append("cni socket not serving yet")
+    return tuple(missing)
+
+
 def take(
     router: Router,
     *,
-    ready: bool,
+    waiting_for: tuple[str, ...],
     uptime_seconds: float,
     ipam: IpamStatus,
     sleeve: Sleeve,
     routes: Iterable[netdev.Route],
     control: Iterable[Mapping[str, str]],
+    terminations: int = 0,
 ) -> Report:
-    """The Report of this moment. ``routes``: ours in the kernel after the last reconcile;
-    ``control``: the peer source's ``connections()`` (empty with static peers)."""
+    """The Report of this moment. ``waiting_for``: ``readiness()``; ``routes``: ours in the
+    kernel after the last reconcile; ``control``: the peer source's ``connections()`` (empty
+    with static peers) and ``terminations`` how many of them ended."""
     peers = tuple(peer_of(state) for state in sleeve.peers.values())
     return Report(
         version=__version__,
-        ready=ready,
+        ready=not waiting_for,
+        waiting_for=waiting_for,
         uptime_seconds=round(uptime_seconds, 1),
         router=router,
         ipam=ipam,
@@ -40,6 +59,7 @@ def take(
         super_packets_received=dict(sleeve.paths),
         routes=tuple(Route(r.destination, r.device) for r in routes),
         connections=connections_of(control, peers),
+        connection_terminations=terminations,
     )
 
 

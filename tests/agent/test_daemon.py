@@ -15,6 +15,7 @@ import pytest
 
 from agent import errors
 from agent.addresses import STATE_FILE
+from agent.api import Api
 from agent.config import Config, StaticPeer
 from agent.config_rules import validate
 from agent.daemon import Agent
@@ -24,7 +25,8 @@ from overlay import node
 from overlay.fake_kernel import FakeKernel
 from overlay.fakes import FakeTun
 from overlay.ipam import store
-from overlay.netdev import RTPROT_WEAVE_PY, Route
+from overlay.netdev import RTPROT_WEAVE_PY, Masquerade, NatTable, Route
+from overlay.node import NAT_TABLE
 
 Net = ipaddress.IPv4Network
 POD_BLOCK = Net("10.32.1.0/24")
@@ -100,7 +102,7 @@ async def test_static_node_starts_with_bridge_gateway_and_peer_routes(
     agent = build(fake, make_config(tmp_path, pod_block=POD_BLOCK, peers=(other,)), threads)
     await agent.start()
     try:
-        assert agent.ready and agent.addresses.ready()
+        assert agent.applied and agent.addresses.ready() and agent.readiness() == ()
         assert SYSCTLS["net.ipv4.ip_forward"] == "1"
         assert SYSCTLS["net/ipv4/conf/weave/rp_filter"] == "2"
         assert bridge_addresses(fake) == [ipaddress.IPv4Interface("10.32.1.1/24")]
@@ -118,6 +120,48 @@ async def test_static_node_starts_with_bridge_gateway_and_peer_routes(
         )  # fmt: skip
         assert [r.destination for r in report.routes] == [PEER_BLOCK]
         assert report.ipam.mode == "static"
+        assert (report.ready, report.waiting_for, report.connection_terminations) == (True, (), 0)
+        cluster = Net("10.32.0.0/16")  # the range: pods to outside it leave masqueraded
+        assert fake.host.nat_table(NAT_TABLE) == NatTable(True, (Masquerade(cluster, cluster),))
+        assert agent.coordinator.node is not None and agent.coordinator.node.hairpin
+    finally:
+        agent.close()
+
+
+async def test_masquerading_can_be_turned_off(
+    fake: FakeKernel, tmp_path: Path, threads: list[ThreadPoolExecutor]
+) -> None:
+    fake.host.replace_nat_table(NAT_TABLE, [])  # left by an agent that masqueraded
+    config = make_config(tmp_path, pod_block=POD_BLOCK, masquerade=False)
+    agent = build(fake, config, threads)
+    await agent.start()
+    try:
+        assert fake.host.nat_table(NAT_TABLE) is None
+    finally:
+        agent.close()
+
+
+async def test_not_ready_without_space_or_before_the_cni_socket_serves(
+    fake: FakeKernel, tmp_path: Path, threads: list[ThreadPoolExecutor]
+) -> None:
+    config = make_config(tmp_path, seeds=("127.0.0.9",))
+    config = dataclasses.replace(config, cni_socket=str(tmp_path / "cni.sock"))
+    agent = build(fake, config, threads)  # consensus of two: never seeded alone
+    await agent.start()
+    try:
+        for _ in range(3):
+            await agent.follow()
+        assert agent.applied and not agent.ipam.owned
+        missing = ("no address space for pods yet", "cni socket not serving yet")
+        assert agent.readiness() == missing
+        report = agent.report()
+        assert (report.ready, report.waiting_for) == (False, missing)
+        code, _, body = Api(agent.report).respond("GET", "/status")
+        assert code == 503 and body.startswith(
+            "not ready: no address space for pods yet\nnot ready: cni socket not serving yet\n"
+        )
+        agent.cni_serving = True
+        assert agent.readiness() == missing[:1]
     finally:
         agent.close()
 
@@ -157,6 +201,7 @@ async def test_a_gossip_node_alone_seeds_and_routes_nothing(
         assert record.blocks == ("10.32.0.0/16",)  # the claim went out with the ring
         answer = await agent.allocate("c1", "eth0")
         assert answer["address"] == "10.32.0.2/24"
+        assert agent.readiness() == () and agent.report().ready
     finally:
         agent.close()
 

@@ -38,17 +38,20 @@ def sleeve() -> Sleeve:
 
 
 def take(
-    control: list[dict[str, str]] | None = None, sleeve: Sleeve | None = None, ready: bool = True
+    control: list[dict[str, str]] | None = None,
+    sleeve: Sleeve | None = None,
+    waiting_for: tuple[str, ...] = (),
 ) -> Report:
     """The report of ``sleeve`` (default: one with no peers yet)."""
     return snapshot.take(
         REPORT.router,
-        ready=ready,
+        waiting_for=waiting_for,
         uptime_seconds=12.46,
         ipam=REPORT.ipam,
         sleeve=sleeve or Sleeve(1, 1, [], 1376),
         routes=[netdev.Route(NET("10.32.2.0/24"), "weave-tun")],
         control=control or [],
+        terminations=3,
     )
 
 
@@ -71,7 +74,7 @@ def test_the_report_of_the_cores() -> None:
     assert report.drops == {"too_big": 1, "unknown_peer": 1}
     assert report.super_packets_received == {"gro": 2}
     assert report.routes == (Route(NET("10.32.2.0/24"), "weave-tun"),)
-    assert report.connections == ()
+    assert report.connections == () and report.connection_terminations == 3
 
 
 def test_the_report_is_a_copy_not_a_view_of_the_counters() -> None:
@@ -85,10 +88,22 @@ def test_the_report_is_a_copy_not_a_view_of_the_counters() -> None:
 
 
 def test_before_any_peer() -> None:
-    report = take(ready=False)
+    report = take(waiting_for=("no address space for pods yet",))
     assert report.peers == ()
     assert report.drops == {} and report.super_packets_received == {}
-    assert report.ready is False
+    assert report.ready is False and report.waiting_for == ("no address space for pods yet",)
+
+
+def test_ready_only_when_the_node_can_carry_pod_traffic() -> None:
+    assert snapshot.readiness(applied=True, space=True, cni_serving=True) == ()
+    assert snapshot.readiness(applied=False, space=False, cni_serving=False) == (
+        "node state not in the kernel yet",
+        "no address space for pods yet",
+        "cni socket not serving yet",
+    )
+    for missing in ("applied", "space", "cni_serving"):
+        flags = {"applied": True, "space": True, "cni_serving": True, missing: False}
+        assert len(snapshot.readiness(**flags)) == 1
 
 
 def test_control_connections_get_weaves_states() -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import shutil
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,7 @@ def peer(name: str, nickname: str, address: str, *blocks: str, **changes: Any) -
 REPORT = Report(
     version="0.1.0",
     ready=True,
+    waiting_for=(),
     uptime_seconds=12.5,
     router=Router(
         name="aa:bb:cc:dd:ee:01",
@@ -136,11 +139,13 @@ REPORT = Report(
         for d in ("10.32.2.0/24", "10.32.3.0/24", "10.32.30.0/24", "10.32.9.0/24")
     ),
     connections=(),
+    connection_terminations=2,
 )
 
 REPORT_JSON: dict[str, Any] = {  # /report as agents serve it: the oracle of to_json
     "version": "0.1.0",
     "ready": True,
+    "waiting_for": [],
     "uptime_seconds": 12.5,
     "router": {
         "name": "aa:bb:cc:dd:ee:01",
@@ -257,6 +262,7 @@ REPORT_JSON: dict[str, Any] = {  # /report as agents serve it: the oracle of to_
         {"destination": "10.32.9.0/24", "device": "weave-tun"},
     ],
     "connections": [],
+    "connection_terminations": 2,
 }
 
 
@@ -573,8 +579,13 @@ def test_status_ready_and_not_ready() -> None:
     code, ctype, body = api().respond("GET", "/status")
     assert (code, ctype) == (200, "text/plain")
     assert body == status.render_status(REPORT)
-    code, _, body = api(snap(ready=False, ipam=ipam(status="idle"))).respond("GET", "/status")
+    waiting = ("no address space for pods yet", "cni socket not serving yet")
+    not_ready = snap(ready=False, waiting_for=waiting, ipam=ipam(status="idle"))
+    code, _, body = api(not_ready).respond("GET", "/status")
     assert code == 503
+    lines = body.splitlines()
+    assert lines[:2] == [f"not ready: {why}" for why in waiting]
+    assert "\n".join(lines[2:]) + "\n" == status.render_status(not_ready)
     assert "Status: idle" in body
 
 
@@ -632,18 +643,63 @@ def samples_of(body: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float
     }
 
 
+PER_PEER = "weave_py_peer_"
+
+
+def test_weave_connections_count_the_control_connections_by_weaves_states() -> None:
+    samples = samples_of(api(snap(connections=CONTROL)).respond("GET", "/metrics")[2])
+    counts = {"established": 2, "retrying": 1, "connecting": 1, "pending": 1, "failed": 0}
+    for state, count in counts.items():
+        labels = (("encryption", "no"), ("state", state), ("type", "sleeve"))
+        assert samples[("weave_connections", labels)] == count
+
+
+def test_connection_terminations_and_process_series() -> None:
+    body = api().respond("GET", "/metrics")[2]
+    samples = samples_of(body)
+    assert samples[("weave_connection_terminations_total", ())] == 2
+    types = {f.name: f.type for f in text_string_to_metric_families(body)}
+    assert types["weave_connection_terminations"] == "counter"
+    assert samples[("process_resident_memory_bytes", ())] > 0
+    assert samples[("process_cpu_seconds_total", ())] >= 0
+    assert ("process_open_fds", ()) in samples
+
+
+def test_per_peer_series_follow_the_documented_count_and_switch_off() -> None:
+    samples = samples_of(api().respond("GET", "/metrics")[2])
+    per_peer = [name for name, _ in samples if name.startswith(PER_PEER)]
+    answered = sum(1 for p in REPORT.peers if p.rtt_ms is not None)
+    drops = sum(len(p.drops) for p in REPORT.peers)
+    # 7 a peer (its round trip once answered) plus one per peer and drop reason seen
+    assert len(per_peer) == 6 * len(REPORT.peers) + answered + drops == 7 * 3 - 1 + 3
+    quiet = Api(lambda: REPORT, peer_metrics=False)
+    samples = samples_of(quiet.respond("GET", "/metrics")[2])
+    assert not [name for name, _ in samples if name.startswith(PER_PEER)]
+    assert samples[("weave_py_drops_total", (("reason", "unknown_peer"),))] == 3  # node-wide
+    assert samples[("weave_connections", (("encryption", "no"), ("state", "established"),
+                                          ("type", "sleeve")))] == 2  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_promtool_finds_nothing_to_say_about_the_exposition() -> None:
+    body = api().respond("GET", "/metrics")[2]
+    lint = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True,
+                          text=True, timeout=30, check=False)  # fmt: skip
+    assert lint.returncode == 0 and not lint.stdout.strip(), lint.stdout + lint.stderr
+
+
 def test_ipam_metrics_have_weaves_names() -> None:
     code, _, body = api().respond("GET", "/metrics")
     assert code == 200
     samples = samples_of(body)
     assert samples[("weave_ips", (("state", "local-used"),))] == 3
     assert samples[("weave_max_ips", ())] == 524285
-    assert samples[("weave_ipam_unreachable_count", ())] == 1
+    assert samples[("weave_ipam_unreachable_peers", ())] == 1
     assert samples[("weave_ipam_unreachable_percentage", ())] == 25.0
     assert samples[("weave_ipam_pending_allocates", ())] == 2
     assert samples[("weave_ipam_pending_claims", ())] == 1
     types = {f.name: f.type for f in text_string_to_metric_families(body)}
-    for name in ("weave_ips", "weave_max_ips", "weave_ipam_unreachable_count"):
+    for name in ("weave_ips", "weave_max_ips", "weave_ipam_unreachable_peers"):
         assert types[name] == "gauge"
 
 
@@ -661,7 +717,7 @@ def test_ipam_metrics_before_consensus() -> None:
     samples = samples_of(api(snap(ipam=entry)).respond("GET", "/metrics")[2])
     assert samples[("weave_ips", (("state", "local-used"),))] == 0
     assert samples[("weave_max_ips", ())] == 0
-    assert samples[("weave_ipam_unreachable_count", ())] == 0
+    assert samples[("weave_ipam_unreachable_peers", ())] == 0
     assert samples[("weave_ipam_unreachable_percentage", ())] == 0.0
     assert samples[("weave_ipam_pending_allocates", ())] == 4
 
