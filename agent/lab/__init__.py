@@ -7,4 +7,5 @@
 - ``state``: the state file ``lab down`` reads to remove exactly what a lab made.
 - ``lab``: ``Lab``, which puts those together and waits for the agents through their API.
 - ``probe``: pod-to-pod reachability; ``run``: ``weave-py lab up`` / ``lab down``.
+- ``outside``: a host on the underlay that is not a node (where pods' egress goes).
 """
