@@ -106,9 +106,62 @@ class Config:
     advertise_address: str = _setting(
         "WEAVE_ADVERTISE_ADDR",
         "--advertise-address",
-        "Gossip mode: this node's address as other nodes reach it (control and sleeve). "
-        "Default: the address of the interface that routes to the first seed.",
+        "Gossip mode: this node's address as other nodes reach it (control and sleeve); the "
+        "DaemonSet sets it from the pod's status.hostIP. Default: with Kubernetes, the own "
+        "Node's InternalIP; else the address of the interface that routes to the first seed "
+        "that is not this node.",
         "",
+    )
+    kubernetes: str = _setting(
+        "WEAVE_KUBERNETES",
+        "--kubernetes",
+        "Use the Kubernetes API: 'on', 'off' or 'auto' (on inside a cluster, i.e. with "
+        "kube_api_host set and a service-account token, or with a kubeconfig). On: peers are "
+        "the Nodes' InternalIPs (list, then watch), the quorum is the Node count, "
+        "NetworkUnavailable is cleared once routes are in place, and a deleted Node's space "
+        "is reclaimed by one surviving peer.",
+        "auto",
+    )
+    kubeconfig: str = _setting(
+        "KUBECONFIG",
+        "--kubeconfig",
+        "Kubernetes out of cluster: the kubeconfig file to use (its current context). Unset: "
+        "the in-cluster service account.",
+        "",
+    )
+    kube_api_host: str = _setting(
+        "KUBERNETES_SERVICE_HOST",
+        "--kube-api-host",
+        "Kubernetes in cluster: the apiserver's address (kubelet sets the variable in every pod).",
+        "",
+    )
+    kube_api_port: int = _setting(
+        "KUBERNETES_SERVICE_PORT",
+        "--kube-api-port",
+        "Kubernetes in cluster: the apiserver's port (kubelet sets the variable).",
+        443,
+    )
+    service_account_dir: str = _setting(
+        None,
+        "--service-account-dir",
+        "Kubernetes in cluster: the directory of the service account's token, ca.crt and "
+        "namespace.",
+        "/var/run/secrets/kubernetes.io/serviceaccount",
+    )
+    kube_namespace: str = _setting(
+        "WEAVE_KUBE_NAMESPACE",
+        "--kube-namespace",
+        "Kubernetes: the namespace of the Leases that decide which peer reclaims a deleted "
+        "Node's space (the manifest's Role grants them there).",
+        "kube-system",
+    )
+    ipam_mode: str = _setting(
+        "WEAVE_IPAM_MODE",
+        "--ipam-mode",
+        "'gossip': blocks from the cluster range by the gossip ring (or pod_block when given); "
+        "'kube': the own Node's spec.podCIDR, assigned by kube-controller-manager "
+        "(--allocate-node-cidrs), must lie inside ipalloc_range; the agent waits for it.",
+        "gossip",
     )
     conn_limit: int = _setting(
         "CONN_LIMIT",
@@ -120,8 +173,9 @@ class Config:
     mtu: int | None = _setting(
         "WEAVE_MTU",
         "--mtu",
-        "Overlay MTU in bytes for the bridge, TUN and pods. Default: the underlay MTU of the "
-        "interface that reaches the first peer, minus 64 bytes of encapsulation.",
+        "Overlay MTU in bytes for the bridge, TUN and pods. Default: the MTU of the interface "
+        "that holds the advertised address (else the one that reaches the first peer), minus "
+        "64 bytes of encapsulation.",
         None,
     )
     port: int = _setting(

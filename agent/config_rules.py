@@ -16,6 +16,8 @@ from agent.config import Config, ConfigError, init_count, split_hostport
 
 IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+KUBERNETES = ("auto", "on", "off")
+IPAM_MODES = ("gossip", "kube")
 
 
 def validate(c: Config) -> None:
@@ -91,6 +93,18 @@ def _mesh(c: Config) -> None:
             raise _bad("advertise_address", c.advertise_address, "is not an IPv4 address") from None
 
 
+def _kubernetes(c: Config) -> None:
+    """The Kubernetes switch, the API's port, and kube IPAM's need of a podCIDR."""
+    if c.kubernetes not in KUBERNETES:
+        raise _bad("kubernetes", c.kubernetes, "is not 'auto', 'on' or 'off'")
+    if not 1 <= c.kube_api_port <= 65535:
+        raise _bad("kube_api_port", c.kube_api_port, "is not a port number")
+    if c.ipam_mode not in IPAM_MODES:
+        raise _bad("ipam_mode", c.ipam_mode, "is not 'gossip' or 'kube'")
+    if c.ipam_mode == "kube" and c.kubernetes == "off" and c.pod_block is None:
+        raise _bad("ipam_mode", c.ipam_mode, "needs the Kubernetes API or pod_block")
+
+
 def _upkeep(c: Config) -> None:
     """Reconciliation interval and the sleeve socket's buffer."""
     if c.reconcile_interval <= 0:
@@ -117,6 +131,7 @@ RULES: tuple[Callable[[Config], None], ...] = (
     _static_peers,
     _data_path,
     _mesh,
+    _kubernetes,
     _upkeep,
     _operations,
 )

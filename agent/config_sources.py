@@ -163,6 +163,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "mtu": _optional(_parse_int),
     "seeds": _parse_seeds,
     "conn_limit": _parse_int,
+    "kube_api_port": _parse_int,
     "port": _parse_int,
     "offload": _parse_bool,
     "udp_gso": _parse_bool,

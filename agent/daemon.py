@@ -33,8 +33,9 @@ from agent.ipam import Ipam, Settings
 from agent.kernel import NodeKernel
 from agent.peer_log import log_table, peer_event, peer_tables
 from agent.peer_name import load_or_create
-from agent.peers import PeerSource
+from agent.peers import PeerSource, kube_api
 from agent.peers.gossip import GossipPeers
+from agent.peers.kube import KubePeers, local_rmpeer, prepare
 from agent.peers.static import StaticPeers
 from agent.report import Report, Router
 from gossip.driver import MeshDriver
@@ -50,17 +51,24 @@ SHUTDOWN_GRACE = 5.0  # seconds a stop may take before the process exits regardl
 def peer_source(
     config: Config, identity: Identity, incarnation: int, kernel: NodeKernel, claim: dict[str, Any]
 ) -> PeerSource:
-    """Static peers when configured, else the gossip mesh joined through the seeds."""
+    """Static peers when configured, else the gossip mesh joined through the seeds, with the
+    Nodes as its seeds when the Kubernetes API is used."""
     if config.peers:
         return StaticPeers(config.peers)
     address = config.advertise_address or kernel.underlay.address
     if address is None:
         raise ValueError(
-            "advertise_address is not set and no seed route shows which address to use"
+            "advertise_address (WEAVE_ADVERTISE_ADDR) is not set and no seed route shows "
+            "which address to use"
         )
     endpoint = (address, config.port)
-    return GossipPeers(identity, incarnation, endpoint, (config.bind_address, config.port),
-                       config.seeds, config.conn_limit, claim)  # fmt: skip
+    gossip = GossipPeers(identity, incarnation, endpoint, (config.bind_address, config.port),
+                         config.seeds, config.conn_limit, claim)  # fmt: skip
+    if not kube_api.enabled(config):
+        return gossip
+    rmpeer = local_rmpeer(config.socket_path) if config.pod_block is None else None
+    return KubePeers(gossip, kube_api.connect(config), config.node_name,
+                     lambda: {r.destination for r in kernel.routes}, rmpeer)  # fmt: skip
 
 
 class Agent:
@@ -292,7 +300,10 @@ class Agent:
 
 
 async def main(config: Config) -> None:
-    """Set up the kernel side, build the agent and run it."""
+    """Complete the configuration from the Kubernetes API when it is used, set up the kernel
+    side, build the agent and run it."""
+    if kube_api.enabled(config):
+        config = await prepare(config)
     identity = load_or_create(config.state_dir, config.node_name)
     kernel = await NodeKernel.open(config)
     try:

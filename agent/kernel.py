@@ -26,6 +26,7 @@ from overlay.tun import TunDevice, open_tun
 
 log = logging.getLogger("weave-py")
 DEFAULT_UNDERLAY_MTU = 1500
+LOOPBACK = "lo"
 T = TypeVar("T")
 Net = ipaddress.IPv4Network
 
@@ -39,21 +40,30 @@ def first_hosts(config: Config) -> list[str]:
 class Underlay:
     """What the kernel says about the network towards the other nodes."""
 
-    mtu: int  # of the interface that reaches the first peer (1500 when unknown)
+    mtu: int  # of the interface that carries peer traffic (1500 when unknown)
     address: str | None  # this node's address on that interface (None when unknown)
     kept: frozenset[Net]  # our routes already in the kernel (a previous agent's)
 
 
-def survey(nl: NetlinkHandle, hosts: list[str]) -> Underlay:
-    """The underlay towards the first of ``hosts`` that has a route."""
+def survey(nl: NetlinkHandle, hosts: list[str], advertise: str = "") -> Underlay:
+    """The underlay: the interface that holds ``advertise`` when one is given, else the one
+    that routes to the first of ``hosts`` that is not this node's own address (a seed list
+    shared by every node names each node too, and the route to oneself is ``lo``)."""
     kept = frozenset(r.destination for r in nl.list_routes())
+    links = [link for link in nl.list_links() if link.name != LOOPBACK]
+    held = {str(a.ip): link for link in links for a in nl.list_addresses_index(link.index)}
+    if advertise and advertise in held:
+        return Underlay(held[advertise].mtu or DEFAULT_UNDERLAY_MTU, advertise, kept)
     for host in hosts:
+        if host in held:
+            continue
         link = nl.route_device(ipaddress.IPv4Address(host))
-        if link is not None:
-            addresses = nl.list_addresses(link.name)
-            address = str(addresses[0].ip) if addresses else None
-            return Underlay(link.mtu or DEFAULT_UNDERLAY_MTU, address, kept)
-    return Underlay(DEFAULT_UNDERLAY_MTU, None, kept)
+        if link is None or link.name == LOOPBACK:
+            continue
+        addresses = nl.list_addresses(link.name)
+        address = advertise or (str(addresses[0].ip) if addresses else None)
+        return Underlay(link.mtu or DEFAULT_UNDERLAY_MTU, address, kept)
+    return Underlay(DEFAULT_UNDERLAY_MTU, advertise or None, kept)
 
 
 @dataclass
@@ -74,7 +84,8 @@ class NodeKernel:
         """Find the underlay, open the TUN (raises OSError or NetlinkFailure on failure)."""
         thread = ThreadPoolExecutor(1, thread_name_prefix="netlink")
         try:
-            nl, underlay = await _on(thread, _survey, first_hosts(config))
+            hosts = first_hosts(config)
+            nl, underlay = await _on(thread, _survey, hosts, config.advertise_address)
             tun = open_tun(config.tun, offload=config.offload)
         except BaseException:
             thread.shutdown()
@@ -100,9 +111,9 @@ class NodeKernel:
         self._thread.shutdown()
 
 
-def _survey(hosts: list[str]) -> tuple[Netlink, Underlay]:
+def _survey(hosts: list[str], advertise: str) -> tuple[Netlink, Underlay]:
     nl = Netlink()
-    return nl, survey(nl, hosts)
+    return nl, survey(nl, hosts, advertise)
 
 
 async def _on(thread: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:

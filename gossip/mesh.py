@@ -123,6 +123,14 @@ class Mesh:
         known -= connected | {self.topology.local.control_endpoint}
         return known, known - live
 
+    def set_seeds(self, seeds: Iterable[Address]) -> None:
+        """Replace the seeds (say, with the addresses of the cluster's nodes as they come and
+        go); peers already known stay dial targets through their records."""
+        fresh = set(seeds)
+        if fresh != self.seeds:
+            self.seeds = fresh
+            self._candidates = None
+
     def dial_failed(self, addr: Address, now: float) -> float:
         """Back off from ``addr``; returns when it may be tried again."""
         return self._dialer.failed(addr, now)

@@ -26,7 +26,8 @@ log = logging.getLogger("weave-py.lab")
 ETCD_CLIENT = "http://127.0.0.1:2379"
 API_PORT = 6443
 READY_TIMEOUT = 120.0  # seconds the apiserver may take to answer /readyz (cold: ~5 s)
-STOP_TIMEOUT = 10.0  # seconds a component may take to exit on SIGTERM before SIGKILL
+STOP_TIMEOUT = 5.0  # seconds a component may take to exit on SIGTERM before SIGKILL (the
+# apiserver, once it stopped serving, retries removing its own endpoint until killed)
 NETNS_DIR = "/run/netns"
 
 
@@ -35,8 +36,13 @@ class Process:
     """One component this control plane started."""
 
     name: str
-    binary: str
+    argv: list[str]
     popen: subprocess.Popen[bytes]
+
+    @property
+    def binary(self) -> str:
+        """The program's file name (what /proc/PID/cmdline starts with, after nsenter)."""
+        return os.path.basename(self.argv[0])
 
 
 class ControlPlane:
@@ -89,17 +95,23 @@ class ControlPlane:
     def stop(self) -> None:
         """Stop what this object started, the last started first (SIGKILL after a timeout)."""
         while self.processes:
-            process = self.processes.pop()
-            if process.popen.poll() is not None:
-                continue
-            if _runs(process.popen.pid, process.binary):
-                process.popen.send_signal(signal.SIGTERM)
-            try:
-                process.popen.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.popen.kill()
-                process.popen.wait()
-            log.info("stop %s: pid %d", process.name, process.popen.pid)
+            _terminate(self.processes.pop())
+
+    def restart(self, name: str) -> None:
+        """Stop one component and start it again with the same command line (the apiserver:
+        waits until it is ready). Its watch cache starts afresh, as after a failover."""
+        process = next(p for p in self.processes if p.name == name)
+        self.processes.remove(process)
+        _terminate(process)
+        self._spawn(name, process.argv)
+        if name != "kube-apiserver":
+            return
+        self._wait_ready()
+        for other in [p for p in self.processes if p.popen.poll() is not None]:
+            # a component still starting exits when the apiserver goes away: start it again
+            log.info("restart %s: it exited while the apiserver restarted", other.name)
+            self.processes.remove(other)
+            self._spawn(other.name, other.argv)
 
     def kubectl(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         """``kubectl`` as the admin, run in the namespace; output captured as text."""
@@ -183,14 +195,14 @@ class ControlPlane:
         with open(self.directory / "logs" / f"{name}.log", "ab") as out:
             popen = subprocess.Popen(self._in_netns(argv), stdout=out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-        self.processes.append(Process(name, os.path.basename(argv[0]), popen))
+        self.processes.append(Process(name, argv, popen))
         log.info("start %s: pid %d in %s", name, popen.pid, self.netns)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             for process in self.processes:
-                if process.popen.poll() is not None:
+                if process.name in ("etcd", "kube-apiserver") and process.popen.poll() is not None:
                     raise RuntimeError(f"{process.name} exited with status "
                                        f"{process.popen.returncode}:\n"
                                        f"{self.log_tail(process.name)}")  # fmt: skip
@@ -199,6 +211,20 @@ class ControlPlane:
             time.sleep(0.3)
         raise RuntimeError(f"kube-apiserver not ready after {READY_TIMEOUT:.0f}s:\n"
                            f"{self.log_tail('kube-apiserver')}")  # fmt: skip
+
+
+def _terminate(process: Process) -> None:
+    """SIGTERM to a component still running its binary; SIGKILL after ``STOP_TIMEOUT``."""
+    if process.popen.poll() is not None:
+        return
+    if _runs(process.popen.pid, process.binary):
+        process.popen.send_signal(signal.SIGTERM)
+    try:
+        process.popen.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.popen.kill()
+        process.popen.wait()
+    log.info("stop %s: pid %d", process.name, process.popen.pid)
 
 
 def _kubeconfigs(path: Path) -> list[str]:

@@ -1,0 +1,190 @@
+"""The Kubernetes source without a cluster: its settings, when it is used, what the daemon
+builds, when routes count as in place, and rmpeer through the agent's own API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import ipaddress
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import config_sources, errors
+from agent.api import Api
+from agent.config import Config, ConfigError
+from agent.daemon import peer_source
+from agent.kernel import Underlay
+from agent.lab.kube.pki import Pki
+from agent.peers import Member, View
+from agent.peers.gossip import GossipPeers
+from agent.peers.kube import KubePeers, local_rmpeer
+from agent.peers.kube_api import KubeApi, enabled, kube_config
+from agent.report import Report
+from gossip.identity import new_identity
+from gossip.topology import PeerRecord
+from overlay.netdev import Route
+
+Net = ipaddress.IPv4Network
+
+
+def load(*argv: str, env: dict[str, str] | None = None) -> Config:
+    parser = argparse.ArgumentParser()
+    config_sources.add_arguments(parser)
+    return config_sources.load(parser.parse_args(list(argv)), env or {})
+
+
+@pytest.fixture
+def account(tmp_path: Path) -> Path:
+    """A service account's directory as kubelet mounts it."""
+    directory = tmp_path / "serviceaccount"
+    directory.mkdir()
+    (directory / "token").write_text("a-token")
+    pki = Pki(tmp_path / "pki")
+    pki.make("10.96.0.1", [])
+    shutil.copy(pki.ca_cert, directory / "ca.crt")
+    (directory / "namespace").write_text("kube-system")
+    return directory
+
+
+def test_kubelet_s_variables_and_the_switch_are_read(account: Path) -> None:
+    env = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443",
+           "WEAVE_KUBERNETES": "auto", "WEAVE_IPAM_MODE": "kube"}  # fmt: skip
+    c = load("--service-account-dir", str(account), env=env)
+    assert (c.kube_api_host, c.kube_api_port, c.ipam_mode) == ("10.96.0.1", 443, "kube")
+    assert enabled(c)
+    assert kube_config(c).get().cluster.server == "https://10.96.0.1:443"
+    assert not enabled(dataclasses.replace(c, kubernetes="off"))
+
+
+def test_auto_is_off_outside_a_cluster(tmp_path: Path) -> None:
+    c = load("--service-account-dir", str(tmp_path / "none"), env={})
+    assert c.kubernetes == "auto" and not enabled(c)
+    assert enabled(dataclasses.replace(c, kubeconfig="/etc/kubeconfig"))
+    token_missing = load("--service-account-dir", str(tmp_path / "none"),
+                         env={"KUBERNETES_SERVICE_HOST": "10.96.0.1"})  # fmt: skip
+    assert not enabled(token_missing)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--kubernetes", "maybe"], "kubernetes: 'maybe'"),
+        (["--ipam-mode", "dhcp"], "ipam_mode: 'dhcp'"),
+        (["--kube-api-port", "0"], "kube_api_port: 0"),
+        (["--ipam-mode", "kube", "--kubernetes", "off"], "needs the Kubernetes API"),
+    ],
+)
+def test_bad_kubernetes_settings_are_refused(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(*argv)
+
+
+@dataclasses.dataclass
+class FakeKernel:
+    """What peer_source reads of the node's kernel."""
+
+    underlay: Underlay
+    routes: tuple[Route, ...] = ()
+
+
+def build(config: Config, blocks: tuple[str, ...] = ()) -> Any:
+    kernel = FakeKernel(Underlay(1500, "192.168.1.7", frozenset()))
+    claim = {"blocks": blocks, "meta": b""}
+    return peer_source(config, new_identity(config.node_name), 1, kernel, claim)  # type: ignore[arg-type]
+
+
+def test_the_daemon_builds_the_kubernetes_source_only_when_it_is_used(account: Path) -> None:
+    base = dataclasses.replace(Config(), node_name="node-1", port=0, kube_api_host="10.96.0.1",
+                               service_account_dir=str(account))  # fmt: skip
+    kube = build(base)
+    assert isinstance(kube, KubePeers) and kube.rmpeer is not None
+    assert kube.gossip.topology.local.data_endpoint == ("192.168.1.7", 0)
+    assert isinstance(build(dataclasses.replace(base, kubernetes="off")), GossipPeers)
+    fixed = build(dataclasses.replace(base, pod_block=Net("10.32.1.0/24")))
+    assert fixed.rmpeer is None  # kube IPAM: the controller-manager frees podCIDRs
+
+
+class NoApi(KubeApi):
+    def __init__(self) -> None:
+        pass
+
+
+def kube_source(blocks: tuple[str, ...], routed: set[Net]) -> KubePeers:
+    identity = new_identity("node-1")
+    gossip = GossipPeers(identity, 1, ("192.168.1.7", 6783), ("127.0.0.1", 0), (), 8,
+                         {"blocks": blocks, "meta": b""})  # fmt: skip
+    return KubePeers(gossip, NoApi(), "node-1", lambda: routed, None)
+
+
+def member(name: str, *blocks: str) -> Member:
+    record = PeerRecord(name=name, nickname=name, incarnation=1, version=1, uid=1,
+                        data_endpoint=("192.168.1.8", 6783),
+                        control_endpoint=("192.168.1.8", 6783), blocks=blocks)  # fmt: skip
+    return Member(name, name, ("192.168.1.8", 6783), record=record)
+
+
+def test_routes_are_in_place_once_every_member_s_space_is_routed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    routed = {Net("10.32.2.0/24")}
+    peers = kube_source(("10.32.1.0/24",), routed)
+    members = [member("node-2", "10.32.2.0/24")]
+    monkeypatch.setattr(peers.gossip, "view", lambda: View(tuple(members)))
+    assert peers.routes_in_place(grace_over=False)
+    members.append(member("node-3", "10.32.3.0/24"))
+    assert not peers.routes_in_place(grace_over=True)  # node-3's space is not routed yet
+    routed.add(Net("10.32.3.0/24"))
+    assert peers.routes_in_place(grace_over=False)
+
+
+def test_a_node_alone_is_ready_after_the_grace_and_never_without_space() -> None:
+    alone = kube_source(("10.32.1.0/24",), set())
+    assert not alone.routes_in_place(grace_over=False)
+    assert alone.routes_in_place(grace_over=True)
+    assert not kube_source((), set()).routes_in_place(grace_over=True)
+
+
+def test_a_peer_maps_to_its_node_by_nickname() -> None:
+    peers = kube_source((), set())
+    assert peers.peer_name("node-2") == new_identity("node-2").name  # no record: derived
+
+
+class Actions:
+    def __init__(self) -> None:
+        self.refuse = True
+
+    async def allocate(self, container_id: str, ifname: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def release(self, container_id: str, ifname: str | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def rmpeer(self, name: str) -> dict[str, Any]:
+        if self.refuse:
+            raise errors.Conflict(f"peer {name} is reachable; stop it first")
+        return {"name": name, "taken": ["10.32.3.0/24"]}
+
+
+async def test_rmpeer_through_the_agent_s_own_api(tmp_path: Path) -> None:
+    actions = Actions()
+    api = Api(lambda: Report.from_json({}), actions=actions)  # type: ignore[arg-type]
+    path = str(tmp_path / "api.sock")
+    server = await asyncio.start_unix_server(api.handle, path)
+    try:
+        rmpeer = local_rmpeer(path)
+        with pytest.raises(errors.Conflict, match="reachable"):
+            await rmpeer("aa:bb:cc:dd:ee:ff")
+        actions.refuse = False
+        assert await rmpeer("aa:bb:cc:dd:ee:ff") == {
+            "name": "aa:bb:cc:dd:ee:ff",
+            "taken": ["10.32.3.0/24"],
+        }
+    finally:
+        server.close()
+        await server.wait_closed()
+    with pytest.raises(errors.TryLater):
+        await local_rmpeer(str(tmp_path / "gone.sock"))("aa:bb:cc:dd:ee:ff")
