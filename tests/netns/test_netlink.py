@@ -77,6 +77,7 @@ def test_iptables_nft_tables_survive_ours(scratch_netns) -> None:
     cluster = ipaddress.IPv4Network("10.32.0.0/12")
     with Netlink(ns) as nl:
         nl.replace_nat_table("weave-py", [Masquerade(cluster, cluster)])
+        assert nl.nat_table("weave-py") == NatTable(True, (Masquerade(cluster, cluster),))
         nl.replace_nat_table("weave-py", [])
         nl.remove_nat_table("weave-py")
         assert nl.nat_table("weave-py") is None
