@@ -89,3 +89,6 @@ def test_a_pod_reaches_itself_through_a_service_address(lab_factory) -> None:
         assert link is not None and link.hairpin, "the reconcile did not restore hairpin"
     assert took < 5
     assert iptables(node_ns, "-t", "nat", "-S") == before  # many reconciles later
+    with open(f"{lab.plan.node_dir(1)}/agent.log") as log:  # and ours was left alone too:
+        repairs = [line for line in log if "repaired drift" in line]
+    assert len(repairs) == 1, repairs  # the hairpin, once; never our table beside theirs
