@@ -35,7 +35,8 @@ from agent.peer_log import log_table, peer_event, peer_tables
 from agent.peer_name import load_or_create
 from agent.peers import PeerSource, kube_api
 from agent.peers.gossip import GossipPeers
-from agent.peers.kube import KubePeers, local_rmpeer, prepare
+from agent.peers.kube import KubePeers, local_rmpeer
+from agent.peers.startup import prepare
 from agent.peers.static import StaticPeers
 from agent.report import Report, Router
 from gossip.driver import MeshDriver

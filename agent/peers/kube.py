@@ -1,10 +1,6 @@
 """The Kubernetes peer source: the gossip mesh, dialling every Node the apiserver lists; and the
 node's duties towards the cluster (NetworkUnavailable, reclaiming deleted Nodes' space).
-
-Start-up (``prepare``, before IPAM is built): one list of the Nodes fills in what configuration
-left open: the quorum of gossip IPAM (Node count // 2 + 1, unless IPALLOC_INIT is set), the pod
-block in kube IPAM mode (the own Node's spec.podCIDR, waited for), the address to advertise
-(the own Node's InternalIP, unless WEAVE_ADVERTISE_ADDR is set) and the first dial targets.
+Before it, agent/peers/startup.py completes the configuration from one list of the Nodes.
 
 Running (``KubePeers.run``): the mesh's driver, plus three loops of this module's driver:
 - Nodes: list, then watch from the list's resourceVersion; the watch is renewed every
@@ -27,19 +23,13 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Set
-from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
-import httpx2
-from lightkube import ApiError
-
 from agent import client, errors
-from agent.config import Config
-from agent.config_rules import validate
 from agent.peers import View
 from agent.peers.gossip import GossipPeers
-from agent.peers.kube_api import API_ERRORS, KubeApi, connect
+from agent.peers.kube_api import API_ERRORS, KubeApi, status_code, why
 from agent.peers.nodes import Backoff, Changes, NodeTable
 from agent.peers.reclaim import DELETE, REMOVE, TAKE, Reclaims, Step
 from gossip.identity import name_for
@@ -51,65 +41,8 @@ READY_GRACE = 5.0  # seconds to wait for peers before an alone node declares its
 READY_INTERVAL = 1.0  # seconds between readiness checks until the condition is set
 
 Net = ipaddress.IPv4Network
-Rmpeer = Callable[[str], Awaitable[object]]  # errors.Conflict while rmpeer's rules refuse
-
-
-async def prepare(config: Config, api: KubeApi | None = None) -> Config:
-    """``config`` completed from one list of the Nodes (see the module's docstring)."""
-    api = api or connect(config)
-    try:
-        table = NodeTable(config.node_name, config.port)
-        await _first_list(api, table)
-        changes: dict[str, Any] = {}
-        if not config.ipalloc_init:
-            changes["ipalloc_init"] = f"consensus={table.count}"
-        if config.ipam_mode == "kube" and config.pod_block is None:
-            changes["pod_block"] = await _pod_cidr(api, config.node_name)
-        mine = table.mine
-        if not config.advertise_address and mine is not None and mine.address:
-            changes["advertise_address"] = mine.address
-        if not config.seeds:
-            changes["seeds"] = tuple(host for host, _ in table.targets())
-    finally:
-        await api.close()
-    prepared = replace(config, **changes)
-    validate(prepared)
-    log.info("list nodes: %d node(s), quorum %s, pod block %s, advertise %s", table.count,
-             prepared.ipalloc_init, prepared.pod_block or "from gossip IPAM",
-             prepared.advertise_address or "from the underlay")  # fmt: skip
-    return prepared
-
-
-async def _first_list(api: KubeApi, table: NodeTable) -> None:
-    """List until it works and the own Node is in it."""
-    backoff = Backoff()
-    while True:
-        try:
-            table.listed(*await api.list_nodes())
-            if table.mine is not None:
-                return
-            why = f"node {table.own} is not registered yet"
-        except API_ERRORS as exc:
-            why = _why(exc)
-        delay = backoff.failed()
-        log.warning("list nodes: %s; retry in %.1fs", why, delay)
-        await asyncio.sleep(delay)
-
-
-async def _pod_cidr(api: KubeApi, name: str) -> Net:
-    """The own Node's podCIDR, waiting until the controller-manager assigns one."""
-    backoff = Backoff(cap=10.0)
-    while True:
-        try:
-            node = await api.get_node(name)
-            if node.pod_cidr is not None:
-                return node.pod_cidr
-            why = "no podCIDR assigned yet (kube-controller-manager --allocate-node-cidrs)"
-        except API_ERRORS as exc:
-            why = _why(exc)
-        delay = backoff.failed()
-        log.info("wait for podCIDR: node %s: %s; retry in %.1fs", name, why, delay)
-        await asyncio.sleep(delay)
+# rmpeer by peer name: the API's answer ({"name", "taken"}); errors.Conflict while it refuses
+Rmpeer = Callable[[str], Awaitable[dict[str, Any]]]
 
 
 class KubePeers:
@@ -271,7 +204,7 @@ class KubePeers:
             now = datetime.datetime.now(datetime.UTC)
             taken = await self.api.take_lease(step.lease, step.node, self.node_name, now)
         except API_ERRORS as exc:
-            log.warning("reclaim node %s: lease %s: %s; retry", step.node, step.lease, _why(exc))
+            log.warning("reclaim node %s: lease %s: %s; retry", step.node, step.lease, why(exc))
         if taken:
             log.info("reclaim node %s: lease %s is ours, this node reclaims its space",
                      step.node, step.lease)  # fmt: skip
@@ -291,7 +224,8 @@ class KubePeers:
                      exc.message, then)  # fmt: skip
             return
         self.reclaims.removed(step.node, True, time.monotonic())
-        log.info("reclaim node %s: rmpeer %s(%s): %s", step.node, name, step.node, result)
+        taken = ", ".join(map(str, result.get("taken", []))) or "nothing"
+        log.info("reclaim node %s: rmpeer %s(%s) took %s", step.node, name, step.node, taken)
 
     async def _delete(self, step: Step) -> None:
         done = False
@@ -301,7 +235,7 @@ class KubePeers:
             log.info("reclaim node %s: lease %s deleted", step.node, step.lease)
         except API_ERRORS as exc:
             log.warning("reclaim node %s: delete lease %s: %s; retry", step.node, step.lease,
-                        _why(exc))  # fmt: skip
+                        why(exc))  # fmt: skip
         self.reclaims.lease_deleted(step.node, done, time.monotonic())
 
     def peer_name(self, node: str) -> str:
@@ -316,13 +250,13 @@ def local_rmpeer(socket_path: str) -> Rmpeer:
     """rmpeer through this agent's own API (the path ``weave-py rmpeer`` takes, with the same
     rules, state flush and step); errors.Conflict while the rules refuse."""
 
-    async def rmpeer(name: str) -> object:
+    async def rmpeer(name: str) -> dict[str, Any]:
         path = f"/peer/{quote(name, safe='')}"
         try:
             code, body = await asyncio.to_thread(client.request, "DELETE", path, socket_path)
         except OSError as exc:
             raise errors.TryLater(f"the agent's API: {exc}") from None
-        answer = json.loads(body) if body.strip().startswith("{") else {}
+        answer: dict[str, Any] = json.loads(body) if body.strip().startswith("{") else {}
         if code == 200:
             return answer
         refusal = errors.Conflict if code == 409 else errors.Refused
@@ -333,20 +267,5 @@ def local_rmpeer(socket_path: str) -> Rmpeer:
 
 async def _pause(what: str, exc: BaseException, backoff: Backoff) -> None:
     delay = backoff.failed()
-    log.warning("%s: %s; retry in %.1fs", what, _why(exc), delay)
+    log.warning("%s: %s; retry in %.1fs", what, why(exc), delay)
     await asyncio.sleep(delay)
-
-
-def status_code(exc: BaseException) -> int | None:
-    """The HTTP status of a failed call (an error event in a watch carries one too)."""
-    if isinstance(exc, ApiError):
-        return exc.status.code
-    if isinstance(exc, httpx2.HTTPStatusError):
-        return exc.response.status_code
-    return None
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, ApiError):
-        return f"{exc.status.code} {exc.status.reason}: {exc.status.message}"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -165,6 +165,22 @@ def node_info(node: Any) -> NodeInfo:
     return NodeInfo(node.metadata.name, node.metadata.uid or "", internal, pod_cidr)
 
 
+def status_code(exc: BaseException) -> int | None:
+    """The HTTP status of a failed call (an error event in a watch carries one too)."""
+    if isinstance(exc, ApiError):
+        return exc.status.code
+    if isinstance(exc, httpx2.HTTPStatusError):
+        return exc.response.status_code
+    return None
+
+
+def why(exc: BaseException) -> str:
+    """A failed call in a log line: the status and the apiserver's message, or the error."""
+    if isinstance(exc, ApiError):
+        return f"{exc.status.code} {exc.status.reason}: {exc.status.message}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 # -- configuration --------------------------------------------------------------------------
 
 

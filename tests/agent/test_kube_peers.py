@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import dataclasses
 import ipaddress
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,11 @@ from agent.config import Config, ConfigError
 from agent.daemon import peer_source
 from agent.kernel import Underlay
 from agent.lab.kube.pki import Pki
-from agent.peers import Member, View
+from agent.peers import Member, View, startup
 from agent.peers.gossip import GossipPeers
 from agent.peers.kube import KubePeers, local_rmpeer
 from agent.peers.kube_api import KubeApi, enabled, kube_config
+from agent.peers.nodes import NodeInfo
 from agent.report import Report
 from gossip.identity import new_identity
 from gossip.topology import PeerRecord
@@ -188,3 +190,61 @@ async def test_rmpeer_through_the_agent_s_own_api(tmp_path: Path) -> None:
         await server.wait_closed()
     with pytest.raises(errors.TryLater):
         await local_rmpeer(str(tmp_path / "gone.sock"))("aa:bb:cc:dd:ee:ff")
+
+
+class ScriptedApi(NoApi):
+    """Answers from a script: each list or get takes the next answer (an exception raises)."""
+
+    def __init__(self, lists: list[Any], gets: list[Any]) -> None:
+        self.lists, self.gets = lists, gets
+
+    async def list_nodes(self) -> tuple[list[NodeInfo], str]:
+        answer = self.lists.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer, "1"
+
+    async def get_node(self, name: str) -> NodeInfo:
+        answer = self.gets.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_start_up_waits_for_its_node_and_its_pod_cidr(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    slept: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        slept.append(delay)
+
+    monkeypatch.setattr(startup.asyncio, "sleep", sleep)
+    other = NodeInfo("node-2", "u2", "192.168.1.8")
+    mine = NodeInfo("node-1", "u1", "192.168.1.7")
+    cidr = Net("10.244.1.0/24")
+    api = ScriptedApi(
+        lists=[OSError("connection refused"), [other], [mine, other]],
+        gets=[mine, dataclasses.replace(mine, pod_cidr=cidr)],
+    )
+    config = dataclasses.replace(Config(), node_name="node-1", ipam_mode="kube",
+                                 ipalloc_range=Net("10.244.0.0/16"))  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="weave-py.kube"):
+        prepared = await startup.prepare(config, api)
+    assert (prepared.pod_block, prepared.ipalloc_init) == (cidr, "consensus=2")
+    assert (prepared.advertise_address, prepared.seeds) == ("192.168.1.7", ("192.168.1.8",))
+    assert len(slept) == 3  # refused, not registered, no podCIDR yet
+    assert "list nodes: OSError: connection refused; retry" in caplog.text
+    assert "list nodes: node node-1 is not registered yet" in caplog.text
+    assert "wait for podCIDR: node node-1: no podCIDR assigned yet" in caplog.text
+
+
+async def test_a_pod_cidr_outside_the_range_is_a_configuration_error() -> None:
+    mine = NodeInfo("node-1", "u1", "192.168.1.7", Net("10.244.1.0/24"))
+    api = ScriptedApi(lists=[[mine]], gets=[mine])
+    config = dataclasses.replace(Config(), node_name="node-1", ipam_mode="kube")
+    with pytest.raises(ConfigError, match=r"pod_block: '10\.244\.1\.0/24' is not inside"):
+        await startup.prepare(config, api)

@@ -12,8 +12,9 @@ import ipaddress
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lightkube import ApiError
@@ -22,10 +23,11 @@ from lightkube.resources.core_v1 import Node
 from agent import errors
 from agent.peers import kube
 from agent.peers.gossip import GossipPeers
-from agent.peers.kube import KubePeers, prepare
+from agent.peers.kube import KubePeers
 from agent.peers.kube_api import connect, enabled
 from agent.peers.nodes import NodeInfo
 from agent.peers.reclaim import lease_name
+from agent.peers.startup import prepare
 from gossip.identity import new_identity
 from tests.kube.conftest import Cluster, add_node, delete_nodes
 
@@ -198,8 +200,8 @@ def test_two_agents_racing_to_reclaim_a_deleted_node_only_one_wins(
     a, b, gone = names("a", "b", "gone")
     calls: list[tuple[str, str]] = []  # (the agent that called rmpeer, the peer)
 
-    def rmpeer_of(agent: str) -> Callable[[str], Awaitable[object]]:
-        async def rmpeer(name: str) -> object:
+    def rmpeer_of(agent: str) -> kube.Rmpeer:
+        async def rmpeer(name: str) -> dict[str, Any]:
             calls.append((agent, name))
             if len(calls) == 1:  # the first try finds the peer still reachable
                 raise errors.Conflict(f"peer {name} is reachable; stop it first")

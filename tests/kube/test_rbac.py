@@ -17,8 +17,8 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Node
 
 from agent.config import Config
-from agent.peers.kube import prepare
 from agent.peers.kube_api import RBAC, KubeApi, Rule, permission
+from agent.peers.startup import prepare
 
 MANIFEST = Path(__file__).resolve().parents[2] / "deploy" / "daemonset.yaml"
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
