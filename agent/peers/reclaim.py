@@ -5,7 +5,8 @@ or by the difference between two lists) tries to create one Lease named after th
 (its name and uid). Creating is atomic in the apiserver: exactly one create succeeds, and that
 agent alone removes the dead peer (``rmpeer`` of the peer whose nickname is the Node's name);
 the others get 409 Conflict and do nothing more. The winner retries ``rmpeer`` while its rules
-refuse (the peer still reachable, its last claim not yet received) until ``give_up_timeout``,
+refuse (the peer still reachable, its last claim not yet received), the tries spaced out from
+``retry_interval`` doubling to a minute, until ``give_up_timeout``,
 then keeps the Lease for ``retention`` seconds (so an agent that sees the deletion late finds
 it taken) and deletes it. A Node that appears again under a name whose Lease this agent knows
 of has that Lease deleted (by every agent that knew it; a missing Lease is no error), and any
@@ -25,8 +26,12 @@ from agent.peers.nodes import NodeInfo
 
 LEASE_PREFIX = "weave-py-reclaim"
 MAX_NAME = 253  # a Lease's name is a DNS subdomain
-RETRY_INTERVAL = 5.0  # seconds between attempts of a refused or failed step
-GIVE_UP_TIMEOUT = 600.0  # seconds the winner keeps asking rmpeer before it gives up
+RETRY_INTERVAL = 5.0  # seconds before a refused or failed step is tried again; doubled per try
+RETRY_MAX_INTERVAL = 60.0  # seconds: the longest wait between two tries
+# Seconds the winner keeps asking rmpeer before it gives up: a peer whose host died without a
+# word stays live until TCP gives its control connections up (~15 minutes with Linux's
+# tcp_retries2), and rmpeer refuses a live peer.
+GIVE_UP_TIMEOUT = 3600.0
 RETENTION = 3600.0  # seconds a finished reclaim's Lease is kept before it is deleted
 MAX_KNOWN = 1024  # deleted Nodes whose Lease names are remembered (the oldest are forgotten)
 
@@ -43,6 +48,12 @@ class Step:
     lease: str  # the Lease's name
     at: float = 0.0  # when it is due
     give_up_at: float = 0.0  # REMOVE: when to stop asking
+    tries: int = 0  # failed or refused tries so far
+
+    def again(self, now: float, interval: float) -> None:
+        """Due again after ``interval`` seconds, doubled per earlier try (to a cap)."""
+        self.at = now + min(RETRY_MAX_INTERVAL, interval * 2**self.tries)
+        self.tries += 1
 
 
 def lease_name(node: NodeInfo) -> str:
@@ -108,7 +119,7 @@ class Reclaims:
         if step is None or step.kind != TAKE:
             return
         if taken is None:
-            step.at = now + self.retry_interval
+            step.again(now, self.retry_interval)
         elif taken:
             self.steps[node] = Step(REMOVE, node, step.lease, now, now + self.give_up_timeout)
         else:
@@ -122,7 +133,7 @@ class Reclaims:
         if done or now >= step.give_up_at:
             self.steps[node] = Step(DELETE, node, step.lease, now + self.retention)
             return DONE if done else GAVE_UP
-        step.at = now + self.retry_interval
+        step.again(now, self.retry_interval)
         return RETRY
 
     def lease_deleted(self, node: str, done: bool, now: float) -> None:
@@ -135,4 +146,4 @@ class Reclaims:
             if self.known.get(node) == step.lease:
                 del self.known[node]
         else:
-            step.at = now + self.retry_interval
+            step.again(now, self.retry_interval)

@@ -89,3 +89,18 @@ def test_lease_names_are_per_node_object_and_valid() -> None:
     long = lease_name(NodeInfo("n" * 253, "0a1b2c3d"))
     assert len(long) <= reclaim.MAX_NAME and long.endswith(".0a1b2c3d")
     assert long != lease_name(NodeInfo("n" * 252 + "m", "0a1b2c3d"))
+
+
+def test_refusals_space_the_tries_out_to_a_minute() -> None:
+    r = Reclaims("node-1", retry_interval=5, give_up_timeout=3600)
+    r.node_deleted(GONE, 0.0)
+    r.due(0.0)
+    r.lease_taken("node-3", True, 0.0)
+    now, waits = 0.0, []
+    for _ in range(6):
+        (step,) = r.due(now)
+        assert step.kind == REMOVE
+        r.removed("node-3", False, now)
+        waits.append(r.next_at - now)
+        now = r.next_at
+    assert waits == [5, 10, 20, 40, 60, 60]
