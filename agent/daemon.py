@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -31,15 +32,13 @@ from agent.config import Config, split_hostport
 from agent.coordinator import ROUTE_GRACE, Coordinator, Plan
 from agent.ipam import Ipam, Settings
 from agent.kernel import NodeKernel
-from agent.peer_log import log_table, peer_event, peer_tables
+from agent.peer_log import peer_event, peer_tables
 from agent.peer_name import load_or_create
-from agent.peers import PeerSource, kube_api
-from agent.peers.gossip import GossipPeers
-from agent.peers.kube import KubePeers, local_rmpeer
+from agent.peers import kube_api
+from agent.peers.source import peer_source
 from agent.peers.startup import prepare
-from agent.peers.static import StaticPeers
+from agent.readiness import ReadinessLog, missing
 from agent.report import Report, Router
-from gossip.driver import MeshDriver
 from gossip.identity import Identity
 from overlay import node, udp
 from overlay.datapath import Datapath
@@ -47,29 +46,6 @@ from overlay.sleeve import Sleeve
 
 log = logging.getLogger("weave-py")
 SHUTDOWN_GRACE = 5.0  # seconds a stop may take before the process exits regardless
-
-
-def peer_source(
-    config: Config, identity: Identity, incarnation: int, kernel: NodeKernel, claim: dict[str, Any]
-) -> PeerSource:
-    """Static peers when configured, else the gossip mesh joined through the seeds, with the
-    Nodes as its seeds when the Kubernetes API is used."""
-    if config.peers:
-        return StaticPeers(config.peers)
-    address = config.advertise_address or kernel.underlay.address
-    if address is None:
-        raise ValueError(
-            "advertise_address (WEAVE_ADVERTISE_ADDR) is not set and no seed route shows "
-            "which address to use"
-        )
-    endpoint = (address, config.port)
-    gossip = GossipPeers(identity, incarnation, endpoint, (config.bind_address, config.port),
-                         config.seeds, config.conn_limit, claim)  # fmt: skip
-    if not kube_api.enabled(config):
-        return gossip
-    rmpeer = local_rmpeer(config.socket_path) if config.pod_block is None else None
-    return KubePeers(gossip, kube_api.connect(config), config.node_name,
-                     lambda: {r.destination for r in kernel.routes}, rmpeer)  # fmt: skip
 
 
 class Agent:
@@ -88,8 +64,8 @@ class Agent:
                              hairpin=True, masquerade=masquerade)  # fmt: skip
         grace = time.monotonic() + ROUTE_GRACE
         self.coordinator = Coordinator(self.ipam, base, kernel.underlay.kept, grace)
-        self.source = peer_source(c, identity, self.incarnation, kernel,
-                                  self.ipam.record_fields())  # fmt: skip
+        self.source = peer_source(c, identity, self.incarnation, kernel.underlay.address,
+                                  self.ipam.record_fields(), self._routed, self.rmpeer)  # fmt: skip
         self.sock = udp.open_udp(c.bind_address, c.port, c.socket_buffer)
         self.sleeve = Sleeve(identity.peer_id, identity.uid, self.ipam.owned, kernel.mtu,
                              fast_interval=c.heartbeat_interval,
@@ -106,7 +82,7 @@ class Agent:
         self._stepping = asyncio.Lock()
         self.applied = False  # the node's state is in the kernel
         self.cni_serving = not c.cni_socket  # (no socket configured: nothing to wait for)
-        self._missing: tuple[str, ...] | None = None  # readiness last logged
+        self._readiness = ReadinessLog(str(identity))
 
     # -- the coordinator's driver -------------------------------------------------------------
 
@@ -268,36 +244,20 @@ class Agent:
             router, waiting_for=self.readiness(), uptime_seconds=time.time() - self.started_at,
             ipam=self.ipam.status(view.records, view.live, self.identity.nickname),
             sleeve=self.sleeve, routes=self.kernel.routes, control=self.source.connections(),
-            terminations=self._terminations(),
+            terminations=self.source.terminations(),
         )  # fmt: skip
 
     def readiness(self) -> tuple[str, ...]:
         """What keeps the node from carrying pod traffic (empty: ready; /status answers 200)."""
-        space = bool(self.ipam.owned)
-        return snapshot.readiness(applied=self.applied, space=space, cni_serving=self.cni_serving)
+        return missing(applied=self.applied, space=bool(self.ipam.owned),
+                       cni_serving=self.cni_serving)  # fmt: skip
 
     def _note_readiness(self) -> None:
-        """A line when the node becomes able to carry pod traffic (with the peer count and the
-        peer table) and when it stops or waits."""
-        missing = self.readiness()
-        if missing == self._missing:
-            return
-        was_ready, self._missing = self._missing == (), missing
-        if not missing:
-            log.info("agent ready: %s, %d peer(s), space %s", self.identity,
-                     len(self.sleeve.peers), " ".join(map(str, self.ipam.owned)))  # fmt: skip
-            log_table(self.report())
-        else:
-            say = log.warning if was_ready else log.info
-            say("agent %s: %s", "not ready" if was_ready else "waiting", "; ".join(missing))
+        space = " ".join(map(str, self.ipam.owned)) or "none"
+        self._readiness.note(self.readiness(), self.report, space)
 
-    def _terminations(self) -> int:
-        """Control connections ended so far: the gossip mesh driver counts them."""
-        terminations = getattr(self.source, "terminations", None)  # PeerSource.terminations()
-        if callable(terminations):
-            return int(terminations())
-        driver = getattr(self.source, "driver", None)
-        return driver.terminations if isinstance(driver, MeshDriver) else 0
+    def _routed(self) -> set[ipaddress.IPv4Network]:
+        return {r.destination for r in self.kernel.routes}
 
 
 async def main(config: Config) -> None:

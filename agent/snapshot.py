@@ -17,21 +17,6 @@ from overlay.peer import PeerState
 from overlay.sleeve import Sleeve
 
 
-def readiness(*, applied: bool, space: bool, cni_serving: bool) -> tuple[str, ...]:
-    """What keeps the node from carrying pod traffic, in words; empty when nothing does (the
-    readiness probe passes). ``applied``: the node's state is in the kernel; ``space``: IPAM
-    has addresses for pods (owned space, or the node's podCIDR); ``cni_serving``: the CNI
-    socket accepts requests (or none is configured)."""
-    missing = []
-    if not applied:
-        missing.append("node state not in the kernel yet")
-    if not space:
-        missing.append("no address space for pods yet")
-    if not cni_serving:
-        missing.append("cni socket not serving yet")
-    return tuple(missing)
-
-
 def take(
     router: Router,
     *,

@@ -27,6 +27,7 @@ def command(underlay: Underlay, i: int, gossip: bool, extra: Sequence[str] = ())
 
 
 def _node_args(p: LabPlan, i: int) -> list[str]:
+    # --kubernetes off: a KUBECONFIG in the caller's shell is not the lab's cluster
     return [sys.executable, "-m", "agent", "run",
             "--netns", p.node_ns(i),
             "--node-name", p.node_name(i),
@@ -35,7 +36,8 @@ def _node_args(p: LabPlan, i: int) -> list[str]:
             "--tun", p.tun,
             "--socket", p.socket_path(i),
             "--cni-socket", p.cni_socket(i),
-            "--state-dir", f"{p.node_dir(i)}/state"]  # fmt: skip
+            "--state-dir", f"{p.node_dir(i)}/state",
+            "--kubernetes", "off"]  # fmt: skip
 
 
 def _gossip_args(underlay: Underlay, i: int) -> list[str]:

@@ -1,9 +1,10 @@
 """Peer sources: where this node learns of the other nodes.
 
 One interface, several sources: a static list from configuration (agent/peers/static.py), the
-gossip mesh (agent/peers/gossip.py). The coordinator (agent/coordinator.py) reads a source's
-``view()`` and never asks which kind of source it is; the daemon runs the source's driver and
-hands it what the coordinator decides to publish.
+gossip mesh (agent/peers/gossip.py), and the mesh with the Kubernetes Nodes as its dial targets
+(agent/peers/kube.py); agent/peers/source.py picks one for a configuration. The coordinator
+(agent/coordinator.py) reads a source's ``view()`` and never asks which kind of source it is;
+the daemon runs the source's driver and hands it what the coordinator decides to publish.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class View:
 class PeerSource(Protocol):
     """A source of peers: a view to read, a record to publish into, a driver to run."""
 
-    kind: str  # "static" or "gossip": for status and logs only
+    kind: str  # "static", "gossip" or "kubernetes": for status and logs only
 
     def view(self) -> View:
         """The current knowledge (cheap: the coordinator reads it on every step)."""
@@ -67,4 +68,8 @@ class PeerSource(Protocol):
 
     def connections(self) -> list[dict[str, str]]:
         """Control connections for the status views (empty when the source has none)."""
+        ...
+
+    def terminations(self) -> int:
+        """Control connections ended so far (Weave's weave_connection_terminations_total)."""
         ...

@@ -98,3 +98,7 @@ class GossipPeers:
     def connections(self) -> list[dict[str, str]]:
         """Control connections and dial targets, Weave-style."""
         return self.driver.connections()
+
+    def terminations(self) -> int:
+        """Control connections the driver has seen end."""
+        return self.driver.terminations

@@ -19,14 +19,12 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Set
 from typing import Any
-from urllib.parse import quote
 
-from agent import client, errors
+from agent import errors
 from agent.peers import View
 from agent.peers.gossip import GossipPeers
 from agent.peers.kube_api import API_ERRORS, KubeApi, status_code, why
@@ -84,6 +82,10 @@ class KubePeers:
     def leave(self) -> None:
         """Goodbye to the mesh's neighbours."""
         self.gossip.leave()
+
+    def terminations(self) -> int:
+        """The mesh's."""
+        return self.gossip.terminations()
 
     def connections(self) -> list[dict[str, str]]:
         """The mesh's control connections."""
@@ -244,25 +246,6 @@ class KubePeers:
             if record.nickname == node and name != self.gossip.topology.local.name:
                 return name
         return name_for(node)
-
-
-def local_rmpeer(socket_path: str) -> Rmpeer:
-    """rmpeer through this agent's own API (the path ``weave-py rmpeer`` takes, with the same
-    rules, state flush and step); errors.Conflict while the rules refuse."""
-
-    async def rmpeer(name: str) -> dict[str, Any]:
-        path = f"/peer/{quote(name, safe='')}"
-        try:
-            code, body = await asyncio.to_thread(client.request, "DELETE", path, socket_path)
-        except OSError as exc:
-            raise errors.TryLater(f"the agent's API: {exc}") from None
-        answer: dict[str, Any] = json.loads(body) if body.strip().startswith("{") else {}
-        if code == 200:
-            return answer
-        refusal = errors.Conflict if code == 409 else errors.Refused
-        raise refusal(str(answer.get("error", f"the agent's API answered {code}")))
-
-    return rmpeer
 
 
 async def _pause(what: str, exc: BaseException, backoff: Backoff) -> None:

@@ -36,3 +36,6 @@ class StaticPeers:
 
     def connections(self) -> list[dict[str, str]]:
         return []
+
+    def terminations(self) -> int:
+        return 0

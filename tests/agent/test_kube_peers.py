@@ -4,7 +4,6 @@ builds, when routes count as in place, and rmpeer through the agent's own API.""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import ipaddress
 import logging
@@ -14,21 +13,17 @@ from typing import Any
 
 import pytest
 
-from agent import config_sources, errors
-from agent.api import Api
+from agent import config_sources
 from agent.config import Config, ConfigError
-from agent.daemon import peer_source
-from agent.kernel import Underlay
 from agent.lab.kube.pki import Pki
 from agent.peers import Member, View, startup
 from agent.peers.gossip import GossipPeers
-from agent.peers.kube import KubePeers, local_rmpeer
+from agent.peers.kube import KubePeers
 from agent.peers.kube_api import KubeApi, enabled, kube_config
 from agent.peers.nodes import NodeInfo
-from agent.report import Report
+from agent.peers.source import peer_source
 from gossip.identity import new_identity
 from gossip.topology import PeerRecord
-from overlay.netdev import Route
 
 Net = ipaddress.IPv4Network
 
@@ -85,18 +80,14 @@ def test_bad_kubernetes_settings_are_refused(argv: list[str], message: str) -> N
         load(*argv)
 
 
-@dataclasses.dataclass
-class FakeKernel:
-    """What peer_source reads of the node's kernel."""
-
-    underlay: Underlay
-    routes: tuple[Route, ...] = ()
+async def no_rmpeer(name: str) -> dict[str, Any]:
+    raise AssertionError(f"rmpeer {name} was not expected")
 
 
 def build(config: Config, blocks: tuple[str, ...] = ()) -> Any:
-    kernel = FakeKernel(Underlay(1500, "192.168.1.7", frozenset()))
     claim = {"blocks": blocks, "meta": b""}
-    return peer_source(config, new_identity(config.node_name), 1, kernel, claim)  # type: ignore[arg-type]
+    identity = new_identity(config.node_name)
+    return peer_source(config, identity, 1, "192.168.1.7", claim, set, no_rmpeer)
 
 
 def test_the_daemon_builds_the_kubernetes_source_only_when_it_is_used(account: Path) -> None:
@@ -155,43 +146,6 @@ def test_a_peer_maps_to_its_node_by_nickname() -> None:
     assert peers.peer_name("node-2") == new_identity("node-2").name  # no record: derived
 
 
-class Actions:
-    def __init__(self) -> None:
-        self.refuse = True
-
-    async def allocate(self, container_id: str, ifname: str) -> dict[str, Any]:
-        raise NotImplementedError
-
-    async def release(self, container_id: str, ifname: str | None) -> dict[str, Any]:
-        raise NotImplementedError
-
-    async def rmpeer(self, name: str) -> dict[str, Any]:
-        if self.refuse:
-            raise errors.Conflict(f"peer {name} is reachable; stop it first")
-        return {"name": name, "taken": ["10.32.3.0/24"]}
-
-
-async def test_rmpeer_through_the_agent_s_own_api(tmp_path: Path) -> None:
-    actions = Actions()
-    api = Api(lambda: Report.from_json({}), actions=actions)  # type: ignore[arg-type]
-    path = str(tmp_path / "api.sock")
-    server = await asyncio.start_unix_server(api.handle, path)
-    try:
-        rmpeer = local_rmpeer(path)
-        with pytest.raises(errors.Conflict, match="reachable"):
-            await rmpeer("aa:bb:cc:dd:ee:ff")
-        actions.refuse = False
-        assert await rmpeer("aa:bb:cc:dd:ee:ff") == {
-            "name": "aa:bb:cc:dd:ee:ff",
-            "taken": ["10.32.3.0/24"],
-        }
-    finally:
-        server.close()
-        await server.wait_closed()
-    with pytest.raises(errors.TryLater):
-        await local_rmpeer(str(tmp_path / "gone.sock"))("aa:bb:cc:dd:ee:ff")
-
-
 class ScriptedApi(NoApi):
     """Answers from a script: each list or get takes the next answer (an exception raises)."""
 
@@ -208,7 +162,8 @@ class ScriptedApi(NoApi):
         answer = self.gets.pop(0)
         if isinstance(answer, Exception):
             raise answer
-        return answer  # type: ignore[no-any-return]
+        assert isinstance(answer, NodeInfo)
+        return answer
 
     async def close(self) -> None:
         pass

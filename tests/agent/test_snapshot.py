@@ -7,6 +7,7 @@ import ipaddress
 import random
 
 from agent import __version__, snapshot
+from agent.readiness import missing
 from agent.report import Connection, Peer, Report, Route
 from overlay import netdev
 from overlay.peer import PeerSpec
@@ -95,15 +96,15 @@ def test_before_any_peer() -> None:
 
 
 def test_ready_only_when_the_node_can_carry_pod_traffic() -> None:
-    assert snapshot.readiness(applied=True, space=True, cni_serving=True) == ()
-    assert snapshot.readiness(applied=False, space=False, cni_serving=False) == (
+    assert missing(applied=True, space=True, cni_serving=True) == ()
+    assert missing(applied=False, space=False, cni_serving=False) == (
         "node state not in the kernel yet",
         "no address space for pods yet",
         "cni socket not serving yet",
     )
-    for missing in ("applied", "space", "cni_serving"):
-        flags = {"applied": True, "space": True, "cni_serving": True, missing: False}
-        assert len(snapshot.readiness(**flags)) == 1
+    for absent in ("applied", "space", "cni_serving"):
+        flags = {"applied": True, "space": True, "cni_serving": True, absent: False}
+        assert len(missing(**flags)) == 1
 
 
 def test_control_connections_get_weaves_states() -> None:
