@@ -94,8 +94,14 @@ def _lab_commands(sub: Commands) -> None:
         action="store_true",
         help="give every agent every peer and block (no gossip); default: one seed each",
     )
+    up.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="a real Kubernetes cluster (control plane, kubelet and containerd per node) "
+        "running weave-py from deploy/daemonset.yaml and --pods pods per node",
+    )
     up.set_defaults(func=cmd_lab_up)
-    down = labsub.add_parser("down", help="remove everything the lab made")
+    down = labsub.add_parser("down", help="remove everything the lab made (either kind)")
     down.add_argument("--name", default="lab")
     down.add_argument("--dir")
     down.set_defaults(func=cmd_lab_down)
@@ -210,7 +216,10 @@ def cmd_install_cni(args: argparse.Namespace) -> int:
 def cmd_lab_up(args: argparse.Namespace) -> int:
     from agent.lab import run
 
-    return run.up(args.name, args.nodes, args.pods, args.dir, not args.static)
+    if args.kubernetes and args.static:
+        print("weave-py lab: --static and --kubernetes do not go together", file=sys.stderr)
+        return 2
+    return run.up(args.name, args.nodes, args.pods, args.dir, not args.static, args.kubernetes)
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:

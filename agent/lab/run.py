@@ -1,4 +1,5 @@
-"""``weave-py lab up`` / ``lab down``: build the lab, print peers, routes and the matrix."""
+"""``weave-py lab up`` / ``lab down``: build the lab, print peers, routes and the matrix; with
+``--kubernetes``, a real cluster running weave-py from its DaemonSet (agent/lab/kube/session.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,19 @@ from agent.lab.state import default_directory, load_plan
 from agent.report import Report
 
 
-def up(name: str, nodes: int, pods: int, directory: str | None, gossip: bool = True) -> int:
+def up(
+    name: str,
+    nodes: int,
+    pods: int,
+    directory: str | None,
+    gossip: bool = True,
+    kubernetes: bool = False,
+) -> int:
+    """Build a lab and print it; the exit status."""
+    if kubernetes:
+        from agent.lab.kube import session
+
+        return session.up(name, nodes, pods, directory or default_directory(name))
     try:
         plan = LabPlan(name, nodes, pods, directory or default_directory(name))
     except ValueError as exc:
@@ -81,6 +94,13 @@ def _print_matrix(lab: Lab) -> int:
 
 
 def down(name: str, directory: str | None) -> int:
+    """Remove a lab (a cluster lab when its state file says so); the exit status."""
+    from agent.lab.kube import state as kube_state
+
+    if kube_state.exists(directory or default_directory(name)):
+        from agent.lab.kube import session
+
+        return session.down(name, directory or default_directory(name))
     try:
         plan = load_plan(name, directory)
     except ValueError as exc:

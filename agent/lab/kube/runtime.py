@@ -5,7 +5,8 @@ which the node's mount namespace makes private; only its socket is at a path the
 (``<node dir>/containerd.sock``), so the lab imports images and cleans up from outside. CNI is
 the node's ``/etc/cni/net.d`` and ``/opt/cni/bin`` with no ``conf_template``: until the
 DaemonSet installs its conflist the node stays NotReady, as on a real cluster. Snapshotter
-``native`` (no overlay mounts needed); the sandbox image is the lab's busybox.
+``overlayfs`` (``native`` copies every layer and container: removing three nodes' took 44 s
+against 12 s); the sandbox image is the lab's busybox.
 
 A task's state is read from containerd's state directory on disk (``init.pid`` of each
 bundle), so the lab finds a pod's processes, and cleans them up, without parsing output.
@@ -40,7 +41,7 @@ def config(socket: Path, sandbox_image: str) -> str:
         '  bin_dir = "/opt/cni/bin"',
         '  conf_dir = "/etc/cni/net.d"',
         f"{cri}.containerd]",
-        '  snapshotter = "native"',
+        '  snapshotter = "overlayfs"',
         '  default_runtime_name = "runc"',
         f"{cri}.containerd.runtimes.runc]",
         '  runtime_type = "io.containerd.runc.v2"',
@@ -72,7 +73,7 @@ class Runtime:
 
     def import_image(self, archive: Path) -> None:
         """Import (and unpack) an image archive."""
-        done = self.ctr("images", "import", "--snapshotter", "native", str(archive), timeout=600)
+        done = self.ctr("images", "import", "--snapshotter", "overlayfs", str(archive), timeout=600)
         if done.returncode != 0:
             raise RuntimeError(f"ctr import {archive}: {done.stderr.strip()}")
 
