@@ -7,12 +7,16 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from agent.lab.lab import Lab
 from agent.lab.plan import LabPlan
 from overlay import netlink
+
+if TYPE_CHECKING:
+    from agent.lab.kube.cluster import Cluster
 
 IS_ROOT = os.geteuid() == 0
 
@@ -74,3 +78,31 @@ def lab_factory(
         leftovers = [ns for ns in netlink.list_netns() if ns.startswith(lab.plan.prefix + "-")]
         assert not leftovers, f"lab teardown left {leftovers}"
         shutil.rmtree(lab.plan.directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kube_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A real Kubernetes cluster shared by the tests that need one (tests/kube): 3 nodes, one
+    echo pod on each, weave-py from deploy/daemonset.yaml; removed afterwards, and checked to
+    leave no namespace behind."""
+    from agent.lab.kube import images, rollout, session
+    from agent.lab.kube.cluster import Cluster
+    from agent.lab.kube.plan import BIN_DIR, KubePlan
+
+    if not IS_ROOT:
+        pytest.skip("needs root for network namespaces")
+    if not (BIN_DIR / "kubelet").exists():
+        pytest.skip(f"no Kubernetes binaries in {BIN_DIR} (bash scripts/build-kubernetes)")
+    plan = KubePlan("k" + secrets.token_hex(3), 3, 1, str(tmp_path_factory.mktemp("kube-lab")))
+    cluster = Cluster(plan)
+    try:
+        reference, archive = session.agent_image()
+        cluster.up([images.archive(plan.images_dir), archive])
+        rollout.apply_weave(cluster, reference)
+        rollout.apply_workload(cluster)
+        session.wait_deployed(cluster)
+        yield cluster
+    finally:
+        cluster.down()
+        leftovers = [ns for ns in netlink.list_netns() if ns.startswith(plan.prefix + "-")]
+        assert not leftovers, f"cluster lab teardown left {leftovers}"

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from agent.lab.kube import processes, state
+from agent.lab.kube import processes, runtime, state
 from agent.lab.kube.control import ControlPlane
 from agent.lab.kube.node import Node
 from agent.lab.kube.pki import Pki
@@ -38,7 +38,9 @@ KUBECTL_TIMEOUT = 60.0
 class Cluster:
     """One cluster lab: built with ``up``, grown with ``add_node``, removed with ``down``."""
 
-    def __init__(self, plan: KubePlan, daemons: list[Daemon] | None = None) -> None:
+    def __init__(
+        self, plan: KubePlan, daemons: list[Daemon] | None = None, cgroups: list[str] | None = None
+    ) -> None:
         self.plan = plan
         self.underlay = KubeUnderlay(plan)
         self.pki = Pki(plan.pki_dir)
@@ -46,14 +48,16 @@ class Cluster:
                                     self.pki, plan.bin_dir, cluster_cidr=str(CLUSTER_CIDR),
                                     service_cidr=str(SERVICE_CIDR))  # fmt: skip
         self.daemons: list[Daemon] = list(daemons or [])
+        self.cgroups = runtime.missing_cgroup_parents() if cgroups is None else cgroups
         self.nodes: dict[int, Node] = {}
+        self.images: list[Path] = []  # what up imported into every node
         self._lock = threading.Lock()
 
     @classmethod
     def load(cls, name: str, directory: str) -> Cluster:
         """The cluster a state file describes (ValueError when there is none)."""
-        plan, daemons = state.load(name, directory)
-        return cls(plan, daemons)
+        plan, daemons, cgroups = state.load(name, directory)
+        return cls(plan, daemons, cgroups)
 
     # -- building ------------------------------------------------------------------------------
 
@@ -61,6 +65,7 @@ class Cluster:
         """Namespaces, control plane and every node with ``images`` imported, until every
         node is registered (Ready comes with a CNI configuration: the DaemonSet's)."""
         self.plan.root.mkdir(parents=True, exist_ok=True)
+        self.images = list(images)
         self._record(None)
         self.underlay.build()
         indices = range(1, self.plan.nodes + 1)
@@ -91,14 +96,14 @@ class Cluster:
         node.start(images, self._record, python)
         return node
 
-    def add_node(self, i: int, images: list[Path], python: bool = True) -> Node:
-        """A node joining the running cluster: its namespace and processes, until it is
-        registered."""
+    def add_node(self, i: int, images: list[Path] | None = None, python: bool = True) -> Node:
+        """A node joining the running cluster (with ``images``, by default those of ``up``):
+        its namespace and processes, until it is registered."""
         self.plan = self.plan.grown(max(i, self.plan.nodes))
         self.underlay = KubeUnderlay(self.plan)
         self._record(None)
         self.underlay.add_node(i)
-        node = self.start_node(i, images, python)
+        node = self.start_node(i, self.images if images is None else images, python)
         self.wait_registered([node.name])
         return node
 
@@ -106,7 +111,7 @@ class Cluster:
         with self._lock:
             if daemon is not None:
                 self.daemons.append(daemon)
-            state.save(self.plan, self.daemons)
+            state.save(self.plan, self.daemons, self.cgroups)
 
     # -- using ---------------------------------------------------------------------------------
 
@@ -159,11 +164,15 @@ class Cluster:
 
     # -- tearing down --------------------------------------------------------------------------
 
-    def stop_node(self, i: int) -> None:
-        """Stop node i's processes and containers and delete its namespace (a node lost)."""
+    def stop_node(self, i: int, grace: float = 0.0) -> None:
+        """Stop node i's processes and delete its namespace (a node gone); ``grace``: seconds
+        its containers get to exit on SIGTERM first, as at a shutdown."""
         node = self.node(i)
         mine = [d for d in self.daemons if str(node.dir) in d.marker
                 or d.marker == f"unix://{node.socket}"]  # fmt: skip
+        if grace:
+            processes.stop([d for d in mine if d.name in ("kubelet", "kube-proxy")])
+            node.runtime.stop_tasks(grace)
         self._stop_nodes({i: node}, mine)
         self.underlay.remove_node(i)
 
@@ -177,6 +186,7 @@ class Cluster:
             processes.stop([d for d in control if d.name in names])
         processes.stop(control)  # etcd last: an apiserver without it takes long to stop
         removed = self.underlay.remove()
+        runtime.remove_cgroup_parents(self.cgroups)
         left = mounts_under(self.plan.root)
         if left:
             raise RuntimeError(f"mounts left under {self.plan.root}: {left}")
@@ -194,10 +204,10 @@ class Cluster:
         processes.stop([d for d in daemons if d.name == "holder"])
 
 
-def _clean_runtime(runtime: Runtime, socket: Path) -> None:
+def _clean_runtime(node_runtime: Runtime, socket: Path) -> None:
     """What a containerd that died first leaves: containers runc still knows, and shims."""
-    for container_id in runtime.leftover_containers():
-        runtime.force_delete(container_id)
+    for container_id in node_runtime.leftover_containers():
+        node_runtime.force_delete(container_id)
     shims = [Daemon("shim", pid, f"-address {socket}")
              for pid in processes.matching(f"-address {socket}")]  # fmt: skip
     processes.stop([s for s in shims if "containerd-shim" in processes.command_line(s.pid)])

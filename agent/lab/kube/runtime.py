@@ -15,10 +15,13 @@ bundle), so the lab finds a pod's processes, and cleans them up, without parsing
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import time
 from pathlib import Path
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_PARENT = "k8s.io"  # runc's default parent of kubelet's containers (no QoS hierarchy)
 TASKS = "run/containerd/io.containerd.runtime.v2.task/k8s.io"  # under the node's host dir
 RUNC_ROOT = "run/containerd/runc/k8s.io"
 READY_TIMEOUT = 20.0
@@ -90,6 +93,18 @@ class Runtime:
         """The first process of a container, None when it has no task."""
         return self.tasks().get(container_id)
 
+    def stop_tasks(self, timeout: float) -> None:
+        """SIGTERM every task, and wait up to ``timeout`` for them to exit (as a node shutting
+        down gives its containers)."""
+        tasks = self.tasks()
+        for container_id in tasks:
+            self.ctr("tasks", "kill", container_id, timeout=10)
+        deadline = time.monotonic() + timeout
+        while any(os.path.exists(f"/proc/{pid}") for pid in tasks.values()):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.1)
+
     def remove_tasks(self) -> int:
         """Kill and delete every task (runc removes their cgroups); how many there were."""
         ids = list(self.tasks())
@@ -108,3 +123,22 @@ class Runtime:
         root = str(self.host / RUNC_ROOT)
         subprocess.run(["runc", "--root", root, "delete", "--force", container_id],
                        capture_output=True, timeout=30, check=False)  # fmt: skip
+
+
+def missing_cgroup_parents(root: Path = CGROUP_ROOT) -> list[str]:
+    """The ``k8s.io`` cgroup directories runc would make, in every hierarchy that has none
+    yet (a lab that made them removes them again)."""
+    if not root.is_dir():
+        return []
+    hierarchies = [h for h in sorted(root.iterdir()) if h.is_dir() and not h.is_symlink()]
+    return [str(h / CGROUP_PARENT) for h in hierarchies if not (h / CGROUP_PARENT).exists()]
+
+
+def remove_cgroup_parents(paths: list[str]) -> list[str]:
+    """rmdir each of ``paths`` that is empty (one still in use stays); those removed."""
+    removed = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+            removed.append(path)
+    return removed

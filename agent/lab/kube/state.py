@@ -27,10 +27,11 @@ def exists(directory: str) -> bool:
     return path(directory).exists()
 
 
-def save(plan: KubePlan, daemons: list[Daemon]) -> None:
-    """Write the state file: a temporary file renamed into place."""
+def save(plan: KubePlan, daemons: list[Daemon], cgroups: list[str]) -> None:
+    """Write the state file (``cgroups``: the cgroup directories the lab will have made): a
+    temporary file renamed into place."""
     document = {"name": plan.name, "nodes": plan.nodes, "pods": plan.pods,
-                "bin_dir": str(plan.bin_dir),
+                "bin_dir": str(plan.bin_dir), "cgroups": cgroups,
                 "daemons": [d.to_json() for d in daemons]}  # fmt: skip
     target = path(plan.directory)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -39,12 +40,14 @@ def save(plan: KubePlan, daemons: list[Daemon]) -> None:
     os.replace(temporary, target)
 
 
-def load(name: str, directory: str) -> tuple[KubePlan, list[Daemon]]:
-    """The plan and processes of a lab built earlier (ValueError when there is no such lab)."""
+def load(name: str, directory: str) -> tuple[KubePlan, list[Daemon], list[str]]:
+    """The plan, processes and cgroup directories of a lab built earlier (ValueError when there
+    is no such lab)."""
     try:
         document: dict[str, Any] = json.loads(path(directory).read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"no cluster lab in {directory}: {exc}") from None
     plan = KubePlan(name, int(document["nodes"]), int(document["pods"]), directory,
                     Path(document["bin_dir"]))  # fmt: skip
-    return plan, [Daemon.from_json(d) for d in document.get("daemons", [])]
+    daemons = [Daemon.from_json(d) for d in document.get("daemons", [])]
+    return plan, daemons, [str(c) for c in document.get("cgroups", [])]
