@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 from agent.lab import probe
+from agent.lab.commands import CommandError
+from agent.lab.image import ImageError, ensure_image
 from agent.lab.kube import checks, images, memory, pods, rollout, state, workload
 from agent.lab.kube.checks import Check
 from agent.lab.kube.cluster import Cluster
@@ -27,8 +29,6 @@ LOG_LINES = 12
 def agent_image() -> tuple[str, Path]:
     """The manifest's image reference and the archive of that image, built from this
     checkout when its inputs changed (agent/lab/image.py)."""
-    from agent.lab.image import ensure_image
-
     (reference,) = workload.manifest_images(workload.MANIFEST.read_text())
     return reference, ensure_image(reference)
 
@@ -42,7 +42,10 @@ def up(name: str, nodes: int, pods_per_node: int, directory: str) -> int:
     if state.exists(directory):
         return _fail(f"a cluster lab is in {directory}: run 'weave-py lab down --name {name}'")
     started = time.monotonic()
-    reference, archive = agent_image()
+    try:
+        reference, archive = agent_image()
+    except (ImageError, CommandError) as exc:
+        return _fail(f"the weave-py image: {exc}")
     cluster = Cluster(plan)
     try:
         timings = {"image": time.monotonic() - started}
