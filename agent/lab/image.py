@@ -27,7 +27,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent import __version__
@@ -51,6 +51,8 @@ CA_SECRET = "ca-bundle"  # the build secret deploy/Containerfile gives pip as it
 BUILD_LOG = "build.log"
 KEPT_ARCHIVES = 3
 INPUTS_LABEL = "io.weave-py.inputs"
+USAGE = ("Build the weave-py image from deploy/Containerfile with podman (only when its inputs "
+         "changed) and print the path of its docker-archive.")
 
 
 class ImageError(Exception):
@@ -63,7 +65,7 @@ class ImageSettings:
 
     source: Path = SOURCE
     """The checkout: the build context and where the Containerfile is."""
-    cache_dir: Path = field(default=CACHE_DIR)
+    cache_dir: Path = CACHE_DIR
     """Archives, the local base's tarball and the build logs; outside the checkout, per machine."""
     base: str = ""
     """A Debian bookworm image to build on (pulled when missing); empty: the local one."""
@@ -217,7 +219,7 @@ def _exclusive(cache_dir: Path) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     """``python -m agent.lab.image``: build (or find) the image; print the archive's path."""
     defaults = ImageSettings()
-    parser = argparse.ArgumentParser(prog="build-image", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="build-image", description=USAGE)
     parser.add_argument("--tag", default=DEFAULT_TAG, help="image name (default %(default)s)")
     parser.add_argument("--cache-dir", type=Path, default=defaults.cache_dir,
                         help="archives and the local base (default %(default)s)")  # fmt: skip
