@@ -51,8 +51,10 @@ CA_SECRET = "ca-bundle"  # the build secret deploy/Containerfile gives pip as it
 BUILD_LOG = "build.log"
 KEPT_ARCHIVES = 3
 INPUTS_LABEL = "io.weave-py.inputs"
-USAGE = ("Build the weave-py image from deploy/Containerfile with podman (only when its inputs "
-         "changed) and print the path of its docker-archive.")
+USAGE = (
+    "Build the weave-py image from deploy/Containerfile with podman (only when its inputs "
+    "changed) and print the path of its docker-archive."
+)
 
 
 class ImageError(Exception):
