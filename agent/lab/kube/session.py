@@ -20,6 +20,7 @@ from agent.lab.kube import checks, images, memory, pods, rollout, state, workloa
 from agent.lab.kube.checks import Check
 from agent.lab.kube.cluster import Cluster
 from agent.lab.kube.plan import KubePlan
+from agent.lab.kube.underlay import KubeUnderlay
 
 READY_TIMEOUT = 180.0  # seconds from kubectl apply to every Node Ready and every pod running
 MATRIX_TIMEOUT = 60.0  # seconds more for every pod pair to be ok
@@ -39,8 +40,9 @@ def up(name: str, nodes: int, pods_per_node: int, directory: str) -> int:
         plan = KubePlan(name, nodes, pods_per_node, directory)
     except ValueError as exc:
         return _fail(f"{exc}")
-    if state.exists(directory):
-        return _fail(f"a cluster lab is in {directory}: run 'weave-py lab down --name {name}'")
+    if state.exists(directory) or KubeUnderlay(plan).namespaces():
+        return _fail(f"lab {name} exists ({directory}, {plan.prefix}-* namespaces): "
+                     f"run 'weave-py lab down --name {name}'")  # fmt: skip
     started = time.monotonic()
     try:
         reference, archive = agent_image()
