@@ -1,7 +1,8 @@
 """weave-py on a real cluster (the cluster lab's: kubelet, containerd and kube-proxy per node,
-deploy/daemonset.yaml as written) while the cluster changes: an agent pod deleted, a rolling
-update, a fourth node joining (one whose mount namespace has no python3), a pod made and
-removed there through kubelet, and that node deleted. One cluster for all of them (the
+deploy/daemonset.yaml as written): Prometheus scraping it through the API, then while the
+cluster changes: an agent pod deleted, a rolling update, a fourth node joining (one whose
+mount namespace has no python3), a pod made and removed there through kubelet, and that node
+deleted. One cluster for all of them (the
 ``kube_lab`` fixture); they run in this order and each leaves the cluster working."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 
 from agent import client
 from agent.lab import probe
-from agent.lab.kube import checks, pods, rollout, workload
+from agent.lab.kube import checks, pods, prometheus, rollout, workload
 from agent.lab.kube.cluster import Cluster
 from agent.lab.kube.images import TEST_IMAGE
 from agent.lab.kube.pods import Pod
@@ -88,6 +89,16 @@ def wait_agents_replaced(cluster: Cluster, old: dict[str, dict[str, Any]], nodes
         )
 
     rollout.wait("agents replaced", replaced, TIMEOUT)
+
+
+def test_prometheus_finds_every_agent_and_their_peer_counters_rise(kube_lab: Cluster) -> None:
+    """Debian's Prometheus, given only the API and the manifest's annotations, scrapes every
+    agent; each node's per-peer byte counters rise for every other node while pods exchange
+    traffic; promtool finds nothing to say about the exposition."""
+    proofs = prometheus.prove(kube_lab, echo_pods(kube_lab))
+    failed = [f"{c.what}: {c.seen}" for c in proofs if not c.ok]
+    assert not failed, failed
+    assert len(proofs) == 4
 
 
 def test_an_agent_pod_deleted_is_recreated_and_its_pods_keep_their_addresses(

@@ -66,14 +66,14 @@ class Cluster:
         node is registered (Ready comes with a CNI configuration: the DaemonSet's)."""
         self.plan.root.mkdir(parents=True, exist_ok=True)
         self.images = list(images)
-        self._record(None)
+        self.record(None)
         self.underlay.build()
         indices = range(1, self.plan.nodes + 1)
         self.pki.make(str(CONTROL.ip), [self.plan.node_name(i) for i in indices])
         self.nodes = {i: Node(self.plan, i, self.pki, self.control.server) for i in indices}
         with ThreadPoolExecutor(self.plan.nodes + 1) as pool:
             started = [pool.submit(self._start_control)]
-            started += [pool.submit(n.start, images, self._record)
+            started += [pool.submit(n.start, images, self.record)
                         for n in self.nodes.values()]  # fmt: skip
             for future in started:
                 future.result()
@@ -87,13 +87,13 @@ class Cluster:
         self.control.start()
         log.info("start control plane: apiserver ready after %.1fs", time.monotonic() - started)
         for process in self.control.processes:
-            self._record(Daemon(process.name, process.popen.pid, str(self.plan.control_dir)))
+            self.record(Daemon(process.name, process.popen.pid, str(self.plan.control_dir)))
 
     def start_node(self, i: int, images: list[Path], python: bool = True) -> Node:
         """Node i's processes (its namespace must exist)."""
         node = Node(self.plan, i, self.pki, self.control.server)
         self.nodes[i] = node
-        node.start(images, self._record, python)
+        node.start(images, self.record, python)
         return node
 
     def add_node(self, i: int, images: list[Path] | None = None, python: bool = True) -> Node:
@@ -101,13 +101,14 @@ class Cluster:
         its namespace and processes, until it is registered."""
         self.plan = self.plan.grown(max(i, self.plan.nodes))
         self.underlay = KubeUnderlay(self.plan)
-        self._record(None)
+        self.record(None)
         self.underlay.add_node(i)
         node = self.start_node(i, self.images if images is None else images, python)
         self.wait_registered([node.name])
         return node
 
-    def _record(self, daemon: Daemon | None) -> None:
+    def record(self, daemon: Daemon | None) -> None:
+        """Keep ``daemon`` (one the lab started) in the state file, for ``down``."""
         with self._lock:
             if daemon is not None:
                 self.daemons.append(daemon)

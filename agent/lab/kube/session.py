@@ -2,9 +2,10 @@
 deploy weave-py and the workload, prove the network, print what a user wants to see.
 
 Printed: the Nodes, the DaemonSet and the pods (kubectl's own tables), the pod-to-pod matrix,
-the Service, hairpin and outside-host checks, the last lines of one agent's ``kubectl logs``,
-the timings (cluster up, ``kubectl apply`` to every pod pair ok) and the memory of the lab's
-processes. Exit 0 only when every check holds.
+the Service, hairpin and outside-host checks, Prometheus finding the agents through the API and
+their per-peer counters rising (agent/lab/kube/prometheus.py), the last lines of one agent's
+``kubectl logs``, the timings (cluster up, ``kubectl apply`` to every pod pair ok) and the
+memory of the lab's processes. Exit 0 only when every check holds.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from agent.lab import probe
 from agent.lab.commands import CommandError
 from agent.lab.image import ImageError, ensure_image
-from agent.lab.kube import checks, images, memory, pods, rollout, state, workload
+from agent.lab.kube import checks, images, memory, pods, prometheus, rollout, state, workload
 from agent.lab.kube.checks import Check
 from agent.lab.kube.cluster import Cluster
 from agent.lab.kube.plan import KubePlan
@@ -73,7 +74,7 @@ def _build_and_prove(cluster: Cluster, reference: str, archive: Path,
     results, _ = checks.until_matrix_ok(running, MATRIX_TIMEOUT)
     timings["apply -> all pods ok"] = time.monotonic() - applied
     proofs = [*checks.service(cluster, running), checks.hairpin(cluster, running[0]),
-              *checks.outside(cluster, running)]  # fmt: skip
+              *checks.outside(cluster, running), *prometheus.prove(cluster, running)]  # fmt: skip
     _print_cluster(cluster)
     ok = _print_matrix(running, results) & _print_checks(proofs)
     _print_agent_log(cluster)
