@@ -64,6 +64,7 @@ class MeshDriver:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self.closing = False  # set on shutdown: no new dials
+        self.running = False  # dials start with run(): a change published before it only queues
         # Connections ended (Weave's weave_connection_terminations_total): every one that
         # failed its handshake or closed once established; a duplicate closed at once is not.
         self.terminations = 0
@@ -76,6 +77,7 @@ class MeshDriver:
             server = await asyncio.start_server(self._accept, sock=self.server_socket)
         else:
             server = await asyncio.start_server(self._accept, *self.listen, reuse_address=True)
+        self.running = True
         try:
             while True:
                 self.mesh.handle_timer(time.monotonic())
@@ -88,7 +90,7 @@ class MeshDriver:
                     async with asyncio.timeout(min(timeout, 60.0)):
                         await self._wake.wait()
         finally:
-            self.closing = True
+            self.closing, self.running = True, False
             server.close()
             for task in list(self._tasks):
                 task.cancel()
@@ -279,7 +281,7 @@ class MeshDriver:
             writer = self.writers.get(conn)
             if writer is not None:
                 writer.close()
-        if not self.closing:
+        if self.running and not self.closing:
             for addr in self.mesh.dial_targets(time.monotonic()):
                 self._spawn_dial(addr)
         for event in self.mesh.events():

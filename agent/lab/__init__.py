@@ -8,4 +8,8 @@
 - ``lab``: ``Lab``, which puts those together and waits for the agents through their API.
 - ``probe``: pod-to-pod reachability; ``run``: ``weave-py lab up`` / ``lab down``.
 - ``outside``: a host on the underlay that is not a node (where pods' egress goes).
+- ``image``: the weave-py image built from deploy/Containerfile (``image_base``: its local
+  Debian base; ``lockfile``: the dependency locks; ``commands``: running the tools).
+- ``kube/``: the cluster lab, a real Kubernetes cluster running weave-py from
+  deploy/daemonset.yaml (``weave-py lab up --kubernetes``).
 """

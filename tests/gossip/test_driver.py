@@ -197,3 +197,28 @@ async def test_clean_leave_is_seen_at_once_and_forgotten(start_peer: StartPeer) 
     assert a.events.index(RecordUpdated(b.name)) < a.events.index(PeerUnreachable(b.name))
     assert a.mesh.conns == {} and a.mesh.routes() == {}
     assert set(a.mesh.topology.records) == {a.name}
+
+
+async def test_a_change_published_before_run_dials_only_once_run_starts() -> None:
+    """A record published while the agent is still starting (before the driver runs) only
+    queues: no dial task exists before run(), so a start that fails leaves none pending."""
+    target = listening_socket()
+    target.listen()
+    endpoint: Address = ("127.0.0.1", 9)
+    hello = hello_for("early", endpoint)
+    record = PeerRecord(
+        name=hello.name, nickname="early", incarnation=1, version=1, uid=hello.uid,
+        data_endpoint=endpoint, control_endpoint=endpoint,
+    )  # fmt: skip
+    mesh = Mesh(Topology(record), CONFIG, random.Random(7), [target.getsockname()])
+    driver = MeshDriver(mesh, hello, endpoint, server_socket=listening_socket())
+    mesh.set_local(0.0, unreachable=("aa:00:00:00:00:09",))
+    driver.flush()
+    assert not driver._tasks and driver.outbound == {}
+    task = asyncio.get_running_loop().create_task(driver.run())
+    try:
+        await until(lambda: bool(driver.outbound))  # the seed is dialled once run() runs
+    finally:
+        task.cancel()
+        await asyncio.wait([task])
+        target.close()

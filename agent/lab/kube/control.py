@@ -115,7 +115,8 @@ class ControlPlane:
 
     def kubectl(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         """``kubectl`` as the admin, run in the namespace; output captured as text."""
-        argv = ["kubectl", "--kubeconfig", str(self.admin_kubeconfig), *args]
+        kubectl = str(self.bin_dir / "kubectl")  # the cluster's own release, not the machine's
+        argv = [kubectl, "--kubeconfig", str(self.admin_kubeconfig), *args]
         return subprocess.run(self._in_netns(argv), capture_output=True, text=True, check=check,
                               stdin=subprocess.DEVNULL)  # fmt: skip
 
