@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import json
 import os
 import secrets
 import shutil
@@ -152,10 +153,23 @@ def _service_account(cluster: Cluster) -> None:
 
 
 def _token(cluster: Cluster) -> str:
-    """A token of kube-system/weave-py (TokenRequest; retried while the account is new)."""
+    """A token of kube-system/weave-py: a TokenRequest posted with the cluster's own kubectl
+    (1.20's has no ``create token``); retried while the account is new."""
+    request = cluster.control.directory / "token-request.json"
+    request.write_text(
+        json.dumps(
+            {
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": {"expirationSeconds": 3600},
+            }
+        )
+    )
+    path = "/api/v1/namespaces/kube-system/serviceaccounts/weave-py/token"
     for _ in range(50):
-        done = cluster.control.kubectl("-n", "kube-system", "create", "token", "weave-py")
+        done = cluster.control.kubectl("create", "--raw", path, "-f", str(request))
         if done.returncode == 0:
-            return done.stdout.strip()
+            token: str = json.loads(done.stdout)["status"]["token"]
+            return token
         time.sleep(0.2)
     raise AssertionError(f"no token for weave-py: {done.stderr}")
