@@ -46,6 +46,7 @@ MAX_PORT = 65535
 MAX_TOMBSTONES = 4096  # departed peers remembered after removal; oldest forgotten first
 MAX_COLLISIONS = 64  # reports kept in ``Topology.collisions``; oldest dropped first
 MAX_META = 32768  # bytes of application data in a record (opaque here, like memberlist's Meta)
+MAX_SLEEVE_KEY = 64  # bytes of the data plane's key agreement material (opaque here)
 
 Stamp = tuple[int, int]
 Endpoint = tuple[str, int]
@@ -71,6 +72,7 @@ class PeerRecord:
     unreachable: tuple[str, ...] = ()  # names whose UDP data path we could NOT confirm
     departed: bool = False  # set on clean shutdown
     meta: bytes = b""  # application data (the address claim), opaque to the mesh
+    sleeve_key: bytes = b""  # the data plane's key agreement material, opaque to the mesh
 
     def __post_init__(self) -> None:
         for field in ("blocks", "connections", "unreachable"):
@@ -101,6 +103,8 @@ class PeerRecord:
             wire["dp"] = True
         if self.meta:
             wire["m"] = self.meta
+        if self.sleeve_key:
+            wire["sk"] = self.sleeve_key
         return wire
 
     @classmethod
@@ -123,7 +127,8 @@ class PeerRecord:
             connections=tuple(_name(s, "c") for s in _list(d.get("c", []), "c")),
             unreachable=tuple(_name(s, "x") for s in _list(d.get("x", []), "x")),
             departed=departed,
-            meta=_bytes(d.get("m", b""), "m"),
+            meta=_bytes(d.get("m", b""), "m", MAX_META),
+            sleeve_key=_bytes(d.get("sk", b""), "sk", MAX_SLEEVE_KEY),
         )
 
 
@@ -133,9 +138,9 @@ def _string(value: object, key: str) -> str:
     return value
 
 
-def _bytes(value: object, key: str) -> bytes:
-    if not isinstance(value, bytes) or len(value) > MAX_META:
-        raise TopologyError(f"record field {key!r} is not bytes of at most {MAX_META}")
+def _bytes(value: object, key: str, limit: int) -> bytes:
+    if not isinstance(value, bytes) or len(value) > limit:
+        raise TopologyError(f"record field {key!r} is not bytes of at most {limit}")
     return value
 
 
@@ -181,13 +186,13 @@ def _outranks(new: PeerRecord, old: PeerRecord) -> bool:
 
 def _rank(r: PeerRecord) -> tuple[Any, ...]:
     return (r.uid, r.nickname, r.data_endpoint, r.control_endpoint, r.blocks, r.connections,
-            r.unreachable, r.departed, r.meta)  # fmt: skip
+            r.unreachable, r.departed, r.meta, r.sleeve_key)  # fmt: skip
 
 
 # Fields only the record's owner may change through ``set_local``; the rest is identity and stamp.
 CHANGEABLE = frozenset(
     {"nickname", "data_endpoint", "control_endpoint", "blocks", "connections", "unreachable",
-     "departed", "meta"}
+     "departed", "meta", "sleeve_key"}
 )  # fmt: skip
 
 
