@@ -125,7 +125,8 @@ class Coordinator:
 
     def _spec(self, m: Member) -> PeerSpec:
         blocks = self.ipam.routable(m.record) if m.record is not None else m.blocks
-        return PeerSpec(peer_id(m.name), m.nickname, m.endpoint, blocks, m.via, m.name)
+        key = m.record.sleeve_key if m.record is not None else b""
+        return PeerSpec(peer_id(m.name), m.nickname, m.endpoint, blocks, m.via, m.name, key)
 
     def _desired(self, peers: tuple[PeerSpec, ...], now: float) -> NodeSpec:
         remote = frozenset(b for p in peers for b in p.blocks)

@@ -217,6 +217,9 @@ class Forwarding:
             return DROP
         if header.destination != self.local_id:
             return self._relay(data, header, addr[0])
+        if header.flags:
+            self.drop("encrypted")  # sealed for this node: the driver opens it first
+            return DROP
         kind = header.type
         if kind != DATA and kind != DATA_CHUNK:
             self._control(data, header, addr, now)

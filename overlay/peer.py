@@ -22,6 +22,7 @@ class PeerSpec:
     blocks: tuple[ipaddress.IPv4Network, ...]
     via: Address | None = None  # where its data goes when relayed (the next hop's endpoint)
     peer_name: str = ""  # the mesh name ("aa:bb:..."); ``name`` is the nickname
+    sleeve_key: bytes = b""  # its published key agreement material (overlay/seal.py)
 
 
 @dataclass(slots=True)

@@ -106,6 +106,14 @@ def test_decode_header_uses_size_not_buffer_length() -> None:
     assert exc.value.reason == "length"
 
 
+def test_sealed_header_names_where_its_body_starts() -> None:
+    """A sealed frame's length counts its body only: the extension and the tag are beyond."""
+    data = datagram(bytes(12) + b"body" + bytes(16), flags=frame.FLAG_AEAD, length=4)
+    h = decode(data)
+    assert (h.flags, h.length, h.body_offset) == (frame.FLAG_AEAD, 4, frame.SEALED_BODY_AT)
+    assert bytes(data[h.body_offset : h.body_offset + h.length]) == b"body"
+
+
 # -- every drop reason -----------------------------------------------------------------------
 
 
@@ -118,7 +126,8 @@ def test_decode_header_uses_size_not_buffer_length() -> None:
         (datagram(version=2), "version"),
         (datagram(flags=0x02), "flags"),
         (datagram(flags=0x80 | frame.FLAG_AEAD), "flags"),
-        (datagram(flags=frame.FLAG_AEAD), "encrypted"),
+        (datagram(flags=frame.FLAG_AEAD), "length"),  # no room for extension and tag
+        (datagram(bytes(28), flags=frame.FLAG_AEAD, length=29), "length"),
         (datagram(msg_type=0), "type"),
         (datagram(msg_type=MessageType.MTU_PROBE), "type"),  # reserved: never accepted
         (datagram(msg_type=MessageType.MTU_PROBE_ACK), "type"),
@@ -285,6 +294,8 @@ def test_chunk_without_a_slice() -> None:
 def _consume(data: bytes) -> None:
     """What the receive path does with a datagram; only DecodeError may escape."""
     h = decode(data)
+    if h.flags:
+        return  # sealed: only a relay reads its header, overlay/seal.py opens it
     if h.type == MessageType.DATA:
         for vnet in frame.iter_records(data, h.body_offset, len(data)):
             assert vnet + frame.record_length(data, vnet) <= len(data)
