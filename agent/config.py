@@ -35,11 +35,14 @@ class StaticPeer:
         return f"{self.name}@{self.host}:{self.port}=" + ",".join(map(str, self.blocks))
 
 
-def _setting(env: str | None, flag: str, doc: str, default: Any = MISSING, **kw: Any) -> Any:
+def _setting(
+    env: str | None, flag: str, doc: str, default: Any = MISSING, secret: bool = False, **kw: Any
+) -> Any:
+    """A field with its variable, flag and documentation; a ``secret`` one is left out of repr."""
     meta = {"env": env, "flag": flag, "doc": doc}
     if "default_factory" in kw:
-        return field(default_factory=kw["default_factory"], metadata=meta)
-    return field(default=default, metadata=meta)
+        return field(default_factory=kw["default_factory"], metadata=meta, repr=not secret)
+    return field(default=default, metadata=meta, repr=not secret)
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,27 @@ class Config:
         "Gossip mode: most control connections this node holds. It dials about 2 log2(N) of "
         "them; data paths do not depend on them.",
         100,
+    )
+    password: str = _setting(
+        "WEAVE_PASSWORD",
+        "--password",
+        "Membership secret: only peers that know it complete a handshake (proved without "
+        "sending it; fresh X25519 keys per connection). Every node needs the same one; a "
+        "long random string (it is stretched with scrypt, but a guessable one can still be "
+        "tried offline by whoever sees a handshake). Never logged or reported; the flag shows "
+        "in the process list, so prefer the variable or password_file. Empty (default): open "
+        "membership, as Weave without a password.",
+        "",
+        secret=True,
+    )
+    password_file: str = _setting(
+        "WEAVE_PASSWORD_FILE",
+        "--password-file",
+        "A file of membership secrets (a mounted Kubernetes Secret), one a line, surrounding "
+        "blanks and empty lines ignored, at most 8: the first is used for new connections, "
+        "all are accepted. Rotation without a partition, each step a rolling restart: [A] -> "
+        "[A, B] -> [B, A] -> [B]. A missing or empty file stops the start. Not with password.",
+        "",
     )
     mtu: int | None = _setting(
         "WEAVE_MTU",

@@ -18,6 +18,7 @@ IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 KUBERNETES = ("auto", "on", "off")
 IPAM_MODES = ("gossip", "kube")
+MAX_PASSWORD = 4096  # bytes; gossip/secret.py's MAX_SECRET
 
 
 def validate(c: Config) -> None:
@@ -93,6 +94,14 @@ def _mesh(c: Config) -> None:
             raise _bad("advertise_address", c.advertise_address, "is not an IPv4 address") from None
 
 
+def _membership(c: Config) -> None:
+    """The membership secret: from the variable or from a file, not both."""
+    if c.password and c.password_file:
+        raise _bad("password_file", c.password_file, "cannot be used together with password")
+    if len(c.password.encode()) > MAX_PASSWORD:
+        raise ConfigError(f"password: longer than {MAX_PASSWORD} bytes")
+
+
 def _kubernetes(c: Config) -> None:
     """The Kubernetes switch, the API's port, and kube IPAM's need of a podCIDR."""
     if c.kubernetes not in KUBERNETES:
@@ -131,6 +140,7 @@ RULES: tuple[Callable[[Config], None], ...] = (
     _static_peers,
     _data_path,
     _mesh,
+    _membership,
     _kubernetes,
     _upkeep,
     _operations,
