@@ -15,6 +15,10 @@ Rules this module keeps:
 - ``hint`` tells a peer which of its secrets we use without telling anyone who does not hold
   it; it is salted by the sender's ephemeral key, so hints of one secret on two connections do
   not match.
+- ``Exchange`` holds one connection's ephemeral X25519 key, made fresh for it and dropped
+  with it (forward secrecy). Its ``session`` mixes the Diffie-Hellman result with the stretched
+  secret and the hash of the handshake's transcript: both ends get the same ``SessionKeys``
+  only when they hold the same secret and saw the same transcript.
 - ``derive`` (HKDF-SHA256) is the one way keys are made from key material, here and in the
   data plane; distinct ``info`` labels give independent keys.
 """
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 from hashlib import sha256
 
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
@@ -37,6 +42,9 @@ KEY_SIZE = 32
 STRETCH_SALT = b"weave-py membership secret v1"
 STRETCH_N = 2**14  # scrypt cost: 16 MiB and ~0.1 s per secret, once per process
 HINT_LABEL = b"weave-py hint v1"
+SESSION_LABEL = b"weave-py session v1"
+PUBLIC_SIZE = 32  # an X25519 public key
+MAC_SIZE = 32  # HMAC-SHA256
 
 
 class SecretError(ValueError):
@@ -113,3 +121,37 @@ def hint(key: bytes, salt: bytes) -> bytes:
 def derive(key: bytes, info: bytes, salt: bytes = b"", length: int = KEY_SIZE) -> bytes:
     """HKDF-SHA256: ``length`` bytes from key material ``key``, bound to ``info`` and ``salt``."""
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt or None, info=info).derive(key)
+
+
+@dataclass(frozen=True, repr=False)
+class SessionKeys:
+    """What one handshake agreed: a confirmation key per role and the session's own key."""
+
+    dialer_confirm: bytes
+    acceptor_confirm: bytes
+    session: bytes  # for whoever protects the session's traffic: derive() keys from it
+
+    def confirmation(self, dialer: bool, transcript: bytes) -> bytes:
+        """The MAC by which the dialer (or the acceptor) proves it derived these keys."""
+        key = self.dialer_confirm if dialer else self.acceptor_confirm
+        return hmac.new(key, transcript, sha256).digest()
+
+    def confirms(self, dialer: bool, transcript: bytes, mac: bytes) -> bool:
+        """True when ``mac`` is the dialer's (or acceptor's) confirmation of ``transcript``."""
+        return hmac.compare_digest(self.confirmation(dialer, transcript), mac)
+
+
+class Exchange:
+    """One connection's ephemeral X25519 key pair; ``public`` goes into our HELLO."""
+
+    def __init__(self) -> None:
+        self._private = X25519PrivateKey.generate()
+        self.public = self._private.public_key().public_bytes_raw()
+
+    def session(self, peer_public: bytes, key: bytes, transcript: bytes) -> SessionKeys:
+        """The keys of this session: the Diffie-Hellman result with ``peer_public``, salted
+        by the stretched secret ``key`` and bound to ``transcript`` (its hash). ValueError
+        when the peer's key is not a usable X25519 public key."""
+        shared = self._private.exchange(X25519PublicKey.from_public_bytes(peer_public))
+        okm = derive(shared, SESSION_LABEL + transcript, salt=key, length=3 * KEY_SIZE)
+        return SessionKeys(okm[:KEY_SIZE], okm[KEY_SIZE : 2 * KEY_SIZE], okm[2 * KEY_SIZE :])

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from gossip.handshake import Accepted, Handshake, Hello, Refused, peer_refusal
-from gossip.wire import Decoder, MessageType, Preamble, encode
+from gossip.handshake import (
+    CONFIRM,
+    LABELS,
+    Accepted,
+    Handshake,
+    Hello,
+    Refused,
+    peer_refusal,
+)
+from gossip.secret import SecretError, Secrets, derive, stretch
+from gossip.wire import Decoder, Message, MessageType, Preamble, encode
 
 ALICE = Hello(
     name="aa:00:00:00:00:01",
@@ -229,3 +239,319 @@ def test_local_hello_is_checked() -> None:
 def test_hello_fields_round_trip() -> None:
     assert Hello.from_fields(ALICE.to_fields()) == ALICE
     assert str(ALICE) == "aa:00:00:00:00:01(alice)"
+
+
+# -- with a secret ---------------------------------------------------------------------------
+
+A, B = b"secret A", b"secret B"
+OLD_FIELDS = set(ALICE.to_fields())
+
+
+def secrets(*accepted: bytes) -> Secrets:
+    return Secrets(accepted)
+
+
+def shake(
+    a: Handshake, b: Handshake, tamper: Callable[[bytes, bool], bytes] = lambda d, to_b: d
+) -> tuple[Any, Any]:
+    """Both start at once; each round delivers what the other has queued (through
+    ``tamper(data, to_b)``) until nothing more is said."""
+    out = {a: a.start(), b: b.start()}
+    while out[a] or out[b]:
+        for me, other in ((a, b), (b, a)):
+            data, out[other] = out[other], b""
+            if data and not isinstance(me.result, Accepted):
+                me.receive(tamper(data, me is b))
+            out[me] += me.data_to_send()
+    return a.result, b.result
+
+
+def messages(stream: bytes) -> list[Message]:
+    return Decoder().feed(stream[len(PREAMBLE) :] if stream.startswith(b"WPYG") else stream)
+
+
+def replace_hello(stream: bytes, **changes: Any) -> bytes:
+    """``stream`` (a preamble and a HELLO) with fields of the HELLO changed."""
+    [(msg_type, fields)] = messages(stream)
+    assert msg_type is MessageType.HELLO
+    return stream[: len(PREAMBLE)] + encode(MessageType.HELLO, **{**fields, **changes})
+
+
+def test_a_shared_secret_is_proved_and_a_session_agreed() -> None:
+    a = Handshake(ALICE, True, secrets=secrets(A))
+    b = Handshake(BOB, False, secrets=secrets(A))
+    ra, rb = map(accepted, shake(a, b))
+    assert (ra.remote.name, rb.remote.name) == (BOB.name, ALICE.name)
+    assert ra.authenticated and rb.authenticated
+    assert ra.session_key == rb.session_key and ra.session_key is not None
+    assert len(ra.session_key) == 32 and (ra.secret_index, rb.secret_index) == (0, 0)
+
+
+def test_the_secret_is_never_sent_and_every_session_key_is_fresh() -> None:
+    sent = bytearray()
+
+    def record(data: bytes, to_b: bool) -> bytes:
+        sent.extend(data)
+        return data
+
+    first = accepted(shake(Handshake(ALICE, True, secrets=secrets(A)),
+                           Handshake(BOB, False, secrets=secrets(A)), record)[0])  # fmt: skip
+    assert A not in sent and stretch(A) not in sent
+    second = accepted(shake(Handshake(ALICE, True, secrets=secrets(A)),
+                            Handshake(BOB, False, secrets=secrets(A)))[0])  # fmt: skip
+    assert first.session_key != second.session_key
+    assert first.remote.kx != second.remote.kx  # a new ephemeral key per connection
+
+
+@pytest.mark.parametrize("dialer_first", [True, False])
+def test_a_different_password_is_refused_by_both(dialer_first: bool) -> None:
+    a = Handshake(ALICE, True, secrets=secrets(A))
+    b = Handshake(BOB, False, secrets=secrets(B))
+    sent_by_b = bytearray()
+
+    def record(data: bytes, to_b: bool) -> bytes:
+        if not to_b:
+            sent_by_b.extend(data)
+        return data
+
+    ra, rb = map(refused, shake(a, b, record))
+    assert (ra.reason, ra.label, ra.by_peer) == (
+        "peer bb:00:00:00:00:02(bob) uses a different password",
+        "password_mismatch",
+        True,
+    )
+    assert (rb.reason, rb.label, rb.by_peer) == (
+        "peer aa:00:00:00:00:01(alice) uses a different password",
+        "password_mismatch",
+        False,
+    )
+    types = [t for t, _ in messages(bytes(sent_by_b))]
+    assert types == [MessageType.HELLO, MessageType.REFUSE]  # no CONFIRM: nothing to test offline
+
+
+@pytest.mark.parametrize(("alice", "bob"), [((A,), ()), ((), (A,))])
+@pytest.mark.parametrize("alice_dials", [True, False])
+def test_one_side_without_a_password_is_refused_by_both(
+    alice: tuple[bytes, ...], bob: tuple[bytes, ...], alice_dials: bool
+) -> None:
+    a = Handshake(ALICE, alice_dials, secrets=secrets(*alice))
+    b = Handshake(BOB, not alice_dials, secrets=secrets(*bob))
+    ra, rb = map(refused, shake(a, b))
+    has, lacks = (ra, rb) if alice else (rb, ra)
+    assert has.reason.endswith("has no password but we do") and has.label == "no_password"
+    assert lacks.reason.endswith("has a password but we do not")
+    assert lacks.label == "password_unexpected"
+    assert not ra.by_peer and not rb.by_peer  # each end finds it on its own
+
+
+ROLLING = [(A,), (A, B), (B, A), (B,)]
+
+
+@pytest.mark.parametrize("step", range(len(ROLLING)))
+@pytest.mark.parametrize("upgraded_dials", [True, False])
+def test_a_rolling_change_keeps_every_pair_connected(step: int, upgraded_dials: bool) -> None:
+    """During each step of [A] -> [A, B] -> [B, A] -> [B], a node already on the new list and
+    one still on the old one agree on the first of the dialer's secrets the acceptor accepts."""
+    old, new = ROLLING[max(step - 1, 0)], ROLLING[step]
+    dialer, acceptor = (new, old) if upgraded_dials else (old, new)
+    a = Handshake(ALICE, True, secrets=secrets(*dialer))
+    b = Handshake(BOB, False, secrets=secrets(*acceptor))
+    ra, rb = map(accepted, shake(a, b))
+    used = next(s for s in dialer if s in acceptor)
+    assert (ra.secret_index, rb.secret_index) == (dialer.index(used), acceptor.index(used))
+    assert ra.session_key == rb.session_key
+
+
+def test_skipping_a_step_of_the_rolling_change_partitions() -> None:
+    a = Handshake(ALICE, True, secrets=secrets(A))
+    b = Handshake(BOB, False, secrets=secrets(B, C := b"secret C"))
+    assert [refused(r).label for r in shake(a, b)] == ["password_mismatch"] * 2
+    assert C not in (A, B)
+
+
+def test_a_replayed_dialer_is_refused() -> None:
+    """Everything a real dialer sent, replayed to a fresh acceptor: its key is new, so the old
+    confirmation does not match."""
+    from_a = bytearray()
+
+    def record(data: bytes, to_b: bool) -> bytes:
+        if to_b:
+            from_a.extend(data)
+        return data
+
+    accepted(shake(Handshake(ALICE, True, secrets=secrets(A)),
+                   Handshake(BOB, False, secrets=secrets(A)), record)[1])  # fmt: skip
+    b = Handshake(BOB, False, secrets=secrets(A))
+    b.start()
+    rb = refused(b.receive(bytes(from_a)))
+    assert rb.label == "bad_confirm"
+    assert rb.reason.startswith("peer aa:00:00:00:00:01(alice) failed the password check")
+
+
+@pytest.mark.parametrize("field", ["name", "nickname", "data_endpoint", "features"])
+@pytest.mark.parametrize("towards_b", [True, False])
+def test_a_tampered_hello_fails_the_confirmation(field: str, towards_b: bool) -> None:
+    """A man in the middle changes one field of either HELLO (the name bound to the session
+    among them): neither side accepts."""
+    value = {"name": "cc:00:00:00:00:03", "nickname": "mallory",
+             "data_endpoint": ["10.9.9.9", 6784], "features": ["evil"]}[field]  # fmt: skip
+
+    def tamper(data: bytes, to_b: bool) -> bytes:
+        if to_b == towards_b and data.startswith(b"WPYG"):
+            return replace_hello(data, **{field: value})
+        return data
+
+    a = Handshake(ALICE, True, secrets=secrets(A))
+    b = Handshake(BOB, False, secrets=secrets(A))
+    ra, rb = shake(a, b, tamper)
+    assert not isinstance(ra, Accepted) and not isinstance(rb, Accepted)
+    assert refused(ra).label == "bad_confirm"  # the dialer checks first
+
+
+def test_a_truncated_confirm_is_refused() -> None:
+    b = Handshake(BOB, False, secrets=secrets(A))
+    b.start()
+    hello = Handshake(ALICE, True, secrets=secrets(A)).start()
+    assert b.receive(hello) is None
+    [(msg_type, _)] = messages(b.data_to_send())
+    assert msg_type == CONFIRM
+    rb = refused(b.receive(encode(CONFIRM, mac=b"\x00" * 16)))
+    assert (rb.reason, rb.label) == ("malformed confirm: field 'mac' is not 32 bytes", "malformed")
+
+
+def test_a_confirm_cut_short_waits_and_says_nothing() -> None:
+    """Part of the acceptor's CONFIRM: the dialer neither accepts nor answers (the driver's
+    timeout closes such a connection); the rest completes it."""
+    a = Handshake(ALICE, True, secrets=secrets(A))
+    b = Handshake(BOB, False, secrets=secrets(A))
+    to_b, to_a = a.start(), b.start()
+    assert b.receive(to_b) is None
+    to_a += b.data_to_send()
+    assert a.receive(to_a[:-5]) is None and a.data_to_send() == b""
+    assert accepted(a.receive(to_a[-5:])).authenticated
+    assert [t for t, _ in messages(a.data_to_send())] == [CONFIRM]
+
+
+def test_a_dialer_confirm_with_a_bad_index_is_refused() -> None:
+    a = Handshake(ALICE, True, secrets=secrets(A))
+    a.start()
+    data = Handshake(BOB, False, secrets=secrets(A)).start() + encode(CONFIRM, i=3, mac=bytes(32))
+    ra = refused(a.receive(data))
+    assert (ra.reason, ra.label) == (
+        "malformed confirm: field 'i' names no hint of ours",
+        "malformed",
+    )
+
+
+def test_nothing_is_read_between_hello_and_confirm() -> None:
+    b = Handshake(BOB, False, secrets=secrets(A))
+    b.start()
+    data = Handshake(ALICE, True, secrets=secrets(A)).start() + encode(MessageType.TOPOLOGY)
+    rb = refused(b.receive(data))
+    assert (rb.reason, rb.label) == ("expected CONFIRM, got TOPOLOGY", "unexpected")
+
+
+def test_messages_after_the_dialer_confirm_are_handed_over() -> None:
+    a = Handshake(ALICE, True, secrets=secrets(A))
+    b = Handshake(BOB, False, secrets=secrets(A))
+    to_b, to_a = a.start(), b.start()
+    assert b.receive(to_b) is None
+    accepted(a.receive(to_a + b.data_to_send()))
+    rest = encode(MessageType.REQUEST, names=["1"])
+    rb = accepted(b.receive(a.data_to_send() + rest))
+    assert rb.messages == [(MessageType.REQUEST, {"names": ["1"]})]
+
+
+@pytest.mark.parametrize("alice_dials", [True, False])
+def test_both_dialling_is_refused(alice_dials: bool) -> None:
+    a = Handshake(ALICE, alice_dials, secrets=secrets(A))
+    b = Handshake(BOB, alice_dials, secrets=secrets(A))
+    assert [refused(r).label for r in shake(a, b)] == ["role", "role"]
+
+
+def test_a_low_order_key_is_refused() -> None:
+    b = Handshake(BOB, False, secrets=secrets(A))
+    b.start()
+    dialer = Handshake(ALICE, True, secrets=secrets(A))
+    stream = dialer.start()
+    zero = bytes(32)
+    hints = Secrets((A,)).hints(zero)
+    rb = refused(b.receive(replace_hello(stream, kx=zero, hints=hints)))
+    assert (rb.reason, rb.label) == ("malformed hello: field 'kx' is not a usable key", "malformed")
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"kx": b"short"}, "field 'kx' must be 32 bytes"),
+        ({"kx": "text" * 8}, "field 'kx' has the wrong type str"),
+        ({"hints": [b"12345678"] * 9}, "field 'hints' must hold 1..8 hints"),
+        ({"hints": []}, "field 'hints' must hold 1..8 hints"),
+        ({"hints": [b"1234"]}, "field 'hints' must be a list of 8-byte hints"),
+    ],
+)
+def test_malformed_secret_fields_are_refused(changes: dict[str, Any], reason: str) -> None:
+    b = Handshake(BOB, False, secrets=secrets(A))
+    b.start()
+    stream = replace_hello(Handshake(ALICE, True, secrets=secrets(A)).start(), **changes)
+    rb = refused(b.receive(stream))
+    assert (rb.reason, rb.label) == (f"malformed hello: {reason}", "malformed")
+
+
+def test_hints_without_a_key_are_malformed() -> None:
+    with pytest.raises(ValueError, match="field 'hints' without field 'kx'"):
+        Hello.from_fields({**ALICE.to_fields(), "hints": [b"12345678"]})
+
+
+def test_without_secrets_the_hello_is_as_before() -> None:
+    """Peers that predate secrets send (and expect) exactly the old fields."""
+    h = Handshake(ALICE, True)
+    [(msg_type, fields)] = messages(h.start())
+    assert msg_type is MessageType.HELLO and set(fields) == OLD_FIELDS
+    old_peer = PREAMBLE + encode(MessageType.HELLO, **BOB.to_fields())
+    assert not accepted(h.receive(old_peer)).authenticated
+
+
+def test_an_old_peer_meets_a_node_with_a_secret() -> None:
+    a = Handshake(ALICE, True, secrets=secrets(A))
+    a.start()
+    ra = refused(a.receive(PREAMBLE + encode(MessageType.HELLO, **BOB.to_fields())))
+    assert (ra.reason, ra.label) == ("peer bb:00:00:00:00:02(bob) has no password but we do",
+                                     "no_password")  # fmt: skip
+
+
+def test_every_label_is_declared() -> None:
+    assert {"password_mismatch", "no_password", "password_unexpected", "bad_confirm"} <= set(LABELS)
+
+
+# -- gossip/secret.py ------------------------------------------------------------------------
+
+
+def test_hints_are_salted_and_name_only_their_secret() -> None:
+    s = Secrets((A, B))
+    one, two = s.hints(b"salt-1"), s.hints(b"salt-2")
+    assert len(one) == 2 and all(len(h) == 8 for h in one) and set(one).isdisjoint(two)
+    assert Secrets((B,)).match(one, b"salt-1") == (1, stretch(B))
+    assert Secrets((b"other",)).match(one, b"salt-1") is None
+    assert Secrets((B,)).match(one, b"salt-2") is None
+
+
+def test_derive_separates_by_label_and_salt() -> None:
+    key = b"k" * 32
+    assert derive(key, b"x") == derive(key, b"x") and len(derive(key, b"x", length=64)) == 64
+    assert len({derive(key, b"x"), derive(key, b"y"), derive(key, b"x", salt=b"s")}) == 3
+
+
+@pytest.mark.parametrize(
+    ("accepted", "why"),
+    [((b"",), "empty"), ((b"x" * 4097,), "longer than"), ((A, A), "twice"), ((A,) * 9, "at most")],
+)
+def test_secrets_keep_their_rules(accepted: tuple[bytes, ...], why: str) -> None:
+    with pytest.raises(SecretError, match=why):
+        Secrets(accepted)
+
+
+def test_no_secret() -> None:
+    assert not Secrets.none().enabled and Secrets.none().hints(b"s") == []
+    with pytest.raises(ValueError):
+        _ = Secrets.none().current
