@@ -20,6 +20,7 @@ from collections.abc import Callable, Hashable
 from gossip.events import MeshEvent
 from gossip.handshake import Accepted, Handshake, Hello, Refused
 from gossip.mesh import Mesh
+from gossip.secret import Secrets
 from gossip.wire import DecodeError
 
 log = logging.getLogger("weave-py.mesh")
@@ -45,8 +46,10 @@ class MeshDriver:
         listen: Address,
         on_event: Callable[[MeshEvent], None] | None = None,
         server_socket: socket.socket | None = None,
+        secrets: Secrets | None = None,
     ) -> None:
         self.mesh = mesh
+        self.secrets = secrets or Secrets.none()  # what a peer must prove in its handshake
         self.hello = hello
         self.listen = listen
         self.server_socket = server_socket
@@ -160,7 +163,7 @@ class MeshDriver:
     ) -> None:
         """One connection, dialled (``addr``) or accepted, from the handshake to its close."""
         try:
-            result = await self._handshake(reader, writer, where)
+            result = await self._handshake(reader, writer, where, addr is not None)
         except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
             reason = str(exc) or "timeout"
             log.info("->[%s] connection shutting down due to error: %s", where, reason)
@@ -236,9 +239,13 @@ class MeshDriver:
         self._pump()
 
     async def _handshake(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, where: str
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        where: str,
+        dialled: bool,
     ) -> Accepted | Refused | None:
-        shake = Handshake(self.hello, initiator=False)
+        shake = Handshake(self.hello, initiator=dialled, secrets=self.secrets)
         writer.write(shake.start())
         result = None
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
@@ -248,8 +255,8 @@ class MeshDriver:
                     log.info("->[%s] connection shutting down due to error: closed by peer", where)
                     return None
                 result = shake.receive(data)
+                writer.write(shake.data_to_send())  # a CONFIRM, or a REFUSE
         if isinstance(result, Refused):
-            writer.write(shake.data_to_send())
             log.warning("->[%s] connection shutting down due to error: %s", where, result.reason)
         return result
 
