@@ -1,7 +1,7 @@
 """The replicated topology: one versioned record per peer, merged like a state-based CRDT.
 
 Theory of operation. Every peer owns exactly one record, its own, and is the only one that changes
-it (``set_local``, which bumps ``version``). Records travel by gossip; ``merge`` keeps, per name,
+it (``set_local``, which bumps its stamp). Records travel by gossip; ``merge`` keeps, per name,
 the greater record and returns the delta -- exactly the records that were new or newer -- which is
 all that needs re-gossiping (weaveworks/mesh's ``merge(other) -> delta``). ``digest``,
 ``newer_than`` and ``wanted`` repair loss by anti-entropy.
@@ -15,166 +15,61 @@ Rules this module keeps:
 - Our own record is authoritative and merge never replaces it. A record for our name that ranks
   below ours (the usual echo of an earlier process) is ignored. One that outranks ours is an echo
   of an earlier process whose clock ran ahead, or another process claiming our name; either way
-  our record jumps above it -- stamp ``(its incarnation, its version + 1)``, our uid and content
-  kept -- and the jumped record is part of the delta, so ours wins again wherever it spreads.
-  When its uid differs from ours it is also reported in ``collisions`` (DESIGN.md: collisions are
-  reported, never merged); a record with our uid is our own state and is not reported.
+  our record jumps above it -- to the least stamp above its stamp (``record.next_stamp``), our
+  uid and content kept -- and the jumped record is part of the delta, so ours wins again
+  wherever it spreads. When its uid differs from ours it is also reported in ``collisions``
+  (DESIGN.md: collisions are reported, never merged); a record with our uid is our own state and
+  is not reported. Stamps are bounded (gossip/record.py), so no jump and no local change can
+  overflow; a claim at the very top of the stamp space cannot be outranked, and is reported.
+- A name is tied to its live connection. While a neighbour's connection is up, its name is
+  ``bind``-ed to the uid its handshake gave: records for that name with another uid are refused
+  (reason "name_bound") and a record held under it with another uid is dropped, so no third party
+  takes a live neighbour's identity. ``unbind`` when the connection ends; the records of a
+  restarted neighbour then arrive by anti-entropy.
 - Removal. ``remove`` forgets a record (GC). A departed record's stamp is remembered (at most
   MAX_TOMBSTONES), so gossip still carrying it cannot bring it back; a newer stamp (a restart) can.
-- Size. A record lists its own connections (bounded by the connection limit) and the exceptions
-  to an assumed-working data path, never the whole cluster: no record grows with N, no message
-  with N². ``from_wire`` enforces the bounds below.
+- Size. ``from_wire`` bounds each record (gossip/record.py). At most MAX_RECORDS records and
+  MAX_WEIGHT bytes are held: a record of a new name beyond either is refused (reason
+  "records_limit"); a newer record of a held name is always taken when it does not grow the total
+  past the bound.
 - Errors. ``TopologyError`` (a ValueError) means a peer sent a malformed record: the caller drops
-  that connection. Misuse by our own code (``set_local`` of a field it may not change) is a
-  TypeError.
+  that connection. Records that are well formed but refused (above) are counted and reported
+  through ``rejections`` with the source ``merge`` was given. Misuse by our own code
+  (``set_local`` of a field it may not change) is a TypeError.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from gossip.identity import NAME_PATTERN
+from gossip.record import (
+    MAX_ENTRIES,
+    MAX_META,
+    MAX_PORT,
+    MAX_SLEEVE_KEY,
+    MAX_STAMP,
+    MAX_STRING,
+    MAX_UINT,
+    Endpoint,
+    PeerRecord,
+    Stamp,
+    TopologyError,
+    next_stamp,
+    weight,
+)
+from gossip.rejections import Rejections, printable
 
-MAX_ENTRIES = 4096  # per list in a record: connections, unreachable, blocks
-MAX_STRING = 256  # characters, any string in a record
-MAX_UINT = 2**64 - 1  # msgpack's largest integer
-MAX_PORT = 65535
+__all__ = [
+    "MAX_ENTRIES", "MAX_META", "MAX_PORT", "MAX_SLEEVE_KEY", "MAX_STAMP", "MAX_STRING", "MAX_UINT",
+    "Endpoint", "PeerRecord", "Stamp", "Topology", "TopologyError",
+]  # fmt: skip
+
 MAX_TOMBSTONES = 4096  # departed peers remembered after removal; oldest forgotten first
 MAX_COLLISIONS = 64  # reports kept in ``Topology.collisions``; oldest dropped first
-MAX_META = 32768  # bytes of application data in a record (opaque here, like memberlist's Meta)
-MAX_SLEEVE_KEY = 64  # bytes of the data plane's key agreement material (opaque here)
-
-Stamp = tuple[int, int]
-Endpoint = tuple[str, int]
-
-
-class TopologyError(ValueError):
-    """A record from a peer that we cannot accept."""
-
-
-@dataclass(frozen=True)
-class PeerRecord:
-    """What one peer publishes about itself. Lists are kept sorted and duplicate-free."""
-
-    name: str  # "aa:bb:cc:dd:ee:ff"
-    nickname: str
-    incarnation: int  # process start time in ns: a restarted peer's records win
-    version: int  # bumped on each local change within one incarnation
-    uid: int
-    data_endpoint: Endpoint  # UDP sleeve address
-    control_endpoint: Endpoint  # TCP gossip address
-    blocks: tuple[str, ...] = ()  # owned pod blocks, CIDR strings
-    connections: tuple[str, ...] = ()  # names with an established control connection
-    unreachable: tuple[str, ...] = ()  # names whose UDP data path we could NOT confirm
-    departed: bool = False  # set on clean shutdown
-    meta: bytes = b""  # application data (the address claim), opaque to the mesh
-    sleeve_key: bytes = b""  # the data plane's key agreement material, opaque to the mesh
-
-    def __post_init__(self) -> None:
-        for field in ("blocks", "connections", "unreachable"):
-            object.__setattr__(self, field, tuple(sorted(set(getattr(self, field)))))
-        for field in ("data_endpoint", "control_endpoint"):
-            object.__setattr__(self, field, tuple(getattr(self, field)))
-
-    @property
-    def stamp(self) -> Stamp:
-        """``(incarnation, version)``: what orders one peer's records first."""
-        return (self.incarnation, self.version)
-
-    def to_wire(self) -> dict[str, Any]:
-        """Plain msgpack data with short keys; empty lists and ``departed=False`` are left out."""
-        wire: dict[str, Any] = {
-            "n": self.name,
-            "nk": self.nickname,
-            "i": self.incarnation,
-            "v": self.version,
-            "u": self.uid,
-            "de": list(self.data_endpoint),
-            "ce": list(self.control_endpoint),
-        }
-        for key, names in (("b", self.blocks), ("c", self.connections), ("x", self.unreachable)):
-            if names:
-                wire[key] = list(names)
-        if self.departed:
-            wire["dp"] = True
-        if self.meta:
-            wire["m"] = self.meta
-        if self.sleeve_key:
-            wire["sk"] = self.sleeve_key
-        return wire
-
-    @classmethod
-    def from_wire(cls, d: Mapping[str, Any]) -> PeerRecord:
-        """Check a record received from a peer; unknown keys are ignored (forward compatible)."""
-        if not isinstance(d, Mapping):
-            raise TopologyError("record is not a map")
-        departed = d.get("dp", False)
-        if not isinstance(departed, bool):
-            raise TopologyError("record field 'dp' (departed) is not a boolean")
-        return cls(
-            name=_name(d.get("n"), "n"),
-            nickname=_string(d.get("nk"), "nk"),
-            incarnation=_uint(d.get("i"), "i"),
-            version=_uint(d.get("v"), "v"),
-            uid=_uint(d.get("u"), "u"),
-            data_endpoint=_endpoint(d.get("de"), "de"),
-            control_endpoint=_endpoint(d.get("ce"), "ce"),
-            blocks=tuple(_string(s, "b") for s in _list(d.get("b", []), "b")),
-            connections=tuple(_name(s, "c") for s in _list(d.get("c", []), "c")),
-            unreachable=tuple(_name(s, "x") for s in _list(d.get("x", []), "x")),
-            departed=departed,
-            meta=_bytes(d.get("m", b""), "m", MAX_META),
-            sleeve_key=_bytes(d.get("sk", b""), "sk", MAX_SLEEVE_KEY),
-        )
-
-
-def _string(value: object, key: str) -> str:
-    if not isinstance(value, str) or len(value) > MAX_STRING:
-        raise TopologyError(f"record field {key!r} is not a string of at most {MAX_STRING}")
-    return value
-
-
-def _bytes(value: object, key: str, limit: int) -> bytes:
-    if not isinstance(value, bytes) or len(value) > limit:
-        raise TopologyError(f"record field {key!r} is not bytes of at most {limit}")
-    return value
-
-
-def _name(value: object, key: str) -> str:
-    if not isinstance(value, str) or not _is_name(value):
-        raise TopologyError(f"record field {key!r} holds {value!r}, not a peer name")
-    return value
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _is_name(value: str) -> bool:
-    """Names recur in every record that lists them: check each distinct one once."""
-    return NAME_PATTERN.fullmatch(value) is not None
-
-
-def _uint(value: object, key: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_UINT:
-        raise TopologyError(f"record field {key!r} is not an unsigned 64-bit integer")
-    return value
-
-
-def _list(value: object, key: str) -> list[Any] | tuple[Any, ...]:
-    if not isinstance(value, list | tuple) or len(value) > MAX_ENTRIES:
-        raise TopologyError(f"record field {key!r} is not a list of at most {MAX_ENTRIES}")
-    return value
-
-
-def _endpoint(value: object, key: str) -> Endpoint:
-    if not isinstance(value, list | tuple) or len(value) != 2:
-        raise TopologyError(f"record field {key!r} is not [host, port]")
-    port = value[1]
-    if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= MAX_PORT:
-        raise TopologyError(f"record field {key!r} has no valid port")
-    return (_string(value[0], key), port)
+MAX_RECORDS = 8192  # peers held at most (a few thousand is the largest cluster we aim at)
+MAX_WEIGHT = 64 * 1024 * 1024  # bytes all records hold at most (``record.weight``)
 
 
 def _outranks(new: PeerRecord, old: PeerRecord) -> bool:
@@ -199,12 +94,20 @@ CHANGEABLE = frozenset(
 class Topology:
     """Every peer record we know, ours included, under the rules of this module."""
 
-    def __init__(self, local: PeerRecord, records: Iterable[PeerRecord] = ()) -> None:
+    def __init__(
+        self,
+        local: PeerRecord,
+        records: Iterable[PeerRecord] = (),
+        rejections: Rejections | None = None,
+    ) -> None:
         self.name = local.name
+        self.rejections = rejections or Rejections()
         self.records: dict[str, PeerRecord] = {local.name: local}
         self.collisions: list[tuple[PeerRecord, str]] = []  # (record, reason), newest last
         self.collision_count = 0  # all ever reported, including those dropped from the list
+        self.weight = weight(local)  # of all records held
         self._tombstones: dict[str, Stamp] = {}  # departed and removed: name -> last stamp
+        self._bound: dict[str, int] = {}  # name -> uid of its live connection
         self.merge(records)
 
     @property
@@ -213,44 +116,77 @@ class Topology:
         return self.records[self.name]
 
     def set_local(self, **changes: Any) -> PeerRecord | None:
-        """Change our own record: the new record (version + 1), or None when nothing changed."""
+        """Change our own record: the new record (next stamp), or None when nothing changed
+        (or, after a claim at the top of the stamp space, when no stamp is left)."""
         fixed = changes.keys() - CHANGEABLE
         if fixed:
             raise TypeError(f"set_local cannot change {sorted(fixed)}")
         current = self.local
         changed = dataclasses.replace(current, **changes)
-        if changed == current:
+        stamp = next_stamp(current.stamp)
+        if changed == current or stamp is None:
             return None
-        return self._store(dataclasses.replace(changed, version=current.version + 1))
+        return self._store(dataclasses.replace(changed, incarnation=stamp[0], version=stamp[1]))
 
-    def merge(self, incoming: Iterable[PeerRecord]) -> list[PeerRecord]:
-        """Keep the greater record per name; return exactly the new or newer ones (the delta)."""
+    def merge(self, incoming: Iterable[PeerRecord], source: str = "") -> list[PeerRecord]:
+        """Keep the greater record per name; return exactly the new or newer ones (the delta).
+        ``source`` names who sent them, for the refusals' log lines."""
         delta: dict[str, PeerRecord] = {}
         for record in incoming:
-            kept = self._defend(record) if record.name == self.name else self._take(record)
+            if record.name == self.name:
+                kept = self._defend(record, source)
+            else:
+                kept = self._take(record, source)
             if kept is not None:
                 delta[kept.name] = kept
         return list(delta.values())
 
-    def _take(self, record: PeerRecord) -> PeerRecord | None:
+    def bind(self, name: str, uid: int) -> None:
+        """Tie ``name`` to the uid of its live connection (see the module rules)."""
+        self._bound[name] = uid
+        held = self.records.get(name)
+        if held is not None and held.uid != uid and name != self.name:
+            self._drop(name)
+
+    def unbind(self, name: str, uid: int) -> None:
+        """The connection that tied ``name`` to ``uid`` ended."""
+        if self._bound.get(name) == uid:
+            del self._bound[name]
+
+    def _take(self, record: PeerRecord, source: str) -> PeerRecord | None:
         tomb = self._tombstones.get(record.name)
-        if tomb is not None:
-            if record.stamp <= tomb:
-                return None
-            del self._tombstones[record.name]
+        if tomb is not None and record.stamp <= tomb:
+            return None
         held = self.records.get(record.name)
         if held is not None and not _outranks(record, held):
             return None
+        bound = self._bound.get(record.name)
+        if bound is not None and record.uid != bound:
+            self._refuse("name_bound", record, source, f"its live connection has uid {bound}")
+            return None
+        if not self._room_for(record, held):
+            self._refuse("records_limit", record, source, f"{len(self.records)} records held")
+            return None
+        self._tombstones.pop(record.name, None)
         return self._store(record)
 
-    def _defend(self, record: PeerRecord) -> PeerRecord | None:
+    def _room_for(self, record: PeerRecord, held: PeerRecord | None) -> bool:
+        if held is None and len(self.records) >= MAX_RECORDS:
+            return False
+        growth = weight(record) - (weight(held) if held is not None else 0)
+        return growth <= 0 or self.weight + growth <= MAX_WEIGHT
+
+    def _defend(self, record: PeerRecord, source: str) -> PeerRecord | None:
         """A record for our own name: never stored; ours jumps above it when it outranks ours."""
         local = self.local
         if not _outranks(record, local):
             return None
         if record.uid != local.uid:
             self._report(record, f"uid {record.uid} claims our name at stamp {record.stamp}")
-        jumped = (record.incarnation, record.version + 1)
+            self._refuse("name_collision", record, source, f"uid {record.uid} claims our name")
+        jumped = next_stamp(record.stamp)
+        if jumped is None:
+            return None
         return self._store(dataclasses.replace(local, incarnation=jumped[0], version=jumped[1]))
 
     def _report(self, record: PeerRecord, reason: str) -> None:
@@ -258,15 +194,27 @@ class Topology:
         self.collision_count += 1
         del self.collisions[:-MAX_COLLISIONS]
 
+    def _refuse(self, reason: str, record: PeerRecord, source: str, detail: str) -> None:
+        who = f"{record.name}({printable(record.nickname, 40)})"
+        self.rejections.add(reason, source or "?", f"record {who} at {record.stamp}: {detail}")
+
     def _store(self, record: PeerRecord) -> PeerRecord:
+        held = self.records.get(record.name)
+        self.weight += weight(record) - (weight(held) if held is not None else 0)
         self.records[record.name] = record
+        return record
+
+    def _drop(self, name: str) -> PeerRecord | None:
+        record = self.records.pop(name, None)
+        if record is not None:
+            self.weight -= weight(record)
         return record
 
     def remove(self, name: str) -> PeerRecord | None:
         """Forget a peer (GC); the removed record, or None when unknown. Never our own."""
         if name == self.name:
             raise ValueError("cannot remove our own record")
-        record = self.records.pop(name, None)
+        record = self._drop(name)
         if record is not None and record.departed:
             self._tombstones.pop(name, None)
             self._tombstones[name] = record.stamp
