@@ -1,14 +1,26 @@
-"""The local HTTP API, on 127.0.0.1:6784 and the agent's unix socket.
+"""The local HTTP API: read views on 127.0.0.1:6784, everything on the root-only unix socket.
 
-GET    /healthz          liveness: the event loop answers
+GET    /healthz          liveness: 200 while every long-running task of the agent runs; 500
+                         naming each task that ended with an exception
 GET    /status           Weave's status text; 503, led by what is missing, until the node can
                          carry pod traffic (the readiness probe)
 GET    /status/{connections,peers,ipam,routes}
 GET    /report           the status report (agent/report.py) as JSON
 GET    /metrics          Prometheus exposition (also alone on the metrics address)
-POST   /ip/<container-id>[?ifname=eth0]   allocate the container's address (the CNI plugin's ADD)
-DELETE /ip/<container-id>[?ifname=X]      release its address(es) (the CNI plugin's DEL)
+POST   /ip/<container-id>[?ifname=eth0]   allocate the container's address
+DELETE /ip/<container-id>[?ifname=X]      release its address(es)
 DELETE /peer/<name>      rmpeer: take over the address ranges of a dead peer
+
+Who may ask what. The mutating routes (POST/DELETE) answer only on the unix socket, whose
+file is root's with mode 0600, and only to a caller whose credentials (SO_PEERCRED) show one
+of ``trusted_uids`` (root); a caller with another uid is refused every route there. A TCP
+listener serves the GET views only: any local user reaches 127.0.0.1, so a mutating call on
+it is refused (403) without being read further. Every refusal of outside input (a malformed
+or oversized request, a timeout, a foreign uid, a mutation over TCP, too many connections at
+once) is counted by reason in the ``api request`` tally (agent/refusals.py: the metric
+``weave_py_refusals_total``) and logged, rate-limited, with its source. Bounds: the request
+(agent/request.py), ``MAX_CONNECTIONS`` open connections per listener (more are answered 503
+at once), and the read timeout.
 
 The POST/DELETE routes answer JSON: 200 with the action's result, or ``{"error": message}``
 (plus ``"details"`` when the refusal has them) with the status code ``STATUS`` maps the
@@ -17,31 +29,41 @@ traceback in the log. 404 when the agent has no ``actions`` (no address manageme
 metrics-only listener. Path parts are percent-decoded; no request body is needed.
 
 A deliberately small HTTP/1.1 server (one request per connection) so the agent needs no web
-framework: requests are tiny, local and few.
+framework: requests are tiny, local and few. Nothing the API answers carries a secret: the
+report has no configuration in it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Callable
+import os
+import socket
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from agent import errors, status
+from agent import errors, request, status
 from agent.metrics import ReportCollector
+from agent.refusals import Tallies, TallyCollector
 from agent.report import Report
 
 log = logging.getLogger("weave-py.api")
-MAX_REQUEST = 8192
+MAX_REQUEST = request.MAX_HEAD
+MAX_CONNECTIONS = 32  # open connections per listener; the views are fast, the callers few
 METHODS = ("GET", "POST", "DELETE")
 ACTION_METHODS = {"ip": ("POST", "DELETE"), "peer": ("DELETE",)}
 REASONS = {
     200: "OK",
     400: "Bad Request",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
@@ -65,6 +87,7 @@ STATUS: dict[type[errors.Refused], int] = {
 }  # the most specific class of a refusal decides
 
 Answer = tuple[int, str, str]  # status code, content type, body
+PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class Actions(Protocol):
@@ -77,11 +100,26 @@ class Actions(Protocol):
     async def rmpeer(self, name: str) -> dict[str, Any]: ...
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: ``source`` for the log ("uid 0 pid 42", "127.0.0.1:40000"),
+    ``trusted``: may ask anything (root on the unix socket), else the GET views only, and
+    ``refused``: a reason to refuse every request (a foreign uid on the unix socket)."""
+
+    source: str
+    trusted: bool
+    refused: str = ""
+
+
 class Api:
     """``report``: the node's status now, taken per request and per scrape.
     ``metrics_only``: the public metrics listener serves /metrics and nothing else.
     ``actions``: the address-management calls; without it their routes answer 404.
-    ``peer_metrics``: /metrics carries the per-peer series (agent/metrics.py)."""
+    ``peer_metrics``: /metrics carries the per-peer series (agent/metrics.py).
+    ``tallies``: the node's refusal counters (one ``api request`` tally is added when absent;
+    /metrics renders them all). ``dead``: the long-running tasks that ended with an
+    exception, as lines (/healthz answers 500 with them). ``trusted_uids``: who may call on
+    the unix socket."""
 
     def __init__(
         self,
@@ -89,12 +127,23 @@ class Api:
         metrics_only: bool = False,
         actions: Actions | None = None,
         peer_metrics: bool = True,
+        tallies: Tallies | None = None,
+        dead: Callable[[], Sequence[str]] = tuple,
+        trusted_uids: frozenset[int] = frozenset({0}),
     ) -> None:
         self.report = report
         self.metrics_only = metrics_only
         self.actions = actions
+        self.dead = dead
+        self.trusted_uids = trusted_uids
+        self.tallies = tallies if tallies is not None else Tallies()
+        self.refusals = self.tallies.kinds.get("api request") or self.tallies.add(
+            "api request", log
+        )
+        self.open = 0  # connections being served
         self.registry = CollectorRegistry()
         self.registry.register(ReportCollector(report, peer_metrics))
+        self.registry.register(TallyCollector(self.tallies))
 
     def respond(self, method: str, path: str) -> Answer:
         """The answer to one GET request (405 for any other method)."""
@@ -106,7 +155,7 @@ class Api:
         if self.metrics_only:
             return 404, "text/plain", "only /metrics here\n"
         if path == "/healthz":
-            return 200, "text/plain", "ok\n"
+            return healthz(self.dead())
         report = self.report()
         if path == "/report":
             return 200, "application/json", json.dumps(report.to_json(), indent=2) + "\n"
@@ -117,24 +166,35 @@ class Api:
         return 404, "text/plain", f"no such endpoint: {path}\n"
 
     async def dispatch(self, method: str, target: str) -> Answer:
-        """The answer to any request: the action routes here, everything else by ``respond``."""
-        if method not in METHODS:
+        """The answer to any request from a trusted caller: the action routes here,
+        everything else by ``respond``."""
+        try:
+            req = request.parse_head(f"{method} {target} HTTP/1.1\r\n\r\n".encode("latin-1"))
+        except (request.BadRequest, UnicodeEncodeError):
+            return 400, "text/plain", "bad request\n"
+        return await self._dispatch(req, Caller("local", trusted=True))
+
+    async def _dispatch(self, req: request.Request, caller: Caller) -> Answer:
+        if req.method not in METHODS:
             return 405, "text/plain", f"only {', '.join(METHODS)}\n"
-        parts = urlsplit(target)
-        route = action_route(parts.path)
+        route = action_route(req.path)
         if route is None:
-            return self.respond(method, target)
+            return self.respond(req.method, req.path)
         if self.metrics_only:
             return 404, "text/plain", "only /metrics here\n"
+        if not caller.trusted:
+            self.refusals.note("read-only-listener", caller.source, time.monotonic(),
+                               f"{req.method} {req.path}")  # fmt: skip
+            return _json(403, {"error": "address calls go through the agent's unix socket"})
         kind, name = route
         if self.actions is None:
             return _json(404, {"error": "address management is not enabled on this agent"})
         if name is None:
-            return _json(404, {"error": f"no such endpoint: {parts.path}"})
-        if method not in ACTION_METHODS[kind]:
+            return _json(404, {"error": f"no such endpoint: {req.path}"})
+        if req.method not in ACTION_METHODS[kind]:
             return _json(405, {"error": f"use {' or '.join(ACTION_METHODS[kind])}"})
-        ifname = parse_qs(parts.query).get("ifname", [None])[-1]
-        return await self._act(self.actions, method, kind, name, ifname)
+        ifname = req.query.get("ifname")
+        return await self._act(self.actions, req.method, kind, name, ifname)
 
     async def _act(
         self, actions: Actions, method: str, kind: str, name: str, ifname: str | None
@@ -157,24 +217,85 @@ class Api:
             return _json(500, {"error": "internal error, see the agent's log"})
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one connection: one request, one answer."""
+        self.open += 1
         try:
-            method, target = await read_request(reader)
-        except (ValueError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
-            code, ctype, body = 400, "text/plain", "bad request\n"
-        else:
-            code, ctype, body = await self.dispatch(method, target)
-        data = body.encode()
-        writer.write(
-            f"HTTP/1.1 {code} {REASONS.get(code, 'Error')}\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
-            + data
-        )
-        try:
-            await writer.drain()
-        except ConnectionError:
-            pass
+            code, ctype, body = await self._answer(reader, writer)
+            data = body.encode()
+            writer.write(
+                f"HTTP/1.1 {code} {REASONS.get(code, 'Error')}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+                + data
+            )
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                async with asyncio.timeout(request.READ_TIMEOUT):
+                    await writer.drain()
         finally:
+            self.open -= 1
             writer.close()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Answer:
+        caller = identify(writer, self.trusted_uids)
+        now = time.monotonic()
+        if self.open > MAX_CONNECTIONS:
+            self.refusals.note("too-many-connections", caller.source, now)
+            return 503, "text/plain", "too many connections\n"
+        if caller.refused:
+            self.refusals.note(caller.refused, caller.source, now)
+            return 403, "text/plain", "the agent's socket is root's\n"
+        try:
+            req = await request.read(reader)
+        except request.BadRequest as exc:
+            self.refusals.note(exc.reason, caller.source, time.monotonic(), str(exc))
+            return 400, "text/plain", "bad request\n"
+        return await self._dispatch(req, caller)
+
+
+def identify(writer: asyncio.StreamWriter, trusted_uids: frozenset[int]) -> Caller:
+    """The caller on the other end of ``writer``'s socket: by its credentials on a unix
+    socket, by its address (never trusted) on TCP."""
+    sock = writer.get_extra_info("socket")
+    if sock is None or sock.family != socket.AF_UNIX:
+        peer = writer.get_extra_info("peername")
+        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
+        return Caller(where, trusted=False)
+    try:
+        pid, uid, _ = PEERCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
+        )
+    except OSError:
+        return Caller("unix socket", trusted=False, refused="no-credentials")
+    source = f"uid {uid} pid {pid}"
+    if uid not in trusted_uids:
+        return Caller(source, trusted=False, refused="foreign-uid")
+    return Caller(source, trusted=True)
+
+
+async def listen_unix(path: str, api: Api) -> asyncio.AbstractServer:
+    """``api`` on a unix socket at ``path``, owned by this process's user with mode 0600 before
+    anyone can connect (bound under a temporary name, restricted, renamed into place)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(temporary)
+        os.chmod(temporary, 0o600)
+        os.rename(temporary, path)
+        return await asyncio.start_unix_server(api.handle, sock=sock, limit=request.MAX_HEAD)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+async def listen_tcp(host: str, port: int, api: Api) -> asyncio.AbstractServer:
+    """``api`` on TCP ``host:port``: the GET views only (see the module docstring)."""
+    return await asyncio.start_server(
+        api.handle, host, port, reuse_address=True, limit=request.MAX_HEAD
+    )
 
 
 def action_route(path: str) -> tuple[str, str | None] | None:
@@ -188,24 +309,11 @@ def action_route(path: str) -> tuple[str, str | None] | None:
     return parts[1], name
 
 
-async def read_request(reader: asyncio.StreamReader) -> tuple[str, str]:
-    """(method, target) of one request; a body (none is needed) is read and ignored so the
-    answer is not lost to a reset."""
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    if len(head) > MAX_REQUEST:
-        raise ValueError("request too large")
-    lines = head.decode("latin-1").split("\r\n")
-    method, target, _ = lines[0].split(" ", 2)
-    length = 0
-    for line in lines[1:]:
-        key, _, value = line.partition(":")
-        if key.strip().lower() == "content-length":
-            length = int(value)
-    if not 0 <= length <= MAX_REQUEST:
-        raise ValueError("body too large")
-    if length:
-        await asyncio.wait_for(reader.readexactly(length), 5)
-    return method, target
+def healthz(dead: Sequence[str]) -> Answer:
+    """The liveness probe's answer: 200 while no task has died, else 500 naming them."""
+    if not dead:
+        return 200, "text/plain", "ok\n"
+    return 500, "text/plain", "".join(f"dead task: {line}\n" for line in dead)
 
 
 def readiness(report: Report) -> Answer:

@@ -62,7 +62,7 @@ def _api_commands(sub: Commands) -> None:
 
     rm = sub.add_parser("rmpeer", help="take over the address ranges of a dead peer")
     rm.add_argument("name", help="the peer's name, as `weave-py status ipam` shows it")
-    _api_arguments(rm)
+    rm.add_argument("--socket", default=None, help="agent unix socket (default from WEAVE_SOCKET)")
     rm.set_defaults(func=cmd_rmpeer)
 
 
@@ -113,10 +113,17 @@ def _api_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _request(args: argparse.Namespace, method: str, path: str) -> tuple[int, str]:
-    if args.http_addr:
+    """The agent's answer; mutating calls always go through its unix socket (the agent
+    refuses them on its HTTP address)."""
+    if method == "GET" and getattr(args, "http_addr", None):
         return client.request(method, path, http_addr=args.http_addr)
     default = config_sources.from_environment("socket_path", os.environ)
-    return client.request(method, path, socket_path=args.socket or default)
+    socket_path = args.socket or default
+    try:
+        return client.request(method, path, socket_path=socket_path)
+    except PermissionError:
+        hint = " (or --http-addr 127.0.0.1:6784 for the views)" if method == "GET" else ""
+        raise OSError(f"{socket_path} is root's: run as root{hint}") from None
 
 
 def _get(args: argparse.Namespace, path: str) -> tuple[int, str]:

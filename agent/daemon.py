@@ -5,9 +5,12 @@ its I/O: the sleeve's datapath, the peer source's (a static list or the gossip m
 server, the HTTP API. ``Agent(config, kernel, identity)`` builds everything from a set-up kernel
 (agent/kernel.py), so no member is filled in later; ``run`` wires them and serves.
 
-Supervision: one TaskGroup; any task that fails takes the agent down loudly (the DaemonSet
-restarts it) rather than leaving a half-working node. SIGTERM/SIGINT end it cleanly with exit
-status 0, leaving bridge, TUN and routes in place so a restarted agent resumes at once.
+Supervision (agent/supervisor.py): every long-running task and server is watched; one that
+dies is logged with its traceback and named by /healthz (500), so the liveness probe restarts
+the agent, while the rest keeps serving. A failing action of a plan (a netlink refusal, a full
+disk) fails alone and is retried at the next step (agent/execution.py). SIGTERM/SIGINT always
+end the agent with exit status 0, cleanly within ``SHUTDOWN_GRACE`` or else at once, leaving
+bridge, TUN and routes in place so a restarted agent resumes at once.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import os
 import signal
 import threading
 import time
@@ -24,12 +26,13 @@ from typing import Any
 
 from agent import snapshot
 from agent.addresses import Addresses, StateFile
-from agent.api import Api
+from agent.api import Api, listen_tcp, listen_unix
 from agent.cni.handler import Handler
 from agent.cni.network import KernelPodNetwork
 from agent.cni.server import CniServer, serve
 from agent.config import Config, split_hostport
 from agent.coordinator import ROUTE_GRACE, Coordinator, Plan
+from agent.execution import Execution
 from agent.ipam import Ipam, Settings
 from agent.kernel import NodeKernel
 from agent.peer_log import peer_event, peer_tables
@@ -38,7 +41,9 @@ from agent.peers import kube_api
 from agent.peers.source import peer_source
 from agent.peers.startup import prepare
 from agent.readiness import ReadinessLog, missing
+from agent.refusals import LOG_INTERVAL, Tallies
 from agent.report import Report, Router
+from agent.supervisor import Supervisor, exit_if_stuck
 from gossip.identity import Identity
 from overlay import node, udp
 from overlay.datapath import Datapath
@@ -83,6 +88,15 @@ class Agent:
         self.applied = False  # the node's state is in the kernel
         self.cni_serving = not c.cni_socket  # (no socket configured: nothing to wait for)
         self._readiness = ReadinessLog(str(identity))
+        self.tallies = Tallies()
+        self.execution = Execution(
+            kernel,
+            self.state.flush,
+            self.ipam.document,
+            self.source.publish,
+            self.tallies.add("plan action", log),
+        )
+        self.supervisor = Supervisor()
 
     # -- the coordinator's driver -------------------------------------------------------------
 
@@ -105,17 +119,13 @@ class Agent:
         if plan.peers is not None:
             self.sleeve.set_peers(plan.peers, now)
             self.datapath.poke()
-        actions: list[node.Action] = []
-        if plan.node is not None:
-            actions = await self.kernel.reconcile(plan.node)
-        if plan.save:
-            await self.state.flush(self.ipam.document())
-        if plan.publish:
-            self.source.publish(plan.publish)
+        actions = await self.execution.kernel_state(plan, self.coordinator.node, now)
+        await self.execution.disk(plan, now)
+        self.execution.record(plan, now)
         if plan.peers is not None or actions:
             log.info("update routes: %d peer(s), %d kernel change(s)",
                      len(self.sleeve.peers), len(actions))  # fmt: skip
-        self._next_at = plan.next_at
+        self._next_at = self.execution.next_at(plan.next_at, now)
 
     async def _follow_loop(self) -> None:
         while True:
@@ -135,7 +145,7 @@ class Agent:
             if spec is None:
                 continue
             async with self._stepping:
-                actions = await self.kernel.reconcile(spec)
+                actions = await self.execution.repair(spec, time.monotonic())
             if actions:
                 log.warning("reconcile node: repaired drift with %d change(s)", len(actions))
 
@@ -147,6 +157,8 @@ class Agent:
         await self.follow()
         spec = self.coordinator.node
         assert spec is not None  # the first plan always has one
+        if self.execution.node_due:  # nothing is served on a node the kernel refused
+            raise OSError("reconcile node: the kernel refused the node's state (see above)")
         changed = await self.kernel.ensure_forwarding(spec)
         log.info(
             "reconcile node: mtu %d (underlay %d)%s",
@@ -159,48 +171,55 @@ class Agent:
     async def run(self) -> None:
         """Serve until SIGTERM or SIGINT."""
         await self.start()
-        stop = asyncio.Event()
+        stop, bail = asyncio.Event(), list[threading.Timer]()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, _on_signal, stop, bail)
         async with contextlib.AsyncExitStack() as stack:
             stack.callback(self.close)
             await self._serve(stack)
             log.info("agent started: %s, peers from %s", self.identity, self.source.kind)
             self._note_readiness()
-            try:
-                async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(self.datapath.run(), name="datapath")
-                    tasks.create_task(self.source.run(self.wake), name=self.source.kind)
-                    tasks.create_task(self._follow_loop(), name="follow")
-                    tasks.create_task(self._repair_loop(), name="repair")
-                    tasks.create_task(peer_tables(self.report), name="peer-table")
-                    await stop.wait()
-                    _exit_if_stuck(SHUTDOWN_GRACE)
-                    self.source.leave()
-                    await asyncio.sleep(0.2)  # let the goodbyes leave
-                    raise _Stop
-            except* _Stop:
-                log.info("stop agent: signal received, kernel state kept for restart")
+            tasks = self.supervisor
+            tasks.start("datapath", self.datapath.run())
+            tasks.start(self.source.kind, self.source.run(self.wake))
+            tasks.start("follow", self._follow_loop())
+            tasks.start("repair", self._repair_loop())
+            tasks.start("peer-table", peer_tables(self.report))
+            tasks.start("refusal-log", self._refusal_log())
+            await stop.wait()
+            with contextlib.suppress(Exception):  # a broken source must not block the stop
+                self.source.leave()
+            await asyncio.sleep(0.2)  # let the goodbyes leave
+            await tasks.stop(SHUTDOWN_GRACE / 2)
+            log.info("stop agent: signal received, kernel state kept for restart")
+        for timer in bail:
+            timer.cancel()
+
+    async def _refusal_log(self) -> None:
+        """Log the refusals' overdue summaries now and then."""
+        while True:
+            await asyncio.sleep(LOG_INTERVAL / 4)
+            self.tallies.flush(time.monotonic())
 
     async def _serve(self, stack: contextlib.AsyncExitStack) -> None:
         c = self.config
-        api = Api(self.report, actions=self, peer_metrics=c.peer_metrics)
-        os.makedirs(os.path.dirname(c.socket_path) or ".", exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(c.socket_path)
-        servers = [await asyncio.start_unix_server(api.handle, c.socket_path)]
+        api = Api(self.report, False, self, c.peer_metrics, self.tallies, self.supervisor.dead)
+        servers = {"api (socket)": await listen_unix(c.socket_path, api)}
         if hostport := split_hostport(c.http_addr) if c.http_addr else None:
-            servers.append(await asyncio.start_server(api.handle, *hostport, reuse_address=True))
+            servers["api (http)"] = await listen_tcp(*hostport, api)
         if hostport := split_hostport(c.metrics_addr) if c.metrics_addr else None:
-            public = Api(self.report, metrics_only=True, peer_metrics=c.peer_metrics)
-            servers.append(await asyncio.start_server(public.handle, *hostport, reuse_address=True))
-        for server in servers:
+            public = Api(self.report, True, None, c.peer_metrics, self.tallies)
+            servers["metrics"] = await listen_tcp(*hostport, public)
+        for name, server in servers.items():
             stack.push_async_callback(_close, server)
+            self.supervisor.watch(name, server.is_serving)
         if c.cni_socket:
-            cni = await serve(c.cni_socket, Handler(self.addresses, self.network).handle)
+            cni = await serve(c.cni_socket, Handler(self.addresses, self.network).handle,
+                              self.tallies)  # fmt: skip
             self.cni_serving = True
             stack.push_async_callback(_close, cni)
+            self.supervisor.watch("cni", lambda: cni.serving)
 
     def close(self) -> None:
         self.network.close()
@@ -275,24 +294,15 @@ async def main(config: Config) -> None:
     await agent.run()
 
 
-class _Stop(Exception):
-    pass
-
-
-def _exit_if_stuck(grace: float) -> None:
-    """A stop must end the process: if clean shutdown takes longer than ``grace`` seconds,
-    say so and exit anyway (kernel state is left in place either way)."""
-
-    def bail() -> None:
-        log.error("stop agent: clean shutdown took over %.0fs, exiting now", grace)
-        logging.shutdown()
-        os._exit(0)
-
-    timer = threading.Timer(grace, bail)
-    timer.daemon = True
-    timer.start()
+def _on_signal(stop: asyncio.Event, bail: list[threading.Timer]) -> None:
+    """SIGTERM or SIGINT: stop, and exit regardless once ``SHUTDOWN_GRACE`` has passed."""
+    if not stop.is_set():
+        bail.append(exit_if_stuck(SHUTDOWN_GRACE))
+    stop.set()
 
 
 async def _close(server: asyncio.AbstractServer | CniServer) -> None:
     server.close()
-    await server.wait_closed()
+    with contextlib.suppress(TimeoutError):  # a client that never reads cannot hold the stop
+        async with asyncio.timeout(1.0):
+            await server.wait_closed()
