@@ -7,19 +7,22 @@ Rules this module keeps:
   ``peer``. Per packet nothing is allocated but a decoded header and the views the driver
   writes or sends.
 - Outbound: a packet read from the TUN goes to the peer whose block holds its destination, or
-  is dropped: not IPv4, no route, too large, or DF set and larger than the peer's MTU (an ICMP
-  "fragmentation needed" is then left in ``replies()`` for the TUN).
-- Inbound: a datagram is dropped (malformed, unknown peer, not for this node's space), handed
-  to the health core (heartbeats), relayed towards its destination with one hop less, or its
-  packets are written to the TUN. DATA_CHUNK trains are checked whole (overlay/train.py) or
-  reassembled per source (overlay/reassembly.py).
+  is dropped: not IPv4, a source that is not this node's (``tun_source``), no route, too
+  large, or DF set and larger than the peer's MTU (an ICMP "fragmentation needed" is then left
+  in ``replies()`` for the TUN).
+- Inbound: a datagram is dropped (malformed, unknown peer, from a host that may not carry its
+  source's frames, inner packets outside the spaces they must be in), handed to the health
+  core (heartbeats), relayed towards its destination with one hop less, or its packets are
+  written to the TUN. DATA_CHUNK trains are checked whole (overlay/train.py) or reassembled
+  per source (overlay/reassembly.py); either way every inner packet passes the same checks.
 - Drops are counted by reason, globally and per peer when the peer is known; traffic is
-  counted per peer when the verdict is given, before the driver's syscall.
+  counted per peer when the verdict is given, before the driver's syscall. Refused input from
+  the network is also noted per source host for the driver's log summary (``take_refused``).
 
-Trust: a datagram's packets reach the TUN only from a known peer (by the source id in its
-header) and only for an address in this node's own space. The outer source address is not
-compared with the peer's endpoint: data leaves a peer by an ephemeral port and may arrive
-relayed by another peer. A relay never sends a frame back to the host it came from.
+Trust: the rules and their tables are overlay/trust.py's (endpoint, inner source and
+destination, the host-access rule). A relay passes on only frames whose source peer's frames
+may come from the host that sent them, only towards a known peer, and never back to the host
+they came from.
 """
 
 from __future__ import annotations
@@ -29,16 +32,16 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 
 from overlay import frame, icmp
-from overlay.blocks import BlockTable
 from overlay.frame import (
     ADDRESS,
+    ADDRESSES,
     CHUNK_OVERHEAD,
     HEADER_SIZE,
     HOPS_AT,
     IPV4_DF,
-    IPV4_DST_AT,
     IPV4_FLAGS_AT,
     IPV4_MIN,
+    IPV4_SRC_AT,
     MAX_PACKET,
     RECORD_IP,
     RECORD_VNET,
@@ -51,6 +54,7 @@ from overlay.frame import (
 )
 from overlay.peer import PeerState
 from overlay.reassembly import Reassembler
+from overlay.trust import Refused, Trust
 from overlay.udp import Address
 
 # Verdicts on a received datagram or train.
@@ -60,7 +64,6 @@ WRITE = 2  # write each of ``packets`` (or the train's parts) to the TUN
 RELAY = 3  # send the datagram, unchanged but for its hops, on to ``peer.send_to``
 SLOW = 4  # a train the general path must take, datagram by datagram
 
-LOOKUP_CACHE = 4096  # destinations remembered per lookup table (cleared when full or changed)
 DATA = int(MessageType.DATA)  # plain ints: hot path
 DATA_CHUNK = int(MessageType.DATA_CHUNK)
 Control = Callable[[Buffer, Header, Address, float], None]
@@ -81,58 +84,35 @@ class Forwarding:
         self.packets: list[memoryview] = []  # WRITE: one TUN write each, until the next call
         self._control = control
         self._replies: list[bytes] = []
-        self._remote = BlockTable()
-        self._local = BlockTable()
-        self._peer_cache: dict[int, PeerState | None] = {}
-        self._local_cache: dict[int, bool] = {}
+        self.trust = trust = Trust()
+        self.peer_for = trust.peer_for  # the owner of an address (an int), or None
+        self.is_local = trust.is_local  # whether an address (an int) is in this node's space
 
     # -- tables ------------------------------------------------------------------------------
 
     def set_routes(self, peers: Iterable[PeerState]) -> None:
-        """Route each peer's blocks to it (longest prefix wins)."""
-        table = BlockTable()
-        for state in peers:
-            for block in state.spec.blocks:
-                table.add(block, state)
-        self._remote = table
-        self._peer_cache = {}
+        """Route each peer's blocks to it (longest prefix wins); whom its frames come from."""
+        self.trust.set_peers(peers)
 
     def set_local(
-        self, blocks: Iterable[ipaddress.IPv4Network], router_address: bytes | None = None
+        self,
+        blocks: Iterable[ipaddress.IPv4Network],
+        router_address: bytes | None = None,
+        gateways: Iterable[int] | None = None,
     ) -> None:
-        """This node's own space (packets for it are delivered here) and the address ICMP
-        errors come from."""
-        table = BlockTable()
-        for block in blocks:
-            table.add(block, True)
-        self._local = table
-        self._local_cache = {}
+        """This node's own space (packets for it are delivered here), the address ICMP errors
+        come from, and the host's addresses in the space (``gateways``; when not given, the
+        router address alone)."""
         if router_address is not None:
             self.router_address = router_address
+        if gateways is None:
+            (router,) = ADDRESS.unpack(self.router_address)
+            gateways = (router,) if router else ()
+        self.trust.set_local(blocks, gateways)
 
-    def peer_for(self, destination: int) -> PeerState | None:
-        """The peer owning the IPv4 destination address ``destination`` (an int). Answers are
-        remembered per destination until the peer set changes: a flow's packets cost one
-        dict lookup, not one per prefix length."""
-        try:
-            return self._peer_cache[destination]
-        except KeyError:
-            value = self._remote.lookup(destination)
-            found = value if isinstance(value, PeerState) else None
-            if len(self._peer_cache) >= LOOKUP_CACHE:
-                self._peer_cache.clear()
-            self._peer_cache[destination] = found
-            return found
-
-    def is_local(self, destination: int) -> bool:
-        """Whether ``destination`` is in this node's own space (remembered like peer_for)."""
-        found = self._local_cache.get(destination)
-        if found is None:
-            found = self._local.lookup(destination) is not None
-            if len(self._local_cache) >= LOOKUP_CACHE:
-                self._local_cache.clear()
-            self._local_cache[destination] = found
-        return found
+    def set_hosts(self, addresses: Iterable[int]) -> None:
+        """The host's addresses outside its space (its underlay address), as ints."""
+        self.trust.set_hosts(addresses)
 
     def drop(self, reason: str, peer: PeerState | None = None) -> None:
         """Count a drop, globally and against ``peer`` when there is one."""
@@ -150,7 +130,12 @@ class Forwarding:
         if size < IPV4_MIN or buf[RECORD_IP] >> 4 != 4:
             self.drop("tun_not_ipv4")
             return None
-        peer = self.peer_for(ADDRESS.unpack_from(buf, RECORD_IP + IPV4_DST_AT)[0])
+        source, destination = ADDRESSES.unpack_from(buf, RECORD_IP + IPV4_SRC_AT)
+        if not self.trust.outbound(source):
+            self.drop("tun_source")
+            self.trust.refused("tun_source", f"tun ({ipaddress.IPv4Address(source)})")
+            return None
+        peer = self.peer_for(destination)
         if peer is None:
             self.drop("no_route")
             return None
@@ -184,22 +169,28 @@ class Forwarding:
 
     # -- inbound: datagram -> TUN, relay or health -------------------------------------------
 
-    def train(self, buf: Buffer, body: int, total: int, source: int) -> int:
-        """Verdict on a whole train from ``source`` whose DATA body of ``total`` bytes starts
-        at ``body`` in ``buf``: WRITE when it is one record for this node's space from a known
-        peer, DROP when its packet is not for this node, SLOW for anything else."""
+    def train(
+        self, buf: Buffer, body: int, total: int, source: int, host: str | None = None
+    ) -> int:
+        """Verdict on a whole train from peer ``source`` sent by ``host`` whose DATA body of
+        ``total`` bytes starts at ``body`` in ``buf``: WRITE when it is one record the trust
+        rules accept, DROP when they refuse it, SLOW for anything else (not one record, not
+        from a known peer, no host given): the general path decides."""
         peer = self.peers.get(source)
         size = total - RECORD_IP
-        if peer is None or (buf[body] << 8 | buf[body + 1]) != size:
-            return SLOW  # not a single record from a known peer: the general path decides
+        if peer is None or host is None or (buf[body] << 8 | buf[body + 1]) != size:
+            return SLOW
         self.peer = peer
+        if host not in peer.accept_from:
+            self.refuse("endpoint", host, peer)
+            return DROP
         ip = body + RECORD_IP
-        if (
-            size < IPV4_MIN
-            or buf[ip] >> 4 != 4
-            or not self.is_local(ADDRESS.unpack_from(buf, ip + IPV4_DST_AT)[0])
-        ):
-            self.drop("not_local", peer)
+        if size < IPV4_MIN or buf[ip] >> 4 != 4:
+            self.refuse("not_ipv4", host, peer)
+            return DROP
+        reason = self.trust.inbound(peer, *ADDRESSES.unpack_from(buf, ip + IPV4_SRC_AT))
+        if reason is not None:
+            self.refuse(reason, host, peer)
             return DROP
         self.paths["gro_train"] += 1
         counters = peer.counters
@@ -210,15 +201,16 @@ class Forwarding:
     def receive(self, data: memoryview, addr: Address, now: float) -> int:
         """Verdict on one datagram ``data`` from ``addr``: DROP, DONE, WRITE (``packets``) or
         RELAY (to ``peer``; its hop count is lowered in ``data``)."""
+        host = addr[0]
         try:
             header = frame.decode_header(data, len(data))
         except DecodeError as exc:
-            self.drop(exc.reason)
+            self.refuse(exc.reason, host)
             return DROP
         if header.destination != self.local_id:
-            return self._relay(data, header, addr[0])
+            return self._relay(data, header, host)
         if header.flags:
-            self.drop("encrypted")  # sealed for this node: the driver opens it first
+            self.refuse("encrypted", host)  # sealed for this node: the driver opens it first
             return DROP
         kind = header.type
         if kind != DATA and kind != DATA_CHUNK:
@@ -226,64 +218,86 @@ class Forwarding:
             return DONE
         peer = self.peers.get(header.source)
         if peer is None:
-            self.drop("unknown_peer")
+            self.refuse("unknown_peer", host)
             return DROP
         self.peer = peer
+        if host not in peer.accept_from:
+            self.refuse("endpoint", host, peer)
+            return DROP
         if kind == DATA:
-            return self._records(data, HEADER_SIZE, len(data), peer)
-        return self._chunk(data, header, peer, now)
+            return self._records(data, HEADER_SIZE, len(data), peer, host)
+        return self._chunk(data, header, peer, host, now)
 
     def _relay(self, data: memoryview, header: Header, host: str) -> int:
-        """A frame for another peer goes on, unchanged but for one hop less, to its next hop;
-        never back to the host it came from (data comes from a peer's link, its own port, so a
-        loop shows in the host alone) and never once its hops are spent."""
+        """A frame for another peer goes on, unchanged but for one hop less, to its next hop:
+        only from a host that may carry its source's frames, never back to the host it came
+        from (data comes from a peer's link, its own port, so a loop shows in the host alone)
+        and never once its hops are spent."""
         target = self.peers.get(header.destination)
         if target is None:
-            self.drop("wrong_destination")
+            self.refuse("wrong_destination", host)
+            return DROP
+        source = self.peers.get(header.source)
+        if source is None:
+            self.refuse("unknown_peer", host)
+            return DROP
+        if host not in source.accept_from:
+            self.refuse("endpoint", host, source)
             return DROP
         if header.hops == 0 or target.send_to[0] == host:
-            self.drop("relay_loop", target)
+            self.refuse("relay_loop", host, target)
             return DROP
         data[HOPS_AT] = header.hops - 1
         target.counters.relayed += 1
         self.peer = target
         return RELAY
 
-    def _chunk(self, data: memoryview, header: Header, peer: PeerState, now: float) -> int:
+    def _chunk(
+        self, data: memoryview, header: Header, peer: PeerState, host: str, now: float
+    ) -> int:
         try:
             offset, total = frame.decode_chunk(data, header)
         except DecodeError as exc:
-            self.drop(exc.reason, peer)
+            self.refuse(exc.reason, host, peer)
             return DROP
         body = self.reassembler.add(header.source, offset, total, data[CHUNK_OVERHEAD:], now)
         if body is None:
             return DONE
         self.paths["reassembled"] += 1
-        return self._records(memoryview(body), 0, len(body), peer)
+        return self._records(memoryview(body), 0, len(body), peer, host)
 
-    def _records(self, body: memoryview, pos: int, end: int, peer: PeerState) -> int:
-        """WRITE with the DATA body's packets for this node in ``packets`` (the others and a
-        malformed rest counted as drops), DROP when there is none."""
-        packets, is_local, counters = self.packets, self.is_local, peer.counters
+    def _records(self, body: memoryview, pos: int, end: int, peer: PeerState, host: str) -> int:
+        """WRITE with the DATA body's packets the trust rules accept in ``packets`` (the others
+        and a malformed rest counted as drops), DROP when there is none."""
+        packets, inbound, counters = self.packets, self.trust.inbound, peer.counters
         packets.clear()
         try:
             while pos < end:
                 stop = frame.record_end(body, pos, end)
                 ip = pos + RECORD_IP
-                if (
-                    stop - ip < IPV4_MIN
-                    or body[ip] >> 4 != 4
-                    or not is_local(ADDRESS.unpack_from(body, ip + IPV4_DST_AT)[0])
-                ):
-                    self.drop("not_local", peer)
+                if stop - ip < IPV4_MIN or body[ip] >> 4 != 4:
+                    reason: str | None = "not_ipv4"
                 else:
+                    reason = inbound(peer, *ADDRESSES.unpack_from(body, ip + IPV4_SRC_AT))
+                if reason is None:
                     packets.append(body[pos + RECORD_VNET : stop])
                     counters.rx_packets += 1
                     counters.rx_bytes += stop - ip
+                else:
+                    self.refuse(reason, host, peer)
                 pos = stop
         except DecodeError as exc:
-            self.drop(exc.reason, peer)
+            self.refuse(exc.reason, host, peer)
         return WRITE if packets else DROP
+
+    def refuse(self, reason: str, host: str, peer: PeerState | None = None) -> None:
+        """Count a drop of input from ``host`` (as ``drop`` does) and note it for the log."""
+        self.drop(reason, peer)
+        self.trust.refused(reason, host, peer)
+
+    def take_refused(self) -> list[Refused]:
+        """What was refused since the last call, per source host (for the driver's log)."""
+        return self.trust.take_refused()
 
     def expire(self, now: float) -> None:
         """Forget bodies whose chunks stopped coming (counted)."""

@@ -66,8 +66,10 @@ VNET_GSO_TYPE_AT = 1  # 0: not a GSO super-packet
 IPV4_MIN = 20
 IPV4_FLAGS_AT = 6
 IPV4_DF = 0x40  # "don't fragment", in the byte at IPV4_FLAGS_AT
+IPV4_SRC_AT = 12
 IPV4_DST_AT = 16
 ADDRESS = struct.Struct("!I")  # an IPv4 address as an int
+ADDRESSES = struct.Struct("!II")  # source and destination, from IPV4_SRC_AT
 
 # A DATA_CHUNK frame: the header, then ``u32 offset, u32 total``, then the slice.
 CHUNK = struct.Struct("!II")

@@ -1,7 +1,8 @@
 """What the sleeve knows about each remote peer: what it was told (PeerSpec), what it counts
 (PeerCounters) and what it has learnt (PeerState). The sleeve core keeps one PeerState per
 peer; the forwarding core reads and counts through the same objects on every packet, so the
-fields it touches are plain slotted attributes, not properties."""
+fields it touches are plain slotted attributes, not properties. Who may send a peer's frames
+(``accept_from``) is the trust rules' to set (overlay/trust.py)."""
 
 from __future__ import annotations
 
@@ -53,15 +54,29 @@ class PeerState:
     first_beat_at: float | None = None
     sequence: int = 0
     rtt: float | None = None
-    sent_at: dict[int, float] = field(default_factory=dict)
+    sent_at: dict[int, float] = field(default_factory=dict)  # per heartbeat token: when sent
+    accept_from: frozenset[str] = frozenset()  # hosts its frames may arrive from (trust.py)
     peer_id: int = field(init=False)
     send_to: Address = field(init=False)  # where its data goes: ``via`` or its own endpoint
+    host: int = field(init=False)  # its endpoint's IPv4 address as an int (0: not IPv4)
 
     def __post_init__(self) -> None:
         self.follow(self.spec)
 
     def follow(self, spec: PeerSpec) -> None:
-        """Take a new spec for the same peer (a new address, blocks or next hop)."""
+        """Take a new spec for the same peer (a new address, blocks or next hop). Heartbeats
+        in flight to an old address are forgotten: only an answer from the new one counts."""
+        if self.spec.address != spec.address:
+            self.sent_at.clear()
         self.spec = spec
         self.peer_id = spec.peer_id
         self.send_to = spec.via or spec.address
+        self.host = ipv4(spec.address[0])
+
+
+def ipv4(text: str) -> int:
+    """The IPv4 address ``text`` as an int; 0 when it is not one."""
+    try:
+        return int(ipaddress.IPv4Address(text))
+    except ValueError:
+        return 0

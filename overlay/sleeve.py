@@ -10,6 +10,14 @@ Rules this module keeps:
 
 Heartbeats: every ``fast_interval`` until a peer acknowledges one, then every ``slow_interval``;
 a peer whose last acknowledgement is older than ``timeout`` is no longer established.
+
+Heartbeats are bound to this process and to the peer's endpoint: each carries a fresh random
+64-bit token (in the field the wire calls ``sequence``; a peer echoes it unchanged), and an
+acknowledgement counts only when it echoes a token we sent that peer, unanswered yet, since
+its current endpoint was set, and arrives from that endpoint's host. Heartbeats from another
+host are not answered. A forged acknowledgement (its sender must guess one of the last
+SENT_REMEMBERED tokens out of 2^64) cannot keep a dead path established, nor can a forged
+heartbeat report a peer restarted.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from overlay import frame
 from overlay.forwarding import Forwarding
 from overlay.frame import Buffer, MessageType
 from overlay.peer import PeerSpec, PeerState
+from overlay.trust import Refused
 from overlay.udp import Address
 
 SENT_REMEMBERED = 64  # heartbeats per peer whose send time is kept for an RTT
@@ -62,6 +71,7 @@ class Sleeve:
         slow_interval: float = 5.0,
         timeout: float = 15.0,
         rng: random.Random | None = None,
+        host_addresses: Iterable[str] = (),
     ) -> None:
         self.local_id = local_id
         self.local_uid = local_uid
@@ -73,19 +83,30 @@ class Sleeve:
         self.forwarding = Forwarding(local_id, self.peers, self.receive_control)
         self.drops: Counter[str] = self.forwarding.drops
         self.paths: Counter[str] = self.forwarding.paths  # how super-packets were received
-        self._rng = rng or random.Random()
+        self._rng = rng or random.SystemRandom()  # jitter and heartbeat tokens
         self._outbox: list[tuple[bytes, Address]] = []
         self._events: list[PeerEvent] = []
         self.set_local_blocks(local_blocks, router_address)
+        self.set_host_addresses(host_addresses)
 
     # -- configuration ---------------------------------------------------------------------
 
     def set_local_blocks(
-        self, blocks: Iterable[ipaddress.IPv4Network], router_address: bytes | None = None
+        self,
+        blocks: Iterable[ipaddress.IPv4Network],
+        router_address: bytes | None = None,
+        gateways: Iterable[ipaddress.IPv4Address] | None = None,
     ) -> None:
-        """The space this node owns (packets for it are delivered here) and the address ICMP
-        errors come from; both change as IPAM obtains or gives away space."""
-        self.forwarding.set_local(blocks, router_address)
+        """The space this node owns (packets for it are delivered here), the address ICMP
+        errors come from and the host's addresses in that space (the bridge's gateways; when
+        not given, the router address alone); all change as IPAM obtains or gives away space."""
+        ints = None if gateways is None else [int(g) for g in gateways]
+        self.forwarding.set_local(blocks, router_address, ints)
+
+    def set_host_addresses(self, addresses: Iterable[str]) -> None:
+        """This node's host addresses outside its space (its underlay address): its own stack
+        sends into the TUN with them (kube-proxy's SNAT, host-network pods; overlay/trust.py)."""
+        self.forwarding.set_hosts(int(ipaddress.IPv4Address(a)) for a in addresses)
 
     def set_peers(self, specs: Iterable[PeerSpec], now: float) -> None:
         """Replace the peer set; state of peers that stay is kept."""
@@ -113,37 +134,43 @@ class Sleeve:
         self, data: Buffer, header: frame.Header, addr: Address, now: float
     ) -> None:
         """A heartbeat (answered to ``addr``) or a heartbeat's acknowledgement, for this node."""
+        fw, host = self.forwarding, addr[0]
         peer = self.peers.get(header.source)
         if peer is None:
-            self.drop("unknown_peer")
+            fw.refuse("unknown_peer", host)
             return
         if header.type not in (MessageType.HEARTBEAT, MessageType.HEARTBEAT_ACK):
-            self.drop("type", peer)
+            fw.refuse("type", host, peer)
+            return
+        if host != peer.spec.address[0]:
+            fw.refuse("endpoint", host, peer)
             return
         try:
-            sequence, uid = frame.decode_heartbeat(data, header)
+            token, uid = frame.decode_heartbeat(data, header)
         except frame.DecodeError as exc:
-            self.drop(exc.reason, peer)
+            fw.refuse(exc.reason, host, peer)
             return
-        self._note_uid(peer, uid)
         if header.type == MessageType.HEARTBEAT:
+            self._note_uid(peer, uid)
             ack = frame.encode_heartbeat(
-                MessageType.HEARTBEAT_ACK, self.local_id, peer.peer_id, sequence, self.local_uid
+                MessageType.HEARTBEAT_ACK, self.local_id, peer.peer_id, token, self.local_uid
             )
             self._outbox.append((ack, addr))
+        elif self._acked(peer, token, now):
+            self._note_uid(peer, uid)
         else:
-            self._acked(peer, sequence, now)
+            fw.refuse("stale_ack", host, peer)
 
     def _note_uid(self, peer: PeerState, uid: int) -> None:
         if peer.remote_uid and uid != peer.remote_uid:
             self._events.append(PeerEvent(PeerEventKind.RESTARTED, peer.spec, f"uid {uid:x}"))
         peer.remote_uid = uid
 
-    def _acked(self, peer: PeerState, sequence: int, now: float) -> None:
-        sent = peer.sent_at.pop(sequence, None)
+    def _acked(self, peer: PeerState, token: int, now: float) -> bool:
+        """Take an acknowledgement of heartbeat ``token``; False when we sent none such."""
+        sent = peer.sent_at.pop(token, None)
         if sent is None:
-            self.drop("stale_ack", peer)
-            return
+            return False
         peer.sent_at.clear()
         peer.rtt = now - sent
         peer.last_ack_at = now
@@ -152,6 +179,7 @@ class Sleeve:
             peer.next_heartbeat_at = now + self.slow_interval
             detail = f"rtt {peer.rtt * 1e3:.2f}ms"
             self._events.append(PeerEvent(PeerEventKind.ESTABLISHED, peer.spec, detail))
+        return True
 
     # -- timers ------------------------------------------------------------------------------
 
@@ -180,11 +208,12 @@ class Sleeve:
         peer.sequence += 1
         if peer.first_beat_at is None:
             peer.first_beat_at = now
-        peer.sent_at[peer.sequence] = now
+        token = self._rng.getrandbits(64)
+        peer.sent_at[token] = now
         if len(peer.sent_at) > SENT_REMEMBERED:
             peer.sent_at.pop(next(iter(peer.sent_at)))
         beat = frame.encode_heartbeat(
-            MessageType.HEARTBEAT, self.local_id, peer.peer_id, peer.sequence, self.local_uid
+            MessageType.HEARTBEAT, self.local_id, peer.peer_id, token, self.local_uid
         )
         self._outbox.append((beat, peer.spec.address))
         # Slow once established, fast again when an answer is overdue, so that loss is
@@ -213,3 +242,8 @@ class Sleeve:
         """Peer events since the last call."""
         out, self._events = self._events, []
         return out
+
+    def take_refused(self) -> list[Refused]:
+        """Input refused since the last call, a summary per source host: the driver logs each
+        (``str()`` of it) every LOG_INTERVAL or so."""
+        return self.forwarding.take_refused()

@@ -1,5 +1,6 @@
 """The forwarding core, driven with buffers as the drivers hold them: every verdict, every drop
-reason, the counters, the lookup tables, and what it leaves for the TUN."""
+reason, the counters, the lookup tables, and what it leaves for the TUN. The trust rules'
+refusals are crafted frame by frame in tests/overlay/test_trust.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections import Counter
 import pytest
 from scapy.layers.inet import ICMP, IP, IPerror
 
-from overlay import forwarding, frame
+from overlay import frame, trust
 from overlay.forwarding import DONE, DROP, RELAY, SLOW, WRITE, Forwarding
 from overlay.frame import CHUNK_FRAME, RECORD, VNET_HEADER, MessageType
 from overlay.peer import PeerSpec, PeerState
@@ -22,7 +23,8 @@ A_ID, B_ID, C_ID = 0xA1, 0xB2, 0xC3
 A_BLOCK, B_BLOCK, C_BLOCK = NET("10.32.1.0/24"), NET("10.32.2.0/24"), NET("10.32.3.0/24")
 B_SPEC = PeerSpec(B_ID, "node-b", ("192.0.2.2", 6783), (B_BLOCK,))
 C_SPEC = PeerSpec(C_ID, "node-c", ("192.0.2.3", 6783), (C_BLOCK,))
-FROM_B = ("192.0.2.2", 40001)  # B's link: its host, an ephemeral port
+B_HOST = "192.0.2.2"
+FROM_B = (B_HOST, 40001)  # B's link: its host, an ephemeral port
 GATEWAY = ipaddress.IPv4Address("10.32.1.1").packed
 MTU = 1436
 
@@ -147,11 +149,11 @@ def test_data_records_for_our_space_are_written_the_rest_counted(node: Node) -> 
     assert [bytes(p) for p in node.fw.packets] == mine
     c = node.peers[B_ID].counters
     assert (c.rx_packets, c.rx_bytes) == (2, 60 + 1200)
-    assert nonzero(c.drops) == {"not_local": 2}
+    assert nonzero(c.drops) == {"destination": 1, "not_ipv4": 1}
 
 
 def test_records_before_a_malformed_one_are_written(node: Node) -> None:
-    good = packet("10.32.1.5", 60)
+    good = packet("10.32.1.5", 60, src="10.32.2.9")
     body = RECORD.pack(len(good) - 10) + good + RECORD.pack(999) + bytes(20)
     data = bytearray(frame.HEADER_SIZE) + body
     frame.encode_header(data, MessageType.DATA, len(body), B_ID, A_ID)
@@ -216,7 +218,6 @@ def test_a_frame_for_another_peer_is_relayed_with_one_hop_less(node: Node) -> No
     ("destination", "hops", "source", "reason"),
     [
         (C_ID, 0, FROM_B, "relay_loop"),  # hops spent
-        (C_ID, 4, ("192.0.2.3", 40007), "relay_loop"),  # back to the host it came from
         (0xEE, 4, FROM_B, "wrong_destination"),
     ],
 )
@@ -227,6 +228,16 @@ def test_relays_refused(
     assert node.fw.receive(data, source, 1.0) == DROP
     assert nonzero(node.fw.drops) == {reason: 1}
     assert node.peers[C_ID].counters.relayed == 0
+
+
+def test_a_relay_never_sends_a_frame_back_to_the_host_it_came_from() -> None:
+    node = Node()
+    node.peers[C_ID].follow(
+        PeerSpec(C_ID, "node-c", C_SPEC.address, (C_BLOCK,), via=B_SPEC.address)
+    )
+    node.fw.set_routes(node.peers.values())
+    assert node.fw.receive(data_frame(B_ID, C_ID, [packet("10.32.3.9")]), FROM_B, 1.0) == DROP
+    assert nonzero(node.fw.drops) == {"relay_loop": 1}
 
 
 # -- inbound: chunks and trains --------------------------------------------------------------
@@ -251,7 +262,7 @@ def record(pkt: bytes) -> bytes:
 
 
 def test_chunks_are_reassembled_then_written(node: Node) -> None:
-    pkt = packet("10.32.1.5", 5000, gso=True)
+    pkt = packet("10.32.1.5", 5000, gso=True, src="10.32.2.9")
     parts = chunks(record(pkt), 1440)
     verdicts = [node.fw.receive(c, FROM_B, 1.0) for c in parts]
     assert verdicts == [DONE] * (len(parts) - 1) + [WRITE]
@@ -279,9 +290,9 @@ def train_buffer(body: bytes) -> bytearray:
 
 
 def test_a_whole_train_for_us_is_written(node: Node) -> None:
-    pkt = packet("10.32.1.5", 20000, gso=True)
+    pkt = packet("10.32.1.5", 20000, gso=True, src="10.32.2.9")
     body = record(pkt)
-    assert node.fw.train(train_buffer(body), frame.CHUNK_OVERHEAD, len(body), B_ID) == WRITE
+    assert node.fw.train(train_buffer(body), frame.CHUNK_OVERHEAD, len(body), B_ID, B_HOST) == WRITE
     assert node.fw.peer is node.peers[B_ID]
     assert node.fw.paths["gro_train"] == 1
     c = node.peers[B_ID].counters
@@ -289,16 +300,20 @@ def test_a_whole_train_for_us_is_written(node: Node) -> None:
 
 
 def test_a_train_not_for_our_space_is_dropped(node: Node) -> None:
-    body = record(packet("10.32.3.5", 20000, gso=True))
-    assert node.fw.train(train_buffer(body), frame.CHUNK_OVERHEAD, len(body), B_ID) == DROP
-    assert nonzero(node.peers[B_ID].counters.drops) == {"not_local": 1}
+    body = record(packet("10.32.3.5", 20000, gso=True, src="10.32.2.9"))
+    assert node.fw.train(train_buffer(body), frame.CHUNK_OVERHEAD, len(body), B_ID, B_HOST) == DROP
+    assert nonzero(node.peers[B_ID].counters.drops) == {"destination": 1}
 
 
-@pytest.mark.parametrize("case", ["stranger", "two records"])
+@pytest.mark.parametrize("case", ["stranger", "two records", "no host"])
 def test_other_trains_take_the_general_path(node: Node, case: str) -> None:
-    one = record(packet("10.32.1.5", 3000))
-    body, source = (one, 0xEE) if case == "stranger" else (one + one, B_ID)
-    assert node.fw.train(train_buffer(body), frame.CHUNK_OVERHEAD, len(body), source) == SLOW
+    one = record(packet("10.32.1.5", 3000, src="10.32.2.9"))
+    body, source, host = {
+        "stranger": (one, 0xEE, B_HOST),
+        "two records": (one + one, B_ID, B_HOST),
+        "no host": (one, B_ID, None),
+    }[case]
+    assert node.fw.train(train_buffer(body), frame.CHUNK_OVERHEAD, len(body), source, host) == SLOW
     assert nonzero(node.fw.drops) == {} and node.fw.paths == Counter()
 
 
@@ -365,8 +380,8 @@ def test_remembered_answers_follow_changes_and_stay_bounded() -> None:
     assert fw.peer_for(ip("10.32.2.9")) is s.peers[B_ID]
     s.set_peers([PeerSpec(B_ID, "node-b", B_SPEC.address, (NET("10.32.8.0/24"),))], 1.0)
     assert fw.peer_for(ip("10.32.2.9")) is None
-    for k in range(3 * forwarding.LOOKUP_CACHE):
+    for k in range(3 * trust.LOOKUP_CACHE):
         assert fw.peer_for(ip("10.32.8.0") + k) is (s.peers[B_ID] if k < 256 else None)
         fw.is_local(ip("10.33.0.0") + k)
-    assert len(fw._peer_cache) <= forwarding.LOOKUP_CACHE
-    assert len(fw._local_cache) <= forwarding.LOOKUP_CACHE
+    assert len(fw.trust._peer_cache) <= trust.LOOKUP_CACHE
+    assert len(fw.trust._local_cache) <= trust.LOOKUP_CACHE

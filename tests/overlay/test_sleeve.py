@@ -102,7 +102,9 @@ def test_nothing_is_sent_before_the_deadline() -> None:
     a.handle_timer(at - 1e-6)
     assert a.datagrams_to_send() == []
     a.handle_timer(at)
-    assert heartbeats(a) == [(MessageType.HEARTBEAT, 1, A_UID, B_ADDR)]
+    [(kind, token, uid, to)] = heartbeats(a)
+    assert (kind, uid, to) == (MessageType.HEARTBEAT, A_UID, B_ADDR)
+    assert list(a.peers[B_ID].sent_at) == [token]
 
 
 def test_heartbeats_fast_until_acknowledged() -> None:
@@ -113,7 +115,9 @@ def test_heartbeats_fast_until_acknowledged() -> None:
         times.append(fire(a))
     assert [round(t - first, 9) for t in times] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
     sent = heartbeats(a)
-    assert [seq for _, seq, _, _ in sent] == [1, 2, 3, 4, 5, 6]
+    tokens = [token for _, token, _, _ in sent]
+    assert len(set(tokens)) == 6 and all(0 <= t < 2**64 for t in tokens)
+    assert list(a.peers[B_ID].sent_at) == tokens  # every unanswered one stays acceptable
     assert {(t, uid, addr) for t, _, uid, addr in sent} == {(MessageType.HEARTBEAT, A_UID, B_ADDR)}
     assert not a.peers[B_ID].established
     assert a.events() == []
@@ -122,6 +126,7 @@ def test_heartbeats_fast_until_acknowledged() -> None:
 def test_ack_establishes_and_switches_to_slow_interval() -> None:
     a, b = pair()
     a.handle_timer(1.0)
+    [token] = a.peers[B_ID].sent_at
     assert deliver(a, A_ADDR, b, 1.0) == [MessageType.HEARTBEAT]
     # b answers to the address the heartbeat came from, with its own uid.
     acks = b.datagrams_to_send()
@@ -129,7 +134,7 @@ def test_ack_establishes_and_switches_to_slow_interval() -> None:
     data = acks[0][0]
     h = frame.decode_header(data, len(data))
     assert (h.type, h.source, h.destination) == (MessageType.HEARTBEAT_ACK, B_ID, A_ID)
-    assert frame.decode_heartbeat(data, h) == (1, B_UID)
+    assert frame.decode_heartbeat(data, h) == (token, B_UID)  # our token, echoed
     assert b.peers[A_ID].remote_uid == A_UID
     assert not b.peers[A_ID].established  # answering is not being answered
     assert b.events() == []
