@@ -6,6 +6,7 @@ mesh's routes reach is a member, sent to directly or through the next hop's endp
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -17,7 +18,24 @@ from gossip.events import MeshEvent
 from gossip.handshake import Hello
 from gossip.identity import Identity
 from gossip.mesh import Mesh, MeshConfig
+from gossip.secret import Secrets
 from gossip.topology import PeerRecord, Topology
+
+log = logging.getLogger("weave-py.mesh")
+
+
+def membership(secrets: Secrets) -> str:
+    """What the start-up log says of membership and encryption (Weave's wording for the
+    latter); never the secrets themselves."""
+    if not secrets.enabled:
+        return (
+            "no password, any host that reaches the port may join; "
+            "communication between peers is unencrypted"
+        )
+    return (
+        f"peers must prove the password ({len(secrets.accepted)} accepted); "
+        "communication between peers is encrypted"
+    )
 
 
 def seed_address(seed: str, port: int) -> Address:
@@ -28,7 +46,8 @@ def seed_address(seed: str, port: int) -> Address:
 
 class GossipPeers:
     """Members from the mesh. ``endpoint`` is where this node is reached (control and sleeve),
-    ``claim`` the record fields to start with, ``seeds`` the nodes to join through."""
+    ``claim`` the record fields to start with, ``seeds`` the nodes to join through, ``secrets``
+    what a peer must prove to join."""
 
     kind = "gossip"
 
@@ -41,6 +60,7 @@ class GossipPeers:
         seeds: tuple[str, ...],
         conn_limit: int,
         claim: Mapping[str, Any],
+        secrets: Secrets | None = None,
     ) -> None:
         record = PeerRecord(
             name=identity.name, nickname=identity.nickname, incarnation=incarnation,
@@ -57,7 +77,8 @@ class GossipPeers:
         hello = Hello(
             identity.name, identity.nickname, identity.uid, incarnation, endpoint, endpoint
         )
-        self.driver = MeshDriver(self.mesh, hello, listen, self._event)
+        self.secrets = secrets or Secrets.none()
+        self.driver = MeshDriver(self.mesh, hello, listen, self._event, secrets=self.secrets)
         self._changed: Callable[[], None] = lambda: None
 
     def _event(self, event: MeshEvent) -> None:
@@ -89,6 +110,7 @@ class GossipPeers:
     async def run(self, changed: Callable[[], None]) -> None:
         """Run the mesh driver until cancelled."""
         self._changed = changed
+        log.info("start mesh: %s", membership(self.secrets))
         await self.driver.run()
 
     def leave(self) -> None:

@@ -13,6 +13,7 @@ from agent.peers import PeerSource, kube_api
 from agent.peers.gossip import GossipPeers
 from agent.peers.kube import KubePeers, Rmpeer
 from agent.peers.static import StaticPeers
+from agent.secrets import load_secrets
 from gossip.identity import Identity
 
 Net = ipaddress.IPv4Network
@@ -40,7 +41,7 @@ def peer_source(
         )
     endpoint = (address, config.port)
     gossip = GossipPeers(identity, incarnation, endpoint, (config.bind_address, config.port),
-                         config.seeds, config.conn_limit, claim)  # fmt: skip
+                         config.seeds, config.conn_limit, claim, load_secrets(config))  # fmt: skip
     if not kube_api.enabled(config):
         return gossip
     reclaim = rmpeer if config.pod_block is None else None  # kube IPAM: nothing to reclaim

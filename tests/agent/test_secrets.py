@@ -1,16 +1,23 @@
 """Membership secrets from the configuration: the password, the file of secrets, and the
-errors that stop a start without showing the secret."""
+errors that stop a start without showing the secret; then two gossip sources on 127.0.0.1
+through the real mesh driver, with the same, rotated, different or missing secrets."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
+import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from agent import config_rules, config_sources
 from agent.config import Config, ConfigError
+from agent.peers.gossip import GossipPeers
 from agent.secrets import load_secrets
+from gossip.identity import new_identity
 from gossip.secret import MAX_SECRET, MAX_SECRETS, Secrets
 
 PASSWORD = "correct horse battery staple"
@@ -91,3 +98,99 @@ def test_the_secret_never_shows_in_repr() -> None:
     assert PASSWORD not in repr(c)
     secrets = load_secrets(c)
     assert PASSWORD not in repr(secrets) and repr(secrets) == "Secrets(1 accepted)"
+
+
+# -- two gossip sources on 127.0.0.1, through the real mesh driver ----------------------------
+
+
+class Node:
+    """A gossip source on 127.0.0.1 holding ``secrets``, run until ``stop``."""
+
+    def __init__(self, nickname: str, secrets: Secrets, seed: Node | None = None) -> None:
+        here = ("127.0.0.1", free_port())
+        seeds = (f"127.0.0.1:{seed.port}",) if seed else ()
+        claim = {"blocks": (), "meta": b""}
+        self.port = here[1]
+        self.source = GossipPeers(new_identity(nickname), 1, here, here, seeds, 8, claim, secrets)
+        self.task = asyncio.create_task(self.source.run(lambda: None))
+
+    def states(self) -> list[str]:
+        return [c["state"] for c in self.source.connections()]
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def run_pair(
+    ours: tuple[bytes, ...], theirs: tuple[bytes, ...], check: Callable[[Node, Node], bool]
+) -> tuple[Node, Node]:
+    """Node ``a`` (``ours``) and node ``b`` (``theirs``, dialling ``a``) until ``check``."""
+    a = Node("node-a", Secrets(ours))
+    b = Node("node-b", Secrets(theirs), seed=a)
+    try:
+        await until(lambda: check(a, b))
+    finally:
+        await a.stop()
+        await b.stop()
+    return a, b
+
+
+def joined(a: Node, b: Node) -> bool:
+    members = len(a.source.view().members) == len(b.source.view().members) == 1
+    return members and a.states() == b.states() == ["established"]
+
+
+async def test_nodes_with_the_same_password_join(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = b"s3cr3t-0xfeed"
+    await run_pair((secret,), (secret,), joined)
+    line = "start mesh: peers must prove the password (1 accepted); communication between peers "
+    assert caplog.messages.count(line + "is encrypted") == 2
+    assert not any("s3cr3t" in m for m in caplog.messages)
+
+
+async def test_a_rolling_change_joins_old_and_new(caplog: pytest.LogCaptureFixture) -> None:
+    await run_pair((b"old",), (b"new", b"old"), joined)
+
+
+async def test_a_different_password_never_joins(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="weave-py.mesh")
+
+    def refused(a: Node, b: Node) -> bool:
+        text = "\n".join(caplog.messages)
+        return text.count("uses a different password") >= 2 and "failed" in b.states()
+
+    a, b = await run_pair((b"pw",), (b"other",), refused)
+    assert a.source.view().members == b.source.view().members == ()
+    (failed,) = [c for c in b.source.connections() if c["state"] == "failed"]
+    assert failed["detail"].endswith("(node-a) uses a different password")
+    assert not any(c["state"] == "established" for c in a.source.connections())
+
+
+async def test_no_password_on_one_side_never_joins(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="weave-py.mesh")
+
+    def refused(a: Node, b: Node) -> bool:
+        text = "\n".join(caplog.messages)
+        return "has no password but we do" in text and "has a password but we do not" in text
+
+    a, b = await run_pair((b"pw",), (), refused)
+    assert a.source.view().members == b.source.view().members == ()
+    assert (
+        "start mesh: no password, any host that reaches the port may join; communication "
+        "between peers is unencrypted" in caplog.messages
+    )
