@@ -1,0 +1,111 @@
+"""One lab under attack: 3 real agents (pods on nodes 1 and 2, node 3 without pods, so the
+attacks that only move a podless node show), the stranger host on its underlay, and the
+baseline every attack must leave intact. Built once per test module, torn down also when the
+build or a test failed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from agent.lab.lab import Lab
+from agent.lab.plan import LabPlan
+from gossip.identity import peer_id
+from overlay import netlink
+from tests.netns.hostile.evidence import Baseline, Logs, pods_ping
+from tests.netns.hostile.host import StrangerHost
+
+FAST_HEARTBEATS = (
+    "--heartbeat-interval", "0.5", "--heartbeat-slow-interval", "1", "--heartbeat-timeout", "3",
+)  # fmt: skip
+PODS = ((1, 1), (2, 1))
+
+
+@dataclass
+class Scene:
+    """The lab, the stranger and the baseline the tests share."""
+
+    lab: Lab
+    host: StrangerHost
+    baseline: Baseline
+
+    def address(self, i: int) -> str:
+        """Node i's underlay address."""
+        return str(self.lab.address(i).ip)
+
+    def name(self, i: int) -> str:
+        """Node i's peer name."""
+        name: str = self.lab.report(i)["router"]["name"]
+        return name
+
+    def peer_id(self, i: int) -> int:
+        """Node i's 48-bit id, as its frames carry it."""
+        return peer_id(self.name(i))
+
+    def logs(self) -> Logs:
+        """A mark in every node's log."""
+        return Logs(self.lab)
+
+    def log_tails(self, lines: int = 12) -> str:
+        """The last lines of every agent's log, for a failure's message."""
+        out = []
+        for i in range(1, self.lab.plan.nodes + 1):
+            with open(f"{self.lab.plan.node_dir(i)}/agent.log", errors="replace") as f:
+                tail = f.read().splitlines()[-lines:]
+            out.append(f"-- node {i}:\n" + "\n".join(tail))
+        return "\n".join(out)
+
+    def problems(self) -> list[str]:
+        """How the lab differs from the baseline, pods that no longer reach each other
+        included (empty: intact)."""
+        found = self.baseline.problems(self.lab)
+        if found:
+            return found
+        return pods_ping(self.lab, [(PODS[0], PODS[1]), (PODS[1], PODS[0])])
+
+
+def password_file(directory: str) -> str:
+    """Where a lab's agents read their secrets from (``--password-file``)."""
+    return f"{directory}/password"
+
+
+def write_secrets(directory: str, accepted: tuple[bytes, ...]) -> None:
+    """The secrets file every agent of the lab reads at its start: one secret a line, the
+    first used for new connections (a restarted agent picks up what is written now)."""
+    path = password_file(directory)
+    fd = os.open(f"{path}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(b"".join(secret + b"\n" for secret in accepted))
+    os.replace(f"{path}.tmp", path)
+
+
+@contextlib.contextmanager
+def scene(
+    agent_args: tuple[str, ...] = FAST_HEARTBEATS, accepted: tuple[bytes, ...] = ()
+) -> Iterator[Scene]:
+    """Build the lab (its agents holding the secrets ``accepted``, if any) and the stranger;
+    remove both afterwards, whatever happened."""
+    name = "h" + secrets.token_hex(3)
+    # A directory of our own, searchable by others: the non-root API test reaches the socket.
+    directory = tempfile.mkdtemp(prefix=f"wp{name}-")
+    os.chmod(directory, 0o711)
+    if accepted:
+        write_secrets(directory, accepted)
+        agent_args += ("--password-file", password_file(directory))
+    lab = Lab(LabPlan(name, 3, 0, directory), agent_args)
+    try:
+        lab.up()
+        for i, j in PODS:
+            lab.add_pod(i, j)
+        host = StrangerHost(lab.plan).build()
+        yield Scene(lab, host, Baseline.capture(lab))
+    finally:
+        lab.down()
+        leftovers = [ns for ns in netlink.list_netns() if ns.startswith(lab.plan.prefix + "-")]
+        shutil.rmtree(directory, ignore_errors=True)
+        assert not leftovers, f"lab teardown left {leftovers}"
