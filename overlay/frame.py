@@ -27,7 +27,8 @@ one body are sent in order; a receiver that reads a whole train coalesced (``UDP
 it with a few word compares (overlay/train.py), else appends the chunks per source
 (overlay/reassembly.py).
 
-HEARTBEAT and HEARTBEAT_ACK bodies are ``u64 sequence, u64 sender uid``.
+HEARTBEAT and HEARTBEAT_ACK bodies are ``u64 sequence, u64 sender uid``. The sender puts a
+random token in ``sequence`` and the acknowledgement echoes it unchanged (overlay/sleeve.py).
 
 Every decoder turns malformed input into one DecodeError whose ``reason`` is a short
 counter label; nothing else escapes.
