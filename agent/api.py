@@ -240,14 +240,14 @@ class Api:
         if self.open > MAX_CONNECTIONS:
             self.refusals.note("too-many-connections", caller.source, now)
             return 503, "text/plain", "too many connections\n"
-        if caller.refused:
-            self.refusals.note(caller.refused, caller.source, now)
-            return 403, "text/plain", "the agent's socket is root's\n"
         try:
             req = await request.read(reader)
         except request.BadRequest as exc:
             self.refusals.note(exc.reason, caller.source, time.monotonic(), str(exc))
             return 400, "text/plain", "bad request\n"
+        if caller.refused:  # refused once read, so the answer is not lost to a reset
+            self.refusals.note(caller.refused, caller.source, now, f"{req.method} {req.path}")
+            return 403, "text/plain", "the agent's socket is root's\n"
         return await self._dispatch(req, caller)
 
 
@@ -271,7 +271,7 @@ def identify(writer: asyncio.StreamWriter, trusted_uids: frozenset[int]) -> Call
     return Caller(source, trusted=True)
 
 
-async def listen_unix(path: str, api: Api) -> asyncio.AbstractServer:
+async def listen_unix(path: str, api: Api) -> asyncio.Server:
     """``api`` on a unix socket at ``path``, owned by this process's user with mode 0600 before
     anyone can connect (bound under a temporary name, restricted, renamed into place)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -291,7 +291,7 @@ async def listen_unix(path: str, api: Api) -> asyncio.AbstractServer:
         raise
 
 
-async def listen_tcp(host: str, port: int, api: Api) -> asyncio.AbstractServer:
+async def listen_tcp(host: str, port: int, api: Api) -> asyncio.Server:
     """``api`` on TCP ``host:port``: the GET views only (see the module docstring)."""
     return await asyncio.start_server(
         api.handle, host, port, reuse_address=True, limit=request.MAX_HEAD

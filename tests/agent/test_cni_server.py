@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import shutil
 import socket
 import stat
 import struct
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,7 @@ from agent.cni import spec
 from agent.cni.handler import Handler
 from agent.cni.server import CniServer
 from agent.cni.spec import CniError, Code
+from agent.refusals import Tallies
 from tests.agent.cni_fakes import FakeAddresses, FakeNetwork
 
 
@@ -218,3 +224,43 @@ def exchange_raw(path: str, data: bytes, fds: Sequence[int]) -> bytes:
         s.connect(path)
         socket.send_fds(s, [data], list(fds))
         return s.recv(65536)
+
+
+async def test_rejected_frames_are_counted_and_logged_once_per_reason(
+    socket_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    tallies = Tallies()
+    async with CniServer(socket_path, Recorder(), tallies=tallies) as server:
+        with caplog.at_level(logging.WARNING, "weave-py.cni"):
+            for data in (b"\x00\x00\x00\x03{{{", b"\x00\x00\x00\x03{{{", b"\xff\xff\xff\xff"):
+                await asyncio.to_thread(exchange, socket_path, data, shut=True)
+        assert server.serving
+    assert tallies.snapshot() == {"cni request": {"malformed": 2, "too-large": 1}}
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and lines[0].startswith(
+        f"refuse cni request: malformed from uid {os.geteuid()} pid "
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+async def test_a_foreign_uid_is_refused_before_its_request_is_read() -> None:
+    record = Recorder()
+    directory = tempfile.mkdtemp(prefix="wp-cni-", dir="/tmp")  # mode 0700, root's
+    socket_path = os.path.join(directory, "cni.sock")
+    async with CniServer(socket_path, record) as server:
+        os.chmod(directory, 0o755)
+        os.chmod(socket_path, 0o666)  # a careless mode: the credentials still decide
+        program = (
+            "import os, socket, struct, json\n"
+            "os.setgid(65534); os.setuid(65534)\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            f"s.connect({socket_path!r})\n"
+            "n = struct.unpack('!I', s.recv(4))[0]; print(s.recv(n).decode())\n"
+        )
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-c", program], capture_output=True, timeout=20
+        )
+        reply = json.loads(done.stdout or b"null")
+        assert reply["ok"] is False and "root" in reply["error"]["msg"], done.stderr
+    shutil.rmtree(directory)
+    assert record.seen == [] and server.refusals.counts == {"foreign-uid": 1}

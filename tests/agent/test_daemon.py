@@ -4,28 +4,37 @@ from the fake."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import errno
 import ipaddress
+import json
+import os
+import signal
 import socket
-from collections.abc import Iterator
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from agent import errors
+from agent import client, errors
 from agent.addresses import STATE_FILE
 from agent.api import Api
 from agent.config import Config, StaticPeer
 from agent.config_rules import validate
 from agent.daemon import Agent
+from agent.execution import RETRY_INTERVAL
 from agent.kernel import NodeKernel, Underlay
 from gossip.identity import name_for, new_identity
 from overlay import node
 from overlay.fake_kernel import FakeKernel
 from overlay.fakes import FakeTun
 from overlay.ipam import store
-from overlay.netdev import RTPROT_WEAVE_PY, Masquerade, NatTable, Route
+from overlay.netdev import RTPROT_WEAVE_PY, Masquerade, NatTable, NetlinkFailure, Route
 from overlay.node import NAT_TABLE
 
 Net = ipaddress.IPv4Network
@@ -220,3 +229,112 @@ async def test_a_restart_keeps_found_routes_for_the_grace_only(
         assert Route(LEFT_OVER, "weave-tun") not in routes(fake)
     finally:
         agent.close()
+
+
+# -- failure stays local ------------------------------------------------------------------------
+
+
+async def test_a_kernel_refusal_fails_that_action_and_is_retried(
+    fake: FakeKernel, tmp_path: Path, threads: list[ThreadPoolExecutor]
+) -> None:
+    other = StaticPeer("node-2", "127.0.0.2", 6783, (PEER_BLOCK,))
+    agent = build(fake, make_config(tmp_path, pod_block=POD_BLOCK, peers=(other,)), threads)
+    await agent.start()
+    reconcile = agent.kernel.reconcile
+    refusals = 0
+
+    async def refusing(spec: node.NodeSpec) -> list[node.Action]:
+        nonlocal refusals
+        if refusals < 2:
+            refusals += 1
+            raise NetlinkFailure("replace route 10.32.2.0/24", errno.ENOBUFS)
+        return await reconcile(spec)
+
+    try:
+        fake.host.remove_route_index(PEER_BLOCK, fake.host.index("weave-tun"))  # drift
+        agent.kernel.reconcile = refusing  # type: ignore[method-assign]
+        agent.coordinator._node = None  # the coordinator plans the node state afresh
+        await agent.follow()  # refused: no exception, counted, due again within a second
+        assert agent.execution.node_due and routes(fake) == set()
+        assert agent._next_at <= time.monotonic() + RETRY_INTERVAL
+        await agent.execution.repair(node_spec(agent), time.monotonic())  # refused again
+        counts = agent.tallies.snapshot()["plan action"]
+        assert counts == {"reconcile ENOBUFS": 1, "repair ENOBUFS": 1}
+        await agent.follow()  # the plan has no node change now; the due one is carried out
+        assert not agent.execution.node_due
+        assert routes(fake) == {Route(PEER_BLOCK, "weave-tun")}
+    finally:
+        agent.close()
+
+
+def node_spec(agent: Agent) -> node.NodeSpec:
+    spec = agent.coordinator.node
+    assert spec is not None
+    return spec
+
+
+async def test_a_full_disk_and_a_failing_publish_fail_alone(
+    fake: FakeKernel, tmp_path: Path, threads: list[ThreadPoolExecutor]
+) -> None:
+    agent = build(fake, make_config(tmp_path), threads)  # gossip: the plans publish and save
+    await agent.start()
+    flush, publish = agent.state.flush, agent.source.publish
+    broken = {"disk": True, "source": True}
+
+    async def full(document: Mapping[str, Any]) -> None:
+        if broken["disk"]:
+            raise errors.StorageFailed("cannot write ipam.json", "[Errno 28] No space left")
+        await flush(document)
+
+    def overflowing(fields: Mapping[str, Any]) -> None:
+        if broken["source"]:
+            raise OverflowError("int too big to convert")
+        publish(fields)
+
+    agent.execution.save, agent.execution.publish = full, overflowing
+    try:
+        for _ in range(5):
+            await agent.follow()  # seeds alone: saves and publishes fail, the rest goes on
+        assert agent.ipam.owned == [Net("10.32.0.0/16")]
+        assert bridge_addresses(fake) == [ipaddress.IPv4Interface("10.32.0.1/24")]
+        counts = agent.tallies.snapshot()["plan action"]
+        assert counts["save ENOSPC"] >= 1 and counts["publish OverflowError"] >= 1
+        assert agent.execution.save_due and agent.execution.publish_due
+        broken.update(disk=False, source=False)
+        await agent.follow()
+        assert not agent.execution.due
+        saved = store.load(str(tmp_path / "state" / STATE_FILE))
+        assert saved is not None and saved == json.loads(json.dumps(agent.ipam.document()))
+        record = agent.source.view().records[agent.identity.name]
+        assert record.blocks == ("10.32.0.0/16",)
+    finally:
+        agent.close()
+
+
+async def test_a_dead_task_is_named_by_healthz_and_sigterm_still_stops(
+    fake: FakeKernel, tmp_path: Path, threads: list[ThreadPoolExecutor]
+) -> None:
+    with tempfile.TemporaryDirectory(prefix="wp-daemon-", dir="/tmp") as directory:
+        socket_path = os.path.join(directory, "api.sock")
+        config = make_config(tmp_path, pod_block=POD_BLOCK)
+        config = dataclasses.replace(config, socket_path=socket_path)
+        agent = build(fake, config, threads)
+
+        async def dying(changed: Callable[[], None]) -> None:
+            raise OverflowError("int too big to convert")
+
+        agent.source.run = dying  # type: ignore[method-assign]
+        running = asyncio.create_task(agent.run())
+        answer = (0, "")
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if os.path.exists(socket_path):
+                answer = await asyncio.to_thread(client.get, "/healthz", socket_path)
+                if answer[0] == 500:
+                    break
+        assert answer == (500, "dead task: gossip: OverflowError: int too big to convert\n")
+        assert not running.done()  # the rest of the agent serves on
+        code, _ = await asyncio.to_thread(client.get, "/status", socket_path)
+        assert code == 200
+        os.kill(os.getpid(), signal.SIGTERM)  # the loop's handler takes it
+        await asyncio.wait_for(running, 10)
