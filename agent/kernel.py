@@ -21,6 +21,7 @@ from overlay import frame, node
 from overlay.kernel import NetlinkHandle
 from overlay.netdev import Route
 from overlay.netlink import Netlink
+from overlay.seal import AEAD_EXTRA
 from overlay.sysctl import ensure_sysctl
 from overlay.tun import TunDevice, open_tun
 
@@ -68,7 +69,8 @@ def survey(nl: NetlinkHandle, hosts: list[str], advertise: str = "") -> Underlay
 
 @dataclass
 class NodeKernel:
-    """The set-up kernel side of the node. ``mtu`` is the overlay MTU of bridge, TUN and pods."""
+    """The set-up kernel side of the node. ``mtu`` is the overlay MTU of bridge, TUN and pods:
+    the underlay's less our encapsulation, and less the AEAD extension and tag with a secret."""
 
     tun: TunDevice
     offload: str  # the TUN's offload mode (overlay/tun.py OFFLOAD_MODES)
@@ -91,7 +93,8 @@ class NodeKernel:
             thread.shutdown()
             raise
         log.info("open tun: %s offload=%s", config.tun, tun.offload)
-        mtu = config.mtu or underlay.mtu - frame.OVERHEAD
+        sealed = bool(config.password or config.password_file)
+        mtu = config.mtu or underlay.mtu - frame.OVERHEAD - (AEAD_EXTRA if sealed else 0)
         return cls(tun, tun.offload, underlay, mtu, thread, node.Reconciler(nl))
 
     async def reconcile(self, spec: node.NodeSpec) -> list[node.Action]:

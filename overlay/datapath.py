@@ -10,6 +10,12 @@ kernel carries them as one GSO unit; the receiver reads them coalesced with ``UD
 Measured in this lab, that moves 64 KB datagrams ~8x faster than letting the kernel
 IP-fragment one big datagram, which stays as the fallback when GSO is refused.
 
+With a keyring (overlay/seal.py) every frame this node originates -- a batch, a super-packet,
+a heartbeat -- is sealed once, whole, before it leaves: a super-packet then travels as one
+sealed datagram (IP-fragmented by the kernel), never as a train, and a batch leaves room for
+the AEAD extension and tag. Relayed frames go on as they came. The keyring's timer renews our
+key pair; ``on_sleeve_key`` publishes the new public key.
+
 Hot-path rules: preallocated buffers, ``loop.add_reader`` and drain until EAGAIN (never
 asyncio's DatagramProtocol, which allocates per datagram), header and packet gathered by
 ``sendmsg`` (nothing copied), nothing logged above DEBUG. Every failure is counted and the loop
@@ -31,6 +37,7 @@ from overlay.frame import HEADER_SIZE, RECORD, RECORD_VNET, VNET_HEADER_SIZE, Bu
 from overlay.links import Connect, Links
 from overlay.peer import PeerState
 from overlay.receive import DRAIN_BUDGET, Receiver, failure
+from overlay.seal import AEAD_EXTRA, Keyring
 from overlay.sleeve import PeerEvent, Sleeve
 from overlay.train import Train
 from overlay.tun import TunDevice
@@ -44,12 +51,14 @@ MAX_GSO_BYTES = 65000  # payload of one UDP_SEGMENT send
 ZERO_VNET = bytes(VNET_HEADER_SIZE)
 GSO_REFUSED = (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
 DATA = int(MessageType.DATA)  # a plain int: hot path
+REFUSED_INTERVAL = 10.0  # seconds at least between summaries of refused input
 Batches = dict[int, tuple[PeerState, bytearray]]  # per peer id: the DATA datagram being filled
 
 
 class Datapath:
     """Runs ``sleeve`` over ``tun`` and ``sock`` (which receives everything and sends control
-    datagrams); data leaves by links that ``connect`` opens per peer endpoint."""
+    datagrams); data leaves by links that ``connect`` opens per peer endpoint. With a
+    ``keyring`` the frames it sends are sealed and only sealed frames are taken in."""
 
     def __init__(
         self,
@@ -60,6 +69,8 @@ class Datapath:
         on_event: Callable[[PeerEvent], None] | None = None,
         udp_gso: bool = True,
         connect: Connect | None = None,
+        keyring: Keyring | None = None,
+        on_sleeve_key: Callable[[bytes], None] | None = None,
     ) -> None:
         self.sleeve = sleeve
         self.forwarding = sleeve.forwarding
@@ -67,7 +78,10 @@ class Datapath:
         self.sock = sock
         self.segment = underlay_mtu - frame.UNDERLAY_HEADERS  # UDP payload of one packet
         self.stride = self.segment & ~7  # chunks are a multiple of 8 long (see overlay/train.py)
-        self.batch_limit = self.segment - HEADER_SIZE
+        self.keyring = keyring
+        self.on_sleeve_key = on_sleeve_key or (lambda key: None)
+        self.room = self.segment - (0 if keyring is None else AEAD_EXTRA)  # a frame before sealing
+        self.batch_limit = self.room - HEADER_SIZE
         self.chunks_per_send = MAX_GSO_BYTES // self.stride
         self.udp_gso = udp_gso
         self.on_event = on_event or (lambda event: None)
@@ -79,7 +93,8 @@ class Datapath:
         self._gso_cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", self.stride))]
         self._wake = asyncio.Event()
         self.links = Links(sock, connect)  # data for peers; control goes by ``sock``
-        self.receiver = Receiver(self.forwarding, tun, sock, self._send)
+        self.receiver = Receiver(self.forwarding, tun, sock, self._send, keyring)
+        self._refused_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -91,10 +106,15 @@ class Datapath:
         try:
             while True:
                 self.follow_peers()
-                self.sleeve.handle_timer(time.monotonic())
-                self._flush_control()
+                now = time.monotonic()
+                self.sleeve.handle_timer(now)
                 deadline = self.sleeve.get_timer()
-                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                keys_at = self._keys(now)
+                if keys_at is not None:
+                    deadline = keys_at if deadline is None else min(deadline, keys_at)
+                self._flush_control()
+                self._log_refused(now)
+                timeout = None if deadline is None else max(0.0, deadline - now)
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
@@ -113,12 +133,34 @@ class Datapath:
         (done on every wake-up of ``run``)."""
         peers = self.sleeve.peers
         self.links.sync({peer.send_to for peer in peers.values()})
+        if self.keyring is not None:
+            self.keyring.follow(peer.spec for peer in peers.values())
         for gone in [p for p in self._trains if p not in peers]:
             del self._trains[gone]
 
+    def _keys(self, now: float) -> float | None:
+        """Renew our key pair when due (publishing it); the next deadline (None without a
+        keyring)."""
+        if self.keyring is None:
+            return None
+        if self.keyring.handle_timer(now):
+            self.on_sleeve_key(self.keyring.sleeve_key)
+        return self.keyring.get_timer()
+
+    def _log_refused(self, now: float) -> None:
+        """One line per source whose input was refused, at most every REFUSED_INTERVAL."""
+        if now < self._refused_at:
+            return
+        self._refused_at = now + REFUSED_INTERVAL
+        for refused in self.forwarding.take_refused():
+            log.warning("%s", refused)
+
     def _flush_control(self) -> None:
         for data, addr in self.sleeve.datagrams_to_send():
-            self._send((data,), addr, None)
+            if self.keyring is None:
+                self._send((data,), addr, None)
+            else:
+                self._send_sealed(data[:HEADER_SIZE], data[HEADER_SIZE:], addr, None)
         for event in self.sleeve.events():
             self.on_event(event)
 
@@ -178,16 +220,20 @@ class Datapath:
             if entry is None:
                 entry = batches[peer.peer_id] = (peer, bytearray(HEADER_SIZE))
             batch = entry[1]
-            if len(batch) + length > self.segment:
+            if len(batch) + length > self.room:
                 self._send_batch(peer, batch)
             batch += self._tun_view[:length]
             return
         if entry is not None and len(entry[1]) > HEADER_SIZE:
             self._send_batch(peer, entry[1])  # keep the peer's packets in order
+        header = self._header
+        if self.keyring is not None:
+            frame.encode_header(header, DATA, length, self.sleeve.local_id, peer.peer_id)
+            self._send_sealed(header, self._tun_view[:length], peer.send_to, peer)
+            return
         if length > self.batch_limit and self.udp_gso:
             self._send_train(peer, length)
             return
-        header = self._header
         frame.encode_header(header, DATA, length, self.sleeve.local_id, peer.peer_id)
         self._send((header, self._tun_view[:length]), peer.send_to, peer)
 
@@ -196,8 +242,24 @@ class Datapath:
         frame.encode_header(
             batch, DATA, len(batch) - HEADER_SIZE, self.sleeve.local_id, peer.peer_id
         )
-        self._send((batch,), peer.send_to, peer)
+        if self.keyring is None:
+            self._send((batch,), peer.send_to, peer)
+        else:
+            with memoryview(batch) as view:
+                self._send_sealed(view[:HEADER_SIZE], view[HEADER_SIZE:], peer.send_to, peer)
         del batch[HEADER_SIZE:]
+
+    def _send_sealed(
+        self, header: Buffer, body: Buffer, addr: Address, peer: PeerState | None
+    ) -> None:
+        """Seal the frame of ``header`` and ``body`` and send it; dropped as "no_key" while
+        the destination's key is not known."""
+        assert self.keyring is not None
+        sealed = self.keyring.seal(header, body)
+        if sealed is None:
+            self.forwarding.drop("no_key", peer)
+            return
+        self._send((sealed,), addr, peer)
 
     def _send_train(self, peer: PeerState, total: int) -> None:
         """The DATA body at the start of the TUN buffer as a train: one GSO ``sendmsg`` per

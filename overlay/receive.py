@@ -6,6 +6,13 @@ A GRO read holding one whole super-packet's train is recognised by overlay/train
 compares and written with one ``writev`` of views of the receive buffer (nothing copied);
 anything else takes the general path, datagram by datagram. Every failure is counted and the
 loop goes on.
+
+With a keyring (overlay/seal.py) only sealed frames are taken in: one for this node is opened
+(authenticated, replay-checked) before the forwarding core sees its plaintext, one for another
+node is relayed by its header alone, and a plain one is dropped. No train fast path then (a
+sealed super-packet is one datagram). Those refusals are counted by reason like every drop,
+and by source host for the driver's periodic summary (Forwarding.refuse), never a line per
+datagram.
 """
 
 from __future__ import annotations
@@ -17,8 +24,9 @@ import time
 from collections.abc import Callable
 
 from overlay.forwarding import RELAY, SLOW, WRITE, Forwarding
-from overlay.frame import CHUNK_OVERHEAD, Buffer
+from overlay.frame import CHUNK_OVERHEAD, FLAG_AEAD, HEADER_SIZE, Buffer, DecodeError
 from overlay.peer import PeerState
+from overlay.seal import DESTINATION, DESTINATION_AT, FLAGS_AT, Keyring
 from overlay.train import TrainCheck
 from overlay.tun import TunDevice
 from overlay.udp import SOL_UDP, UDP_GRO, Address, UdpSocket
@@ -37,13 +45,22 @@ def failure(prefix: str, exc: OSError) -> str:
 
 
 class Receiver:
-    """Drains ``sock`` into one preallocated buffer; ``send`` is how a relayed frame goes on."""
+    """Drains ``sock`` into one preallocated buffer; ``send`` is how a relayed frame goes on,
+    ``keyring`` (when there is a secret) opens what is sealed for us."""
 
-    def __init__(self, forwarding: Forwarding, tun: TunDevice, sock: UdpSocket, send: Send) -> None:
+    def __init__(
+        self,
+        forwarding: Forwarding,
+        tun: TunDevice,
+        sock: UdpSocket,
+        send: Send,
+        keyring: Keyring | None = None,
+    ) -> None:
         self.forwarding = forwarding
         self.tun = tun
         self.sock = sock
         self.send = send
+        self.keyring = keyring
         self._buf = bytearray(UDP_BUFFER)
         self._view = memoryview(self._buf)
         self._into = [self._buf]
@@ -69,13 +86,13 @@ class Receiver:
                 continue
             at = 0  # several datagrams coalesced by UDP_GRO, each ``stride`` long
             while at < n:
-                done = self._train(at, n, stride)
+                done = at if self.keyring is not None else self._train(at, n, stride, addr[0])
                 if done == at:
                     done = min(n, at + stride)
                     receive(view[at:done], addr)
                 at = done
 
-    def _train(self, start: int, n: int, stride: int) -> int:
+    def _train(self, start: int, n: int, stride: int, host: str) -> int:
         """The fast path for a whole train at ``start``: written by one writev. Returns where
         it stopped; ``start`` when the general path must take over."""
         trains = self.trains
@@ -84,7 +101,7 @@ class Receiver:
             return start
         source, total, count, end = found
         fw = self.forwarding
-        verdict = fw.train(self._buf, start + CHUNK_OVERHEAD, total, source)
+        verdict = fw.train(self._buf, start + CHUNK_OVERHEAD, total, source, host)
         if verdict == WRITE:
             try:
                 self.tun.writev(trains.parts(start, stride, count, end))
@@ -96,6 +113,11 @@ class Receiver:
 
     def _receive(self, data: memoryview, addr: Address) -> None:
         fw = self.forwarding
+        if self.keyring is not None:
+            opened = self._open(data, addr)
+            if opened is None:
+                return
+            data = opened
         verdict = fw.receive(data, addr, time.monotonic())
         if verdict == WRITE:
             write = self.tun.write
@@ -106,3 +128,21 @@ class Receiver:
                     fw.drop(failure("tun_write_", exc), fw.peer)
         elif verdict == RELAY and fw.peer is not None:
             self.send((data,), fw.peer.send_to, fw.peer)
+
+    def _open(self, data: memoryview, addr: Address) -> memoryview | None:
+        """The frame the forwarding core may see: a sealed one for another node as it is (to
+        relay), one for this node opened; None when rejected (counted)."""
+        assert self.keyring is not None
+        if (
+            len(data) >= HEADER_SIZE
+            and DESTINATION.unpack_from(data, DESTINATION_AT)[0] != self.forwarding.local_id
+        ):
+            if data[FLAGS_AT] & FLAG_AEAD:
+                return data
+            self.forwarding.refuse("plain", addr[0])
+            return None
+        try:
+            return self.keyring.open(data)
+        except DecodeError as exc:
+            self.forwarding.refuse(exc.reason, addr[0])
+            return None
