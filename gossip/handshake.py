@@ -46,6 +46,9 @@ With a secret (``Secrets``, gossip/secret.py), membership is proved without send
   and the handshake is as it always was (peers that predate secrets interoperate).
 - ``initiator`` is therefore the role in this exchange: the caller must pass True only on
   connections it dialled.
+- With ``seal``, our HELLO offers the "sealed" feature; when both offered it (inside the
+  transcript, so it cannot be stripped), the session continues sealed (gossip/session.py):
+  ``Accepted.decoder`` opens what arrives and the caller writes ``Accepted.seal(data)``.
 """
 
 from __future__ import annotations
@@ -57,16 +60,10 @@ from typing import Any
 
 import msgpack
 
-from gossip.identity import NAME_PATTERN
-from gossip.secret import (
-    HINT_SIZE,
-    MAC_SIZE,
-    MAX_SECRETS,
-    PUBLIC_SIZE,
-    Exchange,
-    Secrets,
-    SessionKeys,
-)
+from gossip.hello import Hello
+from gossip.secret import MAC_SIZE, Exchange, Secrets, SessionKeys
+from gossip.session import FEATURE as SEAL_FEATURE
+from gossip.session import SealedDecoder, Sealer
 from gossip.wire import (
     MAX_MESSAGE,
     OUR_VERSIONS,
@@ -81,121 +78,9 @@ from gossip.wire import (
     negotiate,
 )
 
-Endpoint = tuple[str, int]
 MAX_REASON = 200  # characters of a peer's refusal reason we repeat in our logs
-U64 = 2**64
-CONFIRM = 9  # the CONFIRM message's type (to be declared in gossip/wire.py's MessageType)
+CONFIRM = 10  # the CONFIRM message's type (for gossip/wire.py's MessageType to declare)
 TRANSCRIPT_LABEL = b"weave-py handshake v1"
-
-
-@dataclass(frozen=True)
-class Hello:
-    """What a peer says about itself first: who it is, where to reach it, what it supports."""
-
-    name: str  # "aa:bb:cc:dd:ee:ff"
-    nickname: str
-    uid: int  # random per process start
-    incarnation: int
-    data_endpoint: Endpoint  # where the peer receives sleeve (UDP) frames
-    control_endpoint: Endpoint  # where the peer accepts control (TCP) connections
-    features: tuple[str, ...] = ()
-    kx: bytes = b""  # ephemeral X25519 public key: only when the sender has a secret
-    hints: tuple[bytes, ...] = ()  # the dialer's hints of the secrets it accepts
-
-    def __str__(self) -> str:
-        return f"{self.name}({self.nickname})"
-
-    def to_fields(self) -> dict[str, Any]:
-        """The HELLO message's fields, as plain msgpack data."""
-        fields: dict[str, Any] = {
-            "name": self.name,
-            "nickname": self.nickname,
-            "uid": self.uid,
-            "incarnation": self.incarnation,
-            "data_endpoint": list(self.data_endpoint),
-            "control_endpoint": list(self.control_endpoint),
-            "features": list(self.features),
-        }
-        if self.kx:
-            fields["kx"] = self.kx
-        if self.hints:
-            fields["hints"] = list(self.hints)
-        return fields
-
-    @classmethod
-    def from_fields(cls, fields: Mapping[Any, Any]) -> Hello:
-        """Check HELLO fields (unknown ones ignored); ValueError says which field is wrong."""
-        name = _field(fields, "name", str)
-        if not NAME_PATTERN.fullmatch(name):
-            raise ValueError(f"field 'name' is not six hex octets: {name[:40]!r}")
-        return cls(
-            name=name,
-            nickname=_field(fields, "nickname", str),
-            uid=_u64(fields, "uid"),
-            incarnation=_u64(fields, "incarnation"),
-            data_endpoint=_endpoint(fields, "data_endpoint"),
-            control_endpoint=_endpoint(fields, "control_endpoint"),
-            features=_features(fields, "features"),
-            kx=_key(fields, "kx"),
-            hints=_hints(fields, "hints"),
-        )
-
-
-def _field(fields: Mapping[Any, Any], key: str, kind: Any) -> Any:
-    if key not in fields:
-        raise ValueError(f"missing field {key!r}")
-    value = fields[key]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        raise ValueError(f"field {key!r} has the wrong type {type(value).__name__}")
-    return value
-
-
-def _u64(fields: Mapping[Any, Any], key: str) -> int:
-    value: int = _field(fields, key, int)
-    if not 0 <= value < U64:
-        raise ValueError(f"field {key!r} is out of range")
-    return value
-
-
-def _features(fields: Mapping[Any, Any], key: str) -> tuple[str, ...]:
-    value = _field(fields, key, list | tuple)
-    if not all(isinstance(f, str) for f in value):
-        raise ValueError(f"field {key!r} must be a list of str")
-    return tuple(value)
-
-
-def _key(fields: Mapping[Any, Any], key: str) -> bytes:
-    if key not in fields:
-        return b""
-    value: bytes = _field(fields, key, bytes)
-    if len(value) != PUBLIC_SIZE:
-        raise ValueError(f"field {key!r} must be {PUBLIC_SIZE} bytes")
-    return value
-
-
-def _hints(fields: Mapping[Any, Any], key: str) -> tuple[bytes, ...]:
-    if key not in fields:
-        return ()
-    value = _field(fields, key, list | tuple)
-    if not 0 < len(value) <= MAX_SECRETS:
-        raise ValueError(f"field {key!r} must hold 1..{MAX_SECRETS} hints")
-    if not all(isinstance(h, bytes) and len(h) == HINT_SIZE for h in value):
-        raise ValueError(f"field {key!r} must be a list of {HINT_SIZE}-byte hints")
-    if "kx" not in fields:
-        raise ValueError(f"field {key!r} without field 'kx'")
-    return tuple(value)
-
-
-def _endpoint(fields: Mapping[Any, Any], key: str) -> Endpoint:
-    value = _field(fields, key, list | tuple)
-    if (
-        len(value) != 2
-        or not isinstance(value[0], str)
-        or type(value[1]) is not int
-        or not 0 <= value[1] <= 0xFFFF
-    ):
-        raise ValueError(f"field {key!r} must be [host, port]")
-    return value[0], value[1]
 
 
 @dataclass(frozen=True)
@@ -205,15 +90,25 @@ class Accepted:
     remote: Hello
     version: int
     initiator: bool
-    decoder: Decoder  # positioned right after the handshake; keeps feeding this connection
+    decoder: Decoder | SealedDecoder  # positioned after the handshake; keeps feeding it
     messages: list[Message]  # complete messages that arrived with the handshake, in order
     session_key: bytes | None = None  # with a secret: the session's key (derive() from it)
     secret_index: int | None = None  # with a secret: which of ours, 0 being the current one
+    sealer: Sealer | None = None  # a sealed session's: what we send goes through seal()
 
     @property
     def authenticated(self) -> bool:
         """True when the peer proved it holds one of our secrets."""
         return self.session_key is not None
+
+    @property
+    def sealed(self) -> bool:
+        """True when both directions of the control stream travel sealed."""
+        return self.sealer is not None
+
+    def seal(self, data: bytes) -> bytes:
+        """What to write for plain wire bytes ``data``: sealed in a sealed session."""
+        return data if self.sealer is None else self.sealer.seal(data)
 
 
 @dataclass(frozen=True)
@@ -274,8 +169,10 @@ class Handshake:
         versions: VersionRange = OUR_VERSIONS,
         max_message: int = MAX_MESSAGE,
         secrets: Secrets | None = None,
+        seal: bool = False,
     ) -> None:
         self.local = local if isinstance(local, Hello) else Hello.from_fields(local)
+        self.seal = seal  # offer to seal the control stream (the caller then writes seal())
         self.initiator = initiator
         self.versions = Preamble(*versions)
         self.max_message = max_message
@@ -299,7 +196,10 @@ class Handshake:
             return self.local
         kx = self._exchange.public
         hints = tuple(self.secrets.hints(kx)) if self.initiator else ()
-        return replace(self.local, kx=kx, hints=hints)
+        features = self.local.features
+        if self.seal and SEAL_FEATURE not in features:
+            features += (SEAL_FEATURE,)
+        return replace(self.local, kx=kx, hints=hints, features=features)
 
     def start(self) -> bytes:
         """Our preamble and HELLO: send them as soon as the connection is up."""
@@ -384,9 +284,25 @@ class Handshake:
                 self._done = self._check_confirm(self._remote, fields)
         if not self._done or self._remote is None or self._decoder is None:
             return None
-        key = self._keys.session if self._keys is not None else None
-        return Accepted(self._remote, self._version, self.initiator, self._decoder, after,
-                        key, self._secret_index)  # fmt: skip
+        if self._keys is None:
+            return Accepted(self._remote, self._version, self.initiator, self._decoder, after)
+        return self._accepted(self._remote, self._decoder, self._keys.session, after)
+
+    def _accepted(
+        self, remote: Hello, decoder: Decoder, key: bytes, after: list[Message]
+    ) -> Accepted:
+        """Accepted with a secret: sealed when both HELLOs offered it."""
+        accepted = Accepted(remote, self._version, self.initiator, decoder, after, key,
+                            self._secret_index)  # fmt: skip
+        if SEAL_FEATURE not in self._sent.features or SEAL_FEATURE not in remote.features:
+            return accepted
+        opener = SealedDecoder(key, not self.initiator, decoder, self.max_message)
+        try:
+            after = opener.open(after)
+        except DecodeError as e:
+            raise _Refusal(f"malformed message: {e}", "malformed") from None
+        return replace(accepted, decoder=opener, messages=after,
+                       sealer=Sealer(key, self.initiator))  # fmt: skip
 
     def _expect(self, msg_type: MessageType | int, expected: int) -> None:
         if msg_type != expected:

@@ -18,7 +18,8 @@ from gossip.handshake import (
     peer_refusal,
 )
 from gossip.secret import SecretError, Secrets, derive, stretch
-from gossip.wire import Decoder, Message, MessageType, Preamble, encode
+from gossip.session import PIECE
+from gossip.wire import DecodeError, Decoder, Message, MessageType, Preamble, encode
 
 ALICE = Hello(
     name="aa:00:00:00:00:01",
@@ -522,6 +523,100 @@ def test_an_old_peer_meets_a_node_with_a_secret() -> None:
 
 def test_every_label_is_declared() -> None:
     assert {"password_mismatch", "no_password", "password_unexpected", "bad_confirm"} <= set(LABELS)
+
+
+# -- the sealed control stream (gossip/session.py) -------------------------------------------
+
+
+def sealed_pair(a_seal: bool = True, b_seal: bool = True) -> tuple[Accepted, Accepted]:
+    a = Handshake(ALICE, True, secrets=secrets(A), seal=a_seal)
+    b = Handshake(BOB, False, secrets=secrets(A), seal=b_seal)
+    ra, rb = map(accepted, shake(a, b))
+    return ra, rb
+
+
+def test_a_sealed_session_carries_messages_both_ways() -> None:
+    ra, rb = sealed_pair()
+    assert ra.sealed and rb.sealed
+    request = encode(MessageType.REQUEST, names=["x"])
+    on_wire = ra.seal(request)
+    assert b"names" not in on_wire and len(on_wire) > len(request)
+    assert rb.decoder.feed(on_wire) == [(MessageType.REQUEST, {"names": ["x"]})]
+    goodbye = rb.seal(encode(MessageType.GOODBYE))
+    assert ra.decoder.feed(goodbye[:5]) == []
+    assert ra.decoder.feed(goodbye[5:]) == [(MessageType.GOODBYE, {})]
+
+
+@pytest.mark.parametrize(("a_seal", "b_seal"), [(True, False), (False, True), (False, False)])
+def test_sealing_needs_both_to_offer_it(a_seal: bool, b_seal: bool) -> None:
+    ra, rb = sealed_pair(a_seal, b_seal)
+    assert not ra.sealed and not rb.sealed and ra.authenticated
+    request = encode(MessageType.REQUEST, names=["x"])
+    assert ra.seal(request) == request
+    assert rb.decoder.feed(request) == [(MessageType.REQUEST, {"names": ["x"]})]
+
+
+def test_sealing_is_not_offered_without_a_secret() -> None:
+    [(_, fields)] = messages(Handshake(ALICE, True, seal=True).start())
+    assert fields["features"] == list(ALICE.features)
+
+
+def test_sealed_messages_right_after_the_confirm_are_opened() -> None:
+    a = Handshake(ALICE, True, secrets=secrets(A), seal=True)
+    b = Handshake(BOB, False, secrets=secrets(A), seal=True)
+    to_b, to_a = a.start(), b.start()
+    b.receive(to_b)
+    ra = accepted(a.receive(to_a + b.data_to_send()))
+    rest = ra.seal(encode(MessageType.REQUEST, names=["1"]))
+    rb = accepted(b.receive(a.data_to_send() + rest))
+    assert rb.messages == [(MessageType.REQUEST, {"names": ["1"]})]
+
+
+def test_stripping_the_offer_to_seal_fails_the_confirmation() -> None:
+    def strip(data: bytes, to_b: bool) -> bytes:
+        if not to_b and data.startswith(b"WPYG"):
+            return replace_hello(data, features=list(BOB.features))
+        return data
+
+    a = Handshake(ALICE, True, secrets=secrets(A), seal=True)
+    b = Handshake(BOB, False, secrets=secrets(A), seal=True)
+    assert refused(shake(a, b, strip)[0]).label == "bad_confirm"
+
+
+def test_a_plain_message_injected_into_a_sealed_stream_kills_it() -> None:
+    ra, rb = sealed_pair()
+    with pytest.raises(DecodeError) as caught:
+        rb.decoder.feed(encode(MessageType.TOPOLOGY, records=[]))
+    assert caught.value.reason == "unsealed"
+    with pytest.raises(DecodeError):  # dead from then on
+        rb.decoder.feed(ra.seal(encode(MessageType.GOODBYE)))
+
+
+@pytest.mark.parametrize("attack", ["replay", "alter", "reflect", "drop"])
+def test_a_sealed_message_opens_once_in_order_and_unaltered(attack: str) -> None:
+    ra, rb = sealed_pair()
+    first = ra.seal(encode(MessageType.REQUEST, names=["1"]))
+    second = ra.seal(encode(MessageType.REQUEST, names=["2"]))
+    if attack == "replay":
+        assert len(rb.decoder.feed(first)) == 1
+        bad = first
+    elif attack == "alter":
+        bad = first[:-1] + bytes([first[-1] ^ 1])
+    elif attack == "reflect":  # bob's own words sent back to him
+        bad = rb.seal(encode(MessageType.REQUEST, names=["1"]))
+    else:
+        bad = second
+    with pytest.raises(DecodeError) as caught:
+        rb.decoder.feed(bad)
+    assert caught.value.reason == "sealed"
+
+
+def test_large_data_travels_in_pieces() -> None:
+    ra, rb = sealed_pair()
+    big = encode(MessageType.REQUEST, names=["n" * 1000] * 200)
+    on_wire = ra.seal(big)
+    assert len(messages(on_wire)) == -(-len(big) // PIECE) > 1
+    assert rb.decoder.feed(on_wire) == [(MessageType.REQUEST, {"names": ["n" * 1000] * 200})]
 
 
 # -- gossip/secret.py ------------------------------------------------------------------------
