@@ -1,7 +1,8 @@
 """Data-plane benchmark: one TCP stream pod->pod across two nodes, weave-py against the kernel.
 
 ``python -m bench.dataplane [--seconds N] [--rounds R] [--name NAME] [--quick]
-[--baseline-rev REV]`` builds three topologies side by side (idle ones cost nothing):
+[--baseline-rev REV] [--encrypted]`` builds three topologies side by side (idle ones cost
+nothing):
 
 1. ``weave-py``: a real two-node lab (:class:`agent.lab.lab.Lab`), agents and all;
 2. ``vxlan``: the same shape, cross-node traffic over kernel VXLAN (MTU 1450);
@@ -10,18 +11,22 @@
 and, with ``--baseline-rev``, a fourth: ``baseline``, the same lab whose agents run the code of
 git revision REV (checked out into a temporary ``git worktree`` outside the checkout, removed
 afterwards; the agents import it through ``PYTHONPATH`` with ``PYTHONSAFEPATH`` set, which is
-checked before the run). It then measures them in turn, R rounds (weave-py, baseline, vxlan,
-routing; every other round the baseline first), so that the slow drifts of a shared VM fall
-on every case alike. The A/B figures are medians over rounds: ``ab_ratio`` of throughput,
-weave-py / baseline, and ``ab_cpu_ratio`` of CPU cost, baseline / weave-py, from both agents'
-CPU seconds per GB moved (above 1: this code is cheaper; a cost per byte moves far less with
-a shared VM's noise than throughput does). Each measurement: ``iperf3`` from pod 1 (node 1)
-to pod 2 (node 2) for ``--seconds`` (received rate and sender
-retransmits) and the average of a fast ICMP ping. A case's figure is the median of its
-rounds. Prints a table, then ONE JSON line with every figure (throughput in Gbit/s, RTT in µs,
-ratios weave/vxlan and weave/routing, each round's throughputs, the load average before and
-after). The bar it documents: weave-py >= 0.5 x kernel VXLAN. Every namespace is named
-``wp<name>...`` and removed in ``finally``, also on failure, Ctrl-C or SIGTERM.
+checked before the run), and with ``--encrypted`` another: ``encrypted``, the same lab whose
+agents hold a password (``--password-file``), so the sleeve seals every frame
+(overlay/seal.py); a capture on its underlay during each of its measurements checks that the
+sleeve's datagrams are sealed (``encrypted_sealed_share``, which must be 1). It then measures
+them in turn, R rounds (the weave labs taking turns at going first, then vxlan and routing), so
+that the slow drifts of a shared VM fall on every case alike. The A/B figures are medians over
+rounds: ``ab_ratio`` of throughput, weave-py / baseline, and ``ab_cpu_ratio`` of CPU cost,
+baseline / weave-py, from both agents' CPU seconds per GB moved (above 1: this code is cheaper;
+a cost per byte moves far less with a shared VM's noise than throughput does). Each
+measurement: ``iperf3`` from pod 1 (node 1) to pod 2 (node 2) for ``--seconds`` (received rate
+and sender retransmits) and the average of a fast ICMP ping. A case's figure is the median of
+its rounds. Prints a table, then ONE JSON line with every figure (throughput in Gbit/s, RTT in
+µs, ratios weave/vxlan and weave/routing, each round's throughputs, the load average before and
+after). The bars it documents: weave-py >= 0.5 x kernel VXLAN; encrypted >= 0.35 x kernel VXLAN
+(``encrypted_ratio_vxlan``). Every namespace is named ``wp<name>...`` and removed in
+``finally``, also on failure, Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -48,8 +54,11 @@ from agent.lab.lab import Lab
 from agent.lab.plan import LabPlan
 from bench import topology
 from bench.topology import Baseline
+from overlay.frame import FLAG_AEAD
 
 BAR = 0.5  # weave-py throughput / kernel VXLAN throughput
+ENCRYPTED_BAR = 0.35  # encrypted sleeve throughput / kernel VXLAN throughput
+SLEEVE_PORT = 6783
 NAME = re.compile(r"^[a-z0-9]{1,9}$")  # + one letter per case must fit LabPlan's 10
 IPERF_PORT = 5201
 RTT = re.compile(r"= [\d.]+/([\d.]+)/")
@@ -64,6 +73,7 @@ class Result:
     rtt_us: float
     mtu: int
     cpu_s_per_gb: float | None = None  # both agents' CPU seconds per GB moved (weave cases)
+    sealed_share: float | None = None  # of the sleeve datagrams captured (encrypted case)
 
 
 @dataclass(frozen=True)
@@ -154,10 +164,51 @@ def measure(c: Case, seconds: int, pings: int) -> Result:
     log(f"{c.name}: ping x{pings}, iperf3 {seconds}s")
     rtt = ping_rtt_us(c.pair, pings)
     before = cpu_seconds(c.pids)
+    capture = start_capture(c.capture_ns, seconds) if c.capture_ns else None
     gbps, retransmits = iperf(c.pair, seconds)
     cpu = cpu_seconds(c.pids) - before
     per_gb = cpu / (gbps * seconds / 8) if c.pids and gbps > 0 else None
-    return Result(c.name, gbps, retransmits, rtt, c.mtu, per_gb)
+    share = None if capture is None else captured_share(capture)
+    return Result(c.name, gbps, retransmits, rtt, c.mtu, per_gb, share)
+
+
+def start_capture(ns: str, seconds: int) -> subprocess.Popen[str]:
+    """``capture`` run in namespace ``ns`` for about ``seconds`` (this checkout's code)."""
+    script = f"import bench.dataplane as d; d.capture({max(1, seconds - 1)})"
+    return subprocess.Popen(
+        in_ns(ns, sys.executable, "-c", script), stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+
+
+def captured_share(capture: subprocess.Popen[str]) -> float:
+    """The share of sealed sleeve datagrams a capture saw; RuntimeError when it saw none."""
+    out, _ = capture.communicate(timeout=60)
+    counts = json.loads(out or "{}")
+    total = counts.get("sealed", 0) + counts.get("plain", 0)
+    if capture.returncode != 0 or total == 0:
+        raise RuntimeError(f"the underlay capture saw no sleeve datagram ({counts})")
+    return float(counts["sealed"]) / total
+
+
+def capture(seconds: float) -> None:
+    """Count the sleeve's datagrams (UDP to SLEEVE_PORT, first fragments) on every interface
+    of this namespace for ``seconds``, sealed or plain; print the counts as JSON."""
+    counts = {"sealed": 0, "plain": 0}
+    with socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0800)) as sock:
+        sock.settimeout(0.2)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                packet = sock.recv(64)
+            except TimeoutError:
+                continue
+            ihl = (packet[0] & 0x0F) * 4
+            if len(packet) < ihl + 11 or packet[9] != socket.IPPROTO_UDP:
+                continue
+            first = int.from_bytes(packet[6:8], "big") & 0x1FFF == 0
+            if first and int.from_bytes(packet[ihl + 2 : ihl + 4], "big") == SLEEVE_PORT:
+                counts["sealed" if packet[ihl + 10] & FLAG_AEAD else "plain"] += 1
+    print(json.dumps(counts), flush=True)
 
 
 def cpu_seconds(pids: tuple[int, ...]) -> float:
@@ -182,13 +233,26 @@ class Case:
     pair: Pair
     mtu: int
     pids: tuple[int, ...] = ()  # the agents whose CPU time a measurement counts
+    capture_ns: str = ""  # where the sleeve's datagrams are checked for sealing, if anywhere
 
 
 def weave_case(lab: Lab, case: str = "weave-py") -> Case:
     plan = lab.plan
     mtu = int(lab.report(1)["router"]["mtu"])
     pair = Pair(plan.pod_ns(1, 1), plan.pod_ns(2, 1), str(lab.pod_address(2, 1).ip))
-    return Case(case, pair, mtu, tuple(lab.pids[i] for i in (1, 2)))
+    capture_ns = plan.node_ns(2) if case == "encrypted" else ""
+    return Case(case, pair, mtu, tuple(lab.pids[i] for i in (1, 2)), capture_ns)
+
+
+def encrypted_lab(name: str) -> Lab:
+    """A bench lab whose agents hold a fresh random password (a file in the lab's directory)."""
+    plan = bench_plan(name)
+    os.makedirs(plan.directory, exist_ok=True)
+    path = os.path.join(plan.directory, "password")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(16) + "\n")
+    return Lab(plan, ("--password-file", path))
 
 
 class OldCodeLab(Lab):
@@ -236,18 +300,25 @@ def imported_from(code: str) -> str:
 
 
 def run_all(
-    name: str, seconds: int, pings: int, rounds: int, baseline_code: str | None = None
+    name: str,
+    seconds: int,
+    pings: int,
+    rounds: int,
+    baseline_code: str | None = None,
+    encrypted: bool = False,
 ) -> dict[str, list[Result]]:
     """Build the topologies, measure them ``rounds`` times in turn, remove them."""
-    labs = [Lab(bench_plan(f"{name}w"))]
+    labs = [(Lab(bench_plan(f"{name}w")), "weave-py")]
     if baseline_code is not None:
-        labs.append(OldCodeLab(bench_plan(f"{name}a"), baseline_code))
+        labs.append((OldCodeLab(bench_plan(f"{name}a"), baseline_code), "baseline"))
+    if encrypted:
+        labs.append((encrypted_lab(f"{name}e"), "encrypted"))
     baselines = [Baseline.named(f"{name}{mode[0]}", mode) for mode in ("vxlan", "routing")]
     built: list[Baseline] = []
     started: list[Lab] = []
     try:
         cases = []
-        for lab, case in zip(labs, ("weave-py", "baseline"), strict=False):
+        for lab, case in labs:
             log(f"{case}: lab {lab.plan.name} up")
             started.append(lab)
             lab.up()
@@ -271,12 +342,11 @@ def run_all(
 
 
 def in_turn(cases: list[Case], k: int, labs: int) -> list[Case]:
-    """Round ``k``'s order: the weave labs (this code and the baseline) swap places every
-    other round, so neither is always measured first (the first of a round measures a little
-    differently on this VM, even with identical code on both sides)."""
-    if labs == 2 and k % 2:
-        return [cases[1], cases[0], *cases[2:]]
-    return cases
+    """Round ``k``'s order: the weave labs (this code, the baseline, the encrypted one) take
+    turns at going first, so none is always measured first (the first of a round measures a
+    little differently on this VM, even with identical code on both sides)."""
+    turn = k % labs
+    return [*cases[turn:labs], *cases[:turn], *cases[labs:]]
 
 
 def bench_plan(lab_name: str) -> LabPlan:
@@ -316,7 +386,26 @@ def summary(runs: dict[str, list[Result]], name: str, seconds: int) -> dict[str,
     out["weave_cpu_s_per_gb"] = cpu_median(runs["weave-py"])
     if "baseline" in runs:
         out |= ab_summary(runs, results["baseline"], v)
+    if "encrypted" in runs:
+        out |= encrypted_summary(runs["encrypted"], results["encrypted"], v)
     return out
+
+
+def encrypted_summary(runs: list[Result], e: Result, v: Result) -> dict[str, Any]:
+    """The encrypted sleeve's figures beside the plain sleeve's, against kernel VXLAN."""
+    shares = [r.sealed_share for r in runs if r.sealed_share is not None]
+    return {
+        "encrypted_gbps": round(e.gbps, 3),
+        "encrypted_rtt_us": round(e.rtt_us, 1),
+        "encrypted_retransmits": e.retransmits,
+        "encrypted_mtu": e.mtu,
+        "encrypted_gbps_rounds": [round(x.gbps, 3) for x in runs],
+        "encrypted_ratio_vxlan": round(e.gbps / v.gbps, 3),
+        "encrypted_bar_ratio_vxlan": ENCRYPTED_BAR,
+        "encrypted_meets_bar": e.gbps >= ENCRYPTED_BAR * v.gbps,
+        "encrypted_sealed_share": round(min(shares), 4) if shares else None,
+        "encrypted_cpu_s_per_gb": cpu_median(runs),
+    }
 
 
 def ab_summary(runs: dict[str, list[Result]], b: Result, v: Result) -> dict[str, Any]:
@@ -385,6 +474,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--quick", action="store_true", help="short run (1 round, 2 s, 20 pings): smoke test"
     )
     ap.add_argument(
+        "--encrypted",
+        action="store_true",
+        help="also measure a lab whose agents hold a password (sealed sleeve)",
+    )
+    ap.add_argument(
         "--baseline-rev",
         default=None,
         help="also measure agents running this git revision, in turns (A/B: ab_ratio)",
@@ -416,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
                 extra["baseline_rev"] = args.baseline_rev
                 extra["baseline_code"] = imported_from(code)
                 log(f"baseline: {args.baseline_rev} in {code}")
-            runs = run_all(args.name, args.seconds, pings, args.rounds, code)
+            runs = run_all(args.name, args.seconds, pings, args.rounds, code, args.encrypted)
     except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as exc:
         log(f"failed: {exc}")
         return 1
@@ -425,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(render({case: median_result(r) for case, r in runs.items()}))
     print(f"medians of {args.rounds} round(s); bar: weave-py >= {BAR} x kernel VXLAN")
+    if args.encrypted:
+        print(f"bar: encrypted >= {ENCRYPTED_BAR} x kernel VXLAN")
     extra["loadavg_before"] = [round(x, 2) for x in load]
     extra["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(summary(runs, args.name, args.seconds) | extra), flush=True)

@@ -57,3 +57,42 @@ def test_the_import_check_refuses_code_that_would_not_run(tmp_path: Path) -> Non
     empty.mkdir()
     with pytest.raises(RuntimeError, match="would run"):
         dataplane.imported_from(str(empty))  # falls through to this checkout's code
+
+
+def test_encrypted_figures_beside_todays_keys() -> None:
+    measured = runs(weave_py=[5.0], encrypted=[3.0, 4.0, 3.5], vxlan=[8.0] * 3, routing=[9.0])
+    for r in measured["encrypted"]:
+        object.__setattr__(r, "sealed_share", 1.0)
+    measured["weave-py"] *= 3
+    measured["routing"] *= 3
+    out = dataplane.summary(measured, "x", 10)
+    assert out["encrypted_gbps"] == 3.5 and out["encrypted_ratio_vxlan"] == 0.438
+    assert out["encrypted_rtt_us"] == 100.0 and out["encrypted_gbps_rounds"] == [3.0, 4.0, 3.5]
+    assert out["encrypted_meets_bar"] and out["encrypted_sealed_share"] == 1.0
+    assert out["ratio_vxlan"] == 0.625 and out["weave_gbps"] == 5.0  # today's keys, unchanged
+    assert not [key for key in dataplane.summary(runs(weave_py=[4.0], vxlan=[8.0],
+                routing=[10.0]), "x", 2) if key.startswith("encrypted")]  # fmt: skip
+
+
+def test_the_weave_labs_take_turns_at_going_first() -> None:
+    cases = [dataplane.Case(n, dataplane.Pair("", "", ""), 0) for n in "wbevr"]
+    orders = ["".join(c.name for c in dataplane.in_turn(cases, k, 3)) for k in range(3)]
+    assert orders == ["wbevr", "bewvr", "ewbvr"]
+    assert "".join(c.name for c in dataplane.in_turn(cases[1:], 1, 1)) == "bevr"
+
+
+def test_the_capture_counts_sealed_and_plain_sleeve_datagrams() -> None:
+    """The share is what the capture printed; none seen is an error, not a share of 0."""
+
+    class Done:
+        returncode = 0
+
+        def __init__(self, out: str) -> None:
+            self.out = out
+
+        def communicate(self, timeout: float) -> tuple[str, None]:
+            return self.out, None
+
+    assert dataplane.captured_share(Done('{"sealed": 3, "plain": 1}')) == 0.75  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match="no sleeve datagram"):
+        dataplane.captured_share(Done('{"sealed": 0, "plain": 0}'))  # type: ignore[arg-type]
