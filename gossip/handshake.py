@@ -1,4 +1,5 @@
-"""Sans-IO handshake on one control connection: preamble, then one HELLO each way.
+"""Sans-IO handshake on one control connection: preamble, then one HELLO each way (then one
+CONFIRM each way when there is a secret).
 
 Theory of operation: both sides call ``start()`` as soon as the connection is up and send its
 bytes (our preamble and HELLO); neither waits for the other. Received bytes go to
@@ -21,8 +22,8 @@ Rules this module keeps:
 - A REFUSE may trail a HELLO the peer already sent; one in the same batch as the HELLO still
   refuses here. One arriving later is for the caller: turn it into a reason with
   ``peer_refusal``.
-- ``initiator`` does not change the protocol: it is reported back for the caller to break ties
-  between two connections to the same peer.
+- Without a secret, ``initiator`` does not change the protocol: it is reported back for the
+  caller to break ties between two connections to the same peer.
 - Misuse by the caller (``receive`` before ``start``, or after acceptance) is a RuntimeError;
   anything the peer sends is a ``Refused``, never an exception. ``Refused.label`` names the
   kind of refusal for a counter; a REFUSE carries it as ``code``.
@@ -118,7 +119,7 @@ class Refused:
     reason: str
     by_peer: bool  # True when the peer sent REFUSE; False when we refused
     remote: Hello | None = None  # the peer's HELLO, when it got that far
-    label: str = "refused"  # the kind, for a counter: see LABELS
+    label: str = "by_peer"  # the kind, for a counter: one of LABELS
 
 
 HandshakeResult = Accepted | Refused
