@@ -180,8 +180,8 @@ class Config:
         "sending it; fresh X25519 keys per connection). Every node needs the same one; a "
         "long random string (it is stretched with scrypt, but a guessable one can still be "
         "tried offline by whoever sees a handshake). Never logged or reported; the flag shows "
-        "in the process list, so prefer the variable or password_file. Empty (default): open "
-        "membership, as Weave without a password.",
+        "in the process list, so prefer the variable or password_file. Gossip mode only. Empty "
+        "(default): open membership, as Weave without a password.",
         "",
         secret=True,
     )

@@ -95,9 +95,12 @@ def _mesh(c: Config) -> None:
 
 
 def _membership(c: Config) -> None:
-    """The membership secret: from the variable or from a file, not both."""
+    """The membership secret: from the variable or from a file, not both; and only with gossip
+    (static peers hold no handshake and publish no keys)."""
     if c.password and c.password_file:
         raise _bad("password_file", c.password_file, "cannot be used together with password")
+    if (c.password or c.password_file) and c.peers:
+        raise ConfigError("password: static peers (peers) cannot use one; use gossip (seeds)")
     if len(c.password.encode()) > MAX_PASSWORD:
         raise ConfigError(f"password: longer than {MAX_PASSWORD} bytes")
 

@@ -194,3 +194,11 @@ async def test_no_password_on_one_side_never_joins(caplog: pytest.LogCaptureFixt
         "start mesh: no password, any host that reaches the port may join; communication "
         "between peers is unencrypted" in caplog.messages
     )
+
+
+def test_a_password_needs_gossip() -> None:
+    env = {"WEAVE_PASSWORD": PASSWORD, "WEAVE_PEERS": "node-2@192.0.2.2=10.32.2.0/24",
+           "WEAVE_POD_BLOCK": "10.32.1.0/24"}  # fmt: skip
+    with pytest.raises(ConfigError, match="static peers") as caught:
+        config_sources.load(None, env)
+    assert PASSWORD not in str(caught.value)
