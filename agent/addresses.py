@@ -27,7 +27,7 @@ from ipaddress import IPv4Address, IPv4Interface
 from typing import Any
 
 from agent import errors
-from agent.ipam import Ipam
+from agent.ipam import Ipam, check_document
 from overlay.ipam import store
 from overlay.ipam.pool import Allocation
 
@@ -45,8 +45,14 @@ class StateFile:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ipam-writer")
 
     def load(self) -> dict[str, Any] | None:
-        """The saved document (None when there is none); StoreError when unusable."""
-        return store.load(self.path)
+        """The saved document (None when there is none); StoreError when unusable, also when
+        it lacks what a running node holds."""
+        document = store.load(self.path)
+        try:
+            check_document(document)
+        except ValueError as exc:
+            raise store.StoreError(f"{self.path}: {exc}") from None
+        return document
 
     def save(self, document: Mapping[str, Any]) -> None:
         """Write now, on the caller's thread (start-up, before anything is served)."""

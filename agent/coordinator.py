@@ -13,7 +13,9 @@ Rules this module keeps:
 - Order. When a step changed the ring, the daemon writes the address state (``save``) before it
   publishes: a grant this node made is on disk before any peer can learn of it. (Pod addresses
   are written by agent/addresses.py before they are answered.)
-- Routes. A remote block is routed when a member's claim (or configuration) says it owns it.
+- Routes. A remote block is routed when IPAM holds it to be a member's (a claim is taken up
+  only where the ring's history allows it: overlay/ipam/holdings.py) or configuration says
+  so, and never when it overlaps this node's own space: a remote route never covers local pods.
   Routes the kernel already had when the agent started (``kept``) stay until ``grace_until``,
   so a restart does not cut traffic while the peer source forms its view.
 - Liveness. Peers the data plane has not heard from are published as ``unreachable``, so
@@ -126,12 +128,18 @@ class Coordinator:
     def _spec(self, m: Member) -> PeerSpec:
         blocks = self.ipam.routable(m.record) if m.record is not None else m.blocks
         key = m.record.sleeve_key if m.record is not None else b""
+        blocks = self._remote(blocks)
         return PeerSpec(peer_id(m.name), m.nickname, m.endpoint, blocks, m.via, m.name, key)
+
+    def _remote(self, blocks: Iterable[Net]) -> tuple[Net, ...]:
+        """``blocks`` without any that overlaps this node's own space."""
+        own = self.ipam.owned
+        return tuple(b for b in blocks if not any(b.overlaps(o) for o in own))
 
     def _desired(self, peers: tuple[PeerSpec, ...], now: float) -> NodeSpec:
         remote = frozenset(b for p in peers for b in p.blocks)
         if now < self.grace_until:
-            remote |= self.kept
+            remote |= frozenset(self._remote(self.kept))
         return replace(self.base, gateways=self.ipam.gateways, remote_blocks=remote)
 
     def _router_address(self) -> bytes:

@@ -14,6 +14,7 @@ each ``step`` or ``rmpeer`` that changed the ring (before the change is publishe
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 from collections import Counter
@@ -27,12 +28,15 @@ from agent.report import IpamStatus, Owner
 from gossip.topology import PeerRecord
 from overlay.ipam import space
 from overlay.ipam.claim import Claim, ClaimError, decode
+from overlay.ipam.holdings import Holdings
 from overlay.ipam.pool import Allocation, Pool
+from overlay.ipam.refusals import RefusalLog
 from overlay.ipam.ring import Ring
 from overlay.ipam.ringstate import View
 
 log = logging.getLogger("weave-py.ipam")
 Net = ipaddress.IPv4Network
+REFUSALS_SHOWN = 5  # refused claims spelled out in status
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,22 @@ class Settings:
                    init_count(config) // 2 + 1, bool(config.peers))  # fmt: skip
 
 
+def check_document(state: Mapping[str, Any] | None) -> None:
+    """Refuse a saved document that lacks what a running node holds (its pool, and its ring
+    or null): a file that says nothing of the node's pods is as unusable as a corrupt one,
+    since starting from nothing would hand out addresses live pods still hold."""
+    if state is None:
+        return
+    missing = [key for key in ("ring", "pool") if key not in state]
+    if missing:
+        raise ValueError(f"IPAM state lacks {', '.join(missing)}: it was not written by this "
+                         f"agent; move it aside only if this node runs no pods")  # fmt: skip
+    if not isinstance(state["pool"], Mapping):
+        raise ValueError("IPAM state: 'pool' is not an object")
+    if state["ring"] is not None and not isinstance(state["ring"], Mapping):
+        raise ValueError("IPAM state: 'ring' is not an object or null")
+
+
 class Ipam:
     """The ring and the pool of one node, restored from ``state`` (a saved ``document()``)."""
 
@@ -62,12 +82,15 @@ class Ipam:
         self.name = name
         self.mode = "gossip" if settings.pod_block is None else "static" if settings.static \
             else "kube"  # fmt: skip
-        state = state or {}
+        check_document(state)
         self.ring: Ring | None = None
         if settings.pod_block is None:
             self.ring = Ring(name, settings.range, settings.block_prefix, settings.quorum,
-                             incarnation, state.get("ring"))  # fmt: skip
-        self.pool = self._load_pool(state.get("pool"))
+                             incarnation, state["ring"] if state is not None else None)  # fmt: skip
+        self.pool = self._load_pool(state["pool"] if state is not None else None)
+        # kube/static mode: the blocks the others' records claim, held first come first kept
+        self.holdings = Holdings(name, settings.range, 32)
+        self.refusals = RefusalLog()  # claims refused, by reason (ring and holdings)
         self.malformed: Counter[str] = Counter()  # claims we could not read, by peer
         self.pending = 0  # requests waiting for space (the address driver counts them)
         self._claims: dict[str, tuple[PeerRecord, Claim | str]] = {}  # str: why malformed
@@ -76,7 +99,7 @@ class Ipam:
     def _load_pool(self, state: Mapping[str, Any] | None) -> Pool:
         block = self.settings.pod_block
         prefix = self.settings.block_prefix if block is None else block.prefixlen
-        pool = Pool.from_state(state) if state else Pool(prefix)
+        pool = Pool.from_state(state) if state is not None else Pool(prefix)
         if pool.block_prefix != prefix:
             if pool.used:
                 raise ValueError(
@@ -123,8 +146,9 @@ class Ipam:
                             record.name, record.nickname, exc)  # fmt: skip
             self.malformed[record.name] += 1
             return ()
-        ours = self.ring.ring if self.ring else None
-        return claim.owned if claim.ring == ours else ()
+        if self.ring is None:
+            return tuple(self.holdings.owned_by(record.name, claim)) if claim.ring is None else ()
+        return self.ring.routable(record.name) if claim.ring == self.ring.ring else ()
 
     def _claim_of(self, record: PeerRecord) -> Claim:
         """The record's claim, decoded once per record (routes and the step both read every
@@ -144,10 +168,12 @@ class Ipam:
 
     def step(self, records: Mapping[str, PeerRecord], live: Set[str], wall_ns: int) -> bool:
         """Take in the topology at wall-clock time ``wall_ns``; True when the ring changed."""
-        if self.ring is None:
-            return False
         for gone in self._claims.keys() - records.keys():
             del self._claims[gone]
+        if self.ring is None:
+            self._hold_blocks(records)
+            self._log_refusals(records, wall_ns)
+            return False
         views = {}
         for name, r in records.items():
             if name == self.name:
@@ -162,8 +188,34 @@ class Ipam:
         changed = self.ring.step(wall_ns, views, live, need, pool.free_space(), pool.used)
         if changed:
             self._follow_ring()
+        self.refusals.add(self.ring.take_refusals())
+        self._log_refusals(records, wall_ns)
         self._log_status()
         return changed
+
+    def _hold_blocks(self, records: Mapping[str, PeerRecord]) -> None:
+        """kube/static mode: which blocks the others' records may have routed to them."""
+        claims = {}
+        for name, record in records.items():
+            with contextlib.suppress(ClaimError):  # counted and logged by ``routable``
+                claim = self._claim_of(record)
+                if name != self.name and claim.ring is None:
+                    claims[name] = claim
+        self.refusals.add(self.holdings.update(claims, self.pool.owned, ()))
+
+    def _log_refusals(self, records: Mapping[str, PeerRecord], wall_ns: int) -> None:
+        def who(name: str) -> str:
+            record = records.get(name)
+            return f"{name}({record.nickname})" if record else name
+
+        line = self.refusals.summary(wall_ns, who)
+        if line:
+            log.warning("%s", line)
+
+    def refused(self) -> list[str]:
+        """The others' claims refused now, in words (for status)."""
+        standing = self.ring.holdings.refused if self.ring else self.holdings.refused
+        return [f"{r.peer}: {r.detail}" for r in standing.values()]
 
     def _follow_ring(self) -> None:
         """The pool holds what the ring owns. The ring gives up space in use only when this
@@ -264,7 +316,7 @@ class Ipam:
             range=self.settings.range,
             block_prefix=self.pool.block_prefix,
             blocks=tuple(self.pool.active_blocks),
-            conflict=ring.conflict if ring else None,
+            conflict=self._conflict(),
             owners=tuple(owners),
             used=self.pool.used,
             capacity=self.pool.capacity,
@@ -273,6 +325,20 @@ class Ipam:
             unreachable_addresses=lost,
             unreachable_percentage=round(100.0 * lost / self.settings.range.num_addresses, 2),
         )
+
+    def _conflict(self) -> str | None:
+        """What the operator should know: the ring's conflict, then the claims refused now."""
+        refused = self.refused()
+        parts = [self.ring.conflict] if self.ring and self.ring.conflict else []
+        if refused:
+            shown = "; ".join(refused[:REFUSALS_SHOWN])
+            more = (
+                f"; and {len(refused) - REFUSALS_SHOWN} more"
+                if len(refused) > REFUSALS_SHOWN
+                else ""
+            )
+            parts.append(f"refused claims (not routed): {shown}{more}")
+        return " | ".join(parts) or None
 
     def _owners(
         self, records: Mapping[str, PeerRecord], live: Set[str], nickname: str
@@ -284,16 +350,17 @@ class Ipam:
             owners.append(self._owner(self.name, nickname, self.pool.owned, self.pool.used, True))
         if self.ring is None:
             for name, r in sorted(records.items()):
-                if name != self.name and r.blocks:
-                    owned = tuple(Net(b) for b in r.blocks)
+                owned = self.routable(r) if name != self.name else ()
+                if owned:
                     owners.append(self._owner(name, r.nickname, owned, 0, name in live))
             return owners
         for name, view in sorted(self.ring.known.items()):
-            if view.claim.ring == self.ring.ring and view.claim.owned:
+            held = self.ring.routable(name)
+            if held:
                 record = records.get(name)
                 nick = record.nickname if record else view.nickname
-                owners.append(self._owner(name, nick, view.claim.owned, view.claim.used,
-                                          name in live))  # fmt: skip
+                used = min(view.claim.used, space.size(held))
+                owners.append(self._owner(name, nick, held, used, name in live))
         return owners
 
     def _owner(self, name: str, nickname: str, owned: tuple[Net, ...], active: int,

@@ -7,7 +7,8 @@ Running the pair again right after is a no-op, so a restarted agent converges to
 state without errors or duplicates.
 
 Owned here: the bridge (the node's gateway address on it, hairpin on its ports), the TUN's MTU
-and state, one route per remote block ``dev <tun>`` (protocol RTPROT_WEAVE_PY), the nftables
+and state, one route per remote block ``dev <tun>`` (protocol RTPROT_WEAVE_PY; none inside a
+local block, whose route is the bridge's and must win), the nftables
 table ``NAT_TABLE`` (masquerade of pod egress leaving the cluster range), and the forwarding
 sysctls. Other tables, routes and links are never read for a change nor touched.
 """
@@ -146,13 +147,25 @@ def plan(desired: NodeSpec, observed: Observed) -> list[Action]:
     want = set(desired.gateways)
     actions += [AddAddress(desired.bridge, a) for a in sorted(want - have)]
     actions += [RemoveAddress(desired.bridge, a) for a in sorted(have - want)]
-    want_routes = {Route(block, desired.tun) for block in desired.remote_blocks}
+    want_routes = set(_remote_routes(desired))
     have_routes = set(observed.routes)
     actions += [RemoveRoute(r) for r in sorted(have_routes - want_routes, key=_route_key)]
     actions += [AddRoute(r) for r in sorted(want_routes - have_routes, key=_route_key)]
     if desired.hairpin and bridge is not None:
         actions += [Hairpin(p.name) for p in _ports(observed, bridge) if not p.hairpin]
     return actions + _nat_changes(desired.nat_rules, observed.nat)
+
+
+def _remote_routes(desired: NodeSpec) -> list[Route]:
+    """A route into the TUN per remote block, none inside a local block: the same prefix
+    would replace the bridge's route, a longer one would win over it, and either would cut
+    the node's own pods off (a shorter one loses to it: harmless)."""
+    local = [gateway.network for gateway in desired.gateways]
+    return [
+        Route(block, desired.tun)
+        for block in desired.remote_blocks
+        if not any(block.subnet_of(net) for net in local)
+    ]
 
 
 def _ports(observed: Observed, bridge: Link) -> list[Link]:
@@ -269,8 +282,7 @@ class Reconciler:
         actions = plan(desired, observed)
         apply(self.nl, observed, actions)
         self.applied = actions
-        wanted = (Route(block, desired.tun) for block in desired.remote_blocks)
-        self.routes = tuple(sorted(wanted, key=_route_key))
+        self.routes = tuple(sorted(_remote_routes(desired), key=_route_key))
         return actions
 
 

@@ -34,6 +34,7 @@ from collections.abc import Mapping, Set
 
 from overlay.ipam import space
 from overlay.ipam.claim import Grant, RingId
+from overlay.ipam.holdings import Refusal, intersect
 from overlay.ipam.ringstate import RingState, View
 
 Net = ipaddress.IPv4Network
@@ -62,10 +63,13 @@ class Ring(RingState):
         """Take in the others' claims; True when our state changed (persist, then publish)."""
         before = self._fingerprint()
         self._learn(views)
-        markers = self._markers()
-        self._handle_removals(markers)
         live = {n for n in live if n != self.name and n in self.known}
+        markers = self._markers(live)
+        self._handle_removals(markers)
+        live &= self.known.keys()
+        self.steady = {n for n in live if n in self.steady or not self._removes_us(n)}
         winner = self._winning_ring(live)
+        self._hold(winner)
         self._settle_conflict(winner, used)
         owned_before = list(self.owned)
         self._take_grants()
@@ -76,6 +80,7 @@ class Ring(RingState):
         free = space.subtract(free_space, [g[0] for g in self.grants])
         self._answer_requests(live, free)
         self._ask(live, need or not self.owned, winner, now_ns)
+        self._refused_before, self._refusing = self._refusing, set()
         return self._fingerprint() != before
 
     def _learn(self, views: Mapping[str, View]) -> None:
@@ -86,13 +91,56 @@ class Ring(RingState):
             if held is None or (view.incarnation, view.version) > (held.incarnation, held.version):
                 self.known[name] = view
 
-    def _markers(self) -> dict[str, int]:
-        """Removed peer -> highest removed incarnation, from everyone's claims and ours."""
+    def _markers(self, live: Set[str]) -> dict[str, int]:
+        """Removed peer -> highest removed incarnation, from our claim and the others' removals
+        that follow rmpeer's rules (``_removal_refused``)."""
         out: dict[str, int] = {}
-        theirs = [r for v in self.known.values() for r in v.claim.removed]
-        for name, inc in [*self.removed, *theirs]:
+        for name, inc in self.removed:
             out[name] = max(out.get(name, -1), inc)
+        for issuer, view in sorted(self.known.items()):
+            for name, inc in view.claim.removed:
+                why = self._removal_refused(issuer, name, inc, live)
+                if why is None:
+                    out[name] = max(out.get(name, -1), inc)
+                elif why:
+                    self._refuse(Refusal(issuer, None, "removal", f"removal of {name}: {why}"))
         return out
+
+    def _removal_refused(self, issuer: str, name: str, inc: int, live: Set[str]) -> str | None:
+        """Why a removal marker is not followed (empty: it concerns no one we know; None: it
+        is followed). rmpeer is run by a peer holding space, on a peer that is not live; a
+        marker for us comes from a peer that took some of our space and was cut off from us
+        (or unknown to this life of ours) since it published a claim without it."""
+        if name == self.name:
+            if inc < self.removed_since:
+                return ""
+            if not (self.owned or self.grants):
+                return None  # nothing to give up
+            if issuer in self.steady:
+                return "this peer is live and has been reachable from the remover"
+            if not space.overlaps(self.known[issuer].claim.owned, self.owned):
+                return "the remover holds none of this peer's space"
+        elif name in self.known and self.known[name].incarnation > inc:
+            return ""  # an earlier life of that peer
+        elif name in live:
+            return f"{name} is live"
+        if not self.holdings.of(issuer):
+            return "the remover holds no space of this ring" if self.holdings.held else ""
+        return None
+
+    def _removes_us(self, name: str) -> bool:
+        return any(r[0] == self.name for r in self.known[name].claim.removed)
+
+    def _refuse(self, refusal: Refusal) -> None:
+        """Note a refusal once while it stands (the holdings note theirs the same way)."""
+        if refusal not in self._refused_before:
+            self.refusals.append(refusal)
+        self._refusing.add(refusal)
+
+    def _hold(self, ring: RingId | None) -> None:
+        """Take in which space the others hold in ``ring`` (ours, or the one we may join)."""
+        claims = {n: v.claim for n, v in self.known.items() if ring and v.claim.ring == ring}
+        self.refusals += self.holdings.update(claims, self.owned, self.grants)
 
     def _handle_removals(self, markers: Mapping[str, int]) -> None:
         for name, inc in markers.items():
@@ -110,9 +158,30 @@ class Ring(RingState):
                 del self.known[name]
 
     def _winning_ring(self, live: Set[str]) -> RingId | None:
-        rings = {self.known[n].claim.ring for n in live} | {self.ring}
-        rings.discard(None)
-        return min(rings) if rings else None  # type: ignore[type-var]
+        """The oldest ring in reach; while we have one, only rings that look seeded count."""
+        rings = {r for n in live if (r := self.known[n].claim.ring) is not None}
+        if self.ring is None:
+            return min(rings) if rings else None
+        for ring in sorted(r for r in rings if r < self.ring):
+            why = self._unseeded(ring, live)
+            if not why:
+                return ring
+            self._refuse(Refusal(ring[1], None, "ring", f"ring {list(ring)}: {why}"))
+        return self.ring
+
+    def _unseeded(self, ring: RingId, live: Set[str]) -> str:
+        """Why ``ring`` does not look like a seeded ring (empty when it does): a quorum of its
+        members is live, and their claims share out the whole range, as seeding and grants
+        keep it. One host inventing an older ring must not make us give up our space."""
+        members = [v.claim for v in self.known.values() if v.claim.ring == ring]
+        if sum(self.known[n].claim.ring == ring for n in live) < self.quorum:
+            return f"fewer than {self.quorum} live members"
+        nets = [n for c in members for n in (*c.owned, *(g[0] for g in c.grants))]
+        if space.size(nets) != sum(n.num_addresses for n in nets) or space.collapse(nets) != [
+            self.range
+        ]:
+            return f"its members' claims do not share out {self.range} exactly"
+        return ""
 
     def _settle_conflict(self, winner: RingId | None, used: int) -> None:
         if self.ring is None or winner is None or self.ring == winner:
@@ -139,12 +208,31 @@ class Ring(RingState):
             for net, grantee, serial in sorted(c.grants, key=lambda g: g[2]):
                 if grantee != self.name or serial <= self.acks.get(granter, 0):
                     continue
+                why = self._grant_refused(granter, net)
+                if why is not None:
+                    self._refuse(Refusal(granter, net, why[0], why[1]))
+                    continue  # not acknowledged: the granter keeps it
                 self.acks[granter] = serial
-                if not net.subnet_of(self.range) or space.overlaps([net], self.owned):
+                if space.overlaps([net], self.owned):
                     continue  # never take space we cannot hold alone
                 self.ring = c.ring
                 self.owned = space.collapse([*self.owned, net])
                 self.want = None
+
+    def _grant_refused(self, granter: str, net: Net) -> tuple[str, str] | None:
+        """(reason, detail) when a grant to us breaks the ring's rules; None when it may be
+        taken: a grant is at least one of our blocks, inside the range, of space its granter
+        held (a grant never creates space)."""
+        if not net.subnet_of(self.range):
+            return "grant_outside", f"{granter} grants {net}, outside the range {self.range}"
+        if net.prefixlen > self.block_prefix:
+            return "grant_small", (
+                f"{granter} grants {net}, smaller than this node's /{self.block_prefix} blocks: "
+                f"IPALLOC_BLOCK must be the same on every node"
+            )
+        if not space.covers(self.holdings.of(granter), net):
+            return "grant_unheld", f"{granter} grants {net}, which it does not hold"
+        return None
 
     def _prune_acks(self) -> None:
         """An ack is needed while the granter still lists that grant (stale gossip must not be
@@ -192,15 +280,11 @@ class Ring(RingState):
         ring = self.ring or winner
         if ring is not None:
             self.seeding.clear_proposal()
-            owners = sorted(
-                (-self.known[n].claim.free, n)
-                for n in live
-                if self.known[n].claim.ring == ring and self.known[n].claim.free > 0
-            )
+            owners = sorted((-free, n) for n in live if (free := self._free_of(n, ring)) > 0)
             self.want = owners[0][1] if owners else None
             if owners:
                 self.status = "waiting for IP(s) to become available"
-            elif any(v.claim.ring == ring and v.claim.free > 0 for v in self.known.values()):
+            elif any(self._free_of(n, ring) > 0 for n in self.known):
                 self.status = "all IP ranges owned by unreachable peers"
             else:
                 self.status = "waiting for IP(s) to become available"
@@ -208,6 +292,13 @@ class Ring(RingState):
         self.want = None
         self.status = "awaiting consensus"
         self._seed(live, now_ns)
+
+    def _free_of(self, name: str, ring: RingId) -> int:
+        """The addresses ``name`` says it could give, at most what it holds of ``ring``."""
+        claim = self.known[name].claim
+        if claim.ring != ring:
+            return 0
+        return min(claim.free, space.size(self.holdings.owned_by(name, claim)))
 
     def _seed(self, live: Set[str], now_ns: int) -> None:
         """Take part in seeding a ring; as its decided seed, own the whole range."""
@@ -229,15 +320,17 @@ class Ring(RingState):
             raise RmpeerError(f"peer {name} is not known to own any space")
         if self.ring is None:
             raise RmpeerError("this peer has no space yet; run rmpeer on a peer that has")
-        held = list(view.claim.owned)
+        held = self.holdings.owned_by(name, view.claim)  # never what it claimed and did not hold
         for granter, other in self.known.items():  # grants it never took up are its too
             acked = view.claim.ack_for(granter)
-            held += [g[0] for g in other.claim.grants if g[1] == name and g[2] > acked]
+            nets = [g[0] for g in other.claim.grants if g[1] == name and g[2] > acked]
+            held += intersect(nets, self.holdings.of(granter))
         held += [g[0] for g in self.grants if g[1] == name and g[2] > view.claim.ack_for(self.name)]
         taken = [] if view.claim.ring != self.ring else space.subtract(held, self.owned)
         self.owned = space.collapse([*self.owned, *taken])
+        self.holdings.held.pop(name, None)
         self.removed = [r for r in self.removed if r[0] != name] + [(name, view.incarnation)]
         del self.removed[:-MAX_REMOVED]
         del self.known[name]
-        self._forget_taken_grants(self._markers())
+        self._forget_taken_grants(self._markers(live))
         return taken

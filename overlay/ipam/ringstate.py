@@ -3,8 +3,9 @@ publishes from them, and the state document that carries them across restarts (s
 
 Rules this module keeps:
 - ``to_state()`` holds everything a restart needs and nothing the peer must learn again: of
-  the others' claims only those that owned space are kept (for status and ``rmpeer``), with
-  their incarnation, nickname, ring and owned space.
+  the others' claims only those that hold space of our ring are kept (for status and
+  ``rmpeer``), with their incarnation, nickname, ring and the space we accepted as theirs
+  (holdings.py), never more than they held: a claim refused before a restart stays refused.
 - A document is checked as a whole before it is used: a missing or malformed field, or a range
   other than the configured one (changing ``IPALLOC_RANGE`` needs fresh state on every node),
   is a ``ValueError`` naming it.
@@ -21,6 +22,7 @@ from typing import Any
 
 from overlay.ipam import space
 from overlay.ipam.claim import Ballot, Claim, Grant, RingId
+from overlay.ipam.holdings import Holdings, Refusal
 from overlay.ipam.seeding import Seeding
 
 Net = ipaddress.IPv4Network
@@ -68,8 +70,25 @@ class RingState:
         self.removed_since = incarnation
         self.conflict: str | None = None  # what the operator must do, if anything
         self.status = "idle"
+        self.holdings = Holdings(name, cluster_range, block_prefix)  # what the others hold
+        self.refusals: list[Refusal] = []  # new since the caller last took them
+        self.steady: set[str] = set()  # live, unbroken, since a claim not removing us
+        self._refusing: set[Refusal] = set()  # the ring's own refusals standing this step
+        self._refused_before: set[Refusal] = set()  # and the step before
         if state:
             self._load(state)
+
+    def take_refusals(self) -> list[Refusal]:
+        """The claims and grants refused since the last call (for counters and the log)."""
+        out, self.refusals = self.refusals, []
+        return out
+
+    def routable(self, name: str) -> tuple[Net, ...]:
+        """What peer ``name`` holds of the space its claim owns (empty: nothing to route)."""
+        view = self.known.get(name)
+        if view is None or self.ring is None or view.claim.ring != self.ring:
+            return ()
+        return tuple(self.holdings.owned_by(name, view.claim))
 
     @property
     def promised(self) -> Ballot | None:
@@ -131,7 +150,9 @@ class RingState:
             "removed": [list(r) for r in self.removed],
             "seeded": [list(r) for r in self.seeding.seeded],
             "removed_since": self.removed_since,
-            "known": {n: _known_out(v) for n, v in self.known.items() if v.claim.owned},
+            "known": {
+                n: _known_out(v, held) for n, v in self.known.items() if (held := self.routable(n))
+            },
         }
 
     def _load(self, d: Mapping[str, Any]) -> None:
@@ -157,17 +178,20 @@ class RingState:
             for n, k in d["known"].items():
                 claim = Claim(owned=tuple(Net(o) for o in k["owned"]), ring=_ring(k["ring"]))
                 self.known[str(n)] = View(int(k["incarnation"]), 0, claim, str(k["nickname"]))
+                if claim.ring is not None and claim.ring == self.ring:
+                    self.holdings.held[str(n)] = space.collapse(claim.owned)
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ValueError(f"IPAM state: {e}") from None
 
 
-def _known_out(v: View) -> dict[str, Any]:
-    """What we remember of another owner across restarts (for status and rmpeer)."""
+def _known_out(v: View, held: tuple[Net, ...]) -> dict[str, Any]:
+    """What we remember of another owner across restarts (for status and rmpeer): the space
+    we accepted as its, not whatever it claimed."""
     return {
         "incarnation": v.incarnation,
         "nickname": v.nickname,
         "ring": list(v.claim.ring) if v.claim.ring else None,
-        "owned": [str(o) for o in v.claim.owned],
+        "owned": [str(o) for o in held],
     }
 
 

@@ -460,7 +460,8 @@ async def test_removed_peer_with_pods_gives_up_the_reclaimed_space(
     a, b = pair
     await b.ipam.allocate("pod", "eth0")
     exchange([a, b], {A, B})
-    a.ipam.step({A: a.record(), B: b.record()}, {A})  # a partition: a sees b as dead
+    b.ipam.step({A: a.record(), B: b.record()}, {B})  # a partition: b sees a as dead
+    a.ipam.step({A: a.record(), B: b.record()}, {A})  # and a sees b as dead
     a.ipam.rmpeer(B, {A})
     b.ipam.step({A: a.record(), B: b.record()}, {A, B})  # healed: b learns it was removed
     assert not space.overlaps(b.ipam.owned, a.ipam.owned)
@@ -542,6 +543,7 @@ async def test_status_in_kube_mode_counts_unreachable_owners(tmp_path: Path) -> 
                       blocks=(str(POD_BLOCK),))  # fmt: skip
     other = PeerRecord(B, "node-2", 1, 1, 2, ("192.0.2.2", 6783), ("192.0.2.2", 6783),
                        blocks=("10.32.2.0/24",))  # fmt: skip
+    ipam.step({A: ours, B: other}, {A})
     status = ipam.status({A: ours, B: other}, {A}, "node-1")
     assert set(status) == STATUS_KEYS
     assert status["mode"] == "kube"

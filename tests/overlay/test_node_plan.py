@@ -58,6 +58,11 @@ def fresh_tun(index: int = 5) -> Link:
     return Link(index, TUN, "tun", 1500, False, 0, 65536)
 
 
+def local(desired: NodeSpec, block: ipaddress.IPv4Network) -> bool:
+    """Whether ``block`` lies inside a block of the bridge (no route into the TUN for it)."""
+    return any(block.subnet_of(g.network) for g in desired.gateways)
+
+
 def converged(desired: NodeSpec) -> Observed:
     return Observed(
         links={
@@ -66,7 +71,7 @@ def converged(desired: NodeSpec) -> Observed:
             TUN: Link(5, TUN, "tun", desired.mtu, True, 0, desired.gso_max_size),
         },
         bridge_addresses=desired.gateways,
-        routes=tuple(Route(b, TUN) for b in sorted(desired.remote_blocks)),
+        routes=tuple(Route(b, TUN) for b in sorted(desired.remote_blocks) if not local(desired, b)),
         nat=NatTable(True, desired.nat_rules) if desired.nat_rules else None,
     )
 
@@ -159,6 +164,19 @@ def test_routes_follow_address_order() -> None:
         AddRoute(Route(NET(b), TUN))
         for b in ("10.32.0.0/16", "10.32.9.0/24", "10.32.10.0/24", "10.32.200.0/24", "10.33.0.0/24")
     ]
+
+
+def test_a_remote_block_inside_a_local_block_is_never_routed_into_the_tun() -> None:
+    # the bridge's own route to 10.32.1.0/24 stays: the same prefix would replace it, a longer
+    # one would win over it; a shorter one (the whole range) loses to it and is kept
+    blocks = ("10.32.1.0/24", "10.32.1.128/25", "10.32.0.0/16", "10.32.2.0/24")
+    desired = spec(blocks=blocks)
+    assert desired.gateways == (IFACE("10.32.1.1/24"),)
+    actions = node.plan(desired, converged(spec(blocks=())))
+    assert actions == [AddRoute(Route(NET(b), TUN)) for b in ("10.32.0.0/16", "10.32.2.0/24")]
+    found = converged(spec(blocks=()))
+    found = replace(found, routes=(Route(NET("10.32.1.0/24"), TUN),))  # put there earlier
+    assert RemoveRoute(Route(NET("10.32.1.0/24"), TUN)) in node.plan(desired, found)
 
 
 def test_converged_is_a_no_op() -> None:
@@ -288,7 +306,9 @@ def test_empty_node_converges_in_one_step() -> None:
     after = apply_to(empty, node.plan(desired, empty))
     assert node.plan(desired, after) == []
     assert after.links[BR].kind == "bridge" and after.links[BR].up
-    assert set(after.routes) == {Route(b, TUN) for b in desired.remote_blocks}
+    assert set(after.routes) == {
+        Route(b, TUN) for b in desired.remote_blocks if not local(desired, b)
+    }
 
 
 # -- property: plan, apply, plan again = nothing ---------------------------------------------
@@ -380,7 +400,9 @@ def test_plan_apply_plan_is_idempotent(desired: NodeSpec, observed: Observed) ->
     assert node.plan(desired, after) == []
     # ... and the model really reached the desired state.
     assert set(after.bridge_addresses) == set(desired.gateways)
-    assert set(after.routes) == {Route(b, TUN) for b in desired.remote_blocks}
+    assert set(after.routes) == {
+        Route(b, TUN) for b in desired.remote_blocks if not local(desired, b)
+    }
     for name in (BR, TUN):
         assert after.links[name].mtu == desired.mtu and after.links[name].up
     assert after.links[TUN].gso_max_size == desired.gso_max_size
