@@ -4,7 +4,9 @@ Rules this module keeps:
 - An address is dialled by one attempt at a time, and not before its retry time.
 - A failed dial backs off exponentially with jitter: ``initial * factor ** failures`` seconds,
   capped at ``cap``, times a uniform draw from 0.8 to 1.2 (Weave: 2 s x1.5 up to 6 minutes).
-  A dial that ends in a connection resets its address.
+  A dial that ends in a connection is no longer dialling; its backoff starts over only when
+  the caller says the connection proved itself (``succeeded``), so a peer that accepts and then
+  drops every connection is redialled ever more slowly, not in a loop.
 """
 
 from __future__ import annotations
@@ -62,6 +64,12 @@ class Dialer:
         target.attempts += 1
         target.next_try_at = now + delay * self._rng.uniform(0.8, 1.2)
         return target.next_try_at
+
+    def connected(self, addr: Address) -> None:
+        """A dial of ``addr`` ended in a connection: no longer dialling, backoff kept (it
+        starts over with ``succeeded`` once the connection proved stable)."""
+        if addr in self._targets:
+            self._targets[addr].dialing = False
 
     def succeeded(self, addr: Address) -> None:
         """A connection to ``addr`` is up: its backoff starts over."""

@@ -10,6 +10,10 @@ Rules this module keeps:
 - A record we already hold in the same or a newer version is skipped before it is decoded
   (most of what gossip brings is such echoes); anything odd is decoded and judged in full. A
   malformed message raises ValueError.
+- Bounds on what one message may make us do: a TOPOLOGY carries at most MAX_RECORDS_IN records,
+  a DIGEST and a REQUEST at most MAX_NAMES names (a DIGEST's stamps within the record bounds);
+  more is malformed. A REQUEST is answered once per distinct name we hold, however often it
+  repeats one; our own REQUEST asks for at most MAX_WANTED names (the rest with the next repair).
 """
 
 from __future__ import annotations
@@ -20,8 +24,13 @@ from collections.abc import Collection, Hashable
 from typing import Any
 
 from gossip.outbox import Outbox
-from gossip.topology import PeerRecord, Topology
+from gossip.record import MAX_STAMP
+from gossip.topology import MAX_RECORDS, PeerRecord, Topology
 from gossip.wire import MessageType
+
+MAX_RECORDS_IN = 1024  # records in one TOPOLOGY we accept (senders split at max_records)
+MAX_NAMES = MAX_RECORDS  # names in one DIGEST or REQUEST: no sender holds more records
+MAX_WANTED = 1024  # names we ask for in one REQUEST
 
 
 class Dissemination:
@@ -74,29 +83,29 @@ class Dissemination:
         self.outbox.send(conn, MessageType.DIGEST, digest=digest)
 
     def receive(
-        self, conn: Hashable, msg_type: int, fields: dict[str, Any], now: float
+        self, conn: Hashable, msg_type: int, fields: dict[str, Any], now: float, source: str = ""
     ) -> list[PeerRecord]:
-        """Take one message from ``conn``; the records it brought that were news (queued)."""
+        """Take one message from ``conn`` (``source`` names it in refusals); the records it
+        brought that were news (queued)."""
         if msg_type == MessageType.TOPOLOGY:
-            records = [
-                PeerRecord.from_wire(d) for d in _list(fields, "records") if not self._stale(d)
-            ]
-            novel = self.topology.merge(records)
+            listed = _list(fields, "records", MAX_RECORDS_IN)
+            records = [PeerRecord.from_wire(d) for d in listed if not self._stale(d)]
+            novel = self.topology.merge(records, source)
             if novel:
                 self.queue(novel, now)
             return novel
         if msg_type == MessageType.DIGEST:
             digest = _digest_from_wire(fields.get("digest"))
             self.outbox.send_records(conn, self.topology.newer_than(digest))
-            wanted = self.topology.wanted(digest)
+            wanted = self.topology.wanted(digest)[:MAX_WANTED]
             if wanted:
                 self.outbox.send(conn, MessageType.REQUEST, names=wanted)
         elif msg_type == MessageType.REQUEST:
-            names = [n for n in _list(fields, "names") if isinstance(n, str)]
+            names = dict.fromkeys(n for n in _list(fields, "names", MAX_NAMES) if type(n) is str)
             found = [self.topology.records[n] for n in names if n in self.topology.records]
             self.outbox.send_records(conn, found)
-        # GOODBYE and unknown types need nothing here: the departed record arrives as
-        # TOPOLOGY and the leaving peer closes the connection.
+        # GOODBYE, KEEPALIVE and unknown types need nothing here: the departed record arrives
+        # as TOPOLOGY and the leaving peer closes the connection.
         return []
 
     def _stale(self, d: Any) -> bool:
@@ -110,22 +119,22 @@ class Dissemination:
         return (i, v) < mine.stamp or ((i, v) == mine.stamp and d.get("u") == mine.uid)
 
 
-def _list(fields: dict[str, Any], key: str) -> list[Any]:
+def _list(fields: dict[str, Any], key: str, limit: int) -> list[Any]:
     value = fields.get(key)
-    if not isinstance(value, list):
-        raise ValueError(f"field {key!r} is not a list")
+    if not isinstance(value, list) or len(value) > limit:
+        raise ValueError(f"field {key!r} is not a list of at most {limit}")
     return value
 
 
 def _digest_from_wire(value: Any) -> dict[str, tuple[int, int]]:
-    if not isinstance(value, dict):
-        raise ValueError("digest is not a map")
+    if not isinstance(value, dict) or len(value) > MAX_NAMES:
+        raise ValueError(f"digest is not a map of at most {MAX_NAMES} names")
     out = {}
     for name, stamp in value.items():
         if (
             not isinstance(name, str) or not isinstance(stamp, list | tuple) or len(stamp) != 2
-            or not all(isinstance(x, int) for x in stamp)
+            or not all(type(x) is int and 0 <= x <= MAX_STAMP for x in stamp)
         ):  # fmt: skip
-            raise ValueError("digest entry is not name -> [incarnation, version]")
+            raise ValueError("digest entry is not name -> [incarnation, version] within bounds")
         out[name] = (stamp[0], stamp[1])
     return out

@@ -3,23 +3,33 @@
 It does the I/O the core asks for and nothing else: accepts and dials connections, runs the
 handshake, feeds decoded messages to ``Mesh.receive``, writes ``Mesh.outbox()``, dials
 ``Mesh.dial_targets()``, closes ``Mesh.to_close()``, re-arms one timer at ``Mesh.get_timer()``
-and hands mesh events to ``on_event``. Malformed input closes only that connection, with a log
-line naming the peer and the reason.
+and hands mesh events to ``on_event``.
+
+Failure stays local: malformed input, a refused handshake, a peer too slow to read, and any
+exception while serving one connection close only that connection; each refusal is counted by
+reason in ``mesh.rejections`` and logged through its rate-limited lines (never one line per
+attempt), naming the source. Connections in their handshake are bounded (gossip/admission.py)
+and timed out with the reason said. Peer-chosen text reaches logs and status escaped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import socket
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Coroutine, Hashable
+from typing import Any
 
+from gossip.admission import Admission
 from gossip.events import MeshEvent
 from gossip.handshake import Accepted, Handshake, Hello, Refused
+from gossip.keepalive import FEATURE as KEEPALIVE
 from gossip.mesh import Mesh
+from gossip.rejections import printable
 from gossip.secret import Secrets
 from gossip.wire import DecodeError
 
@@ -29,7 +39,16 @@ Address = tuple[str, int]
 HANDSHAKE_TIMEOUT = 10.0
 DIAL_TIMEOUT = 5.0
 READ_SIZE = 65536
-MAX_BUFFERED = 16 * 1024 * 1024  # a peer that lets this much pile up is closed
+MAX_BUFFERED = 4 * 1024 * 1024  # bytes of unsent messages per connection; a slower peer is closed
+
+
+class _HandshakeFailed(Exception):
+    """A handshake ended without a connection: the refusal's counter label and detail."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
 
 
 class MeshDriver:
@@ -50,7 +69,10 @@ class MeshDriver:
     ) -> None:
         self.mesh = mesh
         self.secrets = secrets or Secrets.none()  # what a peer must prove in its handshake
+        if KEEPALIVE not in hello.features:  # this driver sends what the feature promises
+            hello = dataclasses.replace(hello, features=(*hello.features, KEEPALIVE))
         self.hello = hello
+        self.admission = Admission()
         self.listen = listen
         self.server_socket = server_socket
         self.on_event = on_event or (lambda event: None)
@@ -86,7 +108,11 @@ class MeshDriver:
                 self.mesh.handle_timer(time.monotonic())
                 self._pump()
                 self._wake.clear()
-                timeout = max(0.0, self.mesh.get_timer() - time.monotonic())
+                due = self.mesh.get_timer()
+                line_at = self.mesh.rejections.next_line_at()
+                if line_at is not None:
+                    due = min(due, line_at)
+                timeout = max(0.0, due - time.monotonic())
                 # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation
                 # that arrives as the wake-up event is set, and run() would never end.
                 with contextlib.suppress(TimeoutError):
@@ -129,11 +155,33 @@ class MeshDriver:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         where = f"{peer[0]}:{peer[1]}" if peer else "?"
-        log.info("->[%s] connection accepted", where)
-        await self._serve(reader, writer, None, where, peer[0] if peer else None)
+        host = peer[0] if peer else "?"
+        refusal = self.admission.enter(host)
+        if refusal is not None:
+            self.mesh.rejections.add("pending_limit", where, refusal)
+            writer.close()
+            self._log_rejections()
+            return
+        log.debug("->[%s] connection accepted", where)
+        await self._guarded(self._serve(reader, writer, None, where, host), where, writer)
+
+    async def _guarded(
+        self, work: Coroutine[Any, Any, None], where: str, writer: asyncio.StreamWriter | None
+    ) -> None:
+        """Run one connection's or dial's work; an exception ends only that work."""
+        try:
+            await work
+        except Exception as exc:  # one connection's failure stays local
+            self.mesh.rejections.add("internal_error", where, f"{type(exc).__name__}: {exc}")
+            log.debug("->[%s] connection failed", where, exc_info=True)
+            if writer is not None:
+                writer.close()
+            self._log_rejections()
 
     def _spawn_dial(self, addr: Address) -> None:
-        task = asyncio.get_running_loop().create_task(self._dial(addr))
+        where = f"{addr[0]}:{addr[1]}"
+        work = self._guarded(self._dial(addr), where, None)
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -151,7 +199,12 @@ class MeshDriver:
             self._set_outbound(addr, {"state": "retrying", "detail": reason})
             self._wake.set()
             return
-        await self._serve(reader, writer, addr, where, addr[0])
+        try:
+            await self._serve(reader, writer, addr, where, addr[0])
+        except Exception:
+            self.mesh.dial_failed(addr, time.monotonic())
+            writer.close()
+            raise
 
     async def _serve(
         self,
@@ -163,45 +216,51 @@ class MeshDriver:
     ) -> None:
         """One connection, dialled (``addr``) or accepted, from the handshake to its close."""
         try:
-            result = await self._handshake(reader, writer, where, addr is not None)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
-            reason = str(exc) or "timeout"
-            log.info("->[%s] connection shutting down due to error: %s", where, reason)
-            result = None
-        if not isinstance(result, Accepted):
-            self._not_established(addr, result, writer)
+            result = await self._admitted_handshake(reader, writer, host, addr is not None)
+        except _HandshakeFailed as failed:
+            self.mesh.rejections.add(failed.reason, where, failed.detail)
+            self._not_established(addr, failed, writer)
             return
+        remote = result.remote
         conn = next(self._ids)
-        where = f"{where}|{result.remote}"
-        if not self.mesh.connection_up(conn, result.remote.name, addr, time.monotonic()):
-            log.info("->[%s] connection deleted: already connected", where)
+        where = f"{where}|{remote.name}({printable(remote.nickname, 40)})"
+        keepalive = KEEPALIVE in remote.features
+        if not self.mesh.connection_up(
+            conn, remote.name, addr, time.monotonic(), uid=remote.uid, label=where,
+            keepalive=keepalive,
+        ):  # fmt: skip
+            log.debug("->[%s] connection deleted: already connected", where)
             if addr is not None and self.outbound.get(addr, {}).get("state") != "established":
                 self.outbound.pop(addr, None)
             writer.close()
+            self._pump()
             return
         log.info("->[%s] connection ready; using protocol version %d", where, result.version)
-        self._established(conn, result.remote, writer, addr, where, host)
+        self._established(conn, remote, writer, addr, where, host)
         try:
             for msg_type, fields in result.messages:
                 self.mesh.receive(conn, msg_type, fields, time.monotonic())
             self._pump()
             await self._read(conn, reader, result)
         except (DecodeError, ValueError) as exc:
-            log.warning("->[%s] connection shutting down due to error: %s", where, exc)
+            self.mesh.rejections.add("malformed", where, str(exc))
         except OSError as exc:
             log.info("->[%s] connection shutting down due to error: %s", where, exc)
+        except Exception as exc:  # one connection's failure stays local
+            self.mesh.rejections.add("internal_error", where, f"{type(exc).__name__}: {exc}")
+            log.debug("->[%s] connection failed", where, exc_info=True)
         finally:
             self._closed(conn, writer, addr, where)
 
     def _not_established(
-        self, addr: Address | None, result: Refused | None, writer: asyncio.StreamWriter
+        self, addr: Address | None, failed: _HandshakeFailed, writer: asyncio.StreamWriter
     ) -> None:
         if addr is not None:
             self.mesh.dial_failed(addr, time.monotonic())
-            reason = result.reason if result is not None else "handshake failed"
-            self._set_outbound(addr, {"state": "failed", "detail": reason})
+            self._set_outbound(addr, {"state": "failed", "detail": printable(failed.detail)})
         self.terminations += 1
         writer.close()
+        self._log_rejections()
         self._wake.set()
 
     def _established(
@@ -232,19 +291,42 @@ class MeshDriver:
         if addr is not None:
             self.outbound.pop(addr, None)
         self.writers.pop(conn, None)
-        self.remotes.pop(conn, None)
+        name = self.remotes.pop(conn, "").partition("|")[2].partition("(")[0]
+        if name not in self.mesh.topology.records:  # a stranger that never sent its record
+            self.observed.pop(name, None)
         self.terminations += 1
         writer.close()
         log.info("->[%s] connection deleted", where)
         self._pump()
 
+    async def _admitted_handshake(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        host: str | None,
+        dialled: bool,
+    ) -> Accepted:
+        """The handshake of a connection; an accepted one leaves the admission count after."""
+        counted = [0]
+        try:
+            return await self._handshake(reader, writer, counted, dialled)
+        except TimeoutError:
+            detail = f"no handshake within {HANDSHAKE_TIMEOUT:g}s ({counted[0]} bytes received)"
+            raise _HandshakeFailed("handshake_timeout", detail) from None
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise _HandshakeFailed("handshake_error", detail) from None
+        finally:
+            if not dialled:
+                self.admission.leave(host or "?", counted[0])
+
     async def _handshake(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        where: str,
+        counted: list[int],
         dialled: bool,
-    ) -> Accepted | Refused | None:
+    ) -> Accepted:
         shake = Handshake(self.hello, initiator=dialled, secrets=self.secrets)
         writer.write(shake.start())
         result = None
@@ -252,12 +334,19 @@ class MeshDriver:
             while result is None:
                 data = await reader.read(READ_SIZE)
                 if not data:
-                    log.info("->[%s] connection shutting down due to error: closed by peer", where)
-                    return None
+                    detail = f"closed by peer after {counted[0]} bytes"
+                    raise _HandshakeFailed("handshake_closed", detail)
+                counted[0] += len(data)
+                if not dialled:
+                    self.admission.read(len(data))
+                too_much = self.admission.check(counted[0])
+                if too_much is not None:
+                    raise _HandshakeFailed("handshake_too_large", too_much)
                 result = shake.receive(data)
                 writer.write(shake.data_to_send())  # a CONFIRM, or a REFUSE
         if isinstance(result, Refused):
-            log.warning("->[%s] connection shutting down due to error: %s", where, result.reason)
+            label = "handshake_refused_by_peer" if result.by_peer else "handshake_refused"
+            raise _HandshakeFailed(label, result.reason)
         return result
 
     async def _read(self, conn: int, reader: asyncio.StreamReader, accepted: Accepted) -> None:
@@ -279,8 +368,8 @@ class MeshDriver:
             if writer is None or writer.is_closing():
                 continue
             if writer.transport.get_write_buffer_size() > MAX_BUFFERED:
-                log.warning("->[%s] connection shutting down due to error: peer too slow",
-                            self.remotes.get(conn))  # fmt: skip
+                where = self.remotes.get(conn, "?")
+                self.mesh.rejections.add("slow_peer", where, f"over {MAX_BUFFERED} bytes unsent")
                 writer.close()
                 continue
             writer.write(data)
@@ -293,4 +382,9 @@ class MeshDriver:
                 self._spawn_dial(addr)
         for event in self.mesh.events():
             self.on_event(event)
+        self._log_rejections()
         self._wake.set()
+
+    def _log_rejections(self) -> None:
+        for line in self.mesh.rejections.lines(time.monotonic()):
+            log.warning(line)

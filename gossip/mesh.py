@@ -15,6 +15,15 @@ Rules this module keeps:
 - Liveness, routes and forgetting peers follow the records (gossip/liveness.py); they are
   recomputed when coalesced changes are flushed and when peers are collected, every
   ``repair_interval``.
+- A name is tied to its live connection. A second connection claiming a connected name with
+  another uid than the live one is refused (reason "name_in_use") and never replaces it; while
+  connected, the name is bound in the topology to the live uid. Two connections with one uid
+  (both ends dialled at once) are settled by the tie-break below.
+- No redial storms: a dial's backoff starts over only once its connection lasted
+  ``stable_interval``; a dialled connection refused or closed sooner counts as a failed dial.
+- Connections of peers that keep them alive are closed once silent (gossip/keepalive.py).
+- Refused input is counted and reported through ``rejections`` (the topology's), with the
+  ``label`` the driver gave each connection as its source.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from typing import Any
 from gossip.dialer import Address, Dialer
 from gossip.dissemination import Dissemination
 from gossip.events import MeshEvent, PeerForgotten, RecordUpdated
+from gossip.keepalive import Keepalive
 from gossip.liveness import Liveness
 from gossip.outbox import MeshStats, Outbox
 from gossip.topology import Topology
@@ -46,6 +56,9 @@ class MeshConfig:
     backoff_factor: float = 1.5  # growth of the redial delay per failure
     backoff_max: float = 360.0  # seconds: the redial delay's cap
     gc_timeout: float = 30.0  # seconds a peer may stay unreachable before it is forgotten
+    stable_interval: float = 10.0  # seconds a dialled connection lasts before backoff resets
+    keepalive_interval: float = 3.0  # seconds between KEEPALIVEs to peers that want them
+    silence_timeout: float = 12.0  # seconds without a byte before such a connection is closed
 
 
 class Mesh:
@@ -77,6 +90,11 @@ class Mesh:
         self._evicted_at = float("-inf")
         self._dialled: dict[Hashable, Address] = {}  # connections we initiated -> address
         self._candidates: tuple[set[Address], set[Address]] | None = None
+        self.rejections = topology.rejections
+        self._keepalive = Keepalive(c.keepalive_interval, c.silence_timeout)
+        self._uids: dict[Hashable, int] = {}  # connection id -> the uid its handshake gave
+        self._labels: dict[Hashable, str] = {}  # connection id -> how refusals name it
+        self._dials: dict[Hashable, tuple[Address, float]] = {}  # dialled: (address, up at)
 
     @property
     def name(self) -> str:
@@ -137,20 +155,54 @@ class Mesh:
 
     # -- connections --------------------------------------------------------------------------
 
-    def connection_up(self, conn: Hashable, remote: str, addr: Address | None, now: float) -> bool:
-        """An established, handshaken connection; False when the driver must close it now
+    def connection_up(
+        self,
+        conn: Hashable,
+        remote: str,
+        addr: Address | None,
+        now: float,
+        *,
+        uid: int | None = None,
+        label: str = "",
+        keepalive: bool = False,
+    ) -> bool:
+        """An established, handshaken connection to ``remote`` (``uid`` from its handshake;
+        ``keepalive`` when it keeps connections alive); False when the driver must close it now
         (already connected to that peer). At the connection limit it is accepted only to send
         our records, then listed by ``to_close``."""
+        self._labels[conn] = label or remote
+        if uid is not None:
+            self._uids[conn] = uid
+        if remote in self.by_name and not self._admit_duplicate(conn, remote, addr, uid, label):
+            self._uids.pop(conn, None)
+            self._labels.pop(conn, None)
+            if addr is not None:
+                self._dialer.failed(addr, now)
+            return False
         if addr is not None:
-            self._dialer.succeeded(addr)
-        if remote in self.by_name:
-            return self._settle_duplicate(conn, remote, addr)
+            self._dialer.connected(addr)
+            self._dials[conn] = (addr, now)
+        if keepalive:
+            self._keepalive.watch(conn, now)
+        if conn in self.conns:  # replaced a duplicate
+            return True
         if len(self.conns) >= self.config.conn_limit and not self._make_room(conn, remote, now):
             return True
         self._hold(conn, remote, addr)
         self._set_connections(now)
         self._gossip.send_digest(conn)
         return True
+
+    def _admit_duplicate(
+        self, conn: Hashable, remote: str, addr: Address | None, uid: int | None, label: str
+    ) -> bool:
+        """A second connection to a connected name: True when it replaced the live one."""
+        live_uid = self._uids.get(self.by_name[remote])
+        if uid is not None and live_uid is not None and uid != live_uid:
+            detail = f"{remote} is held by a live connection of uid {live_uid}, not {uid}"
+            self.rejections.add("name_in_use", label or remote, detail)
+            return False
+        return self._settle_duplicate(conn, remote, addr)
 
     def _settle_duplicate(self, conn: Hashable, remote: str, addr: Address | None) -> bool:
         """Both ends dialled at once: both keep the connection the lower name initiated, so
@@ -162,8 +214,7 @@ class Mesh:
         )
         if not keep_new:
             return False
-        del self.conns[old]
-        self._dialled.pop(old, None)
+        self._release(old)
         self._closing.append(old)
         self._hold(conn, remote, addr)
         return True
@@ -182,8 +233,7 @@ class Mesh:
         # interval, so a cold start through busy seeds does not churn).
         self._evicted_at = now
         evicted = self.rng.choice(sorted(self.conns, key=str))
-        self._dialled.pop(evicted, None)
-        del self.by_name[self.conns.pop(evicted)]
+        self._release(evicted)
         self._closing.append(evicted)
         return True
 
@@ -192,15 +242,36 @@ class Mesh:
         self.by_name[remote] = conn
         if addr is not None:
             self._dialled[conn] = addr
+        uid = self._uids.get(conn)
+        if uid is not None:
+            self.topology.bind(remote, uid)
+
+    def _release(self, conn: Hashable) -> str | None:
+        """Stop holding ``conn`` (it is closing): its name is free again."""
+        self._dialled.pop(conn, None)
+        self._keepalive.forget(conn)
+        remote = self.conns.pop(conn, None)
+        if remote is not None:
+            del self.by_name[remote]
+            uid = self._uids.get(conn)
+            if uid is not None:
+                self.topology.unbind(remote, uid)
+        return remote
 
     def connection_down(self, conn: Hashable, now: float) -> None:
         """A connection closed, for whatever reason (unknown ids are ignored)."""
-        self._dialled.pop(conn, None)
-        remote = self.conns.pop(conn, None)
-        if remote is None:
-            return
-        del self.by_name[remote]
-        self._set_connections(now)
+        dial = self._dials.pop(conn, None)
+        if dial is not None:
+            addr, up_at = dial
+            if now - up_at >= self.config.stable_interval:
+                self._dialer.succeeded(addr)
+            else:
+                self._dialer.failed(addr, now)
+        remote = self._release(conn)
+        self._uids.pop(conn, None)
+        self._labels.pop(conn, None)
+        if remote is not None:
+            self._set_connections(now)
 
     def _set_connections(self, now: float) -> None:
         self._candidates = None
@@ -228,9 +299,10 @@ class Mesh:
     def receive(self, conn: Hashable, msg_type: int, fields: dict[str, Any], now: float) -> None:
         """One decoded message. Malformed content raises ValueError: the driver closes that
         connection (and logs who and why); nothing else is disturbed."""
+        self._keepalive.heard(conn, now)
         if conn not in self.conns:
             return
-        novel = self._gossip.receive(conn, msg_type, fields, now)
+        novel = self._gossip.receive(conn, msg_type, fields, now, self._labels.get(conn, ""))
         if novel:
             self._candidates = None
             self._events += [RecordUpdated(r.name) for r in novel]
@@ -239,7 +311,7 @@ class Mesh:
 
     def get_timer(self) -> float:
         """When ``handle_timer`` must next be called."""
-        deadlines = [self._gossip.repair_at]
+        deadlines = [self._gossip.repair_at, self._keepalive.send_at]
         if self._gossip.flush_at is not None:
             deadlines.append(self._gossip.flush_at)
         # Retries that come due later; ones already due are taken by the next dial_targets
@@ -257,6 +329,20 @@ class Mesh:
         if now >= self._gossip.repair_at:
             self._gossip.repair(now, self.conns)
             self._collect(now)
+        self._keep_alive(now)
+
+    def _keep_alive(self, now: float) -> None:
+        """Send the KEEPALIVEs due; close silent connections (gossip/keepalive.py)."""
+        send, silent = self._keepalive.due(now)
+        for conn in send:
+            self._outbox.send(conn, MessageType.KEEPALIVE)
+        for conn in silent:
+            label = self._labels.get(conn, "?")
+            detail = f"nothing heard for {self.config.silence_timeout:g}s"
+            self.rejections.add("silent", label, detail)
+            if self._release(conn) is not None:
+                self._set_connections(now)
+            self._closing.append(conn)
 
     # -- outputs ------------------------------------------------------------------------------
 

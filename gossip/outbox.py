@@ -1,8 +1,9 @@
 """Messages the mesh has encoded for its connections, and what sending them costs (sans-IO).
 
 Rules this module keeps:
-- A TOPOLOGY message carries at most ``max_records`` records; more are split over several
-  messages. With each record bounded by the connection limit, no message grows with N^2.
+- A TOPOLOGY message carries at most ``max_records`` records and at most MAX_BODY bytes of
+  them; more are split over several messages. With each record bounded (gossip/record.py), no
+  message grows with N^2 and none exceeds what a decoder accepts.
 - A record is packed for the wire once per version (records are resent often).
 - Every message is counted in ``stats`` when it is queued.
 """
@@ -18,6 +19,8 @@ import msgpack
 from gossip import wire
 from gossip.topology import PeerRecord
 from gossip.wire import MessageType
+
+MAX_BODY = wire.MAX_MESSAGE - 64  # bytes of packed records per TOPOLOGY (the rest: its head)
 
 
 @dataclass
@@ -44,13 +47,23 @@ class Outbox:
         self._emit(conn, msg_type, wire.encode(msg_type, **fields))
 
     def send_records(self, conn: Hashable, records: list[PeerRecord]) -> None:
-        """Queue ``records`` for ``conn`` as TOPOLOGY messages of at most ``max_records``."""
-        step = self.max_records
-        for at in range(0, len(records), step):
-            chunk = [self._packed(r) for r in records[at : at + step]]
-            self._emit(
-                conn, MessageType.TOPOLOGY, wire.encode_list(MessageType.TOPOLOGY, "records", chunk)
-            )
+        """Queue ``records`` for ``conn`` as TOPOLOGY messages of at most ``max_records``
+        records and MAX_BODY bytes."""
+        chunk: list[bytes] = []
+        size = 0
+        for record in records:
+            packed = self._packed(record)
+            if chunk and (len(chunk) == self.max_records or size + len(packed) > MAX_BODY):
+                self._emit_records(conn, chunk)
+                chunk, size = [], 0
+            chunk.append(packed)
+            size += len(packed)
+        if chunk:
+            self._emit_records(conn, chunk)
+
+    def _emit_records(self, conn: Hashable, chunk: list[bytes]) -> None:
+        data = wire.encode_list(MessageType.TOPOLOGY, "records", chunk)
+        self._emit(conn, MessageType.TOPOLOGY, data)
 
     def drain(self) -> list[tuple[Hashable, bytes]]:
         """The queued messages, in order; the queue is empty afterwards."""

@@ -53,7 +53,7 @@ VersionRange = tuple[int, int]
 
 
 class MessageType(IntEnum):
-    """The type of a control message, its ``"t"`` field; new types take numbers above 8."""
+    """The type of a control message, its ``"t"`` field; new types take numbers above 9."""
 
     HELLO = 1  # identity, endpoints and features; first message each way
     REFUSE = 2  # "reason": why the sender closes the connection during the handshake
@@ -61,6 +61,7 @@ class MessageType(IntEnum):
     DIGEST = 4  # "digest": name -> [incarnation, version], for anti-entropy
     REQUEST = 5  # "names": records the sender wants in full
     GOODBYE = 6  # clean departure: the sender is shutting down
+    KEEPALIVE = 9  # nothing else to say; sent to peers whose HELLO lists the "keepalive" feature
 
 
 RESERVED = frozenset({7, 8})  # taken numbers with no message defined: never reuse them

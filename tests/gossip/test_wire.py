@@ -23,6 +23,7 @@ SAMPLES: dict[MessageType, dict[str, Any]] = {
     MessageType.DIGEST: {"digest": {"aa:bb:cc:dd:ee:ff": [1, 2]}},
     MessageType.REQUEST: {"names": ["aa:bb:cc:dd:ee:ff"]},
     MessageType.GOODBYE: {},
+    MessageType.KEEPALIVE: {},
 }
 
 
@@ -52,6 +53,7 @@ def test_message_type_numbers_are_the_protocol() -> None:
         ("DIGEST", 4),
         ("REQUEST", 5),
         ("GOODBYE", 6),
+        ("KEEPALIVE", 9),
     ]
 
 
