@@ -95,12 +95,14 @@ class Logs:
             f.seek(self.marks[i])
             return f.read()
 
-    def wait_for(self, i: int, pattern: str, timeout: float) -> str | None:
-        """The first line since the mark matching ``pattern`` (a regex), within ``timeout``."""
-        rx = re.compile(pattern)
+    def wait_for(self, i: int, pattern: str, timeout: float, exclude: str = "") -> str | None:
+        """The first line since the mark matching ``pattern`` and not ``exclude`` (regexes),
+        within ``timeout``."""
+        rx, skip = re.compile(pattern, re.IGNORECASE), re.compile(exclude or r"(?!)")
         deadline = time.monotonic() + timeout
         while True:
-            found = next((ln for ln in self.since(i).splitlines() if rx.search(ln)), None)
+            lines = self.since(i).splitlines()
+            found = next((ln for ln in lines if rx.search(ln) and not skip.search(ln)), None)
             if found is not None or time.monotonic() > deadline:
                 return found
             time.sleep(0.2)

@@ -15,7 +15,7 @@ from typing import Any
 from gossip import wire
 from gossip.handshake import Accepted, Handshake, HandshakeResult, Hello, Refused
 from gossip.topology import PeerRecord
-from gossip.wire import Decoder, Message, MessageType
+from gossip.wire import Message, MessageType
 from tests.netns.hostile.host import StrangerHost
 
 PORT = 6783
@@ -47,7 +47,7 @@ class Intruder:
         self.greeting = greeting
         self.options = options  # passed on to Handshake (say, the secrets it holds)
         self.sock: socket.socket | None = None
-        self.decoder: Decoder | None = None
+        self.decoder: Any = None  # the handshake's: plain, or sealed with a secret
         self.records: dict[str, PeerRecord] = {}  # what the node told us, by name
         self.received = 0  # bytes read after the handshake
         self.remote: Hello | None = None  # the node's HELLO, once accepted

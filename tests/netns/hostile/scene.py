@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,7 +19,14 @@ from agent.lab.lab import Lab
 from agent.lab.plan import LabPlan
 from gossip.identity import peer_id
 from overlay import netlink
-from tests.netns.hostile.evidence import Baseline, Logs, pods_ping
+from tests.netns.hostile.evidence import (
+    REJECTIONS,
+    Baseline,
+    Logs,
+    increased,
+    metrics,
+    pods_ping,
+)
 from tests.netns.hostile.host import StrangerHost
 
 FAST_HEARTBEATS = (
@@ -109,3 +118,33 @@ def scene(
         leftovers = [ns for ns in netlink.list_netns() if ns.startswith(lab.plan.prefix + "-")]
         shutil.rmtree(directory, ignore_errors=True)
         assert not leftovers, f"lab teardown left {leftovers}"
+
+
+DATA_PLANE = re.compile(r"^weave_py_(peer_)?drops_total")
+SETTLE = 1.5  # seconds for gossip (0.2 s coalescing) and routes to follow an attack
+
+
+def assert_intact(s: Scene) -> None:
+    """After the attack has settled, the lab is as its baseline (the agents' logs on failure)."""
+    time.sleep(SETTLE)
+    problems = s.problems()
+    assert not problems, f"{problems}\n{s.log_tails()}"
+
+
+def assert_counted(before: dict[str, float], s: Scene, i: int, sleeve: bool = False) -> None:
+    """A rejection counter of node i rose since the scrape ``before``: for a gossip attack one
+    outside the data plane's drop counters (those rise with ordinary traffic too); for a
+    sleeve attack one of them, for a reason the TUN's own traffic does not give."""
+    rose = increased(before, metrics(s.lab, i), REJECTIONS)
+    ours = {k: v for k, v in rose.items() if DATA_PLANE.search(k)}
+    relevant = {k: v for k, v in ours.items() if "tun_" not in k} if sleeve else rose.keys() - ours
+    assert relevant, f"node {i}: no rejection counter rose (rose: {rose})"
+
+
+def assert_logged(logs: Logs, i: int, *sources: str) -> None:
+    """Node i logged, since the mark, a rejection naming one of ``sources`` (its address, its
+    name): not a failed dial towards what the stranger advertised."""
+    who = "|".join(re.escape(x) for x in sources)
+    pattern = rf"{REJECTIONS}.*({who})|({who}).*{REJECTIONS}"
+    line = logs.wait_for(i, pattern, 5.0, exclude=r"Errno|retrying")
+    assert line, f"node {i} logged no rejection naming {sources}:\n{logs.since(i)[-3000:]}"
