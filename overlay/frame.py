@@ -25,7 +25,9 @@ have been the DATA body; ``total`` is set in the chunk at offset 0 only (zero in
 every header but two is the same for every train and is prebuilt: overlay/train.py). Chunks of
 one body are sent in order; a receiver that reads a whole train coalesced (``UDP_GRO``) checks
 it with a few word compares (overlay/train.py), else appends the chunks per source
-(overlay/reassembly.py).
+(overlay/reassembly.py). A sealed super-packet's train has FLAG_AEAD in every chunk header and
+its slices carry what follows the sealed DATA frame's header (extension, ciphertext, tag): the
+chunk fields are framing, not authenticated; the reassembled frame is (overlay/seal.py).
 
 HEARTBEAT and HEARTBEAT_ACK bodies are ``u64 sequence, u64 sender uid``. The sender puts a
 random token in ``sequence`` and the acknowledgement echoes it unchanged (overlay/sleeve.py).
@@ -151,7 +153,7 @@ def decode_header(data: Buffer, size: int) -> Header:
         raise DecodeError("flags")
     if msg_type not in ACCEPTED:
         raise DecodeError("type")
-    if flags & FLAG_AEAD:  # sealed: only a relay reads it here (overlay/seal.py opens it)
+    if flags & FLAG_AEAD and msg_type != DATA_CHUNK:  # sealed: overlay/seal.py opens it
         if length != size - SEALED_OVERHEAD:
             raise DecodeError("length")
         return Header(msg_type, flags, hops, length, source, destination, SEALED_BODY_AT)

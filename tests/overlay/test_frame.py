@@ -114,6 +114,15 @@ def test_sealed_header_names_where_its_body_starts() -> None:
     assert bytes(data[h.body_offset : h.body_offset + h.length]) == b"body"
 
 
+def test_a_sealed_trains_chunk_is_framed_like_any_chunk() -> None:
+    """Its length counts the chunk fields and slice; only the reassembled whole is sealed."""
+    body = frame.CHUNK.pack(0, 100) + bytes(40)
+    data = datagram(body, msg_type=MessageType.DATA_CHUNK, flags=frame.FLAG_AEAD)
+    h = decode(data)
+    assert (h.flags, h.length, h.body_offset) == (frame.FLAG_AEAD, len(body), frame.HEADER_SIZE)
+    assert frame.decode_chunk(data, h) == (0, 100)
+
+
 # -- every drop reason -----------------------------------------------------------------------
 
 
@@ -294,7 +303,7 @@ def test_chunk_without_a_slice() -> None:
 def _consume(data: bytes) -> None:
     """What the receive path does with a datagram; only DecodeError may escape."""
     h = decode(data)
-    if h.flags:
+    if h.flags and h.type != MessageType.DATA_CHUNK:
         return  # sealed: only a relay reads its header, overlay/seal.py opens it
     if h.type == MessageType.DATA:
         for vnet in frame.iter_records(data, h.body_offset, len(data)):
