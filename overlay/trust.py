@@ -156,7 +156,7 @@ class Trust:
 
     def refused(self, reason: str, host: str, peer: PeerState | None = None) -> None:
         """Note a refusal of input from ``host`` (claiming to be ``peer``) for the log."""
-        source = host if peer is None else f"{host} as {peer.spec.peer_name or peer.spec.name}"
+        source = host if peer is None else f"{host} as {_who(peer)}"
         key = (reason, source)
         if key not in self._refused and len(self._refused) >= MAX_SOURCES:
             key = (reason, "other sources")
@@ -170,3 +170,9 @@ class Trust:
             by_source.setdefault(source, Counter())[reason] += n
         self._refused = Counter()
         return [Refused(s, tuple(sorted(c.items()))) for s, c in sorted(by_source.items())]
+
+
+def _who(peer: PeerState) -> str:
+    """The peer as the logs name it: ``name(nickname)``."""
+    spec = peer.spec
+    return f"{spec.peer_name}({spec.name})" if spec.peer_name else spec.name

@@ -339,9 +339,9 @@ def test_refusals_are_summed_per_source_for_the_log() -> None:
     take_in(s, "data", B_ID, packet(POD_C, POD_A), B_HOST)
     route(s, packet(POD_C, POD_B))
     assert [str(r) for r in s.take_refused()] == [
-        f"refuse sleeve input from {B_HOST} as bb: source=1",
+        f"refuse sleeve input from {B_HOST} as bb(node-b): source=1",
         f"refuse sleeve input from {STRANGER}: unknown_peer=1",
-        f"refuse sleeve input from {STRANGER} as bb: endpoint=2",
+        f"refuse sleeve input from {STRANGER} as bb(node-b): endpoint=2",
         f"refuse sleeve input from tun ({POD_C}): tun_source=1",
     ]
     assert s.take_refused() == []
