@@ -275,7 +275,8 @@ class MeshDriver:
         self.writers[conn], self.remotes[conn] = writer, where
         if host is not None:
             self.observed[remote.name] = host
-        entry = {"state": "established", "peer": str(remote), "name": remote.name}
+        peer = where.partition("|")[2]  # name(nickname), the nickname escaped
+        entry = {"state": "established", "peer": peer, "name": remote.name}
         if remote.control_endpoint != addr:  # connected the other way: no dial of ours pends
             self.outbound.pop(remote.control_endpoint, None)
         if addr is not None:

@@ -228,3 +228,16 @@ async def test_a_frozen_peer_is_let_go_and_an_old_one_is_not(quick_peer: Peer) -
     await asyncio.sleep(1.0)
     assert old.name in q.mesh.by_name
     close(f_stream, o_stream)
+
+
+async def test_a_nickname_reaches_the_status_escaped(start_peer: StartPeer) -> None:
+    a = await start_peer("a")
+    await until(lambda: a.driver.running)
+    base = hello_for("x", ("127.0.0.1", 9))
+    evil = Hello(base.name, "evil\x1b[2J\u202e", base.uid, 1, base.data_endpoint,
+                 base.control_endpoint)  # fmt: skip
+    stream = await rogue(a.address, evil)
+    await until(lambda: evil.name in a.mesh.by_name)
+    [entry] = a.driver.connections()
+    assert entry["peer"] == f"{evil.name}(evil\\x1b[2J\\u202e)"
+    close(stream)
