@@ -11,10 +11,10 @@ Measured in this lab, that moves 64 KB datagrams ~8x faster than letting the ker
 IP-fragment one big datagram, which stays as the fallback when GSO is refused.
 
 With a keyring (overlay/seal.py) every frame this node originates -- a batch, a super-packet,
-a heartbeat -- is sealed once, whole, before it leaves: a super-packet then travels as one
-sealed datagram (IP-fragmented by the kernel), never as a train, and a batch leaves room for
-the AEAD extension and tag. Relayed frames go on as they came. The keyring's timer renews our
-key pair; ``on_sleeve_key`` publishes the new public key.
+a heartbeat -- is sealed once, whole, before it leaves: a sealed super-packet travels as a
+train of FLAG_AEAD chunks of the sealed frame (or one IP-fragmented datagram without GSO), and
+a batch leaves room for the AEAD extension and tag. Relayed frames go on as they came. The
+keyring's timer renews our key pair; ``on_sleeve_key`` publishes the new public key.
 
 Hot-path rules: preallocated buffers, ``loop.add_reader`` and drain until EAGAIN (never
 asyncio's DatagramProtocol, which allocates per datagram), header and packet gathered by
@@ -33,7 +33,15 @@ import time
 from collections.abc import Callable
 
 from overlay import frame
-from overlay.frame import HEADER_SIZE, RECORD, RECORD_VNET, VNET_HEADER_SIZE, Buffer, MessageType
+from overlay.frame import (
+    FLAG_AEAD,
+    HEADER_SIZE,
+    RECORD,
+    RECORD_VNET,
+    VNET_HEADER_SIZE,
+    Buffer,
+    MessageType,
+)
 from overlay.links import Connect, Links
 from overlay.peer import PeerState
 from overlay.receive import DRAIN_BUDGET, Receiver, failure
@@ -145,6 +153,7 @@ class Datapath:
             return None
         if self.keyring.handle_timer(now):
             self.on_sleeve_key(self.keyring.sleeve_key)
+        self.receiver.expire(now)
         return self.keyring.get_timer()
 
     def _log_refused(self, now: float) -> None:
@@ -229,7 +238,10 @@ class Datapath:
         header = self._header
         if self.keyring is not None:
             frame.encode_header(header, DATA, length, self.sleeve.local_id, peer.peer_id)
-            self._send_sealed(header, self._tun_view[:length], peer.send_to, peer)
+            if length > self.batch_limit and self.udp_gso:
+                self._send_sealed_train(peer, header, length)
+            else:
+                self._send_sealed(header, self._tun_view[:length], peer.send_to, peer)
             return
         if length > self.batch_limit and self.udp_gso:
             self._send_train(peer, length)
@@ -261,15 +273,32 @@ class Datapath:
             return
         self._send((sealed,), addr, peer)
 
+    def _send_sealed_train(self, peer: PeerState, header: Buffer, length: int) -> None:
+        """The DATA frame of ``header`` and the TUN buffer's first ``length`` bytes, sealed,
+        as a train of FLAG_AEAD chunks of what follows its header."""
+        assert self.keyring is not None
+        sealed = self.keyring.seal(header, self._tun_view[:length])
+        if sealed is None:
+            self.forwarding.drop("no_key", peer)
+            return
+        train = self._trains.get(peer.peer_id)
+        if train is None:
+            train = self._trains[peer.peer_id] = Train(
+                self.sleeve.local_id, peer.peer_id, self.stride, self.keyring.bodies, FLAG_AEAD
+            )
+        self._send_parts(train.parts(len(sealed) - HEADER_SIZE), peer)
+
     def _send_train(self, peer: PeerState, total: int) -> None:
-        """The DATA body at the start of the TUN buffer as a train: one GSO ``sendmsg`` per
-        ``chunks_per_send`` chunks."""
+        """The DATA body at the start of the TUN buffer as a train."""
         train = self._trains.get(peer.peer_id)
         if train is None:
             train = self._trains[peer.peer_id] = Train(
                 self.sleeve.local_id, peer.peer_id, self.stride, self._tun_view
             )
-        parts = train.parts(total)
+        self._send_parts(train.parts(total), peer)
+
+    def _send_parts(self, parts: list[memoryview], peer: PeerState) -> None:
+        """A train's parts: one GSO ``sendmsg`` per ``chunks_per_send`` chunks."""
         if len(parts) <= 2 * self.chunks_per_send:
             self._send_gso(parts, peer)
             return

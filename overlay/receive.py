@@ -23,10 +23,25 @@ import struct
 import time
 from collections.abc import Callable
 
+from overlay import frame
 from overlay.forwarding import RELAY, SLOW, WRITE, Forwarding
-from overlay.frame import CHUNK_OVERHEAD, FLAG_AEAD, HEADER_SIZE, Buffer, DecodeError
+from overlay.frame import (
+    CHUNK_OVERHEAD,
+    DATA_CHUNK,
+    FLAG_AEAD,
+    HEADER,
+    HEADER_SIZE,
+    HOPS_AT,
+    MAX_BODY,
+    TYPE_AT,
+    VERSION,
+    Buffer,
+    DecodeError,
+    MessageType,
+)
 from overlay.peer import PeerState
-from overlay.seal import DESTINATION, DESTINATION_AT, FLAGS_AT, Keyring
+from overlay.reassembly import Reassembler
+from overlay.seal import AEAD_EXTRA, DESTINATION, DESTINATION_AT, FLAGS_AT, Keyring
 from overlay.train import TrainCheck
 from overlay.tun import TunDevice
 from overlay.udp import SOL_UDP, UDP_GRO, Address, UdpSocket
@@ -37,6 +52,7 @@ UDP_BUFFER = 65536 + 4096
 CMSG_SPACE = socket.CMSG_SPACE(4)
 DRAIN_BUDGET = 128  # datagrams or packets per wake-up before yielding to the other direction
 GRO_SIZE = struct.Struct("=i")
+DATA = int(MessageType.DATA)
 
 
 def failure(prefix: str, exc: OSError) -> str:
@@ -64,7 +80,10 @@ class Receiver:
         self._buf = bytearray(UDP_BUFFER)
         self._view = memoryview(self._buf)
         self._into = [self._buf]
-        self.trains = TrainCheck(self._buf, forwarding.local_id)
+        flags = 0 if keyring is None else FLAG_AEAD  # the trains taken in
+        self.trains = TrainCheck(self._buf, forwarding.local_id, flags)
+        self.sealed = Reassembler(drops=forwarding.drops, headroom=HEADER_SIZE)
+        self._whole = bytearray(HEADER_SIZE + MAX_BODY)  # a sealed train's frame, gathered
 
     def drain(self) -> None:
         """Read until EAGAIN or the budget is spent."""
@@ -86,7 +105,10 @@ class Receiver:
                 continue
             at = 0  # several datagrams coalesced by UDP_GRO, each ``stride`` long
             while at < n:
-                done = at if self.keyring is not None else self._train(at, n, stride, addr[0])
+                if self.keyring is None:
+                    done = self._train(at, n, stride, addr[0])
+                else:
+                    done = self._sealed_train(at, n, stride, addr)
                 if done == at:
                     done = min(n, at + stride)
                     receive(view[at:done], addr)
@@ -110,6 +132,42 @@ class Receiver:
         elif verdict == SLOW:
             return start
         return end
+
+    def _sealed_train(self, start: int, n: int, stride: int, addr: Address) -> int:
+        """The fast path for a whole sealed train at ``start``: its frame gathered into one
+        buffer, opened and taken in. Returns where it stopped; ``start`` when the general path
+        must take over."""
+        found = self.trains.intact(start, n, stride)
+        if found is None:
+            return start
+        source, total, count, end = found
+        if total < AEAD_EXTRA or total > MAX_BODY:
+            self.forwarding.refuse("chunk", addr[0])
+        elif self._sender(source, addr):
+            whole = self._whole
+            self.trains.gather(start, stride, count, end, whole, HEADER_SIZE)
+            hops = self._buf[start + HOPS_AT]
+            HEADER.pack_into(whole, 0, VERSION, DATA, FLAG_AEAD, hops, total - AEAD_EXTRA,
+                             source, self.forwarding.local_id)  # fmt: skip
+            self.forwarding.paths["sealed_train"] += 1
+            self._receive(memoryview(whole)[: HEADER_SIZE + total], addr)
+        return end
+
+    def _sender(self, source: int, addr: Address) -> bool:
+        """Whether frames of peer ``source`` may come from ``addr`` (refused and counted if
+        not), as the forwarding core decides for every plain frame."""
+        peer = self.forwarding.peers.get(source)
+        if peer is None:
+            self.forwarding.refuse("unknown_peer", addr[0])
+            return False
+        if addr[0] not in peer.accept_from:
+            self.forwarding.refuse("endpoint", addr[0], peer)
+            return False
+        return True
+
+    def expire(self, now: float) -> None:
+        """Forget sealed bodies whose chunks stopped coming (counted)."""
+        self.sealed.expire(now)
 
     def _receive(self, data: memoryview, addr: Address) -> None:
         fw = self.forwarding
@@ -142,7 +200,31 @@ class Receiver:
             self.forwarding.refuse("plain", addr[0])
             return None
         try:
+            if len(data) > TYPE_AT and data[TYPE_AT] == DATA_CHUNK:
+                return self._sealed_chunk(data, addr)
             return self.keyring.open(data)
         except DecodeError as exc:
             self.forwarding.refuse(exc.reason, addr[0])
             return None
+
+    def _sealed_chunk(self, data: memoryview, addr: Address) -> memoryview | None:
+        """Take one chunk of a sealed train in; the opened frame once the train is whole.
+        DecodeError when it or the whole is refused."""
+        assert self.keyring is not None
+        header = frame.decode_header(data, len(data))
+        if not header.flags & FLAG_AEAD:
+            raise DecodeError("plain")
+        offset, total = frame.decode_chunk(data, header)
+        if not self._sender(header.source, addr):
+            return None
+        now = time.monotonic()
+        whole = self.sealed.add(header.source, offset, total, data[CHUNK_OVERHEAD:], now)
+        if whole is None:
+            return None
+        if len(whole) < HEADER_SIZE + AEAD_EXTRA:
+            raise DecodeError("chunk")
+        HEADER.pack_into(whole, 0, VERSION, DATA, FLAG_AEAD, header.hops,
+                         len(whole) - HEADER_SIZE - AEAD_EXTRA, header.source,
+                         header.destination)  # fmt: skip
+        self.forwarding.paths["sealed_reassembled"] += 1
+        return self.keyring.open(memoryview(whole))

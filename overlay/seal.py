@@ -196,6 +196,11 @@ class Keyring:
         """What our record publishes: the newest key pair's id and public key."""
         return self._pairs[0].sleeve_key()
 
+    @property
+    def bodies(self) -> memoryview:
+        """Where ``seal`` leaves what follows a sealed frame's header (for a train's chunks)."""
+        return self._out_view[HEADER_SIZE:]
+
     def can_seal(self, peer_id: int) -> bool:
         """Whether frames to ``peer_id`` can be sealed (its key is known)."""
         return peer_id in self._sealing

@@ -39,13 +39,16 @@ def chunk_count(total: int, step: int) -> int:
 class Train:
     """The sending side of a train from ``source`` to ``destination``: chunk k carries bytes
     [k * step, (k + 1) * step) of the DATA body held in ``data``, each chunk ``stride`` bytes
-    long on the wire (a multiple of 8, so a receiver checks the headers as 8-byte words).
+    long on the wire (a multiple of 8, so a receiver checks the headers as 8-byte words). With
+    ``flags`` FLAG_AEAD, ``data`` holds what follows a sealed DATA frame's header instead.
 
     The chunk headers are built once; per train only the first chunk's total and the last
     chunk's length are written. ``parts`` hands back header/data views for one UDP_SEGMENT
     ``sendmsg``, nothing copied; they stay valid until the next call."""
 
-    def __init__(self, source: int, destination: int, stride: int, data: memoryview) -> None:
+    def __init__(
+        self, source: int, destination: int, stride: int, data: memoryview, flags: int = 0
+    ) -> None:
         self.step = step = stride - CHUNK_OVERHEAD
         count = chunk_count(MAX_BODY, step)
         self._data = data
@@ -57,7 +60,7 @@ class Train:
         for k in range(count):
             at = k * CHUNK_OVERHEAD
             CHUNK_FRAME.pack_into(
-                heads, at, VERSION, DATA_CHUNK, 0, DEFAULT_HOPS, self._full,
+                heads, at, VERSION, DATA_CHUNK, flags, DEFAULT_HOPS, self._full,
                 source, destination, k * step, 0,
             )  # fmt: skip
             self._parts += (view[at : at + CHUNK_OVERHEAD], data[k * step : (k + 1) * step])
@@ -86,10 +89,13 @@ class TrainCheck:
     Datagrams coalesced by GRO share one 5-tuple, so after a full check of the first chunk
     header the others need only show the same first 8 bytes (version, type, flags, hops,
     length; the last chunk's length is its own) and the next offset with no total: two compares
-    of 8-byte columns of the buffer against columns cached per first word and per step."""
+    of 8-byte columns of the buffer against columns cached per first word and per step. Only
+    trains whose chunks carry ``flags`` are recognised (FLAG_AEAD: sealed trains, whose body
+    ``gather`` copies out whole)."""
 
-    def __init__(self, buf: bytearray, local_id: int) -> None:
+    def __init__(self, buf: bytearray, local_id: int, flags: int = 0) -> None:
         self._buf = buf
+        self._flags = flags
         self._view = memoryview(buf)
         self._words = self._view.cast("Q")
         self._local_id = local_id
@@ -107,7 +113,7 @@ class TrainCheck:
             buf, start
         )
         if (
-            version != VERSION or flags or offset or dest != self._local_id
+            version != VERSION or flags != self._flags or offset or dest != self._local_id
             or length != stride - HEADER_SIZE or total <= 0
         ):  # fmt: skip
             return None
@@ -142,6 +148,16 @@ class TrainCheck:
         parts[-1] = self._view[start + (count - 1) * stride + CHUNK_OVERHEAD : end]
         parts[0] = self._view[start + CHUNK_OVERHEAD + RECORD_VNET : min(end, start + stride)]
         return parts
+
+    def gather(self, start: int, stride: int, count: int, end: int, out: bytearray, at: int) -> int:
+        """Copy the body of the intact train at ``start`` (ending at ``end``) into ``out`` from
+        ``at``; its length."""
+        view, step, pos = self._view, stride - CHUNK_OVERHEAD, at
+        for chunk in range(start + CHUNK_OVERHEAD, start + count * stride, stride):
+            stop = min(chunk + step, end)
+            out[pos : pos + stop - chunk] = view[chunk:stop]
+            pos += stop - chunk
+        return pos - at
 
     def _slices_of(self, stride: int) -> list[memoryview]:
         """The data part of every ``stride``-long datagram in the buffer."""

@@ -101,11 +101,24 @@ def pair(underlay: FakeUnderlay) -> Iterator[tuple[Node, Node]]:
     b.close()
 
 
-def wire(node: Node) -> list[bytes]:
-    """Every datagram the node's sockets sent since the last call."""
+def sends(node: Node) -> list[tuple[bytes, int | None]]:
+    """Every send of the node's sockets since the last call, with its GSO segment size."""
     host = ADDRS[node.name][0]
     socks = [s for s in node.sock.underlay.bound.values() if s.address[0] == host]
-    return [payload for s in socks for payload, _, _ in s.take()]
+    return [(payload, segment) for s in socks for payload, segment, _ in s.take()]
+
+
+def wire(node: Node) -> list[bytes]:
+    """Every datagram the node's sockets sent since the last call (a GSO send's segments)."""
+    return datagrams_of(sends(node))
+
+
+def datagrams_of(sent: list[tuple[bytes, int | None]]) -> list[bytes]:
+    out = []
+    for payload, segment in sent:
+        step = segment or len(payload)
+        out += [payload[at : at + step] for at in range(0, len(payload), step)]
+    return out
 
 
 def test_sealed_packets_of_every_shape_arrive_unchanged_and_never_in_clear(
@@ -115,15 +128,66 @@ def test_sealed_packets_of_every_shape_arrive_unchanged_and_never_in_clear(
     small = [packet(60 + i, gso=False) for i in range(5)]
     big = [packet(1200, gso=False), packet(60000)]
     a.send(*small, *big)
-    sent = wire(a)
-    assert len(sent) == 3  # one batch, the 1200-byte packet, the super-packet (not a train)
-    for datagram in sent:
+    sent = sends(a)
+    assert len(sent) == 3  # one batch, the 1200-byte packet, the super-packet's train
+    assert [segment is not None for _, segment in sent] == [False, False, True]
+    datagrams = datagrams_of(sent)
+    for datagram in datagrams:
         assert datagram[2] & FLAG_AEAD and MARKER not in datagram
-        assert frame.decode_header(datagram, len(datagram)).type == frame.MessageType.DATA
-    assert max(map(len, sent[:2])) <= UNDERLAY_MTU - frame.UNDERLAY_HEADERS
+        assert len(datagram) <= UNDERLAY_MTU - frame.UNDERLAY_HEADERS
+    kinds = [frame.decode_header(d, len(d)).type for d in datagrams]
+    assert kinds[:2] == [frame.MessageType.DATA] * 2
+    assert set(kinds[2:]) == {frame.MessageType.DATA_CHUNK}
     b.path.drain_udp()
     assert b.tun.take() == small + big
     assert b.sleeve.peers[a.id].counters.rx_packets == 7
+    assert b.sleeve.paths["sealed_train"] == 1  # the GRO read of the whole train
+
+
+def test_a_sealed_train_read_chunk_by_chunk_is_reassembled(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    big = packet(60000)
+    a.send(big)
+    chunks = wire(a)
+    b.sock.inbox.clear()
+    for chunk in chunks:
+        b.sock.queue(chunk, source=(ADDRS["a"][0], 40000))
+    b.path.drain_udp()
+    assert b.tun.take() == [big]
+    assert b.sleeve.paths["sealed_reassembled"] == 1
+
+
+def test_a_tampered_or_spoofed_chunk_delivers_nothing(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    a.send(packet(30000))
+    damaged = [bytearray(c) for c in wire(a)]
+    b.sock.inbox.clear()
+    damaged[1][-1] ^= 1  # a byte of the ciphertext: the reassembled frame fails
+    for piece in damaged:
+        b.sock.queue(bytes(piece), source=(ADDRS["a"][0], 40000))
+    b.path.drain_udp()
+    assert b.tun.take() == [] and b.sleeve.drops["auth"] == 1
+    a.send(packet(30000))
+    chunks = wire(a)
+    b.sock.inbox.clear()
+    b.sock.queue(chunks[0], source=("192.0.2.66", 6783))  # not a's host
+    b.path.drain_udp()
+    assert b.sleeve.drops["endpoint"] == 1
+    for chunk in chunks:
+        b.sock.queue(chunk, source=(ADDRS["a"][0], 40000))
+    b.path.drain_udp()
+    assert len(b.tun.take()) == 1  # the spoofed chunk did not break a's train
+
+
+def test_without_gso_a_sealed_super_packet_is_one_datagram(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    a.path.udp_gso = False
+    big = packet(30000)
+    a.send(big)
+    [(datagram, segment)] = sends(a)
+    assert segment is None and frame.decode_header(datagram, len(datagram)).type == 1
+    b.path.drain_udp()
+    assert b.tun.take() == [big]
 
 
 def test_heartbeats_are_sealed_and_establish_the_path(pair: tuple[Node, Node]) -> None:
@@ -195,7 +259,7 @@ def test_a_relay_passes_sealed_frames_it_cannot_open(underlay: FakeUnderlay) -> 
         pkts = [packet(60, dst="10.32.3.9", gso=False), packet(30000, dst="10.32.3.9")]
         a.send(*pkts)
         b.path.drain_udp()
-        assert b.tun.take() == [] and b.sleeve.peers[c.id].counters.relayed == 2
+        assert b.tun.take() == [] and b.sleeve.peers[c.id].counters.relayed >= 2
         assert all(MARKER not in d for d in wire(b))
         c.path.drain_udp()
         assert c.tun.take() == pkts

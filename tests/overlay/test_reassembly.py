@@ -77,3 +77,11 @@ def test_arbitrary_input_never_raises_and_stays_bounded(items) -> None:
         if out is not None:
             assert offset + len(piece) == len(out)
         assert len(r) <= 4
+
+
+def test_headroom_is_left_before_the_body_for_the_caller() -> None:
+    r = Reassembler(headroom=24)
+    assert r.add(7, 0, 6, b"abc", 0.0) is None
+    whole = r.add(7, 3, 6, b"def", 0.0)
+    assert whole is not None and len(whole) == 30 and bytes(whole[24:]) == b"abcdef"
+    assert r.add(7, 0, 2, b"abc", 0.0) is None and r.drops["chunk_overrun"] == 1

@@ -165,3 +165,20 @@ def test_decode_chunk_reasons(offset: int, total: int, length: int) -> None:
     with pytest.raises(DecodeError) as exc:
         frame.decode_chunk(data, frame.decode_header(data, len(data)))
     assert exc.value.reason == "chunk"
+
+
+@pytest.mark.parametrize("total", [STEP + 1, 9000, 60000])
+def test_a_flagged_train_is_found_only_by_a_check_for_its_flag_and_gathered_whole(
+    total: int,
+) -> None:
+    body = body_of(total, 3)
+    data = wire(Train(SOURCE, DESTINATION, STRIDE, memoryview(body), frame.FLAG_AEAD), total)
+    assert {p[2] for p in chunks(data)} == {frame.FLAG_AEAD}
+    buf = read_of(data)
+    assert TrainCheck(buf, DESTINATION).intact(0, len(data), STRIDE) is None
+    check = TrainCheck(buf, DESTINATION, frame.FLAG_AEAD)
+    found = check.intact(0, len(data), STRIDE)
+    assert found is not None and found[:2] == (SOURCE, total)
+    out = bytearray(24 + frame.MAX_BODY)
+    assert check.gather(0, STRIDE, found[2], found[3], out, 24) == total
+    assert out[24 : 24 + total] == body[:total]
