@@ -90,6 +90,11 @@ class Holdings:
         """What ``name`` holds of the space its claim owns: what may be routed to it."""
         return intersect(self.held.get(name, []), claim.owned)
 
+    def forget(self, nets: Iterable[Net]) -> None:
+        """``nets`` became ours (a grant taken up, a peer reclaimed): no one else holds them."""
+        nets = list(nets)
+        self.held = {n: kept for n, h in self.held.items() if (kept := space.subtract(h, nets))}
+
     def update(
         self, claims: Mapping[str, Claim], ours: Iterable[Net], our_grants: Iterable[Grant]
     ) -> list[Refusal]:
@@ -107,14 +112,11 @@ class Holdings:
             n: space.subtract(s, [*self.held.get(n, []), *self._handed(claims[n], ours)])
             for n, s in shaped.items()
         }
-        taken: dict[str, list[Net]] = {}
-        for name, pieces in fresh.items():
-            for net in pieces:
-                refusal = self._blocker(name, net, claims, ours, our_grants, fresh)
-                if refusal is None:
-                    taken.setdefault(name, []).append(net)
-                else:
-                    refusals.append(refusal)
+        free = {
+            n: self._unblocked(n, f, claims, ours, our_grants, refusals) for n, f in fresh.items()
+        }
+        taken = {n: self._uncontested(n, f, claims, free, refusals) for n, f in free.items()}
+        taken = {n: t for n, t in taken.items() if t}
         for name, nets in taken.items():
             self.held[name] = space.collapse([*self.held.get(name, []), *nets])
         if taken:
@@ -161,33 +163,52 @@ class Holdings:
                 kept.append(net)
         return space.collapse(kept)
 
-    def _blocker(
+    def _unblocked(
         self,
         name: str,
-        net: Net,
+        fresh: list[Net],
         claims: Mapping[str, Claim],
         ours: list[Net],
         our_grants: list[Grant],
-        fresh: Mapping[str, list[Net]],
-    ) -> Refusal | None:
-        """Why ``name`` may not take ``net``, newly claimed; None when it may."""
-        if space.overlaps([net], ours):
-            return Refusal(name, net, "ours", f"{net} overlaps this node's space")
-        for g_net, grantee, _serial in our_grants:
-            if grantee != name and net.overlaps(g_net):
-                return Refusal(name, net, "ours", f"{net} overlaps a grant to {grantee}")
-        for other, held in sorted(self.held.items()):
-            overlap = intersect([net], held) if other != name else []
-            if overlap and not _covers_all(granted(claims.get(other), name), overlap):
-                return Refusal(name, net, "held", f"{net} is held by {other}")
-        for other, pieces in sorted(fresh.items()):
-            overlap = intersect([net], pieces) if other != name else []
-            if overlap and not (
-                _covers_all(granted(claims.get(other), name), overlap)
-                or _covers_all(granted(claims.get(name), other), overlap)
-            ):
-                return Refusal(name, net, "contested", f"{net} is also claimed by {other}")
-        return None
+        refusals: list[Refusal],
+    ) -> list[Net]:
+        """What ``name`` may take of its ``fresh`` claims as far as we and the holders go."""
+        blockers = [(ours, "ours", "overlaps this node's space")]
+        blockers += [([g[0]], "ours", f"overlaps a grant to {g[1]}") for g in our_grants
+                     if g[1] != name]  # fmt: skip
+        blockers += [
+            (space.subtract(held, granted(claims.get(other), name)), "held", f"is held by {other}")
+            for other, held in sorted(self.held.items())
+            if other != name
+        ]
+        left = fresh
+        for blocking, reason, words in blockers:
+            overlap = intersect(left, blocking) if left else []
+            refusals += [Refusal(name, net, reason, f"{net} {words}") for net in overlap]
+            left = space.subtract(left, overlap)
+        return left
+
+    def _uncontested(
+        self,
+        name: str,
+        free: list[Net],
+        claims: Mapping[str, Claim],
+        everyone: Mapping[str, list[Net]],
+        refusals: list[Refusal],
+    ) -> list[Net]:
+        """What ``name`` may take of ``free`` that no other peer newly claims too (a grant
+        between the two settles it: the grantee's)."""
+        left = free
+        for other, theirs in sorted(everyone.items()):
+            if other == name or not left:
+                continue
+            overlap = intersect(left, theirs)
+            overlap = space.subtract(overlap, granted(claims.get(other), name))
+            overlap = space.subtract(overlap, granted(claims.get(name), other))
+            words = f"is also claimed by {other}"
+            refusals += [Refusal(name, net, "contested", f"{net} {words}") for net in overlap]
+            left = space.subtract(left, overlap)
+        return left
 
 
 def _covers_all(space_: Iterable[Net], nets: Iterable[Net]) -> bool:

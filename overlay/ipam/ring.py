@@ -217,6 +217,7 @@ class Ring(RingState):
                     continue  # never take space we cannot hold alone
                 self.ring = c.ring
                 self.owned = space.collapse([*self.owned, net])
+                self.holdings.forget([net])
                 self.want = None
 
     def _grant_refused(self, granter: str, net: Net) -> tuple[str, str] | None:
@@ -329,6 +330,7 @@ class Ring(RingState):
         taken = [] if view.claim.ring != self.ring else space.subtract(held, self.owned)
         self.owned = space.collapse([*self.owned, *taken])
         self.holdings.held.pop(name, None)
+        self.holdings.forget(taken)
         self.removed = [r for r in self.removed if r[0] != name] + [(name, view.incarnation)]
         del self.removed[:-MAX_REMOVED]
         del self.known[name]

@@ -7,7 +7,7 @@ others see on their next step, as gossip would carry it.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from agent.config import StaticPeer
@@ -19,6 +19,7 @@ from gossip.identity import name_for, peer_id
 from gossip.topology import PeerRecord
 from overlay import node
 from overlay.ipam import space
+from overlay.ipam.claim import decode
 
 Net = ipaddress.IPv4Network
 RANGE = Net("10.32.0.0/16")
@@ -63,9 +64,11 @@ class Cluster:
         self.nodes = {n.name: n for n in nodes}
         self.live = set(self.nodes)
         self.now = 0.0
+        self.strangers: dict[str, PeerRecord] = {}  # records no node of ours published
 
     def view_of(self, n: Node) -> View:
         records = {m.name: m.record() for m in self.nodes.values() if m.version}
+        records.update(self.strangers)
         others = [r for name, r in records.items() if name != n.name and name in self.live]
         members = tuple(Member(r.name, r.nickname, r.data_endpoint, None, r) for r in others)
         return View(members, records, frozenset(self.live))
@@ -242,3 +245,80 @@ def test_the_grace_keeps_nothing_once_the_peer_is_back() -> None:
     assert plan.node is not None and plan.node.remote_blocks == kept
     assert n.coordinator.step(3.0, wall(3.0), View(), ()).node is not None
     assert n.coordinator.node is not None and n.coordinator.node.remote_blocks == frozenset()
+
+
+# -- a stranger's claims (no secret: it completed a plain handshake and gossips its record) -----
+
+X = "ee:00:00:00:00:01"
+
+
+def stranger_record(fields: dict[str, Any], version: int = 1) -> PeerRecord:
+    return PeerRecord(
+        name=X, nickname="stranger", incarnation=1, version=version, uid=99,
+        data_endpoint=("192.168.1.66", 6783), control_endpoint=("192.168.1.66", 6783), **fields,
+    )  # fmt: skip
+
+
+def claim_of(n: Node, **changes: Any) -> dict[str, Any]:
+    """``n``'s published claim with ``changes``, as a record's ``blocks`` and ``meta``."""
+    claim = replace(decode(n.fields["blocks"], n.fields["meta"]), **changes)
+    return {"blocks": tuple(map(str, claim.owned)), "meta": claim.encode()}
+
+
+def routed_to(n: Node, name: str) -> tuple[Net, ...]:
+    peers = latest(n, "peers") or ()
+    return next((p.blocks for p in peers if p.peer_name == name), ())
+
+
+def test_a_strangers_claim_on_a_live_nodes_block_is_never_routed() -> None:
+    a, b, c = (gossip_node(x, i, quorum=2) for i, x in enumerate((A, B, C), 1))
+    cluster = Cluster(a, b, c)
+    cluster.run(40)
+    block = b.ipam.owned[0]
+    before = {n.name: latest(n, "node").remote_blocks for n in (a, b, c)}
+    cluster.strangers[X] = stranger_record(claim_of(b, grants=(), want=None))
+    cluster.live.add(X)
+    cluster.run(4)  # the old code routed it to the stranger within one step
+    for n in (a, c):
+        assert routed_to(n, X) == ()
+        assert block in routed_to(n, B)
+    for n in (a, b, c):
+        assert latest(n, "node").remote_blocks == before[n.name]
+    assert block not in latest(b, "node").remote_blocks  # the bridge keeps its route
+    status = b.ipam.status({}, set(), "node-2")
+    assert status.conflict is not None and "refused claims" in status.conflict
+    assert b.ipam.refusals.counts["ours"] == 1 and a.ipam.refusals.counts["held"] == 1
+
+
+def test_a_strangers_claim_on_a_live_nodes_block_is_not_routed_after_a_restart() -> None:
+    a, b = gossip_node(A, 1, quorum=2), gossip_node(B, 2, quorum=2)
+    cluster = Cluster(a, b)
+    cluster.run(30)
+    cluster.strangers[X] = stranger_record(claim_of(b, grants=(), want=None))
+    cluster.live.add(X)
+    cluster.run(2)
+    restarted = gossip_node(A, 10, quorum=2, state=a.ipam.document())
+    cluster.nodes[A] = restarted
+    restarted.fields, restarted.version = a.fields, a.version
+    cluster.run(4)  # the restart reads every claim at once: history comes from its state
+    assert routed_to(restarted, X) == ()
+    assert routed_to(restarted, B) == tuple(b.ipam.owned)
+
+
+def test_a_kube_nodes_block_claimed_by_a_stranger_is_not_routed() -> None:
+    blocks = {A: Net("10.32.1.0/24"), B: Net("10.32.2.0/24")}
+    nodes = []
+    for i, name in enumerate((A, B), 1):
+        ipam = Ipam(Settings(RANGE, 24, pod_block=blocks[name]), name, i, None)
+        nodes.append(Node(name, ipam, Coordinator(ipam, BASE), i))
+    a, b = nodes
+    cluster = Cluster(a, b)
+    cluster.run(3)
+    assert routed_to(a, B) == (blocks[B],)
+    cluster.strangers[X] = stranger_record({"blocks": (str(blocks[B]), str(blocks[A]))})
+    cluster.live.add(X)
+    cluster.run(3)
+    assert routed_to(a, X) == () and routed_to(b, X) == ()
+    assert routed_to(a, B) == (blocks[B],)
+    assert latest(a, "node").remote_blocks == frozenset({blocks[B]})
+    assert {r.reason for r in a.ipam.holdings.refused.values()} == {"ours", "held"}

@@ -10,6 +10,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -519,6 +520,40 @@ def test_corrupt_state_file_is_an_error_not_a_fresh_start(tmp_path: Path) -> Non
     (tmp_path / STATE_FILE).write_bytes(b"{not json")
     with pytest.raises(store.StoreError, match=STATE_FILE):
         kube(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [{}, {"ring": None}, {"pool": {"block_prefix": 28, "owned": [], "allocations": []}},
+     {"ring": None, "pool": None}, {"ring": [], "pool": {}}],
+)  # fmt: skip
+def test_a_state_file_without_what_a_node_holds_is_refused_like_a_corrupt_one(
+    tmp_path: Path, document: dict[str, Any]
+) -> None:
+    path = tmp_path / STATE_FILE
+    path.write_text(json.dumps({"format": 1, **document}))
+    with pytest.raises(store.StoreError, match=STATE_FILE):
+        kube(tmp_path)
+    assert json.loads(path.read_text()) == {"format": 1, **document}  # left as it was
+
+
+async def test_the_state_is_written_off_the_event_loop_in_the_order_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[tuple[int, int]] = []
+    save = store.save
+
+    def spy(path: str, document: Any) -> None:
+        writes.append((threading.get_ident(), document["n"]))
+        save(path, document)
+
+    monkeypatch.setattr(store, "save", spy)
+    state = StateFile(str(tmp_path))
+    await asyncio.gather(*(state.flush({"n": n}) for n in range(6)))
+    state.close()
+    assert writes and threading.get_ident() not in {thread for thread, _n in writes}
+    assert [n for _thread, n in writes] == sorted(n for _thread, n in writes)
+    assert writes[-1][1] == 5 and store.load(state.path) == {"n": 5}
 
 
 # -- status -----------------------------------------------------------------------------------

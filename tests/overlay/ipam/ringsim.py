@@ -48,6 +48,7 @@ class RingSim:
         self.peers: list[Peer] = []
         self.groups: dict[int, int] | None = None
         self.rings_seeded: set[Any] = set()
+        self.strangers: dict[str, View] = {}  # hostile claims every live peer reads, live
         for _ in range(n):
             self.join()
 
@@ -111,6 +112,7 @@ class RingSim:
                 if q is not p and self.connected(p, q) and self.rng.random() < 0.5:
                     assert q.published is not None
                     p.views[q.name] = q.published
+            p.views.update(self.strangers)
         for p in self.rng.sample(self.live(), len(self.live())):
             self._step(p)
         self.check()
@@ -182,7 +184,7 @@ class RingSim:
         return self.groups.get(i, 0) == self.groups.get(j, 0)
 
     def live_names(self, p: Peer) -> set[str]:
-        return {q.name for q in self.live() if self.connected(p, q)}
+        return {q.name for q in self.live() if self.connected(p, q)} | self.strangers.keys()
 
     # -- invariants ---------------------------------------------------------------------------
 
@@ -208,6 +210,14 @@ class RingSim:
                         f"ring {ring}: {name_a} {owned_a} and {name_b} {owned_b} overlap"
                     )
                     assert not space.overlaps(owned_a, grants_a), f"{name_a} owns its grant"
+        for p in self.live():
+            held = [(n, h) for n, h in p.ring.holdings.held.items()]
+            for a, (name_a, held_a) in enumerate(held):
+                assert not space.overlaps(held_a, p.ring.owned), f"{p.name}: {name_a} holds ours"
+                for name_b, held_b in held[a + 1 :]:
+                    assert not space.overlaps(held_a, held_b), (
+                        f"{p.name} sees {name_a} {held_a} and {name_b} {held_b} hold the same"
+                    )
         used = [(p.name, b) for p in self.holders() for b in p.used]
         seen: dict[tuple[Any, Net], str] = {}
         for name, block in used:
