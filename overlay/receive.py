@@ -83,7 +83,6 @@ class Receiver:
         flags = 0 if keyring is None else FLAG_AEAD  # the trains taken in
         self.trains = TrainCheck(self._buf, forwarding.local_id, flags)
         self.sealed = Reassembler(drops=forwarding.drops, headroom=HEADER_SIZE)
-        self._whole = bytearray(HEADER_SIZE + MAX_BODY)  # a sealed train's frame, gathered
 
     def drain(self) -> None:
         """Read until EAGAIN or the budget is spent."""
@@ -144,13 +143,11 @@ class Receiver:
         if total < AEAD_EXTRA or total > MAX_BODY:
             self.forwarding.refuse("chunk", addr[0])
         elif self._sender(source, addr):
-            whole = self._whole
-            self.trains.gather(start, stride, count, end, whole, HEADER_SIZE)
-            hops = self._buf[start + HOPS_AT]
-            HEADER.pack_into(whole, 0, VERSION, DATA, FLAG_AEAD, hops, total - AEAD_EXTRA,
-                             source, self.forwarding.local_id)  # fmt: skip
+            header = HEADER.pack(VERSION, DATA, FLAG_AEAD, self._buf[start + HOPS_AT],
+                                 total - AEAD_EXTRA, source, self.forwarding.local_id)  # fmt: skip
+            whole = b"".join((header, *self.trains.body(start, stride, count, end)))
             self.forwarding.paths["sealed_train"] += 1
-            self._receive(memoryview(whole)[: HEADER_SIZE + total], addr)
+            self._receive(memoryview(whole), addr)
         return end
 
     def _sender(self, source: int, addr: Address) -> bool:

@@ -90,8 +90,8 @@ class TrainCheck:
     header the others need only show the same first 8 bytes (version, type, flags, hops,
     length; the last chunk's length is its own) and the next offset with no total: two compares
     of 8-byte columns of the buffer against columns cached per first word and per step. Only
-    trains whose chunks carry ``flags`` are recognised (FLAG_AEAD: sealed trains, whose body
-    ``gather`` copies out whole)."""
+    trains whose chunks carry ``flags`` are recognised (FLAG_AEAD: sealed trains, whose
+    ``body`` is joined and opened whole)."""
 
     def __init__(self, buf: bytearray, local_id: int, flags: int = 0) -> None:
         self._buf = buf
@@ -149,15 +149,14 @@ class TrainCheck:
         parts[0] = self._view[start + CHUNK_OVERHEAD + RECORD_VNET : min(end, start + stride)]
         return parts
 
-    def gather(self, start: int, stride: int, count: int, end: int, out: bytearray, at: int) -> int:
-        """Copy the body of the intact train at ``start`` (ending at ``end``) into ``out`` from
-        ``at``; its length."""
-        view, step, pos = self._view, stride - CHUNK_OVERHEAD, at
-        for chunk in range(start + CHUNK_OVERHEAD, start + count * stride, stride):
-            stop = min(chunk + step, end)
-            out[pos : pos + stop - chunk] = view[chunk:stop]
-            pos += stop - chunk
-        return pos - at
+    def body(self, start: int, stride: int, count: int, end: int) -> list[memoryview]:
+        """Views of the whole body of the intact train at ``start`` that ends at ``end`` (a
+        sealed train's, to be joined and opened); valid until the next call."""
+        slices = self._slices.get(stride) or self._slices_of(stride)
+        at = start // stride
+        parts = slices[at : at + count]
+        parts[-1] = self._view[start + (count - 1) * stride + CHUNK_OVERHEAD : end]
+        return parts
 
     def _slices_of(self, stride: int) -> list[memoryview]:
         """The data part of every ``stride``-long datagram in the buffer."""
