@@ -77,6 +77,7 @@ class MeshDriver:
         self.server_socket = server_socket
         self.on_event = on_event or (lambda event: None)
         self.writers: dict[Hashable, asyncio.StreamWriter] = {}
+        self.seals: dict[Hashable, Callable[[bytes], bytes]] = {}
         self.remotes: dict[Hashable, str] = {}  # conn id -> "addr|name(nick)" for logs
         # The host each neighbour was reached at (dialled, or the source of its connection):
         # what its record advertises may be on a segment we cannot reach.
@@ -236,7 +237,7 @@ class MeshDriver:
             self._pump()
             return
         log.info("->[%s] connection ready; using protocol version %d", where, result.version)
-        self._established(conn, remote, writer, addr, where, host)
+        self._established(conn, result, writer, addr, where, host)
         try:
             for msg_type, fields in result.messages:
                 self.mesh.receive(conn, msg_type, fields, time.monotonic())
@@ -266,13 +267,15 @@ class MeshDriver:
     def _established(
         self,
         conn: int,
-        remote: Hello,
+        accepted: Accepted,
         writer: asyncio.StreamWriter,
         addr: Address | None,
         where: str,
         host: str | None,
     ) -> None:
         self.writers[conn], self.remotes[conn] = writer, where
+        self.seals[conn] = accepted.seal  # what we write goes through it (sealed sessions)
+        remote = accepted.remote
         if host is not None:
             self.observed[remote.name] = host
         peer = where.partition("|")[2]  # name(nickname), the nickname escaped
@@ -292,6 +295,7 @@ class MeshDriver:
         if addr is not None:
             self.outbound.pop(addr, None)
         self.writers.pop(conn, None)
+        self.seals.pop(conn, None)
         name = self.remotes.pop(conn, "").partition("|")[2].partition("(")[0]
         if name not in self.mesh.topology.records:  # a stranger that never sent its record
             self.observed.pop(name, None)
@@ -328,7 +332,9 @@ class MeshDriver:
         counted: list[int],
         dialled: bool,
     ) -> Accepted:
-        shake = Handshake(self.hello, initiator=dialled, secrets=self.secrets)
+        shake = Handshake(
+            self.hello, initiator=dialled, secrets=self.secrets, seal=self.secrets.enabled
+        )
         writer.write(shake.start())
         result = None
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):
@@ -373,7 +379,8 @@ class MeshDriver:
                 self.mesh.rejections.add("slow_peer", where, f"over {MAX_BUFFERED} bytes unsent")
                 writer.close()
                 continue
-            writer.write(data)
+            seal = self.seals.get(conn)
+            writer.write(seal(data) if seal is not None else data)
         for conn in self.mesh.to_close():
             writer = self.writers.get(conn)
             if writer is not None:

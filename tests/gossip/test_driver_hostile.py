@@ -20,6 +20,7 @@ from gossip.handshake import Accepted, Handshake, Hello
 from gossip.keepalive import FEATURE
 from gossip.mesh import Mesh, MeshConfig
 from gossip.record import MAX_STAMP
+from gossip.secret import Secrets
 from gossip.topology import PeerRecord, Topology
 from gossip.wire import MessageType
 from tests.gossip.test_driver import (
@@ -241,3 +242,41 @@ async def test_a_nickname_reaches_the_status_escaped(start_peer: StartPeer) -> N
     [entry] = a.driver.connections()
     assert entry["peer"] == f"{evil.name}(evil\\x1b[2J\\u202e)"
     close(stream)
+
+
+async def start_with_secret(name: str, secret: bytes, seeds: tuple[Address, ...] = ()) -> Peer:
+    sock = listening_socket()
+    endpoint: Address = sock.getsockname()
+    hello = hello_for(name, endpoint)
+    record = PeerRecord(
+        name=hello.name, nickname=name, incarnation=1, version=1, uid=hello.uid,
+        data_endpoint=endpoint, control_endpoint=endpoint,
+    )  # fmt: skip
+    config = MeshConfig(gossip_interval=0.02, repair_interval=0.2)
+    mesh = Mesh(Topology(record), config, random.Random(5), seeds)
+    driver = MeshDriver(mesh, hello, endpoint, server_socket=sock, secrets=Secrets((secret,)))
+    return Peer(driver, asyncio.get_running_loop().create_task(driver.run()))
+
+
+async def test_with_a_secret_the_stream_is_sealed_and_a_stranger_is_refused() -> None:
+    secret = b"correct horse battery staple"
+    a = await start_with_secret("a", secret)
+    b = await start_with_secret("b", secret, seeds=(a.address,))
+    try:
+        await until(lambda: connected(a, b))
+        conn = a.mesh.by_name[b.name]
+        session = a.driver.seals[conn].__self__  # type: ignore[attr-defined]  # its Accepted
+        assert isinstance(session, Accepted) and session.sealed
+        a.mesh.set_local(0.0, blocks=("10.32.0.0/24",))
+        a.driver.flush()
+        await until(lambda: b.mesh.topology.records[a.name].blocks == ("10.32.0.0/24",))
+        reader, writer = await asyncio.open_connection(*a.address)
+        stranger = Handshake(hello_for("stranger", ("127.0.0.1", 9)), initiator=True)
+        writer.write(stranger.start())
+        assert await closed_by_peer(reader)
+        writer.close()
+        await until(lambda: "handshake_refused" in a.mesh.rejections.counts)
+        assert set(a.mesh.by_name) == {b.name}
+    finally:
+        await stop(a)
+        await stop(b)
