@@ -80,7 +80,7 @@ from gossip.wire import (
 )
 
 MAX_REASON = 200  # characters of a peer's refusal reason we repeat in our logs
-CONFIRM = 10  # the CONFIRM message's type (for gossip/wire.py's MessageType to declare)
+CONFIRM = MessageType.CONFIRM
 TRANSCRIPT_LABEL = b"weave-py handshake v1"
 
 

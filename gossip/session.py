@@ -29,9 +29,9 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gossip.secret import derive
-from gossip.wire import MAX_MESSAGE, DecodeError, Decoder, Message, encode
+from gossip.wire import MAX_MESSAGE, DecodeError, Decoder, Message, MessageType, encode
 
-SEALED = 11  # the SEALED message's type (for gossip/wire.py's MessageType to declare)
+SEALED = MessageType.SEALED
 FEATURE = "sealed"  # the HELLO feature of peers that seal their control stream
 PIECE = 64 * 1024  # most plain bytes in one SEALED message
 TAG_SIZE = 16

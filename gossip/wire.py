@@ -53,7 +53,7 @@ VersionRange = tuple[int, int]
 
 
 class MessageType(IntEnum):
-    """The type of a control message, its ``"t"`` field; new types take numbers above 9."""
+    """The type of a control message, its ``"t"`` field; new types take numbers above 11."""
 
     HELLO = 1  # identity, endpoints and features; first message each way
     REFUSE = 2  # "reason": why the sender closes the connection during the handshake
@@ -62,6 +62,8 @@ class MessageType(IntEnum):
     REQUEST = 5  # "names": records the sender wants in full
     GOODBYE = 6  # clean departure: the sender is shutting down
     KEEPALIVE = 9  # nothing else to say; sent to peers whose HELLO lists the "keepalive" feature
+    CONFIRM = 10  # with a secret: the HMAC over the handshake's transcript (gossip/handshake.py)
+    SEALED = 11  # with a secret: a sealed piece of the control stream (gossip/session.py)
 
 
 RESERVED = frozenset({7, 8})  # taken numbers with no message defined: never reuse them

@@ -24,6 +24,8 @@ SAMPLES: dict[MessageType, dict[str, Any]] = {
     MessageType.REQUEST: {"names": ["aa:bb:cc:dd:ee:ff"]},
     MessageType.GOODBYE: {},
     MessageType.KEEPALIVE: {},
+    MessageType.CONFIRM: {"i": 0, "mac": b"\x01" * 32},
+    MessageType.SEALED: {"c": b"\x02" * 40},
 }
 
 
@@ -54,6 +56,8 @@ def test_message_type_numbers_are_the_protocol() -> None:
         ("REQUEST", 5),
         ("GOODBYE", 6),
         ("KEEPALIVE", 9),
+        ("CONFIRM", 10),
+        ("SEALED", 11),
     ]
 
 
