@@ -131,7 +131,7 @@ class Forwarding:
             self.drop("tun_not_ipv4")
             return None
         source, destination = ADDRESSES.unpack_from(buf, RECORD_IP + IPV4_SRC_AT)
-        if not self.trust.outbound(source):
+        if not self.is_local(source) and not self.trust.outbound(source):
             self.drop("tun_source")
             self.trust.refused("tun_source", f"tun ({ipaddress.IPv4Address(source)})")
             return None
@@ -188,10 +188,12 @@ class Forwarding:
         if size < IPV4_MIN or buf[ip] >> 4 != 4:
             self.refuse("not_ipv4", host, peer)
             return DROP
-        reason = self.trust.inbound(peer, *ADDRESSES.unpack_from(buf, ip + IPV4_SRC_AT))
-        if reason is not None:
-            self.refuse(reason, host, peer)
-            return DROP
+        source, destination = ADDRESSES.unpack_from(buf, ip + IPV4_SRC_AT)
+        if not self.is_local(destination) or self.peer_for(source) is not peer:
+            reason = self.trust.inbound(peer, source, destination)  # the rules, in full
+            if reason is not None:
+                self.refuse(reason, host, peer)
+                return DROP
         self.paths["gro_train"] += 1
         counters = peer.counters
         counters.rx_packets += 1
@@ -269,16 +271,20 @@ class Forwarding:
     def _records(self, body: memoryview, pos: int, end: int, peer: PeerState, host: str) -> int:
         """WRITE with the DATA body's packets the trust rules accept in ``packets`` (the others
         and a malformed rest counted as drops), DROP when there is none."""
-        packets, inbound, counters = self.packets, self.trust.inbound, peer.counters
+        packets, counters = self.packets, peer.counters
+        is_local, peer_for, inbound = self.is_local, self.peer_for, self.trust.inbound
         packets.clear()
         try:
             while pos < end:
                 stop = frame.record_end(body, pos, end)
                 ip = pos + RECORD_IP
+                reason: str | None = None
                 if stop - ip < IPV4_MIN or body[ip] >> 4 != 4:
-                    reason: str | None = "not_ipv4"
-                else:
-                    reason = inbound(peer, *ADDRESSES.unpack_from(body, ip + IPV4_SRC_AT))
+                    reason = "not_ipv4"
+                else:  # a pod of the peer's to one of ours passes two cached lookups
+                    source, destination = ADDRESSES.unpack_from(body, ip + IPV4_SRC_AT)
+                    if not is_local(destination) or peer_for(source) is not peer:
+                        reason = inbound(peer, source, destination)
                 if reason is None:
                     packets.append(body[pos + RECORD_VNET : stop])
                     counters.rx_packets += 1
