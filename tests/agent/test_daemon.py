@@ -9,6 +9,7 @@ import dataclasses
 import errno
 import ipaddress
 import json
+import logging
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from agent import client, errors
+from agent import client, errors, status
 from agent.addresses import STATE_FILE
 from agent.api import Api
 from agent.config import Config, StaticPeer
@@ -338,3 +339,26 @@ async def test_a_dead_task_is_named_by_healthz_and_sigterm_still_stops(
         assert code == 200
         os.kill(os.getpid(), signal.SIGTERM)  # the loop's handler takes it
         await asyncio.wait_for(running, 10)
+
+
+async def test_the_secret_is_in_no_view_metric_or_log_line(
+    fake: FakeKernel,
+    tmp_path: Path,
+    threads: list[ThreadPoolExecutor],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    secret = "correct-horse-battery-staple-41"
+    with caplog.at_level(logging.DEBUG):
+        agent = build(fake, make_config(tmp_path, password=secret), threads)
+        await agent.start()
+        try:
+            for _ in range(3):
+                await agent.follow()
+            api = Api(agent.report)
+            answers = [api.respond("GET", p)[2] for p in ("/report", "/metrics", "/status")]
+            answers += [api.respond("GET", f"/status/{view}")[2] for view in status.VIEWS]
+        finally:
+            agent.close()
+    assert agent.source.kind == "gossip" and answers[0].startswith("{")
+    for text in [*answers, *(r.getMessage() for r in caplog.records)]:
+        assert secret not in text
