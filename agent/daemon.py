@@ -29,7 +29,7 @@ from agent.addresses import Addresses, StateFile
 from agent.api import Api, listen_tcp, listen_unix
 from agent.cni.handler import Handler
 from agent.cni.network import KernelPodNetwork
-from agent.cni.server import CniServer, serve
+from agent.cni.server import serve
 from agent.config import Config, split_hostport
 from agent.coordinator import ROUTE_GRACE, Coordinator, Plan
 from agent.execution import Execution
@@ -43,7 +43,7 @@ from agent.peers.startup import prepare
 from agent.readiness import ReadinessLog, missing
 from agent.refusals import LOG_INTERVAL, Tallies
 from agent.report import Report, Router
-from agent.supervisor import Supervisor, exit_if_stuck
+from agent.supervisor import Supervisor, close_server, exit_if_stuck
 from gossip.identity import Identity
 from overlay import node, udp
 from overlay.datapath import Datapath
@@ -89,13 +89,9 @@ class Agent:
         self.cni_serving = not c.cni_socket  # (no socket configured: nothing to wait for)
         self._readiness = ReadinessLog(str(identity))
         self.tallies = Tallies()
-        self.execution = Execution(
-            kernel,
-            self.state.flush,
-            self.ipam.document,
-            self.source.publish,
-            self.tallies.add("plan action", log),
-        )
+        failures = self.tallies.add("plan action", log)
+        self.execution = Execution(kernel, self.state.flush, self.ipam.document,
+                                   self.source.publish, failures)  # fmt: skip
         self.supervisor = Supervisor()
 
     # -- the coordinator's driver -------------------------------------------------------------
@@ -212,13 +208,13 @@ class Agent:
             public = Api(self.report, True, None, c.peer_metrics, self.tallies)
             servers["metrics"] = await listen_tcp(*hostport, public)
         for name, server in servers.items():
-            stack.push_async_callback(_close, server)
+            stack.push_async_callback(close_server, server)
             self.supervisor.watch(name, server.is_serving)
         if c.cni_socket:
             cni = await serve(c.cni_socket, Handler(self.addresses, self.network).handle,
                               self.tallies)  # fmt: skip
             self.cni_serving = True
-            stack.push_async_callback(_close, cni)
+            stack.push_async_callback(close_server, cni)
             self.supervisor.watch("cni", lambda: cni.serving)
 
     def close(self) -> None:
@@ -299,10 +295,3 @@ def _on_signal(stop: asyncio.Event, bail: list[threading.Timer]) -> None:
     if not stop.is_set():
         bail.append(exit_if_stuck(SHUTDOWN_GRACE))
     stop.set()
-
-
-async def _close(server: asyncio.AbstractServer | CniServer) -> None:
-    server.close()
-    with contextlib.suppress(TimeoutError):  # a client that never reads cannot hold the stop
-        async with asyncio.timeout(1.0):
-            await server.wait_closed()

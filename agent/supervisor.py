@@ -12,11 +12,14 @@ liveness probe restarts the agent while its readiness and views still say what w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
+
+from agent.cni.server import CniServer
 
 log = logging.getLogger("weave-py")
 
@@ -85,3 +88,11 @@ def exit_if_stuck(grace: float) -> threading.Timer:
     timer.daemon = True
     timer.start()
     return timer
+
+
+async def close_server(server: asyncio.AbstractServer | CniServer) -> None:
+    """Stop ``server``; a client that never reads cannot hold the stop beyond a second."""
+    server.close()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(1.0):
+            await server.wait_closed()
