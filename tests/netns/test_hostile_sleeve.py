@@ -3,7 +3,8 @@ the node itself (issue 13): sleeve frames from a wrong endpoint, with an inner s
 the sending peer's space, to the host's gateway and relayed into a third node, heartbeat acks
 for a dead path; the local API used by a user who is not root; a state file that lost what the
 node holds. None may reach a pod or a host, keep a dead path up or cost an address; what was
-refused is counted (the agent's /metrics) and logged with the source (tests/netns/hostile)."""
+refused is counted (the agent's /metrics or /report) and logged with the source
+(tests/netns/hostile)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.netns.hostile import evidence
-from tests.netns.hostile.evidence import Listener, metrics
+from tests.netns.hostile.evidence import Listener, counters
 from tests.netns.hostile.scene import (
     Scene,
     assert_intact,
@@ -60,7 +61,7 @@ def test_sleeve_injection(s: Scene) -> None:
     two, three = _inside(s.baseline.owned[2]), _inside(s.baseline.owned[3])
     one_id, two_id, three_id = s.peer_id(1), s.peer_id(2), s.peer_id(3)
     at_pod, at_host = Listener(pod, 9001), Listener(lab.plan.node_ns(1), 9002, gateway)
-    logs, before = s.logs(), {i: metrics(lab, i) for i in (1, 2)}
+    logs, before = s.logs(), {i: counters(lab, i) for i in (1, 2)}
     attacks = [  # marker, forged outer source (None: the stranger's), node sent to, frame
         (b"wrong-endpoint", None, 1, two_id, two, pod_ip, 9001),
         (b"outside-space", s.address(2), 1, two_id, three, pod_ip, 9001),
@@ -90,7 +91,7 @@ def test_spoofed_heartbeat_acks_keep_no_dead_path(s: Scene) -> None:
     lab = s.lab
     three_id, one_id = s.peer_id(3), s.peer_id(1)
     uid = int(lab.report(3)["router"]["uid"], 16)
-    logs, before = s.logs(), metrics(lab, 1)
+    logs, before = s.logs(), counters(lab, 1)
 
     def node3_state() -> str:
         peers = lab.report(1)["peers"]

@@ -63,6 +63,28 @@ def metrics(lab: Lab, i: int) -> dict[str, float]:
     return out
 
 
+def counters(lab: Lab, i: int) -> dict[str, float]:
+    """Node i's counters wherever the agent keeps them: its ``/metrics`` samples, and every
+    number of its ``/report`` as ``report:<path>`` (lists by nickname or name)."""
+    out = metrics(lab, i)
+    _flatten(lab.report(i), "report:", out)
+    return out
+
+
+def _flatten(node: object, path: str, out: dict[str, float]) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _flatten(value, f"{path}{'.' if path[-1] != ':' else ''}{key}", out)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            label = index
+            if isinstance(value, dict):
+                label = value.get("nickname") or value.get("name") or index
+            _flatten(value, f"{path}[{label}]", out)
+    elif isinstance(node, int | float) and not isinstance(node, bool):
+        out[path] = float(node)
+
+
 def increased(before: dict[str, float], after: dict[str, float], pattern: str) -> dict[str, float]:
     """Series matching ``pattern`` (a regex) that rose between two scrapes, by how much."""
     rx = re.compile(pattern)
