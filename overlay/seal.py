@@ -2,15 +2,16 @@
 each frame (the sealed layout is overlay/frame.py's FLAG_AEAD).
 
 Theory of operation. Each node holds an X25519 key pair (``KeyPair``), fresh per process and
-renewed every ``renew_interval`` (forward secrecy: a key pair's private half is forgotten a
-``RETIRE_DELAY`` after its successor came), and publishes its public half with a key id in its
-record's ``sleeve_key`` (``SLEEVE_KEY``). Two nodes that know each other's public keys derive,
-for each direction, an AES-256-GCM key and a 32-bit key id: HKDF (gossip/secret.py ``derive``)
-of the X25519 shared secret, salted by the stretched membership secret, bound to both names and
-both public keys. The key is end to end: a relay passes the frame on by its header and cannot
-read or forge it. Each of a node's accepted secrets gives a key to open with; frames are sealed
-under the current (first) one, so a rolling change of secrets (gossip/secret.py's
-``[A] -> [A, B] -> [B, A] -> [B]``) never leaves two nodes without a key in common.
+renewed every ``renew_interval`` (forward secrecy: a key pair's private half is forgotten
+``retire_delay`` after its successor came), and publishes its public half with a key id in its
+record's ``sleeve_key``. Two nodes that know each other's public keys derive, for each
+direction, an AES-256-GCM key and a 32-bit key id from their X25519 shared secret, salted by
+the stretched membership secret and bound to both names and public keys (overlay/keys.py); the
+key's replay window is overlay/replay.py's. The key is end to end: a relay passes the frame on
+by its header and cannot read or forge it. Each of a node's accepted secrets gives a key to
+open with; frames are sealed under the current (first) one, so a rolling change of secrets
+(gossip/secret.py's ``[A] -> [A, B] -> [B, A] -> [B]``) never leaves two nodes without a key in
+common.
 
 Rules this module keeps:
 - Nonces are never reused: the nonce is the frame's AEAD extension (u32 key id, u64 counter)
@@ -20,8 +21,8 @@ Rules this module keeps:
   (frame.decode_header), finds the key by (source id, key id), checks the counter against the
   key's replay window without moving it, authenticates header (hops zeroed: relays lower them),
   extension and body, and only then takes the counter into the window.
-- A renewed key pair seals only after ``SWITCH_DELAY`` (its public key travels by gossip
-  meanwhile) and the one before it still opens until ``RETIRE_DELAY``: frames in flight pass,
+- A renewed key pair seals only after ``switch_delay`` (its public key travels by gossip
+  meanwhile) and the one before it still opens until ``retire_delay``: frames in flight pass,
   and the key id in a frame picks the key.
 - Keys to open with live as long as this node's key pair that derived them, whatever happens to
   the peer set, so a replay window is never reset while its key opens.
@@ -35,11 +36,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from gossip.secret import Secrets, derive
+from gossip.secret import Secrets
 from overlay import frame
 from overlay.frame import (
     AEAD_EXTENSION,
@@ -51,11 +50,10 @@ from overlay.frame import (
     Buffer,
     DecodeError,
 )
+from overlay.keys import KeyPair, parse_sleeve_key, session_key
 from overlay.peer import PeerSpec
+from overlay.replay import ReplayWindow
 
-LABEL = b"weave-py sleeve v1"
-KEY_FORMAT = 1
-SLEEVE_KEY = struct.Struct("!BI32s")  # format, key id, X25519 public key: a record's sleeve_key
 AEAD_EXTRA = SEALED_OVERHEAD - HEADER_SIZE  # 28: what sealing adds to a frame
 FLAGS_AT = 2
 DESTINATION = struct.Struct("!Q")
@@ -64,58 +62,7 @@ RENEW_INTERVAL = 120.0  # seconds a key pair seals new frames before a fresh one
 RENEW_FRAMES = 1 << 24  # frames sealed under one key pair before it is renewed early
 SWITCH_DELAY = 5.0  # seconds a renewed key pair waits before sealing (gossip carries it)
 RETIRE_DELAY = 60.0  # seconds the key pair before the current one still opens
-WINDOW = 4096  # counters below the highest accepted that the replay window remembers
-MASK = (1 << WINDOW) - 1
 PEER_KEYS = 2  # a peer's public keys kept: its newest and the one before
-U32 = 1 << 32
-
-
-class ReplayWindow:
-    """The counters accepted under one key: the highest, and which of the WINDOW below it."""
-
-    __slots__ = ("bits", "top")
-
-    def __init__(self) -> None:
-        self.top = -1
-        self.bits = 0  # bit i: counter ``top - i`` was accepted
-
-    def fresh(self, counter: int) -> bool:
-        """Whether ``counter`` was never accepted and is not too old to tell."""
-        behind = self.top - counter
-        return behind < 0 or (behind < WINDOW and not (self.bits >> behind) & 1)
-
-    def accept(self, counter: int) -> None:
-        """Remember ``counter`` (authenticated and fresh)."""
-        ahead = counter - self.top
-        if ahead > 0:
-            self.bits = 1 if ahead >= WINDOW else ((self.bits << ahead) | 1) & MASK
-            self.top = counter
-        else:
-            self.bits |= 1 << -ahead
-
-
-@dataclass(eq=False)
-class KeyPair:
-    """One of this node's X25519 key pairs and the frames sealed under keys it derived."""
-
-    key_id: int
-    private: X25519PrivateKey
-    made_at: float
-    sealed: int = 0
-
-    @classmethod
-    def generate(cls, key_id: int, now: float) -> KeyPair:
-        """A fresh key pair."""
-        return cls(key_id % U32, X25519PrivateKey.generate(), now)
-
-    @property
-    def public(self) -> bytes:
-        """The raw 32-byte public key."""
-        return self.private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-    def sleeve_key(self) -> bytes:
-        """What a record publishes of this key pair."""
-        return SLEEVE_KEY.pack(KEY_FORMAT, self.key_id, self.public)
 
 
 @dataclass(slots=True, eq=False)
@@ -144,40 +91,24 @@ class _Peer:
     publics: list[tuple[int, bytes]]  # (key id, public key), newest first
 
 
-def parse_sleeve_key(data: bytes) -> tuple[int, bytes] | None:
-    """(key id, public key) of a record's ``sleeve_key``; None when it is not one we read."""
-    if len(data) != SLEEVE_KEY.size:
-        return None
-    key_format, key_id, public = SLEEVE_KEY.unpack(data)
-    return (key_id, public) if key_format == KEY_FORMAT else None
-
-
-def session_key(
-    pair: KeyPair, public: bytes, secret: bytes, sender: bytes, receiver: bytes, outbound: bool
-) -> tuple[int, AESGCM] | None:
-    """The key id and key of one direction between ``pair`` and a peer's ``public`` key; None
-    when the peer's key is not a usable X25519 key (a low-order point)."""
-    try:
-        shared = pair.private.exchange(X25519PublicKey.from_public_bytes(public))
-    except ValueError:
-        return None
-    mine = pair.public
-    publics = mine + public if outbound else public + mine
-    info = LABEL + sender + b"\0" + receiver + b"\0" + publics
-    okm = derive(shared, info, salt=secret, length=36)
-    return int.from_bytes(okm[32:], "big"), AESGCM(okm[:32])
-
-
 class Keyring:
     """The sleeve keys of the node named ``name`` (its mesh name) holding ``secrets``."""
 
     def __init__(
-        self, name: str, secrets: Secrets, now: float, renew_interval: float = RENEW_INTERVAL
+        self,
+        name: str,
+        secrets: Secrets,
+        now: float,
+        renew_interval: float = RENEW_INTERVAL,
+        switch_delay: float = SWITCH_DELAY,
+        retire_delay: float = RETIRE_DELAY,
     ) -> None:
         if not secrets.enabled:
             raise ValueError("a keyring needs a secret")
         self.name = name.encode()
         self.renew_interval = renew_interval
+        self.switch_delay = switch_delay
+        self.retire_delay = retire_delay
         self._secrets = secrets.keys()
         self._pairs = [KeyPair.generate(int.from_bytes(os.urandom(4), "big"), now)]
         self._renewed_at = now
@@ -263,9 +194,9 @@ class Keyring:
         """The next renewal, switch or retirement of a key pair."""
         at = self._renewed_at + self.renew_interval
         if not self._switched:
-            at = min(at, self._renewed_at + SWITCH_DELAY)
+            at = min(at, self._renewed_at + self.switch_delay)
         if len(self._pairs) > 1:
-            at = min(at, self._renewed_at + RETIRE_DELAY)
+            at = min(at, self._renewed_at + self.retire_delay)
         return at
 
     def handle_timer(self, now: float) -> bool:
@@ -277,10 +208,10 @@ class Keyring:
             self._renew(now)
             renewed = True
         elapsed = now - self._renewed_at
-        if not self._switched and elapsed >= SWITCH_DELAY:
+        if not self._switched and elapsed >= self.switch_delay:
             self._switched = True
             self._reseal()
-        if len(self._pairs) > 1 and elapsed >= RETIRE_DELAY:
+        if len(self._pairs) > 1 and elapsed >= self.retire_delay:
             self._retire(self._pairs.pop())
         return renewed
 

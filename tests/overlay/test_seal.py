@@ -18,17 +18,10 @@ from gossip.secret import Secrets
 from overlay import frame
 from overlay.forwarding import DROP, RELAY, Forwarding
 from overlay.frame import FLAG_AEAD, HEADER_SIZE, SEALED_BODY_AT, DecodeError, MessageType
+from overlay.keys import SLEEVE_KEY, parse_sleeve_key
 from overlay.peer import PeerSpec, PeerState
-from overlay.seal import (
-    AEAD_EXTRA,
-    RETIRE_DELAY,
-    SLEEVE_KEY,
-    SWITCH_DELAY,
-    WINDOW,
-    Keyring,
-    ReplayWindow,
-    parse_sleeve_key,
-)
+from overlay.replay import WINDOW, ReplayWindow
+from overlay.seal import AEAD_EXTRA, RETIRE_DELAY, SWITCH_DELAY, Keyring
 
 A, B, C = "aa:00:00:00:00:01", "bb:00:00:00:00:02", "cc:00:00:00:00:03"
 S1, S2 = Secrets((b"first secret",)), Secrets((b"second secret",))
