@@ -1,6 +1,8 @@
-"""Smoke test of ``python -m bench.dataplane --quick``: it runs, reports, and cleans up.
+"""Smoke test of ``python -m bench.dataplane --quick --encrypted``: it runs, reports, and
+cleans up.
 
-Asserts no speed threshold: only that every case moved data and nothing was left behind.
+Asserts no speed threshold: only that every case moved data, the encrypted lab's sleeve
+datagrams were all sealed, and nothing was left behind.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ pytestmark = [
 def test_quick_run_reports_all_cases_and_leaves_nothing() -> None:
     name = "s" + secrets.token_hex(3)
     done = subprocess.run(
-        [sys.executable, "-m", "bench.dataplane", "--quick", "--name", name],
+        [sys.executable, "-m", "bench.dataplane", "--quick", "--encrypted", "--name", name],
         capture_output=True,
         text=True,
         timeout=300,
@@ -38,9 +40,10 @@ def test_quick_run_reports_all_cases_and_leaves_nothing() -> None:
     leftovers = [ns for ns in netlink.list_netns() if ns.startswith(f"wp{name}")]
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    for case in ("weave", "vxlan", "routing"):
+    for case in ("weave", "vxlan", "routing", "encrypted"):
         assert summary[f"{case}_gbps"] > 0, summary
         assert summary[f"{case}_rtt_us"] > 0, summary
     assert summary["ratio_vxlan"] > 0 and summary["ratio_routing"] > 0
+    assert summary["encrypted_ratio_vxlan"] > 0 and summary["encrypted_sealed_share"] == 1.0
     assert summary["name"] == name and summary["seconds"] == 2
     assert not leftovers, f"benchmark left {leftovers}"
