@@ -103,6 +103,7 @@ class Datapath:
         self.links = Links(sock, connect)  # data for peers; control goes by ``sock``
         self.receiver = Receiver(self.forwarding, tun, sock, self._send, keyring)
         self._refused_at = 0.0
+        self._unpublished = False  # a renewed key the last on_sleeve_key call did not take
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -151,10 +152,21 @@ class Datapath:
         keyring)."""
         if self.keyring is None:
             return None
-        if self.keyring.handle_timer(now):
-            self.on_sleeve_key(self.keyring.sleeve_key)
+        if self.keyring.handle_timer(now) or self._unpublished:
+            self._publish_key()
         self.receiver.expire(now)
         return self.keyring.get_timer()
+
+    def _publish_key(self) -> None:
+        """Hand our current public key to ``on_sleeve_key``; a failure is logged and the key
+        handed again at the next wake-up (the data plane never stops for it)."""
+        assert self.keyring is not None
+        try:
+            self.on_sleeve_key(self.keyring.sleeve_key)
+            self._unpublished = False
+        except Exception:
+            self._unpublished = True
+            log.exception("publish sleeve key: failed, trying again")
 
     def _log_refused(self, now: float) -> None:
         """One line per source whose input was refused, at most every REFUSED_INTERVAL."""

@@ -353,3 +353,31 @@ def gossip(node: Node, other: Node) -> Callable[[bytes], None]:
         other.know(node.spec())
 
     return publish
+
+
+async def test_a_failed_publication_is_retried_and_the_path_runs_on(
+    underlay: FakeUnderlay,
+) -> None:
+    a = Node(underlay, "a", SECRET)
+    assert a.keyring is not None
+    a.keyring.renew_interval = 0.05
+    calls: list[bytes] = []
+
+    def flaky(key: bytes) -> None:
+        calls.append(key)
+        if len(calls) == 1:
+            raise RuntimeError("the mesh refused")
+        a.published.append(key)
+
+    a.path.on_sleeve_key = flaky
+    task = asyncio.create_task(a.path.run())
+    try:
+        async with asyncio.timeout(5):
+            while not a.published:
+                await asyncio.sleep(0.01)
+        assert not task.done() and len(calls) >= 2
+    finally:
+        task.cancel()
+        async with asyncio.timeout(5):
+            await asyncio.gather(task, return_exceptions=True)
+        a.close()
