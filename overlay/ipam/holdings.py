@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from overlay.ipam import space
 from overlay.ipam.claim import Claim, Grant
+from overlay.ipam.space import intersect
 
 Net = ipaddress.IPv4Network
 REASONS = (
@@ -54,12 +55,6 @@ class Refusal:
     detail: str
 
 
-def intersect(a: Iterable[Net], b: Iterable[Net]) -> list[Net]:
-    """The addresses in both ``a`` and ``b``, as the fewest aligned CIDRs."""
-    a = space.collapse(a)
-    return space.subtract(a, space.subtract(a, b))
-
-
 def granted(claim: Claim | None, grantee: str) -> list[Net]:
     """The space ``claim`` grants to ``grantee``."""
     return [] if claim is None else [g[0] for g in claim.grants if g[1] == grantee]
@@ -81,6 +76,7 @@ class Holdings:
         self.block_prefix = block_prefix
         self.held: dict[str, list[Net]] = {n: space.collapse(h) for n, h in (held or {}).items()}
         self.refused: dict[tuple[str, Net | None], Refusal] = {}
+        self._last: tuple[dict[str, Claim], list[Net], list[Grant]] | None = None
 
     def of(self, name: str) -> list[Net]:
         """Everything ``name`` holds (its owned space and its grants not yet taken up)."""
@@ -94,6 +90,7 @@ class Holdings:
         """``nets`` became ours (a grant taken up, a peer reclaimed): no one else holds them."""
         nets = list(nets)
         self.held = {n: kept for n, h in self.held.items() if (kept := space.subtract(h, nets))}
+        self._last = None
 
     def update(
         self, claims: Mapping[str, Claim], ours: Iterable[Net], our_grants: Iterable[Grant]
@@ -101,6 +98,10 @@ class Holdings:
         """Take in the current claims of the other peers of our ring, our space and our
         grants; the refusals that are new since the last update."""
         ours, our_grants = space.collapse(ours), list(our_grants)
+        news = (dict(claims), ours, our_grants)
+        if news == self._last:
+            return []  # the common step: nothing new (and the work is per peer squared)
+        self._last = news
         refusals: list[Refusal] = []
         shaped = {n: self._shape(n, c, refusals) for n, c in sorted(claims.items())}
         self.held = {
@@ -112,10 +113,17 @@ class Holdings:
             n: space.subtract(s, [*self.held.get(n, []), *self._handed(claims[n], ours)])
             for n, s in shaped.items()
         }
+        fresh = {n: f for n, f in fresh.items() if f}
+        near = touching(fresh, self.held)
         free = {
-            n: self._unblocked(n, f, claims, ours, our_grants, refusals) for n, f in fresh.items()
+            n: self._unblocked(n, f, claims, ours, our_grants, near.get(n, set()), refusals)
+            for n, f in fresh.items()
         }
-        taken = {n: self._uncontested(n, f, claims, free, refusals) for n, f in free.items()}
+        near = touching(free, free)
+        taken = {
+            n: self._uncontested(n, f, claims, free, near.get(n, set()), refusals)
+            for n, f in free.items()
+        }
         taken = {n: t for n, t in taken.items() if t}
         for name, nets in taken.items():
             self.held[name] = space.collapse([*self.held.get(name, []), *nets])
@@ -170,16 +178,20 @@ class Holdings:
         claims: Mapping[str, Claim],
         ours: list[Net],
         our_grants: list[Grant],
+        holders: set[str],
         refusals: list[Refusal],
     ) -> list[Net]:
-        """What ``name`` may take of its ``fresh`` claims as far as we and the holders go."""
+        """What ``name`` may take of its ``fresh`` claims as far as we and the holders go
+        (``holders``: those whose holdings touch it)."""
+        if not fresh:
+            return []
         blockers = [(ours, "ours", "overlaps this node's space")]
         blockers += [([g[0]], "ours", f"overlaps a grant to {g[1]}") for g in our_grants
                      if g[1] != name]  # fmt: skip
         blockers += [
             (space.subtract(held, granted(claims.get(other), name)), "held", f"is held by {other}")
             for other, held in sorted(self.held.items())
-            if other != name
+            if other in holders and other != name
         ]
         left = fresh
         for blocking, reason, words in blockers:
@@ -194,15 +206,16 @@ class Holdings:
         free: list[Net],
         claims: Mapping[str, Claim],
         everyone: Mapping[str, list[Net]],
+        rivals: set[str],
         refusals: list[Refusal],
     ) -> list[Net]:
         """What ``name`` may take of ``free`` that no other peer newly claims too (a grant
         between the two settles it: the grantee's)."""
         left = free
-        for other, theirs in sorted(everyone.items()):
+        for other in sorted(rivals):
             if other == name or not left:
                 continue
-            overlap = intersect(left, theirs)
+            overlap = intersect(left, everyone[other])
             overlap = space.subtract(overlap, granted(claims.get(other), name))
             overlap = space.subtract(overlap, granted(claims.get(name), other))
             words = f"is also claimed by {other}"
@@ -214,3 +227,25 @@ class Holdings:
 def _covers_all(space_: Iterable[Net], nets: Iterable[Net]) -> bool:
     have = list(space_)
     return all(space.covers(have, n) for n in nets)
+
+
+def touching(a: Mapping[str, Iterable[Net]], b: Mapping[str, Iterable[Net]]) -> dict[str, set[str]]:
+    """For each name of ``a``, the other names of ``b`` whose space overlaps its space: one
+    sweep over every range, so a fresh node reading a thousand claims does not compare every
+    pair."""
+    spans = sorted(
+        (int(n.network_address), int(n.broadcast_address) + 1, side, name)
+        for side, group in enumerate((a, b))
+        for name, nets in group.items()
+        for n in nets
+    )
+    out: dict[str, set[str]] = {}
+    active: list[tuple[int, int, str]] = []  # (end, side, name) of the ranges still open
+    for start, end, side, name in spans:
+        active = [x for x in active if x[0] > start]
+        for _end, other_side, other in active:
+            if other != name and other_side != side:
+                first, second = (name, other) if side == 0 else (other, name)
+                out.setdefault(first, set()).add(second)
+        active.append((end, side, name))
+    return out

@@ -45,7 +45,16 @@ class RefusalLog:
         total = len(self._unlogged) + self._dropped
         reasons = Counter(r.reason for r in self._unlogged)
         by_reason = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
-        examples = "; ".join(f"{who(r.peer)}: {r.detail}" for r in self._unlogged[:LOG_EXAMPLES])
+        shown = self._unlogged[:LOG_EXAMPLES]
+        examples = "; ".join(printable(f"{who(r.peer)}: {r.detail}") for r in shown)
         more = f"; and {total - LOG_EXAMPLES} more" if total > LOG_EXAMPLES else ""
         self._unlogged, self._dropped = [], 0
         return f"refuse address claims: {total} ({by_reason}); {examples}{more}"
+
+
+def printable(text: str) -> str:
+    """``text`` with every unprintable character escaped: names and details come from peers,
+    and must not forge log lines or status rows."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)

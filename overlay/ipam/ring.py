@@ -34,8 +34,9 @@ from collections.abc import Mapping, Set
 
 from overlay.ipam import space
 from overlay.ipam.claim import Grant, RingId
-from overlay.ipam.holdings import Refusal, intersect
+from overlay.ipam.holdings import Refusal
 from overlay.ipam.ringstate import RingState, View
+from overlay.ipam.space import intersect
 
 Net = ipaddress.IPv4Network
 MAX_REMOVED = 256

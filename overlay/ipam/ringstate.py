@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from overlay.ipam import space
@@ -180,8 +180,21 @@ class RingState:
                 self.known[str(n)] = View(int(k["incarnation"]), 0, claim, str(k["nickname"]))
                 if claim.ring is not None and claim.ring == self.ring:
                     self.holdings.held[str(n)] = space.collapse(claim.owned)
+            self._check_holdings()
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise ValueError(f"IPAM state: {e}") from None
+
+    def _check_holdings(self) -> None:
+        """Saved holdings that overlap ours or each other's (a file of an older agent, which
+        kept whatever was claimed) are no one's: the claims are read again, by the rules."""
+        saved, kept = self.holdings.held, {}
+        for name, nets in saved.items():
+            inside = [n for n in nets if n.subnet_of(self.range)]
+            others = [n for other, h in saved.items() if other != name for n in h]
+            kept[name] = space.subtract(inside, [*others, *self.owned])
+            view = self.known[name]
+            self.known[name] = replace(view, claim=replace(view.claim, owned=tuple(kept[name])))
+        self.holdings.held = {n: h for n, h in kept.items() if h}
 
 
 def _known_out(v: View, held: tuple[Net, ...]) -> dict[str, Any]:

@@ -20,16 +20,58 @@ def collapse(nets: Iterable[Net]) -> list[Net]:
 
 def subtract(space: Iterable[Net], taken: Iterable[Net]) -> list[Net]:
     """``space`` minus every address of ``taken``, as the fewest aligned CIDRs."""
-    out = collapse(space)
-    for cut in collapse(taken):
-        nxt: list[Net] = []
-        for net in out:
-            if not net.overlaps(cut):
-                nxt.append(net)
-            elif not cut.supernet_of(net):
-                nxt.extend(net.address_exclude(cut))
-        out = nxt
-    return collapse(out)
+    out: list[tuple[int, int]] = []
+    cuts = _ranges(taken)
+    j = 0
+    for start, end in _ranges(space):
+        while j < len(cuts) and cuts[j][1] <= start:
+            j += 1
+        k = j
+        while k < len(cuts) and cuts[k][0] < end:
+            if cuts[k][0] > start:
+                out.append((start, cuts[k][0]))
+            start = max(start, cuts[k][1])
+            k += 1
+        if start < end:
+            out.append((start, end))
+    return _nets(out)
+
+
+def intersect(a: Iterable[Net], b: Iterable[Net]) -> list[Net]:
+    """The addresses in both ``a`` and ``b``, as the fewest aligned CIDRs."""
+    ra, rb = _ranges(a), _ranges(b)
+    out: list[tuple[int, int]] = []
+    i = j = 0
+    while i < len(ra) and j < len(rb):
+        start, end = max(ra[i][0], rb[j][0]), min(ra[i][1], rb[j][1])
+        if start < end:
+            out.append((start, end))
+        if ra[i][1] < rb[j][1]:
+            i += 1
+        else:
+            j += 1
+    return _nets(out)
+
+
+def _ranges(nets: Iterable[Net]) -> list[tuple[int, int]]:
+    """``nets`` as sorted, disjoint, non-adjacent [start, end) address ranges."""
+    spans = sorted((int(n.network_address), int(n.broadcast_address) + 1) for n in nets)
+    out: list[tuple[int, int]] = []
+    for start, end in spans:
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def _nets(ranges: list[tuple[int, int]]) -> list[Net]:
+    """Sorted, disjoint, non-adjacent ranges as the fewest aligned CIDRs, sorted."""
+    out: list[Net] = []
+    for start, end in ranges:
+        first, last = ipaddress.IPv4Address(start), ipaddress.IPv4Address(end - 1)
+        out.extend(ipaddress.summarize_address_range(first, last))
+    return out
 
 
 def size(nets: Iterable[Net]) -> int:

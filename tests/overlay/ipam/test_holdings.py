@@ -116,3 +116,11 @@ def test_refusals_are_counted_and_logged_at_most_once_per_interval() -> None:
     assert later is not None and later.startswith("refuse address claims: 50 ")
     assert log.summary(30, str) is None  # nothing new
     assert log.counts == {"held": 100}
+
+
+def test_names_and_details_from_peers_are_escaped_in_the_log() -> None:
+    log = RefusalLog()
+    log.add([Refusal("p\nfake line", X, "held", f"{X} is held by q\x1b[2J")])
+    line = log.summary(0, str)
+    assert line is not None and "\n" not in line and "\x1b" not in line
+    assert "p\\nfake line" in line and "\\x1b[2J" in line

@@ -165,3 +165,18 @@ def test_a_grant_of_held_space_is_taken() -> None:
     b.step(2, {A: view(claim, 2)}, {A}, True, [], 0)
     assert b.owned == [given] and b.acks == {A: 1} and b.ring == RING
     assert b.take_refusals() == []
+
+
+def test_a_state_saved_with_a_strangers_claim_holds_it_for_no_one_after_a_restart() -> None:
+    # an older agent saved whatever was claimed: the stranger's copy of the victim's block too
+    sim = settled()
+    reader, victim = sim.peers[0], sim.peers[1]
+    state = reader.ring.to_state()
+    mine = state["known"][victim.name]
+    state["known"][X] = {**mine, "nickname": "stranger", "incarnation": 1}
+    restarted = Ring(reader.name, RANGE, 24, sim.quorum, reader.incarnation + 1, state)
+    assert restarted.holdings.of(X) == [] and restarted.holdings.of(victim.name) == []
+    assert victim.published is not None
+    views = {victim.name: victim.published}  # the stranger is gone; the victim still claims
+    restarted.step(1, views, {victim.name}, False, [], 0)
+    assert restarted.routable(victim.name) == tuple(victim.ring.owned)
