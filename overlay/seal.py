@@ -89,6 +89,7 @@ class _Peer:
     name: bytes
     sleeve_key: bytes
     publics: list[tuple[int, bytes]]  # (key id, public key), newest first
+    opened: list[int] = field(default_factory=list)  # its keys in Keyring._openings, oldest first
 
 
 class Keyring:
@@ -173,10 +174,17 @@ class Keyring:
         self._derive_sealing(spec.peer_id, peer)
 
     def _derive_openings(self, peer_id: int, peer: _Peer, pair: KeyPair, public: bytes) -> None:
+        """Keys to open ``public``'s frames with, one per accepted secret. A peer that keeps
+        publishing new public keys loses its oldest keys beyond PEER_KEYS + 1 of its public
+        keys for each of our two key pairs: memory stays bounded per peer."""
         for secret in self._secrets:
             found = session_key(pair, public, secret, peer.name, self.name, outbound=False)
             if found is not None and (peer_id << 32 | found[0]) not in self._openings:
                 self._openings[peer_id << 32 | found[0]] = Opening(peer_id, found[1], pair)
+                peer.opened.append(peer_id << 32 | found[0])
+        limit = len(self._secrets) * (PEER_KEYS + 1) * 2  # pairs of ours: the current and one
+        while len(peer.opened) > limit:
+            self._openings.pop(peer.opened.pop(0), None)
 
     def _derive_sealing(self, peer_id: int, peer: _Peer) -> None:
         self._sealing.pop(peer_id, None)

@@ -234,3 +234,16 @@ def test_forwarding_relays_a_sealed_frame_and_never_parses_one_for_itself() -> N
     mine.peers[a_id].accept_from = frozenset({"192.0.2.1"})
     assert mine.receive(memoryview(seal(a, plain())), ("192.0.2.1", 6783), 0.0) == DROP
     assert mine.drops == Counter({"encrypted": 1})
+
+
+def test_a_peer_that_keeps_publishing_new_keys_holds_a_bounded_number() -> None:
+    a = Keyring(A, BOTH_12, 0.0)
+    for _ in range(20):
+        a.follow([spec(B, Keyring(B, S1, 0.0))])
+    assert a.openings <= 2 * (2 + 1) * 2
+    newest = Keyring(B, S1, 0.0)
+    a.follow([spec(B, newest)])
+    newest.follow([spec(A, a)])
+    assert bytes(a.open(memoryview(seal(newest, plain(source=B, dest=A))))) == plain(
+        source=B, dest=A
+    )
