@@ -16,7 +16,9 @@ Rules this module keeps:
 - Holdings never overlap each other nor this node's space (the ring simulation checks it).
 
 Every claimed piece that is not held is a ``Refusal``, kept while the claim stands (status shows
-them); ``update`` returns the ones not refused before, for the counter and the log.
+them, and nothing refused is ever held or routed); ``update`` returns each once it has stood a
+few updates, for the counter and the log: gossip may bring a grantee's claim before its
+granter's grant, and that passing refusal is no one's fault.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from overlay.ipam.claim import Claim, Grant
 from overlay.ipam.space import intersect
 
 Net = ipaddress.IPv4Network
+REPORT_AFTER = 3  # updates a refusal stands before it is counted and logged
 REASONS = (
     "outside_range",
     "small_block",
@@ -70,13 +73,16 @@ class Holdings:
         cluster_range: Net,
         block_prefix: int,
         held: Mapping[str, Iterable[Net]] | None = None,
+        report_after: int = REPORT_AFTER,
     ) -> None:
         self.name = name  # this node's
+        self.report_after = report_after
         self.range = cluster_range
         self.block_prefix = block_prefix
         self.held: dict[str, list[Net]] = {n: space.collapse(h) for n, h in (held or {}).items()}
         self.refused: dict[tuple[str, Net | None], Refusal] = {}
         self._last: tuple[dict[str, Claim], list[Net], list[Grant]] | None = None
+        self._standing: dict[tuple[str, Net | None], int] = {}  # updates each refusal stood
 
     def of(self, name: str) -> list[Net]:
         """Everything ``name`` holds (its owned space and its grants not yet taken up)."""
@@ -96,12 +102,24 @@ class Holdings:
         self, claims: Mapping[str, Claim], ours: Iterable[Net], our_grants: Iterable[Grant]
     ) -> list[Refusal]:
         """Take in the current claims of the other peers of our ring, our space and our
-        grants; the refusals that are new since the last update."""
+        grants; the refusals to report: those that have stood ``report_after`` updates (a
+        grant overtaken by its grantee's claim in gossip stands for one or two), once each."""
         ours, our_grants = space.collapse(ours), list(our_grants)
         news = (dict(claims), ours, our_grants)
-        if news == self._last:
-            return []  # the common step: nothing new (and the work is per peer squared)
-        self._last = news
+        if news != self._last:  # else the common step: nothing new (the work is per peer²)
+            self._last = news
+            self._recompute(claims, ours, our_grants)
+        due = []
+        for key, refusal in self.refused.items():
+            stood = self._standing.get(key, 0) + 1
+            self._standing[key] = stood
+            if stood == self.report_after + 1:
+                due.append(refusal)
+        return due
+
+    def _recompute(
+        self, claims: Mapping[str, Claim], ours: list[Net], our_grants: list[Grant]
+    ) -> None:
         refusals: list[Refusal] = []
         shaped = {n: self._shape(n, c, refusals) for n, c in sorted(claims.items())}
         self.held = {
@@ -131,7 +149,10 @@ class Holdings:
             self._hand_over(claims, taken)
         self.held = {n: h for n, h in self.held.items() if h}
         before, self.refused = self.refused, {(r.peer, r.net): r for r in refusals}
-        return [r for key, r in self.refused.items() if before.get(key) != r]
+        for key, refusal in self.refused.items():
+            if before.get(key) != refusal:
+                self._standing[key] = 0  # a new refusal, or another one for the same space
+        self._standing = {key: n for key, n in self._standing.items() if key in self.refused}
 
     def _handed(self, claim: Claim, ours: list[Net]) -> list[Net]:
         """The space ``claim`` still grants that its grantee has taken up (ours included):

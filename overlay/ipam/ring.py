@@ -123,6 +123,8 @@ class Ring(RingState):
                 return "the remover holds none of this peer's space"
         elif name in self.known and self.known[name].incarnation > inc:
             return ""  # an earlier life of that peer
+        elif name not in self.known and not any(g[1] == name for g in self.grants):
+            return ""  # nothing of ours to forget
         elif name in live:
             return f"{name} is live"
         if not self.holdings.of(issuer):

@@ -17,7 +17,7 @@ OURS = [Net("10.32.0.0/21")]
 
 
 def holdings() -> Holdings:
-    return Holdings(ME, RANGE, 24)
+    return Holdings(ME, RANGE, 24, report_after=0)
 
 
 def owns(*nets: str, grants: tuple[tuple[str, str], ...] = ()) -> Claim:
@@ -101,6 +101,17 @@ def test_a_standing_refusal_is_reported_once() -> None:
     assert len(h.refused) == 1
     h.update({P: owns("10.32.8.0/24")}, OURS, ())
     assert len(h.update(claims, OURS, ())) == 1  # it came back: counted again
+
+
+def test_a_passing_refusal_is_not_reported_and_a_standing_one_is_after_a_few_updates() -> None:
+    h = Holdings(ME, RANGE, 24, report_after=2)
+    h.update({P: owns("10.32.8.0/23")}, OURS, ())
+    early = {P: owns("10.32.8.0/23"), Q: owns("10.32.8.0/24")}  # before P's grant arrives
+    assert h.update(early, OURS, ()) == [] and h.of(Q) == []  # refused, not yet reported
+    granted = {P: owns("10.32.9.0/24", grants=(("10.32.8.0/24", Q),)), Q: owns("10.32.8.0/24")}
+    assert h.update(granted, OURS, ()) == [] and h.of(Q) == [X] and h.refused == {}
+    hostile = {**granted, R: owns("10.32.8.0/24")}
+    assert [h.update(hostile, OURS, ()) for _ in range(4)] == [[], [], [h.refused[R, X]], []]
 
 
 def test_refusals_are_counted_and_logged_at_most_once_per_interval() -> None:
