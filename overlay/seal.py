@@ -276,6 +276,8 @@ class Keyring:
         header = frame.decode_header(data, len(data))
         if not header.flags & FLAG_AEAD:
             raise DecodeError("plain")
+        if header.type == frame.DATA_CHUNK:
+            raise DecodeError("type")  # a sealed train's chunk: opened once reassembled
         key_id, counter = AEAD_EXTENSION.unpack_from(data, HEADER_SIZE)
         opening = self._openings.get(header.source << 32 | key_id)
         if opening is None:

@@ -139,6 +139,10 @@ def test_a_forged_frame_does_not_move_the_window() -> None:
 def test_plain_and_malformed_frames_are_refused() -> None:
     _, b = pair()
     assert refused(b, plain()) == "plain"
+    chunk = bytearray(HEADER_SIZE + 20)
+    frame.encode_header(chunk, MessageType.DATA_CHUNK, 20, peer_id(A), peer_id(B))
+    chunk[2] = FLAG_AEAD  # a sealed train's chunk: framing, opened only once reassembled
+    assert refused(b, chunk) == "type"
     assert refused(b, b"\x01") == "short"
 
 
