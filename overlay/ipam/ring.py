@@ -126,7 +126,7 @@ class Ring(RingState):
         elif name not in self.known and not any(g[1] == name for g in self.grants):
             return ""  # nothing of ours to forget
         elif name in live:
-            return f"{name} is live"
+            return f"{name} is live" if self.holdings.of(name) else ""  # else: nothing to keep
         if not self.holdings.of(issuer):
             return "the remover holds no space of this ring" if self.holdings.held else ""
         return None

@@ -181,3 +181,21 @@ def test_a_state_saved_with_a_strangers_claim_holds_it_for_no_one_after_a_restar
     views = {victim.name: victim.published}  # the stranger is gone; the victim still claims
     restarted.step(1, views, {victim.name}, False, [], 0)
     assert restarted.routable(victim.name) == tuple(victim.ring.owned)
+
+
+# -- what rmpeer really does still works ------------------------------------------------------
+
+
+def test_a_peer_restarted_from_old_state_after_rmpeer_gives_up_its_space() -> None:
+    sim = settled()
+    dead = sim.peers[2]
+    owned, saved = list(dead.ring.owned), dead.saved
+    sim.kill(2)
+    sim.run(5)
+    assert sim.rmpeer(2)
+    sim.run(10)
+    back = Ring(dead.name, RANGE, 24, sim.quorum, dead.incarnation + 1, saved)
+    assert back.owned == owned  # as saved: it does not know yet
+    views = {p.name: p.published for p in sim.peers[:2] if p.published is not None}
+    back.step(sim._now(), views, set(views), False, [], 0)
+    assert back.owned == [] and back.conflict is not None and "rmpeer" in back.conflict
