@@ -251,3 +251,29 @@ def test_a_peer_that_keeps_publishing_new_keys_holds_a_bounded_number() -> None:
     assert bytes(a.open(memoryview(seal(newest, plain(source=B, dest=A))))) == plain(
         source=B, dest=A
     )
+
+
+RING_A, RING_B = pair()
+SEALED = bytes(seal(RING_A, plain(b"x" * 64)))
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.builds(
+            lambda at, bit: SEALED[:at] + bytes([SEALED[at] ^ (1 << bit)]) + SEALED[at + 1 :],
+            st.integers(0, len(SEALED) - 1),
+            st.integers(0, 7),
+        ),
+        st.integers(0, len(SEALED) - 1).map(lambda n: SEALED[:n]),
+    )
+)
+def test_open_refuses_any_altered_or_random_input_with_a_decode_error(data: bytes) -> None:
+    """Only DecodeError escapes, and nothing but the frame as sealed ever opens (a changed hops
+    byte aside, which relays may lower)."""
+    try:
+        opened = bytes(RING_B.open(memoryview(bytearray(data))))
+    except DecodeError:
+        return
+    assert data[:3] + data[4:] == SEALED[:3] + SEALED[4:]
+    assert opened[frame.HEADER_SIZE :] == b"x" * 64
