@@ -13,7 +13,7 @@ only that peer changes it, so ownership changes only by the owner's own action:
   is therefore never held by two peers: the granter lets go before the grantee takes, and a
   serial is taken up once.
 - Reclaim. ``rmpeer`` (an operator's action, refused while the peer is live) adds a dead peer's
-  space -- what its last claim owned, and grants to it that it never took up -- to ours and
+  space -- what it held of its last claim, and grants to it that it never took up -- to ours and
   publishes ``removed``: every peer then ignores the dead peer's claim, and granters forget
   their grants to it. A peer that finds itself removed
   (it was only partitioned, or restarted from old state) drops its space.
@@ -22,6 +22,9 @@ only that peer changes it, so ownership changes only by the owner's own action:
   of the younger ring that holds no pod addresses leaves it and asks the older ring for space,
   so two empty or fresh groups merge by themselves. A peer with pods in the younger ring keeps
   them and reports ``conflict`` with what to do.
+- Trust. Without a secret anyone may publish a claim: space, grants, removal markers and older
+  rings are admitted only as the protocol above makes them (admission.py, holdings.py), and
+  what is refused is noted for the counters, the log and status.
 
 The agent calls ``step`` whenever the topology changes and on a timer, persists ``to_state()``
 when it returns True, then publishes ``claim()`` (both from ringstate.py, with the fields).
@@ -33,9 +36,10 @@ import ipaddress
 from collections.abc import Mapping, Set
 
 from overlay.ipam import space
+from overlay.ipam.admission import Admission
 from overlay.ipam.claim import Grant, RingId
 from overlay.ipam.holdings import Refusal
-from overlay.ipam.ringstate import RingState, View
+from overlay.ipam.ringstate import View
 from overlay.ipam.space import intersect
 
 Net = ipaddress.IPv4Network
@@ -46,7 +50,7 @@ class RmpeerError(ValueError):
     """rmpeer refused; the message says why."""
 
 
-class Ring(RingState):
+class Ring(Admission):
     """This peer's part in block ownership: its claim, and what it makes of everyone's (the
     fields, the claim and the state document are RingState's)."""
 
@@ -92,59 +96,6 @@ class Ring(RingState):
             if held is None or (view.incarnation, view.version) > (held.incarnation, held.version):
                 self.known[name] = view
 
-    def _markers(self, live: Set[str]) -> dict[str, int]:
-        """Removed peer -> highest removed incarnation, from our claim and the others' removals
-        that follow rmpeer's rules (``_removal_refused``)."""
-        out: dict[str, int] = {}
-        for name, inc in self.removed:
-            out[name] = max(out.get(name, -1), inc)
-        for issuer, view in sorted(self.known.items()):
-            for name, inc in view.claim.removed:
-                why = self._removal_refused(issuer, name, inc, live)
-                if why is None:
-                    out[name] = max(out.get(name, -1), inc)
-                elif why:
-                    self._refuse(Refusal(issuer, None, "removal", f"removal of {name}: {why}"))
-        return out
-
-    def _removal_refused(self, issuer: str, name: str, inc: int, live: Set[str]) -> str | None:
-        """Why a removal marker is not followed (empty: it concerns no one we know; None: it
-        is followed). rmpeer is run by a peer holding space, on a peer that is not live; a
-        marker for us comes from a peer that took some of our space and was cut off from us
-        (or unknown to this life of ours) since it published a claim without it."""
-        if name == self.name:
-            if inc < self.removed_since:
-                return ""
-            if not (self.owned or self.grants):
-                return None  # nothing to give up
-            if issuer in self.steady:
-                return "this peer is live and has been reachable from the remover"
-            if not space.overlaps(self.known[issuer].claim.owned, self.owned):
-                return "the remover holds none of this peer's space"
-        elif name in self.known and self.known[name].incarnation > inc:
-            return ""  # an earlier life of that peer
-        elif name not in self.known and not any(g[1] == name for g in self.grants):
-            return ""  # nothing of ours to forget
-        elif name in live:
-            return f"{name} is live" if self.holdings.of(name) else ""  # else: nothing to keep
-        if not self.holdings.of(issuer):
-            return "the remover holds no space of this ring" if self.holdings.held else ""
-        return None
-
-    def _removes_us(self, name: str) -> bool:
-        return any(r[0] == self.name for r in self.known[name].claim.removed)
-
-    def _refuse(self, refusal: Refusal) -> None:
-        """Note a refusal once while it stands (the holdings note theirs the same way)."""
-        if refusal not in self._refused_before:
-            self.refusals.append(refusal)
-        self._refusing.add(refusal)
-
-    def _hold(self, ring: RingId | None) -> None:
-        """Take in which space the others hold in ``ring`` (ours, or the one we may join)."""
-        claims = {n: v.claim for n, v in self.known.items() if ring and v.claim.ring == ring}
-        self.refusals += self.holdings.update(claims, self.owned, self.grants)
-
     def _handle_removals(self, markers: Mapping[str, int]) -> None:
         for name, inc in markers.items():
             if name == self.name:
@@ -159,32 +110,6 @@ class Ring(RingState):
             view = self.known.get(name)
             if view is not None and view.incarnation <= inc:
                 del self.known[name]
-
-    def _winning_ring(self, live: Set[str]) -> RingId | None:
-        """The oldest ring in reach; while we have one, only rings that look seeded count."""
-        rings = {r for n in live if (r := self.known[n].claim.ring) is not None}
-        if self.ring is None:
-            return min(rings) if rings else None
-        for ring in sorted(r for r in rings if r < self.ring):
-            why = self._unseeded(ring, live)
-            if not why:
-                return ring
-            self._refuse(Refusal(ring[1], None, "ring", f"ring {list(ring)}: {why}"))
-        return self.ring
-
-    def _unseeded(self, ring: RingId, live: Set[str]) -> str:
-        """Why ``ring`` does not look like a seeded ring (empty when it does): a quorum of its
-        members is live, and their claims share out the whole range, as seeding and grants
-        keep it. One host inventing an older ring must not make us give up our space."""
-        members = [v.claim for v in self.known.values() if v.claim.ring == ring]
-        if sum(self.known[n].claim.ring == ring for n in live) < self.quorum:
-            return f"fewer than {self.quorum} live members"
-        nets = [n for c in members for n in (*c.owned, *(g[0] for g in c.grants))]
-        if space.size(nets) != sum(n.num_addresses for n in nets) or space.collapse(nets) != [
-            self.range
-        ]:
-            return f"its members' claims do not share out {self.range} exactly"
-        return ""
 
     def _settle_conflict(self, winner: RingId | None, used: int) -> None:
         if self.ring is None or winner is None or self.ring == winner:
@@ -222,21 +147,6 @@ class Ring(RingState):
                 self.owned = space.collapse([*self.owned, net])
                 self.holdings.forget([net])
                 self.want = None
-
-    def _grant_refused(self, granter: str, net: Net) -> tuple[str, str] | None:
-        """(reason, detail) when a grant to us breaks the ring's rules; None when it may be
-        taken: a grant is at least one of our blocks, inside the range, of space its granter
-        held (a grant never creates space)."""
-        if not net.subnet_of(self.range):
-            return "grant_outside", f"{granter} grants {net}, outside the range {self.range}"
-        if net.prefixlen > self.block_prefix:
-            return "grant_small", (
-                f"{granter} grants {net}, smaller than this node's /{self.block_prefix} blocks: "
-                f"IPALLOC_BLOCK must be the same on every node"
-            )
-        if not space.covers(self.holdings.of(granter), net):
-            return "grant_unheld", f"{granter} grants {net}, which it does not hold"
-        return None
 
     def _prune_acks(self) -> None:
         """An ack is needed while the granter still lists that grant (stale gossip must not be
@@ -296,13 +206,6 @@ class Ring(RingState):
         self.want = None
         self.status = "awaiting consensus"
         self._seed(live, now_ns)
-
-    def _free_of(self, name: str, ring: RingId) -> int:
-        """The addresses ``name`` says it could give, at most what it holds of ``ring``."""
-        claim = self.known[name].claim
-        if claim.ring != ring:
-            return 0
-        return min(claim.free, space.size(self.holdings.owned_by(name, claim)))
 
     def _seed(self, live: Set[str], now_ns: int) -> None:
         """Take part in seeding a ring; as its decided seed, own the whole range."""
