@@ -322,3 +322,31 @@ def test_a_kube_nodes_block_claimed_by_a_stranger_is_not_routed() -> None:
     assert routed_to(a, B) == (blocks[B],)
     assert latest(a, "node").remote_blocks == frozenset({blocks[B]})
     assert {r.reason for r in a.ipam.holdings.refused.values()} == {"ours", "held"}
+
+
+class Trusting:
+    """An address policy that routes whatever a record claims (as the old IPAM did)."""
+
+    owned = [Net("10.32.1.0/24")]
+    gateways = (ipaddress.IPv4Interface("10.32.1.1/24"),)
+
+    def step(self, records: Any, live: Any, wall_ns: int) -> bool:
+        return False
+
+    def record_fields(self) -> dict[str, Any]:
+        return {"blocks": ("10.32.1.0/24",), "meta": b""}
+
+    def routable(self, record: PeerRecord) -> tuple[Net, ...]:
+        return tuple(Net(b) for b in record.blocks)
+
+
+def test_no_remote_route_covers_this_nodes_own_space_whatever_ipam_says() -> None:
+    coordinator = Coordinator(Trusting(), BASE, kept=[Net("10.32.1.0/25"), Net("10.32.9.0/24")],
+                              grace_until=5.0)  # fmt: skip
+    record = stranger_record({"blocks": ("10.32.1.0/24", "10.32.1.128/25", "10.32.2.0/24")})
+    view = View((Member(X, "stranger", record.data_endpoint, None, record),), {X: record},
+                frozenset({X}))  # fmt: skip
+    plan = coordinator.step(0.0, wall(0.0), view, ())
+    assert plan.peers is not None and plan.peers[0].blocks == (Net("10.32.2.0/24"),)
+    assert plan.node is not None
+    assert plan.node.remote_blocks == {Net("10.32.2.0/24"), Net("10.32.9.0/24")}
