@@ -324,7 +324,16 @@ class Ipam:
             pending_claims=int(bool(ring and ring.want)),
             unreachable_addresses=lost,
             unreachable_percentage=round(100.0 * lost / self.settings.range.num_addresses, 2),
+            refused=self._refused_counts(),
         )
+
+    def _refused_counts(self) -> dict[str, int]:
+        """Claims refused since start by reason; claims that could not be read as "malformed"."""
+        counts = dict(self.refusals.counts)
+        malformed = sum(self.malformed.values())
+        if malformed:
+            counts["malformed"] = counts.get("malformed", 0) + malformed
+        return counts
 
     def _conflict(self) -> str | None:
         """What the operator should know: the ring's conflict, then the claims refused now."""

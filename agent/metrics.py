@@ -141,8 +141,8 @@ def _peer_gauges(peers: Sequence[Peer]) -> Iterator[GaugeMetricFamily]:
     yield from (rtt, mtu, up)
 
 
-def _ipam(ipam: IpamStatus) -> Iterator[GaugeMetricFamily]:
-    """Weave's IPAM series, same names and meanings."""
+def _ipam(ipam: IpamStatus) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """Weave's IPAM series, same names and meanings; and the claims refused."""
     ips = GaugeMetricFamily("weave_ips", "Number of IP addresses.", labels=["state"])
     ips.add_metric(["local-used"], ipam.used)
     yield ips
@@ -155,3 +155,11 @@ def _ipam(ipam: IpamStatus) -> Iterator[GaugeMetricFamily]:
         "Number of unreachable peers.",
         value=unreachable,
     )
+    refused = CounterMetricFamily(
+        "weave_ipam_refused_claims",
+        "Other peers' address claims refused (never routed nor held), by reason.",
+        labels=["reason"],
+    )
+    for reason, n in sorted(ipam.refused.items()):
+        refused.add_metric([reason], n)
+    yield refused

@@ -112,6 +112,7 @@ class IpamStatus(_Node):
     pending_claims: int  # 1 while this node asks a peer for space
     unreachable_addresses: int  # addresses owned by unreachable peers
     unreachable_percentage: float  # the same as a percentage of the range, two decimals
+    refused: Mapping[str, int]  # other peers' claims refused since start, by reason
 
     @classmethod
     def from_json(cls, data: object, where: str = "ipam") -> Self:
@@ -131,6 +132,7 @@ class IpamStatus(_Node):
             pending_claims=f.integer("pending_claims"),
             unreachable_addresses=f.integer("unreachable_addresses"),
             unreachable_percentage=f.number("unreachable_percentage"),
+            refused=f.counts("refused"),
         )
 
 

@@ -37,7 +37,7 @@ POD_BLOCK = Net("10.32.1.0/28")  # 16 addresses: network, gateway, broadcast and
 STATUS_KEYS = {
     "mode", "status", "range", "block_prefix", "blocks", "conflict", "owners", "used",
     "capacity", "pending_allocates", "pending_claims", "unreachable_addresses",
-    "unreachable_percentage",
+    "unreachable_percentage", "refused",
 }  # fmt: skip
 
 

@@ -101,6 +101,7 @@ REPORT = Report(
         pending_claims=1,
         unreachable_addresses=262144,
         unreachable_percentage=25.0,
+        refused={"held": 2},
     ),
     peers=(
         peer(
@@ -202,6 +203,7 @@ REPORT_JSON: dict[str, Any] = {  # /report as agents serve it: the oracle of to_
         "pending_claims": 1,
         "unreachable_addresses": 262144,
         "unreachable_percentage": 25.0,
+        "refused": {"held": 2},
     },
     "peers": [
         {
@@ -698,6 +700,7 @@ def test_ipam_metrics_have_weaves_names() -> None:
     assert samples[("weave_ipam_unreachable_percentage", ())] == 25.0
     assert samples[("weave_ipam_pending_allocates", ())] == 2
     assert samples[("weave_ipam_pending_claims", ())] == 1
+    assert samples[("weave_ipam_refused_claims_total", (("reason", "held"),))] == 2
     types = {f.name: f.type for f in text_string_to_metric_families(body)}
     for name in ("weave_ips", "weave_max_ips", "weave_ipam_unreachable_peers"):
         assert types[name] == "gauge"
