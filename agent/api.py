@@ -20,7 +20,8 @@ or oversized request, a timeout, a foreign uid, a mutation over TCP, too many co
 once) is counted by reason in the ``api request`` tally (agent/refusals.py: the metric
 ``weave_py_refusals_total``) and logged, rate-limited, with its source. Bounds: the request
 (agent/request.py), ``MAX_CONNECTIONS`` open connections per listener (more are answered 503
-at once), and the read timeout.
+at once), and the read timeout. Where it listens and how a caller is named and trusted:
+agent/listeners.py.
 
 The POST/DELETE routes answer JSON: 200 with the action's result, or ``{"error": message}``
 (plus ``"details"`` when the refusal has them) with the status code ``STATUS`` maps the
@@ -39,18 +40,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import socket
-import struct
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from agent import errors, request, status
+from agent.listeners import Caller, identify
 from agent.metrics import ReportCollector
 from agent.refusals import Tallies, TallyCollector
 from agent.report import Report
@@ -87,7 +85,6 @@ STATUS: dict[type[errors.Refused], int] = {
 }  # the most specific class of a refusal decides
 
 Answer = tuple[int, str, str]  # status code, content type, body
-PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class Actions(Protocol):
@@ -98,17 +95,6 @@ class Actions(Protocol):
     async def release(self, container_id: str, ifname: str | None) -> dict[str, Any]: ...
 
     async def rmpeer(self, name: str) -> dict[str, Any]: ...
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who sent a request: ``source`` for the log ("uid 0 pid 42", "127.0.0.1:40000"),
-    ``trusted``: may ask anything (root on the unix socket), else the GET views only, and
-    ``refused``: a reason to refuse every request (a foreign uid on the unix socket)."""
-
-    source: str
-    trusted: bool
-    refused: str = ""
 
 
 class Api:
@@ -249,53 +235,6 @@ class Api:
             self.refusals.note(caller.refused, caller.source, now, f"{req.method} {req.path}")
             return 403, "text/plain", "the agent's socket is root's\n"
         return await self._dispatch(req, caller)
-
-
-def identify(writer: asyncio.StreamWriter, trusted_uids: frozenset[int]) -> Caller:
-    """The caller on the other end of ``writer``'s socket: by its credentials on a unix
-    socket, by its address (never trusted) on TCP."""
-    sock = writer.get_extra_info("socket")
-    if sock is None or sock.family != socket.AF_UNIX:
-        peer = writer.get_extra_info("peername")
-        where = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "?"
-        return Caller(where, trusted=False)
-    try:
-        pid, uid, _ = PEERCRED.unpack(
-            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size)
-        )
-    except OSError:
-        return Caller("unix socket", trusted=False, refused="no-credentials")
-    source = f"uid {uid} pid {pid}"
-    if uid not in trusted_uids:
-        return Caller(source, trusted=False, refused="foreign-uid")
-    return Caller(source, trusted=True)
-
-
-async def listen_unix(path: str, api: Api) -> asyncio.Server:
-    """``api`` on a unix socket at ``path``, owned by this process's user with mode 0600 before
-    anyone can connect (bound under a temporary name, restricted, renamed into place)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.tmp"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(temporary)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.bind(temporary)
-        os.chmod(temporary, 0o600)
-        os.rename(temporary, path)
-        return await asyncio.start_unix_server(api.handle, sock=sock, limit=request.MAX_HEAD)
-    except BaseException:
-        sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
-async def listen_tcp(host: str, port: int, api: Api) -> asyncio.Server:
-    """``api`` on TCP ``host:port``: the GET views only (see the module docstring)."""
-    return await asyncio.start_server(
-        api.handle, host, port, reuse_address=True, limit=request.MAX_HEAD
-    )
 
 
 def action_route(path: str) -> tuple[str, str | None] | None:

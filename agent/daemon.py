@@ -26,7 +26,7 @@ from typing import Any
 
 from agent import snapshot
 from agent.addresses import Addresses, StateFile
-from agent.api import Api, listen_tcp, listen_unix
+from agent.api import Api
 from agent.cni.handler import Handler
 from agent.cni.network import KernelPodNetwork
 from agent.cni.server import serve
@@ -35,6 +35,7 @@ from agent.coordinator import ROUTE_GRACE, Coordinator, Plan
 from agent.execution import Execution
 from agent.ipam import Ipam, Settings
 from agent.kernel import NodeKernel
+from agent.listeners import listen_tcp, listen_unix
 from agent.peer_log import peer_event, peer_tables
 from agent.peer_name import load_or_create
 from agent.peers import kube_api
@@ -43,10 +44,12 @@ from agent.peers.startup import prepare
 from agent.readiness import ReadinessLog, missing
 from agent.refusals import LOG_INTERVAL, Tallies
 from agent.report import Report, Router
+from agent.secrets import load_secrets
 from agent.supervisor import Supervisor, close_server, exit_if_stuck
 from gossip.identity import Identity
 from overlay import node, udp
 from overlay.datapath import Datapath
+from overlay.seal import Keyring
 from overlay.sleeve import Sleeve
 
 log = logging.getLogger("weave-py")
@@ -69,17 +72,26 @@ class Agent:
                              hairpin=True, masquerade=masquerade)  # fmt: skip
         grace = time.monotonic() + ROUTE_GRACE
         self.coordinator = Coordinator(self.ipam, base, kernel.underlay.kept, grace)
+        self.secrets = load_secrets(c)
+        self.keyring = (Keyring(identity.name, self.secrets, time.monotonic())
+                        if self.secrets.enabled else None)  # fmt: skip
+        claim = self.ipam.record_fields()
+        if self.keyring is not None:
+            claim = {**claim, "sleeve_key": self.keyring.sleeve_key}
         self.source = peer_source(c, identity, self.incarnation, kernel.underlay.address,
-                                  self.ipam.record_fields(), self._routed, self.rmpeer)  # fmt: skip
+                                  claim, self._routed, self.rmpeer, self.secrets)  # fmt: skip
         self.sock = udp.open_udp(c.bind_address, c.port, c.socket_buffer)
+        hosts = [a for a in (kernel.underlay.address,) if a]  # what peers' pods may see of us
         self.sleeve = Sleeve(identity.peer_id, identity.uid, self.ipam.owned, kernel.mtu,
                              fast_interval=c.heartbeat_interval,
                              slow_interval=c.heartbeat_slow_interval,
-                             timeout=c.heartbeat_timeout)  # fmt: skip
+                             timeout=c.heartbeat_timeout, host_addresses=hosts)  # fmt: skip
         self.datapath = Datapath(
             self.sleeve, kernel.tun, self.sock, kernel.underlay.mtu,
             lambda event: peer_event(event, kernel.mtu), c.udp_gso,
             connect=lambda peer: udp.open_udp(c.bind_address, 0, c.socket_buffer, peer),
+            keyring=self.keyring,
+            on_sleeve_key=lambda key: self.source.publish({"sleeve_key": key}),
         )  # fmt: skip
         self.addresses = Addresses(self.ipam, self.state, c.ipam_timeout, self.wake, self.follow)
         self.network = KernelPodNetwork(c.bridge, kernel.mtu, c.gso_max_size)
@@ -111,7 +123,8 @@ class Agent:
 
     async def _carry_out(self, plan: Plan, now: float) -> None:
         if plan.local is not None:
-            self.sleeve.set_local_blocks(plan.local.blocks, plan.local.router_address)
+            self.sleeve.set_local_blocks(plan.local.blocks, plan.local.router_address,
+                                         plan.local.gateways)  # fmt: skip
         if plan.peers is not None:
             self.sleeve.set_peers(plan.peers, now)
             self.datapath.poke()
@@ -201,12 +214,12 @@ class Agent:
     async def _serve(self, stack: contextlib.AsyncExitStack) -> None:
         c = self.config
         api = Api(self.report, False, self, c.peer_metrics, self.tallies, self.supervisor.dead)
-        servers = {"api (socket)": await listen_unix(c.socket_path, api)}
+        servers = {"api (socket)": await listen_unix(c.socket_path, api.handle)}
         if hostport := split_hostport(c.http_addr) if c.http_addr else None:
-            servers["api (http)"] = await listen_tcp(*hostport, api)
+            servers["api (http)"] = await listen_tcp(*hostport, api.handle)
         if hostport := split_hostport(c.metrics_addr) if c.metrics_addr else None:
             public = Api(self.report, True, None, c.peer_metrics, self.tallies)
-            servers["metrics"] = await listen_tcp(*hostport, public)
+            servers["metrics"] = await listen_tcp(*hostport, public.handle)
         for name, server in servers.items():
             stack.push_async_callback(close_server, server)
             self.supervisor.watch(name, server.is_serving)
@@ -254,12 +267,13 @@ class Agent:
             uid=f"{self.identity.uid:x}", port=self.config.port, mtu=self.kernel.mtu,
             underlay_mtu=self.kernel.underlay.mtu, offload=self.kernel.offload,
             super_packets="udp-gso" if self.datapath.udp_gso else "ip-fragments",
+            encryption=self.secrets.enabled,
         )  # fmt: skip
         return snapshot.take(
             router, waiting_for=self.readiness(), uptime_seconds=time.time() - self.started_at,
             ipam=self.ipam.status(view.records, view.live, self.identity.nickname),
             sleeve=self.sleeve, routes=self.kernel.routes, control=self.source.connections(),
-            terminations=self.source.terminations(),
+            terminations=self.source.terminations(), rejected=self.source.rejections(),
         )  # fmt: skip
 
     def readiness(self) -> tuple[str, ...]:

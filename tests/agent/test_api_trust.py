@@ -17,7 +17,8 @@ import pytest
 
 from agent import api as api_module
 from agent import request
-from agent.api import Api, healthz, listen_tcp, listen_unix
+from agent.api import Api, healthz
+from agent.listeners import listen_tcp, listen_unix
 from agent.refusals import Tallies
 from tests.agent.test_api_ipam import FakeActions
 from tests.agent.test_status import REPORT
@@ -52,7 +53,7 @@ async def test_tcp_serves_views_and_refuses_mutations(
 ) -> None:
     fake = FakeActions()
     api = Api(lambda: REPORT, actions=fake)
-    server = await listen_tcp("127.0.0.1", 0, api)
+    server = await listen_tcp("127.0.0.1", 0, api.handle)
     port = server.sockets[0].getsockname()[1]
     async with server:
         assert status_of(await ask(b"GET /status/ipam HTTP/1.1\r\n\r\n", port=port)) == 200
@@ -67,7 +68,7 @@ async def test_tcp_serves_views_and_refuses_mutations(
 
 async def test_unix_socket_is_roots_from_the_start(socket_dir: str) -> None:
     path = os.path.join(socket_dir, "api.sock")
-    server = await listen_unix(path, Api(lambda: REPORT, actions=FakeActions()))
+    server = await listen_unix(path, Api(lambda: REPORT, actions=FakeActions()).handle)
     async with server:
         info = os.stat(path)
         assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o600
@@ -100,7 +101,7 @@ async def test_a_foreign_uid_is_refused_even_when_it_can_connect(
     path = os.path.join(socket_dir, "api.sock")
     fake = FakeActions()
     api = Api(lambda: REPORT, actions=fake)
-    server = await listen_unix(path, api)
+    server = await listen_unix(path, api.handle)
     async with server:
         os.chmod(socket_dir, 0o755)
         os.chmod(path, 0o666)  # a careless mode: the credentials still decide
@@ -134,7 +135,7 @@ async def test_bounds_refuse_before_acting(
     path = os.path.join(socket_dir, "api.sock")
     fake = FakeActions()
     api = Api(lambda: REPORT, actions=fake)
-    async with await listen_unix(path, api):
+    async with await listen_unix(path, api.handle):
         reader, writer = await asyncio.open_unix_connection(path)
         writer.write(request_bytes)
         writer.write_eof()
@@ -149,7 +150,7 @@ async def test_a_silent_client_times_out(socket_dir: str, monkeypatch: pytest.Mo
     monkeypatch.setattr(request.read, "__defaults__", (0.1,))
     path = os.path.join(socket_dir, "api.sock")
     api = Api(lambda: REPORT)
-    async with await listen_unix(path, api):
+    async with await listen_unix(path, api.handle):
         reader, writer = await asyncio.open_unix_connection(path)
         writer.write(b"GET /heal")
         answer = await asyncio.wait_for(reader.read(), 5)
@@ -163,7 +164,7 @@ async def test_connections_beyond_the_cap_are_answered_503(
     monkeypatch.setattr(api_module, "MAX_CONNECTIONS", 2)
     path = os.path.join(socket_dir, "api.sock")
     api = Api(lambda: REPORT)
-    async with await listen_unix(path, api):
+    async with await listen_unix(path, api.handle):
         idle = [await asyncio.open_unix_connection(path) for _ in range(2)]
         await asyncio.sleep(0.05)
         assert api.open == 2
@@ -187,7 +188,7 @@ async def test_a_flood_of_bad_requests_logs_one_line_and_counts_all(
     path = os.path.join(socket_dir, "api.sock")
     tallies = Tallies()
     api = Api(lambda: REPORT, tallies=tallies)
-    async with await listen_unix(path, api):
+    async with await listen_unix(path, api.handle):
         with caplog.at_level(logging.WARNING, "weave-py.api"):
             for _ in range(50):
                 await ask(b"BAD\r\n\r\n", path)
