@@ -15,7 +15,7 @@ Who may ask what. The mutating routes (POST/DELETE) answer only on the unix sock
 file is root's with mode 0600, and only to a caller whose credentials (SO_PEERCRED) show one
 of ``trusted_uids`` (root); a caller with another uid is refused every route there. A TCP
 listener serves the GET views only: any local user reaches 127.0.0.1, so a mutating call on
-it is refused (403) without being read further. Every refusal of outside input (a malformed
+it is refused (403) without acting. Every refusal of outside input (a malformed
 or oversized request, a timeout, a foreign uid, a mutation over TCP, too many connections at
 once) is counted by reason in the ``api request`` tally (agent/refusals.py: the metric
 ``weave_py_refusals_total``) and logged, rate-limited, with its source. Bounds: the request
