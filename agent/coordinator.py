@@ -67,6 +67,7 @@ class Local:
 
     blocks: tuple[Net, ...]
     router_address: bytes
+    gateways: tuple[ipaddress.IPv4Address, ...] = ()  # the host's addresses in that space
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ class Coordinator:
         """Take in the time, the source's view and the data plane's unreachable peers."""
         ring_changed = self.ipam.step(view.records, view.live, wall_ns)
         peers = tuple(self._spec(m) for m in view.members)
-        local = Local(tuple(self.ipam.owned), self._router_address())
+        gateways = tuple(g.ip for g in self.ipam.gateways)
+        local = Local(tuple(self.ipam.owned), self._router_address(), gateways)
         node = self._desired(peers, now)
         fields = {**self.ipam.record_fields(), "unreachable": tuple(sorted(unreachable))}
         plan = Plan(

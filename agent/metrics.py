@@ -78,14 +78,23 @@ def _connections(r: Report) -> Iterator[Family]:
         labels=["state", "type", "encryption"],
     )
     states = [c.state for c in r.connections] if r.connections else [p.state for p in r.peers]
+    encryption = "yes" if r.router.encryption else "no"
     for state in CONNECTION_STATES:
-        conns.add_metric([state, "sleeve", "no"], states.count(state))
+        conns.add_metric([state, "sleeve", encryption], states.count(state))
     yield conns
     yield CounterMetricFamily(
         "weave_connection_terminations",
         "Number of peer-to-peer connections terminated.",
         value=r.connection_terminations,
     )
+    rejected = CounterMetricFamily(
+        "weave_py_gossip_rejected",
+        "Control-plane input refused (handshakes, messages, records), by reason.",
+        labels=["reason"],
+    )
+    for reason, n in sorted(r.control_rejected.items()):
+        rejected.add_metric([reason], n)
+    yield rejected
 
 
 def _node(r: Report) -> Iterator[Family]:

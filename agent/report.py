@@ -49,6 +49,7 @@ class Router(_Node):
     underlay_mtu: int  # MTU of the interface towards the peers, bytes
     offload: str  # the TUN's offload mode ("off", "csum", "tso+csum", ...)
     super_packets: str  # how super-packets cross the wire: "udp-gso" or "ip-fragments"
+    encryption: bool  # peers must prove a shared secret; the sleeve and control are sealed
 
     @classmethod
     def from_json(cls, data: object, where: str = "router") -> Self:
@@ -63,6 +64,7 @@ class Router(_Node):
             underlay_mtu=f.integer("underlay_mtu"),
             offload=f.text("offload"),
             super_packets=f.text("super_packets"),
+            encryption=f.flag("encryption"),
         )
 
 
@@ -235,6 +237,7 @@ class Report(_Node):
     routes: tuple[Route, ...]
     connections: tuple[Connection, ...]  # empty with static peers
     connection_terminations: int  # control connections ended so far (Weave's metric)
+    control_rejected: Mapping[str, int]  # control-plane input refused, by reason
 
     @classmethod
     def from_json(cls, data: object, where: str = "report") -> Self:
@@ -253,6 +256,7 @@ class Report(_Node):
             routes=tuple(Route.from_json(d, w) for d, w in f.items("routes")),
             connections=tuple(Connection.from_json(d, w) for d, w in f.items("connections")),
             connection_terminations=f.integer("connection_terminations"),
+            control_rejected=f.counts("control_rejected"),
         )
 
 

@@ -27,10 +27,12 @@ def take(
     routes: Iterable[netdev.Route],
     control: Iterable[Mapping[str, str]],
     terminations: int = 0,
+    rejected: Mapping[str, int] | None = None,
 ) -> Report:
     """The Report of this moment. ``waiting_for``: ``readiness()``; ``routes``: ours in the
     kernel after the last reconcile; ``control``: the peer source's ``connections()`` (empty
-    with static peers) and ``terminations`` how many of them ended."""
+    with static peers), ``terminations`` how many of them ended and ``rejected`` the control
+    input the peer source refused, by reason."""
     peers = tuple(peer_of(state) for state in sleeve.peers.values())
     return Report(
         version=__version__,
@@ -45,6 +47,7 @@ def take(
         routes=tuple(Route(r.destination, r.device) for r in routes),
         connections=connections_of(control, peers),
         connection_terminations=terminations,
+        control_rejected=dict(rejected or {}),
     )
 
 

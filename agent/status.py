@@ -25,7 +25,7 @@ def render_status(r: Report) -> str:
         ("Service", "router"),
         ("Protocol", "weave-py sleeve 1"),
         ("Name", f"{router.name}({router.nickname})"),
-        ("Encryption", "disabled"),
+        ("Encryption", "enabled" if router.encryption else "disabled"),
         ("PeerDiscovery", "enabled" if control else "disabled (static peers)"),
         ("Targets", str(len([c for c in control if c.direction == "->"]) or len(r.peers))),
         ("Connections", f"{len(states)}" + (f" ({', '.join(counts)})" if counts else "")),

@@ -73,3 +73,7 @@ class PeerSource(Protocol):
     def terminations(self) -> int:
         """Control connections ended so far (Weave's weave_connection_terminations_total)."""
         ...
+
+    def rejections(self) -> Mapping[str, int]:
+        """Control-plane input refused so far, by reason (empty when the source has none)."""
+        ...

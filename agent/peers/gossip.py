@@ -124,3 +124,7 @@ class GossipPeers:
     def terminations(self) -> int:
         """Control connections the driver has seen end."""
         return self.driver.terminations
+
+    def rejections(self) -> Mapping[str, int]:
+        """What the mesh and its driver refused, by reason."""
+        return dict(self.driver.mesh.rejections.counts)

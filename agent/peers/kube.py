@@ -87,6 +87,10 @@ class KubePeers:
         """The mesh's."""
         return self.gossip.terminations()
 
+    def rejections(self) -> Mapping[str, int]:
+        """The mesh's."""
+        return self.gossip.rejections()
+
     def connections(self) -> list[dict[str, str]]:
         """The mesh's control connections."""
         return self.gossip.connections()

@@ -13,8 +13,8 @@ from agent.peers import PeerSource, kube_api
 from agent.peers.gossip import GossipPeers
 from agent.peers.kube import KubePeers, Rmpeer
 from agent.peers.static import StaticPeers
-from agent.secrets import load_secrets
 from gossip.identity import Identity
+from gossip.secret import Secrets
 
 Net = ipaddress.IPv4Network
 
@@ -27,10 +27,12 @@ def peer_source(
     claim: dict[str, Any],
     routed: Callable[[], Set[Net]],
     rmpeer: Rmpeer,
+    secrets: Secrets,
 ) -> PeerSource:
     """The source for ``config``. ``address``: where this node is reached when configuration
     does not say (the underlay's); ``routed``: the destinations routed in the kernel now;
-    ``rmpeer``: how a dead peer's space is taken over (reclaims of deleted Nodes)."""
+    ``rmpeer``: how a dead peer's space is taken over (reclaims of deleted Nodes);
+    ``secrets``: what peers must prove (agent/secrets.py reads them once)."""
     if config.peers:
         return StaticPeers(config.peers)
     address = config.advertise_address or address
@@ -41,7 +43,7 @@ def peer_source(
         )
     endpoint = (address, config.port)
     gossip = GossipPeers(identity, incarnation, endpoint, (config.bind_address, config.port),
-                         config.seeds, config.conn_limit, claim, load_secrets(config))  # fmt: skip
+                         config.seeds, config.conn_limit, claim, secrets)  # fmt: skip
     if not kube_api.enabled(config):
         return gossip
     reclaim = rmpeer if config.pod_block is None else None  # kube IPAM: nothing to reclaim

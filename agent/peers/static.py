@@ -39,3 +39,6 @@ class StaticPeers:
 
     def terminations(self) -> int:
         return 0
+
+    def rejections(self) -> Mapping[str, int]:
+        return {}

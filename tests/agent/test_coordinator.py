@@ -212,7 +212,8 @@ def test_a_new_block_puts_its_gateway_on_the_bridge_and_a_released_one_takes_it_
     cluster.step()
     second = ipaddress.IPv4Interface("10.32.0.17/28")
     assert n.plans[-1].node is not None and n.plans[-1].node.gateways == (first, second)
-    assert n.plans[-1].local is None  # the space and the router address are the same
+    local = n.plans[-1].local  # the same space and router address; the sleeve learns the
+    assert local is not None and local.gateways == (first.ip, second.ip)  # new host address
     ipam.release("pod-13", "eth0")
     cluster.step()
     assert n.plans[-1].node is not None and n.plans[-1].node.gateways == (first,)

@@ -23,6 +23,7 @@ from agent.peers.kube_api import KubeApi, enabled, kube_config
 from agent.peers.nodes import NodeInfo
 from agent.peers.source import peer_source
 from gossip.identity import new_identity
+from gossip.secret import Secrets
 from gossip.topology import PeerRecord
 
 Net = ipaddress.IPv4Network
@@ -87,7 +88,7 @@ async def no_rmpeer(name: str) -> dict[str, Any]:
 def build(config: Config, blocks: tuple[str, ...] = ()) -> Any:
     claim = {"blocks": blocks, "meta": b""}
     identity = new_identity(config.node_name)
-    return peer_source(config, identity, 1, "192.168.1.7", claim, set, no_rmpeer)
+    return peer_source(config, identity, 1, "192.168.1.7", claim, set, no_rmpeer, Secrets.none())
 
 
 def test_the_daemon_builds_the_kubernetes_source_only_when_it_is_used(account: Path) -> None:

@@ -74,6 +74,7 @@ REPORT = Report(
         underlay_mtu=1440,
         offload="tso+csum",
         super_packets="udp-gso",
+        encryption=False,
     ),
     ipam=IpamStatus(
         mode="gossip",
@@ -141,6 +142,7 @@ REPORT = Report(
     ),
     connections=(),
     connection_terminations=2,
+    control_rejected={"name_in_use": 3},
 )
 
 REPORT_JSON: dict[str, Any] = {  # /report as agents serve it: the oracle of to_json
@@ -157,6 +159,7 @@ REPORT_JSON: dict[str, Any] = {  # /report as agents serve it: the oracle of to_
         "underlay_mtu": 1440,
         "offload": "tso+csum",
         "super_packets": "udp-gso",
+        "encryption": False,
     },
     "ipam": {
         "mode": "gossip",
@@ -265,6 +268,7 @@ REPORT_JSON: dict[str, Any] = {  # /report as agents serve it: the oracle of to_
     ],
     "connections": [],
     "connection_terminations": 2,
+    "control_rejected": {"name_in_use": 3},
 }
 
 
@@ -753,3 +757,18 @@ def test_metrics_only_listener() -> None:
     assert public.respond("GET", "/metrics")[0] == 200
     for path in ("/status", "/report", "/healthz", "/status/peers"):
         assert public.respond("GET", path)[0] == 404
+
+
+def test_encryption_shows_in_status_and_the_connection_series() -> None:
+    secret = snap(router=replace(REPORT.router, encryption=True), connections=CONTROL)
+    status = api(secret).respond("GET", "/status")[2]
+    assert "Encryption: enabled" in status
+    assert "Encryption: disabled" in api().respond("GET", "/status")[2]
+    samples = samples_of(api(secret).respond("GET", "/metrics")[2])
+    labels = (("encryption", "yes"), ("state", "established"), ("type", "sleeve"))
+    assert samples[("weave_connections", labels)] == 2
+
+
+def test_control_rejections_are_counted_by_reason() -> None:
+    samples = samples_of(api().respond("GET", "/metrics")[2])
+    assert samples[("weave_py_gossip_rejected_total", (("reason", "name_in_use"),))] == 3
