@@ -83,21 +83,28 @@ class Dissemination:
         self.outbox.send(conn, MessageType.DIGEST, digest=digest)
 
     def receive(
-        self, conn: Hashable, msg_type: int, fields: dict[str, Any], now: float, source: str = ""
+        self,
+        conn: Hashable,
+        msg_type: int,
+        fields: dict[str, Any],
+        now: float,
+        wall_ns: int,
+        source: str = "",
     ) -> list[PeerRecord]:
-        """Take one message from ``conn`` (``source`` names it in refusals); the records it
-        brought that were news (queued)."""
+        """Take one message from ``conn`` at ``now`` (the wall clock then: ``wall_ns``, which
+        records are judged by); ``source`` names it in refusals. The records it brought that
+        were news (queued)."""
         if msg_type == MessageType.TOPOLOGY:
             listed = _list(fields, "records", MAX_RECORDS_IN)
             records = [PeerRecord.from_wire(d) for d in listed if not self._stale(d)]
-            novel = self.topology.merge(records, source)
+            novel = self.topology.merge(records, source, wall_ns)
             if novel:
                 self.queue(novel, now)
             return novel
         if msg_type == MessageType.DIGEST:
             digest = _digest_from_wire(fields.get("digest"))
             self.outbox.send_records(conn, self.topology.newer_than(digest))
-            wanted = self.topology.wanted(digest)[:MAX_WANTED]
+            wanted = self.topology.wanted(digest, wall_ns)[:MAX_WANTED]
             if wanted:
                 self.outbox.send(conn, MessageType.REQUEST, names=wanted)
         elif msg_type == MessageType.REQUEST:

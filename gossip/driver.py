@@ -228,9 +228,9 @@ class MeshDriver:
         keepalive = KEEPALIVE in remote.features
         if not self.mesh.connection_up(
             conn, remote.name, addr, time.monotonic(), uid=remote.uid, label=where,
-            keepalive=keepalive,
+            keepalive=keepalive, host=host,
         ):  # fmt: skip
-            log.debug("->[%s] connection deleted: already connected", where)
+            log.debug("->[%s] connection deleted: the name is held", where)
             if addr is not None and self.outbound.get(addr, {}).get("state") != "established":
                 self.outbound.pop(addr, None)
             writer.close()
@@ -240,7 +240,7 @@ class MeshDriver:
         self._established(conn, result, writer, addr, where, host)
         try:
             for msg_type, fields in result.messages:
-                self.mesh.receive(conn, msg_type, fields, time.monotonic())
+                self.mesh.receive(conn, msg_type, fields, time.monotonic(), time.time_ns())
             self._pump()
             await self._read(conn, reader, result)
         except (DecodeError, ValueError) as exc:
@@ -362,9 +362,9 @@ class MeshDriver:
             data = await reader.read(READ_SIZE)
             if not data:
                 return
-            now = time.monotonic()
+            now, wall_ns = time.monotonic(), time.time_ns()
             for msg_type, fields in decoder.feed(data):
-                self.mesh.receive(conn, msg_type, fields, now)
+                self.mesh.receive(conn, msg_type, fields, now, wall_ns)
             self._pump()
 
     # -- carrying out what the core asked for --------------------------------------------------

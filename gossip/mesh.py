@@ -15,10 +15,15 @@ Rules this module keeps:
 - Liveness, routes and forgetting peers follow the records (gossip/liveness.py); they are
   recomputed when coalesced changes are flushed and when peers are collected, every
   ``repair_interval``.
-- A name is tied to its live connection. A second connection claiming a connected name with
-  another uid than the live one is refused (reason "name_in_use") and never replaces it; while
-  connected, the name is bound in the topology to the live uid. Two connections with one uid
-  (both ends dialled at once) are settled by the tie-break below.
+- A name is tied to its live connection, never to what a handshake claims (without a secret
+  a uid proves nothing: every record shows it). While the connection holding a name is live,
+  a second connection claiming the name is refused (reason "name_in_use") whatever its uid,
+  and never replaces it; only once the holder closed, or went silent for ``silence_timeout``
+  (then it is closed, reason "silent"), may another connection take the name -- so a restarted
+  peer is back within about ``silence_timeout`` even when its old connection never closed.
+  One exception: both ends dialled at once. A second connection with the live one's uid, from
+  its host, within ``settle_interval`` of it, is settled by the tie-break below. While
+  connected, the name is bound in the topology to the live uid.
 - No redial storms: a dial's backoff starts over only once its connection lasted
   ``stable_interval``; a dialled connection refused or closed sooner counts as a failed dial.
 - Connections of peers that keep them alive are closed once silent (gossip/keepalive.py).
@@ -59,6 +64,11 @@ class MeshConfig:
     stable_interval: float = 10.0  # seconds a dialled connection lasts before backoff resets
     keepalive_interval: float = 3.0  # seconds between KEEPALIVEs to peers that want them
     silence_timeout: float = 12.0  # seconds without a byte before such a connection is closed
+    # Seconds after a connection came up in which a second one from the same peer (its uid,
+    # its host) is taken as both ends dialling at once and settled by the tie-break; later,
+    # it is refused while the first lives. Longer: slower handshakes still settle; shorter:
+    # less time for a neighbour on that host to pose as the peer.
+    settle_interval: float = 3.0
 
 
 class Mesh:
@@ -95,6 +105,7 @@ class Mesh:
         self._uids: dict[Hashable, int] = {}  # connection id -> the uid its handshake gave
         self._labels: dict[Hashable, str] = {}  # connection id -> how refusals name it
         self._dials: dict[Hashable, tuple[Address, float]] = {}  # dialled: (address, up at)
+        self._origins: dict[Hashable, tuple[str | None, float]] = {}  # conn -> (host, up at)
 
     @property
     def name(self) -> str:
@@ -165,17 +176,21 @@ class Mesh:
         uid: int | None = None,
         label: str = "",
         keepalive: bool = False,
+        host: str | None = None,
     ) -> bool:
         """An established, handshaken connection to ``remote`` (``uid`` from its handshake;
-        ``keepalive`` when it keeps connections alive); False when the driver must close it now
-        (already connected to that peer). At the connection limit it is accepted only to send
-        our records, then listed by ``to_close``."""
+        ``keepalive`` when it keeps connections alive; ``host`` the address it came from or
+        went to); False when the driver must close it now (the name is held by a live
+        connection). At the connection limit it is accepted only to send our records, then
+        listed by ``to_close``."""
         self._labels[conn] = label or remote
         if uid is not None:
             self._uids[conn] = uid
-        if remote in self.by_name and not self._admit_duplicate(conn, remote, addr, uid, label):
+        self._origins[conn] = (host, now)
+        if remote in self.by_name and not self._admit_duplicate(conn, remote, addr, now):
             self._uids.pop(conn, None)
             self._labels.pop(conn, None)
+            self._origins.pop(conn, None)
             if addr is not None:
                 self._dialer.failed(addr, now)
             return False
@@ -188,23 +203,44 @@ class Mesh:
             return True
         if len(self.conns) >= self.config.conn_limit and not self._make_room(conn, remote, now):
             return True
-        self._hold(conn, remote, addr)
+        self._hold(conn, remote, addr, now)
         self._set_connections(now)
         self._gossip.send_digest(conn)
         return True
 
     def _admit_duplicate(
-        self, conn: Hashable, remote: str, addr: Address | None, uid: int | None, label: str
+        self, conn: Hashable, remote: str, addr: Address | None, now: float
     ) -> bool:
-        """A second connection to a connected name: True when it replaced the live one."""
-        live_uid = self._uids.get(self.by_name[remote])
-        if uid is not None and live_uid is not None and uid != live_uid:
-            detail = f"{remote} is held by a live connection of uid {live_uid}, not {uid}"
-            self.rejections.add("name_in_use", label or remote, detail)
-            return False
-        return self._settle_duplicate(conn, remote, addr)
+        """A second connection claiming a connected name: True when it may hold the name
+        (the holder went silent, or it won the tie-break of a simultaneous dial)."""
+        old = self.by_name[remote]
+        silent = self._keepalive.silent_for(old, now)
+        if silent >= self.config.silence_timeout:
+            detail = f"nothing heard for {silent:g}s; {self._labels[conn]} takes {remote}"
+            self.rejections.add("silent", self._labels.get(old, "?"), detail)
+            self._release(old)
+            self._closing.append(old)
+            return True
+        if self._simultaneous(old, conn, now):
+            return self._settle_duplicate(conn, remote, addr, now)
+        detail = f"{remote} is held by a live connection ({self._labels.get(old, '?')})"
+        self.rejections.add("name_in_use", self._labels[conn], detail)
+        return False
 
-    def _settle_duplicate(self, conn: Hashable, remote: str, addr: Address | None) -> bool:
+    def _simultaneous(self, old: Hashable, new: Hashable, now: float) -> bool:
+        """Whether ``new`` looks like the far end dialling us as we dialled it: the live
+        connection's uid and host, and the live one came up within ``settle_interval``."""
+        host, up_at = self._origins.get(old, (None, float("-inf")))
+        uid = self._uids.get(old)
+        return (
+            uid is not None and self._uids.get(new) == uid
+            and host is not None and self._origins[new][0] == host
+            and now - up_at < self.config.settle_interval
+        )  # fmt: skip
+
+    def _settle_duplicate(
+        self, conn: Hashable, remote: str, addr: Address | None, now: float
+    ) -> bool:
         """Both ends dialled at once: both keep the connection the lower name initiated, so
         they never each keep a different one and close the other. True: keep ``conn``."""
         outbound = addr is not None
@@ -216,7 +252,7 @@ class Mesh:
             return False
         self._release(old)
         self._closing.append(old)
-        self._hold(conn, remote, addr)
+        self._hold(conn, remote, addr, now)
         return True
 
     def _make_room(self, conn: Hashable, remote: str, now: float) -> bool:
@@ -237,14 +273,14 @@ class Mesh:
         self._closing.append(evicted)
         return True
 
-    def _hold(self, conn: Hashable, remote: str, addr: Address | None) -> None:
+    def _hold(self, conn: Hashable, remote: str, addr: Address | None, now: float) -> None:
         self.conns[conn] = remote
         self.by_name[remote] = conn
         if addr is not None:
             self._dialled[conn] = addr
         uid = self._uids.get(conn)
-        if uid is not None:
-            self.topology.bind(remote, uid)
+        if uid is not None and self.topology.bind(remote, uid) is not None:
+            self._recompute(now)  # routes never lead to a record that is gone
 
     def _release(self, conn: Hashable) -> str | None:
         """Stop holding ``conn`` (it is closing): its name is free again."""
@@ -270,6 +306,7 @@ class Mesh:
         remote = self._release(conn)
         self._uids.pop(conn, None)
         self._labels.pop(conn, None)
+        self._origins.pop(conn, None)
         if remote is not None:
             self._set_connections(now)
 
@@ -296,13 +333,17 @@ class Mesh:
 
     # -- receiving ----------------------------------------------------------------------------
 
-    def receive(self, conn: Hashable, msg_type: int, fields: dict[str, Any], now: float) -> None:
-        """One decoded message. Malformed content raises ValueError: the driver closes that
-        connection (and logs who and why); nothing else is disturbed."""
+    def receive(
+        self, conn: Hashable, msg_type: int, fields: dict[str, Any], now: float, wall_ns: int
+    ) -> None:
+        """One decoded message, at ``now`` and the wall clock ``wall_ns`` (ns since the epoch:
+        what records' incarnations are judged by). Malformed content raises ValueError: the
+        driver closes that connection (and logs who and why); nothing else is disturbed."""
         self._keepalive.heard(conn, now)
         if conn not in self.conns:
             return
-        novel = self._gossip.receive(conn, msg_type, fields, now, self._labels.get(conn, ""))
+        source = self._labels.get(conn, "")
+        novel = self._gossip.receive(conn, msg_type, fields, now, wall_ns, source)
         if novel:
             self._candidates = None
             self._events += [RecordUpdated(r.name) for r in novel]

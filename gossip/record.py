@@ -10,9 +10,14 @@ Rules this module keeps:
   comes from reaches it in 2262). ``next_stamp`` is the only way a stamp grows: the next
   version, or the next incarnation once versions are used up, or None when the stamp space is
   exhausted -- never a value the wire cannot carry or a peer would refuse.
-- A record's size is bounded by its fields' limits (``weight`` estimates it in bytes), so no
-  record grows with the cluster: a record lists its own connections and the exceptions to an
-  assumed-working data path, never the whole cluster.
+- Stamps are bounded by time as well. An incarnation is a process's start on the wall clock
+  (ns), so a record whose incarnation is more than MAX_AHEAD_NS (10 minutes) ahead of the
+  receiver's wall clock is a forgery or a badly set clock (``from_the_future``): the topology
+  refuses it (reason "future"). Whatever a peer accepts under a name then lies far below the
+  top of the stamp space, so the name's owner can always outrank it (``next_stamp`` never runs
+  out before 2262). The price: clocks must agree within that bound (Kubernetes needs them in
+  step for its certificates anyway); a node whose clock runs further ahead is refused until
+  the others' clocks reach its start minus the bound, each refusal counted and logged.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ MAX_STAMP = 2**63 - 1  # the bound of an incarnation and of a version
 MAX_PORT = 65535
 MAX_META = 32768  # bytes of application data in a record (opaque here, like memberlist's Meta)
 MAX_SLEEVE_KEY = 64  # bytes of the data plane's key agreement material (opaque here)
+MAX_AHEAD_NS = 600 * 10**9  # how far an incarnation may run ahead of the receiver's wall clock
 
 Stamp = tuple[int, int]
 Endpoint = tuple[str, int]
@@ -123,6 +129,12 @@ def next_stamp(stamp: Stamp) -> Stamp | None:
     if incarnation < MAX_STAMP:
         return (incarnation + 1, 0)
     return None
+
+
+def from_the_future(record: PeerRecord, wall_ns: int) -> bool:
+    """Whether ``record``'s incarnation runs more than MAX_AHEAD_NS ahead of the wall clock
+    ``wall_ns`` (see the module rules)."""
+    return record.incarnation > wall_ns + MAX_AHEAD_NS
 
 
 def weight(record: PeerRecord) -> int:

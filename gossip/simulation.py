@@ -41,6 +41,11 @@ class SimPeer:
         """The peer's name."""
         return self.mesh.name
 
+    @property
+    def uid(self) -> int:
+        """The uid of the peer's process (what its handshake gives)."""
+        return self.mesh.topology.local.uid
+
 
 class Sim:
     """A cluster of ``n`` peers, each starting with ``seeds_per_peer`` others' addresses."""
@@ -90,6 +95,11 @@ class Sim:
         return peer
 
     # -- events -------------------------------------------------------------------------------
+
+    @property
+    def wall_ns(self) -> int:
+        """The virtual wall clock: ns since the simulation started (a restart's incarnation)."""
+        return int(self.now * 1e9)
 
     def at(self, when: float, action: Callable[[], None]) -> None:
         """Schedule ``action`` at virtual time ``when``."""
@@ -171,8 +181,12 @@ class Sim:
         self.links[theirs] = (other.index, peer.index)
         self._pair[mine], self._pair[theirs] = theirs, mine
         peer.decoders[mine], other.decoders[theirs] = wire.Decoder(), wire.Decoder()
-        ok_theirs = other.mesh.connection_up(theirs, peer.name, None, self.now)
-        ok_mine = ok_theirs and peer.mesh.connection_up(mine, other.name, addr, self.now)
+        ok_theirs = other.mesh.connection_up(
+            theirs, peer.name, None, self.now, uid=peer.uid, host=peer.address[0]
+        )
+        ok_mine = ok_theirs and peer.mesh.connection_up(
+            mine, other.name, addr, self.now, uid=other.uid, host=addr[0]
+        )
         if not ok_mine:
             if not ok_theirs:
                 peer.mesh.dial_failed(addr, self.now)
@@ -210,7 +224,7 @@ class Sim:
             return
         for msg_type, fields in owner.decoders[conn].feed(data):
             try:
-                owner.mesh.receive(conn, msg_type, fields, self.now)
+                owner.mesh.receive(conn, msg_type, fields, self.now, self.wall_ns)
             except ValueError:
                 self._close(conn)
                 break
@@ -233,7 +247,7 @@ class Sim:
         for conn, (owner, _) in list(self.links.items()):
             if owner == i:
                 self._close(conn)
-        self.peers[i] = self._make_peer(i, incarnation=int(self.now * 1e9) + 2)
+        self.peers[i] = self._make_peer(i, incarnation=self.wall_ns + 2)
 
     def partition(self, groups: Iterable[Iterable[int]]) -> None:
         """Split the peers into ``groups`` of indices; connections across groups break."""

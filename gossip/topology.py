@@ -20,7 +20,10 @@ Rules this module keeps:
   wherever it spreads. When its uid differs from ours it is also reported in ``collisions``
   (DESIGN.md: collisions are reported, never merged); a record with our uid is our own state and
   is not reported. Stamps are bounded (gossip/record.py), so no jump and no local change can
-  overflow; a claim at the very top of the stamp space cannot be outranked, and is reported.
+  overflow. Given the receiver's wall clock (``merge``'s ``wall_ns``), a record of any name,
+  ours included, whose incarnation runs more than MAX_AHEAD_NS ahead of it is refused (reason
+  "future"; gossip/record.py): what we hold under a name, and what we jump above, is then far
+  below the top of the stamp space, so the owner of a name can always outrank it.
 - A name is tied to its live connection. While a neighbour's connection is up, its name is
   ``bind``-ed to the uid its handshake gave: records for that name with another uid are refused
   (reason "name_bound") and a record held under it with another uid is dropped, so no third party
@@ -45,6 +48,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gossip.record import (
+    MAX_AHEAD_NS,
     MAX_ENTRIES,
     MAX_META,
     MAX_PORT,
@@ -56,13 +60,15 @@ from gossip.record import (
     PeerRecord,
     Stamp,
     TopologyError,
+    from_the_future,
     next_stamp,
     weight,
 )
 from gossip.rejections import Rejections, printable
 
 __all__ = [
-    "MAX_ENTRIES", "MAX_META", "MAX_PORT", "MAX_SLEEVE_KEY", "MAX_STAMP", "MAX_STRING", "MAX_UINT",
+    "MAX_AHEAD_NS", "MAX_ENTRIES", "MAX_META", "MAX_PORT", "MAX_SLEEVE_KEY", "MAX_STAMP",
+    "MAX_STRING", "MAX_UINT",
     "Endpoint", "PeerRecord", "Stamp", "Topology", "TopologyError",
 ]  # fmt: skip
 
@@ -128,11 +134,18 @@ class Topology:
             return None
         return self._store(dataclasses.replace(changed, incarnation=stamp[0], version=stamp[1]))
 
-    def merge(self, incoming: Iterable[PeerRecord], source: str = "") -> list[PeerRecord]:
+    def merge(
+        self, incoming: Iterable[PeerRecord], source: str = "", wall_ns: int | None = None
+    ) -> list[PeerRecord]:
         """Keep the greater record per name; return exactly the new or newer ones (the delta).
-        ``source`` names who sent them, for the refusals' log lines."""
+        ``source`` names who sent them, for the refusals' log lines; ``wall_ns`` is the wall
+        clock (ns) records are judged by, None when there is none to judge by."""
         delta: dict[str, PeerRecord] = {}
         for record in incoming:
+            if wall_ns is not None and from_the_future(record, wall_ns):
+                ahead = (record.incarnation - wall_ns) / 1e9
+                self._refuse("future", record, source, f"incarnation {ahead:.0f}s ahead of ours")
+                continue
             if record.name == self.name:
                 kept = self._defend(record, source)
             else:
@@ -141,12 +154,14 @@ class Topology:
                 delta[kept.name] = kept
         return list(delta.values())
 
-    def bind(self, name: str, uid: int) -> None:
-        """Tie ``name`` to the uid of its live connection (see the module rules)."""
+    def bind(self, name: str, uid: int) -> PeerRecord | None:
+        """Tie ``name`` to the uid of its live connection (see the module rules); the record
+        held under it with another uid, now dropped, if any."""
         self._bound[name] = uid
         held = self.records.get(name)
         if held is not None and held.uid != uid and name != self.name:
-            self._drop(name)
+            return self._drop(name)
+        return None
 
     def unbind(self, name: str, uid: int) -> None:
         """The connection that tied ``name`` to ``uid`` ended."""
@@ -238,9 +253,14 @@ class Topology:
             if name not in digest or record.stamp > tuple(digest[name])
         ]
 
-    def wanted(self, digest: Mapping[str, Stamp]) -> list[str]:
-        """Names the digest's sender holds a newer stamp of than we do, sorted."""
-        return sorted(name for name, stamp in digest.items() if self._wants(name, tuple(stamp)))
+    def wanted(self, digest: Mapping[str, Stamp], wall_ns: int | None = None) -> list[str]:
+        """Names the digest's sender holds a newer stamp of than we do, sorted; given the wall
+        clock, not those whose stamp ``merge`` would refuse as from the future."""
+        horizon = MAX_STAMP if wall_ns is None else wall_ns + MAX_AHEAD_NS
+        return sorted(
+            name for name, stamp in digest.items()
+            if stamp[0] <= horizon and self._wants(name, tuple(stamp))
+        )  # fmt: skip
 
     def _wants(self, name: str, stamp: tuple[int, ...]) -> bool:
         held = self.records.get(name)

@@ -78,12 +78,16 @@ StartPeer = Callable[..., Awaitable[Peer]]
 
 @pytest.fixture
 async def start_peer() -> AsyncIterator[StartPeer]:
-    """``await start_peer(nickname, seeds=[...], name=None)``: a running driver."""
+    """``await start_peer(nickname, seeds=[...], name=None, config=CONFIG)``: a running
+    driver."""
     peers: list[Peer] = []
     rng_seeds = itertools.count(1)
 
     async def start(
-        nickname: str, seeds: tuple[Address, ...] = (), name: str | None = None
+        nickname: str,
+        seeds: tuple[Address, ...] = (),
+        name: str | None = None,
+        config: MeshConfig = CONFIG,
     ) -> Peer:
         sock = listening_socket()
         endpoint: Address = sock.getsockname()
@@ -92,7 +96,7 @@ async def start_peer() -> AsyncIterator[StartPeer]:
             name=hello.name, nickname=nickname, incarnation=1, version=1, uid=hello.uid,
             data_endpoint=endpoint, control_endpoint=endpoint,
         )  # fmt: skip
-        mesh = Mesh(Topology(record), CONFIG, random.Random(next(rng_seeds)), seeds)
+        mesh = Mesh(Topology(record), config, random.Random(next(rng_seeds)), seeds)
         events: list[MeshEvent] = []
         driver = MeshDriver(mesh, hello, endpoint, events.append, server_socket=sock)
         peer = Peer(driver, asyncio.get_running_loop().create_task(driver.run()), events)

@@ -158,10 +158,12 @@ async def test_an_exception_while_handling_a_message_closes_only_that_connection
     await until(lambda: stranger.name in a.mesh.by_name)
     receive = a.mesh.receive
 
-    def broken(conn: object, msg_type: int, fields: dict[str, object], now: float) -> None:
+    def broken(
+        conn: object, msg_type: int, fields: dict[str, object], now: float, wall_ns: int
+    ) -> None:
         if a.mesh.conns.get(conn) == stranger.name:
             raise ZeroDivisionError("a bug of ours")
-        receive(conn, msg_type, fields, now)
+        receive(conn, msg_type, fields, now, wall_ns)
 
     monkeypatch.setattr(a.mesh, "receive", broken)
     writer.write(wire.encode(MessageType.REQUEST, names=[a.name]))

@@ -21,6 +21,7 @@ from gossip.wire import Decoder, MessageType
 ME = "00:00:00:00:00:00"
 PEER = "00:00:00:00:00:01"
 ADDR = ("10.0.0.1", 6783)
+WALL = 1_800_000_000 * 10**9  # the wall clock the mesh judges incarnations by (ns)
 
 
 def record(name: str = PEER, version: int = 1, **kw: Any) -> PeerRecord:
@@ -82,13 +83,13 @@ def test_records_for_a_connected_name_from_another_uid_are_refused() -> None:
     m = mesh()
     m.connection_up("real", PEER, None, 0.0, uid=7, label="real")
     m.connection_up("x", "00:00:00:00:00:02", None, 0.0, uid=9, label="stranger")
-    m.receive("real", MessageType.TOPOLOGY, topology_message(record(uid=7)), 0.1)
+    m.receive("real", MessageType.TOPOLOGY, topology_message(record(uid=7)), 0.1, WALL)
     forged = record(version=99, uid=666, blocks=("10.32.0.0/24",))
-    m.receive("x", MessageType.TOPOLOGY, topology_message(forged), 0.2)
+    m.receive("x", MessageType.TOPOLOGY, topology_message(forged), 0.2, WALL)
     assert m.topology.records[PEER] == record(uid=7)
     assert m.rejections.counts == {"name_bound": 1}
     m.connection_down("real", 1.0)
-    m.receive("x", MessageType.TOPOLOGY, topology_message(forged), 1.1)
+    m.receive("x", MessageType.TOPOLOGY, topology_message(forged), 1.1, WALL)
     assert m.topology.records[PEER] == forged  # no live connection ties the name any more
 
 
@@ -121,7 +122,7 @@ def test_keepalives_go_out_and_a_silent_peer_is_closed() -> None:
     m = mesh(keepalive_interval=3.0, silence_timeout=12.0)
     m.connection_up("frozen", PEER, None, 0.0, uid=7, label="frozen", keepalive=True)
     m.connection_up("old", "00:00:00:00:00:02", None, 0.0, uid=9)  # no keepalive feature
-    m.receive("frozen", MessageType.TOPOLOGY, topology_message(record(uid=7)), 0.1)
+    m.receive("frozen", MessageType.TOPOLOGY, topology_message(record(uid=7)), 0.1, WALL)
     sent(m)
     kept_at = []
     t = 0.0
@@ -142,7 +143,7 @@ def test_any_message_counts_as_life() -> None:
     m = mesh(keepalive_interval=3.0, silence_timeout=12.0)
     m.connection_up("c", PEER, None, 0.0, uid=7, keepalive=True)
     for t in range(1, 40):
-        m.receive("c", 9, {}, float(t))
+        m.receive("c", 9, {}, float(t), WALL)
         m.handle_timer(float(t))
         assert m.to_close() == []
 
@@ -154,7 +155,7 @@ def test_a_request_repeating_a_name_is_answered_once() -> None:
     m = mesh()
     m.connection_up("c", PEER, None, 0.0, uid=7)
     sent(m)
-    m.receive("c", MessageType.REQUEST, {"names": [ME] * 2000 + [PEER, 5]}, 0.1)
+    m.receive("c", MessageType.REQUEST, {"names": [ME] * 2000 + [PEER, 5]}, 0.1, WALL)
     [(_, kind, fields)] = sent(m)
     assert kind == MessageType.TOPOLOGY and len(fields["records"]) == 1
 
@@ -175,14 +176,14 @@ def test_oversized_or_out_of_bounds_messages_are_malformed(
     m = mesh()
     m.connection_up("c", PEER, None, 0.0, uid=7)
     with pytest.raises(ValueError, match=r"at most|within bounds"):
-        m.receive("c", msg_type, fields, 0.1)
+        m.receive("c", msg_type, fields, 0.1, WALL)
 
 
 def test_our_name_at_the_top_version_leaves_us_working() -> None:
     m = mesh()
     m.connection_up("c", PEER, None, 0.0, uid=7, label="c")
     claim = record(ME, version=MAX_STAMP, uid=666)
-    m.receive("c", MessageType.TOPOLOGY, topology_message(claim), 0.1)
+    m.receive("c", MessageType.TOPOLOGY, topology_message(claim), 0.1, WALL)
     assert m.topology.local.stamp == (6, 0)
     m.handle_timer(1.0)
     m.set_local(1.0, blocks=("10.32.0.0/24",))
@@ -190,7 +191,7 @@ def test_our_name_at_the_top_version_leaves_us_working() -> None:
     sent(m)  # everything encodes
     too_high = {**claim.to_wire(), "i": 7, "v": 2**64 - 1}  # not an echo: decoded, refused
     with pytest.raises(TopologyError):
-        m.receive("c", MessageType.TOPOLOGY, {"records": [too_high]}, 3.0)
+        m.receive("c", MessageType.TOPOLOGY, {"records": [too_high]}, 3.0, WALL)
 
 
 def test_records_are_split_by_bytes_as_well_as_by_count() -> None:

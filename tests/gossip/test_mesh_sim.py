@@ -149,11 +149,13 @@ def test_malformed_message_closes_only_that_connection() -> None:
     conn = next(iter(target.mesh.conns))
     others = len(target.mesh.conns)
     with pytest.raises(ValueError):
-        target.mesh.receive(conn, 3, {"records": "not a list"}, sim.now)
+        target.mesh.receive(conn, 3, {"records": "not a list"}, sim.now, sim.wall_ns)
     with pytest.raises(ValueError):
-        target.mesh.receive(conn, 4, {"digest": {"x": [1]}}, sim.now)
+        target.mesh.receive(conn, 4, {"digest": {"x": [1]}}, sim.now, sim.wall_ns)
     with pytest.raises(ValueError):  # an unhashable name is judged, not looked up
-        target.mesh.receive(conn, 3, {"records": [{"n": [1], "i": 1, "v": 1}]}, sim.now)
+        target.mesh.receive(
+            conn, 3, {"records": [{"n": [1], "i": 1, "v": 1}]}, sim.now, sim.wall_ns
+        )
     sim.close(conn)
     assert len(target.mesh.conns) == others - 1
     converge(sim)
