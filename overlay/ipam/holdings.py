@@ -14,6 +14,8 @@ Rules this module keeps:
 - No history, no winner. When two peers newly claim the same space in one update (a fresh
   node reads every claim at once), neither holds it until one of them lets go.
 - Holdings never overlap each other nor this node's space (the ring simulation checks it).
+- Counts. A claim's ``free`` (addresses it could give) beyond the space it claims at all is
+  refused as "free" (askers never count more than a holding: admission.py).
 
 Every claimed piece that is not held is a ``Refusal``, kept while the claim stands (status shows
 them, and nothing refused is ever held or routed); ``update`` returns each once it has stood a
@@ -44,6 +46,7 @@ REASONS = (
     "grant_unheld",
     "removal",
     "ring",
+    "free",
 )  # counter labels
 
 
@@ -122,6 +125,11 @@ class Holdings:
     ) -> None:
         refusals: list[Refusal] = []
         shaped = {n: self._shape(n, c, refusals) for n, c in sorted(claims.items())}
+        for name, claim in sorted(claims.items()):
+            claimed = space.size(claim.owned)
+            if claim.free > claimed:
+                detail = f"says {claim.free} addresses are free of the {claimed} it claims"
+                refusals.append(Refusal(name, None, "free", detail))
         self.held = {
             n: kept
             for n, h in self.held.items()

@@ -135,3 +135,12 @@ def test_names_and_details_from_peers_are_escaped_in_the_log() -> None:
     line = log.summary(0, str)
     assert line is not None and "\n" not in line and "\x1b" not in line
     assert "p\\nfake line" in line and "\\x1b[2J" in line
+
+
+def test_free_beyond_the_claimed_space_is_refused_and_holds_nothing() -> None:
+    h = holdings()
+    new = h.update({P: Claim(free=2**64 - 1), Q: Claim(owned=(X,), free=256)}, OURS, ())
+    assert reasons(new) == {P: "free"}
+    assert h.of(P) == [] and h.of(Q) == [X]
+    assert h.update({P: Claim(free=0), Q: Claim(owned=(X,), free=256)}, OURS, ()) == []
+    assert h.refused == {}
