@@ -15,14 +15,10 @@ Rules this module keeps:
 - Liveness, routes and forgetting peers follow the records (gossip/liveness.py); they are
   recomputed when coalesced changes are flushed and when peers are collected, every
   ``repair_interval``.
-- A name is tied to its live connection, never to what a handshake claims (without a secret
-  a uid proves nothing: every record shows it). While the connection holding a name is live,
-  a second connection claiming the name is refused (reason "name_in_use") whatever its uid,
-  and never replaces it; only once the holder closed, or went silent for ``silence_timeout``
-  (then it is closed, reason "silent"), may another connection take the name -- so a restarted
-  peer is back within about ``silence_timeout`` even when its old connection never closed.
-  One exception: both ends dialled at once. A second connection with the live one's uid, from
-  its host, within ``settle_interval`` of it, is settled by the tie-break below. While
+- A name is tied to its live connection, never to what a handshake claims (gossip/names.py):
+  a second connection claiming a held name is refused (reason "name_in_use") and never
+  replaces the holder, unless the holder went silent for ``silence_timeout`` (it is closed,
+  reason "silent") or both ends dialled at once (settled by the tie-break below). While
   connected, the name is bound in the topology to the live uid.
 - No redial storms: a dial's backoff starts over only once its connection lasted
   ``stable_interval``; a dialled connection refused or closed sooner counts as a failed dial.
@@ -44,6 +40,7 @@ from gossip.dissemination import Dissemination
 from gossip.events import MeshEvent, PeerForgotten, RecordUpdated
 from gossip.keepalive import Keepalive
 from gossip.liveness import Liveness
+from gossip.names import Origin, claim
 from gossip.outbox import MeshStats, Outbox
 from gossip.topology import Topology
 from gossip.wire import MessageType
@@ -102,10 +99,8 @@ class Mesh:
         self._candidates: tuple[set[Address], set[Address]] | None = None
         self.rejections = topology.rejections
         self._keepalive = Keepalive(c.keepalive_interval, c.silence_timeout)
-        self._uids: dict[Hashable, int] = {}  # connection id -> the uid its handshake gave
-        self._labels: dict[Hashable, str] = {}  # connection id -> how refusals name it
+        self._origins: dict[Hashable, Origin] = {}  # connection id -> label, uid, host, up at
         self._dials: dict[Hashable, tuple[Address, float]] = {}  # dialled: (address, up at)
-        self._origins: dict[Hashable, tuple[str | None, float]] = {}  # conn -> (host, up at)
 
     @property
     def name(self) -> str:
@@ -183,14 +178,9 @@ class Mesh:
         went to); False when the driver must close it now (the name is held by a live
         connection). At the connection limit it is accepted only to send our records, then
         listed by ``to_close``."""
-        self._labels[conn] = label or remote
-        if uid is not None:
-            self._uids[conn] = uid
-        self._origins[conn] = (host, now)
+        self._origins[conn] = Origin(label or remote, uid, host, now)
         if remote in self.by_name and not self._admit_duplicate(conn, remote, addr, now):
-            self._uids.pop(conn, None)
-            self._labels.pop(conn, None)
-            self._origins.pop(conn, None)
+            del self._origins[conn]
             if addr is not None:
                 self._dialer.failed(addr, now)
             return False
@@ -212,31 +202,24 @@ class Mesh:
         self, conn: Hashable, remote: str, addr: Address | None, now: float
     ) -> bool:
         """A second connection claiming a connected name: True when it may hold the name
-        (the holder went silent, or it won the tie-break of a simultaneous dial)."""
+        (gossip/names.py: the holder went silent, or it won the tie-break of a simultaneous
+        dial)."""
         old = self.by_name[remote]
+        holder, newcomer = self._origins[old], self._origins[conn]
         silent = self._keepalive.silent_for(old, now)
-        if silent >= self.config.silence_timeout:
-            detail = f"nothing heard for {silent:g}s; {self._labels[conn]} takes {remote}"
-            self.rejections.add("silent", self._labels.get(old, "?"), detail)
+        c = self.config
+        verdict = claim(holder, newcomer, silent, c.silence_timeout, c.settle_interval)
+        if verdict == "take":
+            detail = f"nothing heard for {silent:g}s; {newcomer.label} takes {remote}"
+            self.rejections.add("silent", holder.label, detail)
             self._release(old)
             self._closing.append(old)
             return True
-        if self._simultaneous(old, conn, now):
+        if verdict == "settle":
             return self._settle_duplicate(conn, remote, addr, now)
-        detail = f"{remote} is held by a live connection ({self._labels.get(old, '?')})"
-        self.rejections.add("name_in_use", self._labels[conn], detail)
+        detail = f"{remote} is held by a live connection ({holder.label})"
+        self.rejections.add("name_in_use", newcomer.label, detail)
         return False
-
-    def _simultaneous(self, old: Hashable, new: Hashable, now: float) -> bool:
-        """Whether ``new`` looks like the far end dialling us as we dialled it: the live
-        connection's uid and host, and the live one came up within ``settle_interval``."""
-        host, up_at = self._origins.get(old, (None, float("-inf")))
-        uid = self._uids.get(old)
-        return (
-            uid is not None and self._uids.get(new) == uid
-            and host is not None and self._origins[new][0] == host
-            and now - up_at < self.config.settle_interval
-        )  # fmt: skip
 
     def _settle_duplicate(
         self, conn: Hashable, remote: str, addr: Address | None, now: float
@@ -273,12 +256,16 @@ class Mesh:
         self._closing.append(evicted)
         return True
 
+    def _label(self, conn: Hashable, unknown: str = "?") -> str:
+        origin = self._origins.get(conn)
+        return unknown if origin is None else origin.label
+
     def _hold(self, conn: Hashable, remote: str, addr: Address | None, now: float) -> None:
         self.conns[conn] = remote
         self.by_name[remote] = conn
         if addr is not None:
             self._dialled[conn] = addr
-        uid = self._uids.get(conn)
+        uid = self._origins[conn].uid
         if uid is not None and self.topology.bind(remote, uid) is not None:
             self._recompute(now)  # routes never lead to a record that is gone
 
@@ -289,9 +276,9 @@ class Mesh:
         remote = self.conns.pop(conn, None)
         if remote is not None:
             del self.by_name[remote]
-            uid = self._uids.get(conn)
-            if uid is not None:
-                self.topology.unbind(remote, uid)
+            origin = self._origins.get(conn)
+            if origin is not None and origin.uid is not None:
+                self.topology.unbind(remote, origin.uid)
         return remote
 
     def connection_down(self, conn: Hashable, now: float) -> None:
@@ -304,8 +291,6 @@ class Mesh:
             else:
                 self._dialer.failed(addr, now)
         remote = self._release(conn)
-        self._uids.pop(conn, None)
-        self._labels.pop(conn, None)
         self._origins.pop(conn, None)
         if remote is not None:
             self._set_connections(now)
@@ -342,7 +327,7 @@ class Mesh:
         self._keepalive.heard(conn, now)
         if conn not in self.conns:
             return
-        source = self._labels.get(conn, "")
+        source = self._label(conn, "")
         novel = self._gossip.receive(conn, msg_type, fields, now, wall_ns, source)
         if novel:
             self._candidates = None
@@ -378,7 +363,7 @@ class Mesh:
         for conn in send:
             self._outbox.send(conn, MessageType.KEEPALIVE)
         for conn in silent:
-            label = self._labels.get(conn, "?")
+            label = self._label(conn)
             detail = f"nothing heard for {self.config.silence_timeout:g}s"
             self.rejections.add("silent", label, detail)
             if self._release(conn) is not None:

@@ -9,8 +9,10 @@ import random
 from typing import Any
 
 import msgpack
+import pytest
 
 from gossip.mesh import Mesh, MeshConfig
+from gossip.names import Origin, claim
 from gossip.record import MAX_AHEAD_NS, MAX_STAMP, PeerRecord
 from gossip.topology import Topology
 from gossip.wire import Decoder, MessageType
@@ -160,3 +162,24 @@ def test_a_closed_holder_frees_the_name_at_once() -> None:
     assert m.connection_up("new", OWNER, None, 5.1, uid=8, host="10.0.0.1")
     assert m.by_name == {OWNER: "new"}
     assert m.rejections.counts == {}
+
+
+HOLDER = Origin("real", uid=7, host="10.0.0.1", up_at=100.0)
+
+
+@pytest.mark.parametrize(
+    ("newcomer", "silent", "verdict"),
+    [
+        (Origin("x", uid=7, host="10.0.0.1", up_at=100.5), 0.0, "settle"),
+        (Origin("x", uid=7, host="10.0.0.1", up_at=103.0), 0.0, "refuse"),  # settle over
+        (Origin("x", uid=7, host="10.6.6.6", up_at=100.5), 0.0, "refuse"),  # another host
+        (Origin("x", uid=8, host="10.0.0.1", up_at=100.5), 0.0, "refuse"),  # another uid
+        (Origin("x", uid=None, host="10.0.0.1", up_at=100.5), 0.0, "refuse"),
+        (Origin("x", uid=8, host="10.6.6.6", up_at=130.0), 11.9, "refuse"),
+        (Origin("x", uid=8, host="10.6.6.6", up_at=130.0), 12.0, "take"),  # holder silent
+    ],
+)
+def test_the_verdict_on_a_second_claim_of_a_held_name(
+    newcomer: Origin, silent: float, verdict: str
+) -> None:
+    assert claim(HOLDER, newcomer, silent, silence_timeout=12.0, settle_interval=3.0) == verdict
