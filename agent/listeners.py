@@ -55,9 +55,10 @@ def identify(writer: asyncio.StreamWriter, trusted_uids: frozenset[int]) -> Call
     return Caller(source, trusted=True)
 
 
-async def listen_unix(path: str, handle: Handle) -> asyncio.Server:
-    """``handle`` serving a unix socket at ``path``, owned by this process's user with mode
-    0600 before anyone can connect (bound under a temporary name, restricted, renamed)."""
+def bind_unix(path: str, backlog: int) -> socket.socket:
+    """A listening, non-blocking unix socket at ``path``, owned by this process's user with
+    mode 0600 before anyone can connect: bound under a temporary name, restricted, listening,
+    then renamed into place (which also replaces a stale socket file atomically)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     temporary = f"{path}.{os.getpid()}.tmp"
     with contextlib.suppress(FileNotFoundError):
@@ -66,12 +67,24 @@ async def listen_unix(path: str, handle: Handle) -> asyncio.Server:
     try:
         sock.bind(temporary)
         os.chmod(temporary, 0o600)
+        sock.listen(backlog)
+        sock.setblocking(False)
         os.rename(temporary, path)
-        return await asyncio.start_unix_server(handle, sock=sock, limit=request.MAX_HEAD)
     except BaseException:
         sock.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+        raise
+    return sock
+
+
+async def listen_unix(path: str, handle: Handle) -> asyncio.Server:
+    """``handle`` serving a unix socket at ``path`` (``bind_unix``)."""
+    sock = bind_unix(path, 100)
+    try:
+        return await asyncio.start_unix_server(handle, sock=sock, limit=request.MAX_HEAD)
+    except BaseException:
+        sock.close()
         raise
 
 

@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agent.cni.spec import LENGTH, MAX_FRAME_BYTES, CniError, Code
+from agent.listeners import bind_unix
 from agent.refusals import Tallies, Tally
 
 log = logging.getLogger("weave-py.cni")
@@ -108,24 +109,8 @@ class CniServer:
         self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Listen on ``path`` (mode 0600), replacing a stale socket file atomically: the socket
-        is bound under a temporary name, restricted, then renamed into place."""
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        temporary = f"{self.path}.{os.getpid()}.tmp"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(temporary)
-            os.chmod(temporary, 0o600)
-            sock.listen(BACKLOG)
-            sock.setblocking(False)
-            os.rename(temporary, self.path)
-        except BaseException:
-            sock.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(temporary)
-            raise
+        """Listen on ``path`` (mode 0600; a stale socket file replaced atomically)."""
+        sock = bind_unix(self.path, BACKLOG)
         self._sock = sock
         self._inode = os.stat(self.path).st_ino
         self._accepting = asyncio.create_task(self._accept_loop(sock), name="cni-accept")

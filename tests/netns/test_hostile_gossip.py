@@ -30,6 +30,7 @@ from tests.netns.hostile.scene import (
     assert_intact,
     assert_refused,
     scene,
+    undamaged,
 )
 
 pytestmark = pytest.mark.netns
@@ -42,12 +43,9 @@ def lab_scene() -> Iterator[Scene]:
 
 
 @pytest.fixture
-def s(lab_scene: Scene) -> Iterator[Scene]:
-    """The shared scene, checked intact before the test (an earlier attack may have broken it)."""
-    before = lab_scene.problems()
-    if before:
-        pytest.fail(f"the lab was already damaged: {before}")
-    yield lab_scene
+def s(lab_scene: Scene) -> Scene:
+    """The shared scene, checked intact before the test."""
+    return undamaged(lab_scene)
 
 
 def record_of(records: dict[str, PeerRecord], nickname: str) -> PeerRecord:

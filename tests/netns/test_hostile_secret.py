@@ -27,6 +27,7 @@ from tests.netns.hostile.scene import (
     assert_intact,
     assert_refused,
     scene,
+    undamaged,
     write_secrets,
 )
 from tests.netns.hostile.sleeve import SleeveSender, data_frame, heartbeat_ack, udp_packet
@@ -43,12 +44,9 @@ def lab_scene() -> Iterator[Scene]:
 
 
 @pytest.fixture
-def s(lab_scene: Scene) -> Iterator[Scene]:
+def s(lab_scene: Scene) -> Scene:
     """The shared scene, checked intact before the test."""
-    before = lab_scene.problems()
-    if before:
-        pytest.fail(f"the lab was already damaged: {before}")
-    yield lab_scene
+    return undamaged(lab_scene)
 
 
 @pytest.mark.parametrize("held", [(), (b"a wrong secret",)], ids=["none", "wrong"])

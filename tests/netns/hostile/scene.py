@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import pytest
+
 from agent.lab.lab import Lab
 from agent.lab.plan import LabPlan
 from gossip.identity import peer_id
@@ -123,6 +125,14 @@ def scene(
 DATA_PLANE = re.compile(r"^weave_py_(peer_)?drops_total|^report:(peers\[[^\]]*\]\.)?drops\.")
 SETTLE = 1.5  # seconds for gossip (0.2 s coalescing) and routes to follow an attack
 LOG_SUMMARY = 10.0  # seconds: refusals after the first of a kind are logged in a summary this often
+
+
+def undamaged(s: Scene) -> Scene:
+    """The shared scene, or the test fails: an earlier attack may have broken it."""
+    before = s.problems()
+    if before:
+        pytest.fail(f"the lab was already damaged: {before}")
+    return s
 
 
 def assert_intact(s: Scene) -> None:
