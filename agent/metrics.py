@@ -17,7 +17,7 @@ about 20 series, plus one per drop reason seen.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
@@ -87,24 +87,24 @@ def _connections(r: Report) -> Iterator[Family]:
         "Number of peer-to-peer connections terminated.",
         value=r.connection_terminations,
     )
-    rejected = CounterMetricFamily(
+    yield by_reason(
         "weave_py_gossip_rejected",
         "Control-plane input refused (handshakes, messages, records), by reason.",
-        labels=["reason"],
+        r.control_rejected,
     )
-    for reason, n in sorted(r.control_rejected.items()):
-        rejected.add_metric([reason], n)
-    yield rejected
+
+
+def by_reason(name: str, doc: str, counts: Mapping[str, int]) -> CounterMetricFamily:
+    """A counter family with one series per reason in ``counts``."""
+    family = CounterMetricFamily(name, doc, labels=["reason"])
+    for reason, n in sorted(counts.items()):
+        family.add_metric([reason], n)
+    return family
 
 
 def _node(r: Report) -> Iterator[Family]:
     """Drops of the whole node by reason, and its data-plane mode."""
-    drops = CounterMetricFamily(
-        "weave_py_drops", "Datagrams and packets dropped, by reason.", labels=["reason"]
-    )
-    for reason, n in r.drops.items():
-        drops.add_metric([reason], n)
-    yield drops
+    yield by_reason("weave_py_drops", "Datagrams and packets dropped, by reason.", r.drops)
     info = GaugeMetricFamily(
         "weave_py_dataplane_info", "Data-plane mode of this node.", labels=["offload", "mtu"]
     )
@@ -164,11 +164,8 @@ def _ipam(ipam: IpamStatus) -> Iterator[GaugeMetricFamily | CounterMetricFamily]
         "Number of unreachable peers.",
         value=unreachable,
     )
-    refused = CounterMetricFamily(
+    yield by_reason(
         "weave_ipam_refused_claims",
         "Other peers' address claims refused (never routed nor held), by reason.",
-        labels=["reason"],
+        ipam.refused,
     )
-    for reason, n in sorted(ipam.refused.items()):
-        refused.add_metric([reason], n)
-    yield refused
