@@ -15,7 +15,8 @@ Rules this module keeps:
 - Liveness, routes and forgetting peers follow the records (gossip/liveness.py); they are
   recomputed when coalesced changes are flushed and when peers are collected, every
   ``repair_interval``.
-- A name is tied to its live connection, never to what a handshake claims (gossip/names.py):
+- A name is tied to its live connection, never to what a handshake claims (gossip/names.py;
+  the connections holding names are kept by gossip/connections.py):
   a second connection claiming a held name is refused (reason "name_in_use") and never
   replaces the holder, unless the holder went silent for ``silence_timeout`` (it is closed,
   reason "silent") or both ends dialled at once (settled by the tie-break below). While
@@ -35,12 +36,13 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from gossip.connections import Connections
 from gossip.dialer import Address, Dialer
 from gossip.dissemination import Dissemination
 from gossip.events import MeshEvent, PeerForgotten, RecordUpdated
 from gossip.keepalive import Keepalive
 from gossip.liveness import Liveness
-from gossip.names import Origin, claim
+from gossip.names import Origin
 from gossip.outbox import MeshStats, Outbox
 from gossip.topology import Topology
 from gossip.wire import MessageType
@@ -82,8 +84,6 @@ class Mesh:
         self.config = c = config or MeshConfig()
         self.rng = rng or random.Random()
         self.seeds = set(seeds)
-        self.conns: dict[Hashable, str] = {}  # connection id -> remote name
-        self.by_name: dict[str, Hashable] = {}
         self._dialer = Dialer(c.backoff_initial, c.backoff_factor, c.backoff_max, self.rng)
         self._outbox = Outbox(c.max_records)
         self.stats: MeshStats = self._outbox.stats
@@ -93,13 +93,15 @@ class Mesh:
         )
         self._events: list[MeshEvent] = []
         self._last_now = 0.0
-        self._closing: list[Hashable] = []
         self._evicted_at = float("-inf")
-        self._dialled: dict[Hashable, Address] = {}  # connections we initiated -> address
         self._candidates: tuple[set[Address], set[Address]] | None = None
         self.rejections = topology.rejections
         self._keepalive = Keepalive(c.keepalive_interval, c.silence_timeout)
-        self._origins: dict[Hashable, Origin] = {}  # connection id -> label, uid, host, up at
+        self._held = Connections(
+            topology, self._keepalive, c.silence_timeout, c.settle_interval, self._recompute
+        )
+        self.conns = self._held.conns  # connection id -> remote name
+        self.by_name = self._held.by_name
         self._dials: dict[Hashable, tuple[Address, float]] = {}  # dialled: (address, up at)
 
     @property
@@ -138,7 +140,7 @@ class Mesh:
         """(every address we could dial, those of peers and seeds we cannot reach)."""
         records = self.topology.records
         connected = {records[n].control_endpoint for n in self.by_name if n in records}
-        connected |= set(self._dialled.values())  # before their records arrive
+        connected |= set(self._held.dialled.values())  # before their records arrive
         live = {records[n].control_endpoint for n in self._liveness.live if n in records}
         known = set(self.seeds)
         known.update(
@@ -178,9 +180,9 @@ class Mesh:
         went to); False when the driver must close it now (the name is held by a live
         connection). At the connection limit it is accepted only to send our records, then
         listed by ``to_close``."""
-        self._origins[conn] = Origin(label or remote, uid, host, now)
-        if remote in self.by_name and not self._admit_duplicate(conn, remote, addr, now):
-            del self._origins[conn]
+        self._held.origins[conn] = Origin(label or remote, uid, host, now)
+        if remote in self.by_name and not self._held.admit_duplicate(conn, remote, addr, now):
+            del self._held.origins[conn]
             if addr is not None:
                 self._dialer.failed(addr, now)
             return False
@@ -193,49 +195,9 @@ class Mesh:
             return True
         if len(self.conns) >= self.config.conn_limit and not self._make_room(conn, remote, now):
             return True
-        self._hold(conn, remote, addr, now)
+        self._held.hold(conn, remote, addr, now)
         self._set_connections(now)
         self._gossip.send_digest(conn)
-        return True
-
-    def _admit_duplicate(
-        self, conn: Hashable, remote: str, addr: Address | None, now: float
-    ) -> bool:
-        """A second connection claiming a connected name: True when it may hold the name
-        (gossip/names.py: the holder went silent, or it won the tie-break of a simultaneous
-        dial)."""
-        old = self.by_name[remote]
-        holder, newcomer = self._origins[old], self._origins[conn]
-        silent = self._keepalive.silent_for(old, now)
-        c = self.config
-        verdict = claim(holder, newcomer, silent, c.silence_timeout, c.settle_interval)
-        if verdict == "take":
-            detail = f"nothing heard for {silent:g}s; {newcomer.label} takes {remote}"
-            self.rejections.add("silent", holder.label, detail)
-            self._release(old)
-            self._closing.append(old)
-            return True
-        if verdict == "settle":
-            return self._settle_duplicate(conn, remote, addr, now)
-        detail = f"{remote} is held by a live connection ({holder.label})"
-        self.rejections.add("name_in_use", newcomer.label, detail)
-        return False
-
-    def _settle_duplicate(
-        self, conn: Hashable, remote: str, addr: Address | None, now: float
-    ) -> bool:
-        """Both ends dialled at once: both keep the connection the lower name initiated, so
-        they never each keep a different one and close the other. True: keep ``conn``."""
-        outbound = addr is not None
-        old = self.by_name[remote]
-        keep_new = (outbound != (old in self._dialled)) and (
-            (self.name if outbound else remote) < (remote if outbound else self.name)
-        )
-        if not keep_new:
-            return False
-        self._release(old)
-        self._closing.append(old)
-        self._hold(conn, remote, addr, now)
         return True
 
     def _make_room(self, conn: Hashable, remote: str, now: float) -> bool:
@@ -245,41 +207,14 @@ class Mesh:
             # Full: still hand the newcomer what we know, so a peer whose only seed is busy
             # learns other addresses, then close.
             self._outbox.send_records(conn, self.topology.snapshot())
-            self._closing.append(conn)
+            self._held.closing.append(conn)
             return False
         # A peer our control graph does not reach (say, across a healed partition): make room
         # for it, or two full groups would never join again (at most one eviction per repair
         # interval, so a cold start through busy seeds does not churn).
         self._evicted_at = now
-        evicted = self.rng.choice(sorted(self.conns, key=str))
-        self._release(evicted)
-        self._closing.append(evicted)
+        self._held.evict_any(self.rng)
         return True
-
-    def _label(self, conn: Hashable, unknown: str = "?") -> str:
-        origin = self._origins.get(conn)
-        return unknown if origin is None else origin.label
-
-    def _hold(self, conn: Hashable, remote: str, addr: Address | None, now: float) -> None:
-        self.conns[conn] = remote
-        self.by_name[remote] = conn
-        if addr is not None:
-            self._dialled[conn] = addr
-        uid = self._origins[conn].uid
-        if uid is not None and self.topology.bind(remote, uid) is not None:
-            self._recompute(now)  # routes never lead to a record that is gone
-
-    def _release(self, conn: Hashable) -> str | None:
-        """Stop holding ``conn`` (it is closing): its name is free again."""
-        self._dialled.pop(conn, None)
-        self._keepalive.forget(conn)
-        remote = self.conns.pop(conn, None)
-        if remote is not None:
-            del self.by_name[remote]
-            origin = self._origins.get(conn)
-            if origin is not None and origin.uid is not None:
-                self.topology.unbind(remote, origin.uid)
-        return remote
 
     def connection_down(self, conn: Hashable, now: float) -> None:
         """A connection closed, for whatever reason (unknown ids are ignored)."""
@@ -290,8 +225,8 @@ class Mesh:
                 self._dialer.succeeded(addr)
             else:
                 self._dialer.failed(addr, now)
-        remote = self._release(conn)
-        self._origins.pop(conn, None)
+        remote = self._held.release(conn)
+        self._held.origins.pop(conn, None)
         if remote is not None:
             self._set_connections(now)
 
@@ -327,7 +262,7 @@ class Mesh:
         self._keepalive.heard(conn, now)
         if conn not in self.conns:
             return
-        source = self._label(conn, "")
+        source = self._held.label(conn, "")
         novel = self._gossip.receive(conn, msg_type, fields, now, wall_ns, source)
         if novel:
             self._candidates = None
@@ -363,12 +298,12 @@ class Mesh:
         for conn in send:
             self._outbox.send(conn, MessageType.KEEPALIVE)
         for conn in silent:
-            label = self._label(conn)
+            label = self._held.label(conn)
             detail = f"nothing heard for {self.config.silence_timeout:g}s"
             self.rejections.add("silent", label, detail)
-            if self._release(conn) is not None:
+            if self._held.release(conn) is not None:
                 self._set_connections(now)
-            self._closing.append(conn)
+            self._held.closing.append(conn)
 
     # -- outputs ------------------------------------------------------------------------------
 
@@ -378,8 +313,7 @@ class Mesh:
 
     def to_close(self) -> list[Hashable]:
         """Connections to close once the outbox is sent (accepted past the limit)."""
-        out, self._closing = self._closing, []
-        return out
+        return self._held.take_closing()
 
     def events(self) -> list[MeshEvent]:
         """What happened since the last call, in order (see gossip.events)."""
