@@ -9,7 +9,8 @@ Failure stays local: malformed input, a refused handshake, a peer too slow to re
 exception while serving one connection close only that connection; each refusal is counted by
 reason in ``mesh.rejections`` and logged through its rate-limited lines (never one line per
 attempt), naming the source. Connections in their handshake are bounded (gossip/admission.py)
-and timed out with the reason said. Peer-chosen text reaches logs and status escaped.
+and timed out with the reason said (gossip/handshaking.py). Peer-chosen text reaches logs and
+status escaped.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from typing import Any
 
 from gossip.admission import Admission
 from gossip.events import MeshEvent
-from gossip.handshake import Accepted, Handshake, Hello, Refused
+from gossip.handshake import Accepted, Handshake, Hello
+from gossip.handshaking import HANDSHAKE_TIMEOUT as HANDSHAKE_TIMEOUT
+from gossip.handshaking import READ_SIZE, HandshakeFailed, admitted_handshake
 from gossip.keepalive import FEATURE as KEEPALIVE
 from gossip.mesh import Mesh
 from gossip.rejections import printable
@@ -36,19 +39,8 @@ from gossip.wire import DecodeError
 log = logging.getLogger("weave-py.mesh")
 
 Address = tuple[str, int]
-HANDSHAKE_TIMEOUT = 10.0
 DIAL_TIMEOUT = 5.0
-READ_SIZE = 65536
 MAX_BUFFERED = 4 * 1024 * 1024  # bytes of unsent messages per connection; a slower peer is closed
-
-
-class _HandshakeFailed(Exception):
-    """A handshake ended without a connection: the refusal's counter label and detail."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
 
 
 class MeshDriver:
@@ -217,8 +209,8 @@ class MeshDriver:
     ) -> None:
         """One connection, dialled (``addr``) or accepted, from the handshake to its close."""
         try:
-            result = await self._admitted_handshake(reader, writer, host, addr is not None)
-        except _HandshakeFailed as failed:
+            result = await self._handshake(reader, writer, host, addr is not None)
+        except HandshakeFailed as failed:
             self.mesh.rejections.add(failed.reason, where, failed.detail)
             self._not_established(addr, failed, writer)
             return
@@ -254,7 +246,7 @@ class MeshDriver:
             self._closed(conn, writer, addr, where)
 
     def _not_established(
-        self, addr: Address | None, failed: _HandshakeFailed, writer: asyncio.StreamWriter
+        self, addr: Address | None, failed: HandshakeFailed, writer: asyncio.StreamWriter
     ) -> None:
         if addr is not None:
             self.mesh.dial_failed(addr, time.monotonic())
@@ -304,57 +296,18 @@ class MeshDriver:
         log.info("->[%s] connection deleted", where)
         self._pump()
 
-    async def _admitted_handshake(
+    async def _handshake(
         self,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         host: str | None,
         dialled: bool,
     ) -> Accepted:
-        """The handshake of a connection; an accepted one leaves the admission count after."""
-        counted = [0]
-        try:
-            return await self._handshake(reader, writer, counted, dialled)
-        except TimeoutError:
-            detail = f"no handshake within {HANDSHAKE_TIMEOUT:g}s ({counted[0]} bytes received)"
-            raise _HandshakeFailed("handshake_timeout", detail) from None
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            raise _HandshakeFailed("handshake_error", detail) from None
-        finally:
-            if not dialled:
-                self.admission.leave(host or "?", counted[0])
-
-    async def _handshake(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        counted: list[int],
-        dialled: bool,
-    ) -> Accepted:
+        """The connection's handshake as this peer (gossip/handshaking.py)."""
         shake = Handshake(
             self.hello, initiator=dialled, secrets=self.secrets, seal=self.secrets.enabled
         )
-        writer.write(shake.start())
-        result = None
-        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-            while result is None:
-                data = await reader.read(READ_SIZE)
-                if not data:
-                    detail = f"closed by peer after {counted[0]} bytes"
-                    raise _HandshakeFailed("handshake_closed", detail)
-                counted[0] += len(data)
-                if not dialled:
-                    self.admission.read(len(data))
-                too_much = self.admission.check(counted[0])
-                if too_much is not None:
-                    raise _HandshakeFailed("handshake_too_large", too_much)
-                result = shake.receive(data)
-                writer.write(shake.data_to_send())  # a CONFIRM, or a REFUSE
-        if isinstance(result, Refused):
-            label = "handshake_refused_by_peer" if result.by_peer else "handshake_refused"
-            raise _HandshakeFailed(label, result.reason)
-        return result
+        return await admitted_handshake(reader, writer, shake, self.admission, host)
 
     async def _read(self, conn: int, reader: asyncio.StreamReader, accepted: Accepted) -> None:
         decoder = accepted.decoder

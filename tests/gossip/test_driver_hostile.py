@@ -133,7 +133,7 @@ async def test_a_handshake_that_never_ends_is_cut_at_its_byte_bound(start_peer: 
 async def test_a_handshake_timeout_says_why(
     start_peer: StartPeer, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("gossip.driver.HANDSHAKE_TIMEOUT", 0.3)
+    monkeypatch.setattr("gossip.handshaking.HANDSHAKE_TIMEOUT", 0.3)
     caplog.set_level(logging.INFO, logger="weave-py.mesh")
     a = await start_peer("a")
     await until(lambda: a.driver.running)
