@@ -28,7 +28,8 @@ Rules this module keeps:
   anything the peer sends is a ``Refused``, never an exception. ``Refused.label`` names the
   kind of refusal for a counter; a REFUSE carries it as ``code``.
 
-With a secret (``Secrets``, gossip/secret.py), membership is proved without sending it:
+With a secret (``Secrets``, gossip/secret.py), membership is proved without sending it
+(gossip/confirmation.py keeps that part):
 
 - Each side's HELLO carries ``kx``, a fresh ephemeral X25519 public key; the dialer's also
   carries ``hints``, one per secret it accepts, current first, salted by its ``kx``.
@@ -56,13 +57,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from hashlib import sha256
 from typing import Any
 
-import msgpack
-
+from gossip.confirmation import CONFIRM, Confirmation, Refusal
+from gossip.confirmation import TRANSCRIPT_LABEL as TRANSCRIPT_LABEL
 from gossip.hello import Hello
-from gossip.secret import MAC_SIZE, Exchange, Secrets, SessionKeys
+from gossip.secret import Secrets
 from gossip.session import FEATURE as SEAL_FEATURE
 from gossip.session import SealedDecoder, Sealer
 from gossip.wire import (
@@ -80,8 +80,6 @@ from gossip.wire import (
 )
 
 MAX_REASON = 200  # characters of a peer's refusal reason we repeat in our logs
-CONFIRM = MessageType.CONFIRM
-TRANSCRIPT_LABEL = b"weave-py handshake v1"
 
 
 @dataclass(frozen=True)
@@ -140,14 +138,6 @@ LABELS = (
 )
 
 
-class _Refusal(Exception):
-    def __init__(self, reason: str, label: str, by_peer: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.label = label
-        self.by_peer = by_peer
-
-
 def peer_refusal(fields: Mapping[Any, Any]) -> str:
     """The log reason for a REFUSE message's fields: "refused by peer: <their reason>"."""
     reason = fields.get("reason")
@@ -185,22 +175,9 @@ class Handshake:
         self._version = 0
         self._decoder: Decoder | None = None  # exists once the version is agreed
         self._remote: Hello | None = None
-        self._exchange = Exchange() if self.secrets.enabled else None
-        self._sent = self._hello()
+        self._proof = Confirmation(self.secrets, initiator, self.versions.encode())
+        self._sent = self._proof.hello(self.local, seal)
         self._done = False  # the peer is accepted once the messages in hand are read
-        self._transcript = b""  # its hash, once both HELLOs are known
-        self._keys: SessionKeys | None = None
-        self._secret_index: int | None = None
-
-    def _hello(self) -> Hello:
-        if self._exchange is None:
-            return self.local
-        kx = self._exchange.public
-        hints = tuple(self.secrets.hints(kx)) if self.initiator else ()
-        features = self.local.features
-        if self.seal and SEAL_FEATURE not in features:
-            features += (SEAL_FEATURE,)
-        return replace(self.local, kx=kx, hints=hints, features=features)
 
     def start(self) -> bytes:
         """Our preamble and HELLO: send them as soon as the connection is up."""
@@ -227,11 +204,11 @@ class Handshake:
         if self.result is None:
             try:
                 self.result = self._advance(data)
-            except _Refusal as r:
+            except Refusal as r:
                 self.result = self._refuse(r)
         return self.result
 
-    def _refuse(self, refusal: _Refusal) -> Refused:
+    def _refuse(self, refusal: Refusal) -> Refused:
         if not refusal.by_peer:
             self._outgoing += encode(MessageType.REFUSE, reason=refusal.reason, code=refusal.label)
         return Refused(refusal.reason, refusal.by_peer, self._remote, refusal.label)
@@ -244,7 +221,7 @@ class Handshake:
         try:
             messages = self._decoder.feed(data)
         except DecodeError as e:
-            raise _Refusal(f"malformed message: {e}", "malformed") from None
+            raise Refusal(f"malformed message: {e}", "malformed") from None
         return self._on_messages(messages)
 
     def _take_preamble(self, data: bytes | bytearray | memoryview) -> bytes:
@@ -256,11 +233,11 @@ class Handshake:
         try:
             theirs = Preamble.decode(self._head)
         except DecodeError as e:
-            raise _Refusal(f"malformed preamble: {e.detail}", "malformed") from None
+            raise Refusal(f"malformed preamble: {e.detail}", "malformed") from None
         version = negotiate(self.versions, theirs)
         if version is None:
             ours = self.versions
-            raise _Refusal(
+            raise Refusal(
                 f"protocol version mismatch: ours {ours.min_version}..{ours.max_version}, "
                 f"theirs {theirs.min_version}..{theirs.max_version}",
                 "version",
@@ -282,113 +259,60 @@ class Handshake:
                 self._done = self._after_hello(self._remote)
             else:
                 self._expect(msg_type, CONFIRM)
-                self._done = self._check_confirm(self._remote, fields)
+                self._outgoing += self._proof.check(self._remote, fields)
+                self._done = True
         if not self._done or self._remote is None or self._decoder is None:
             return None
-        if self._keys is None:
+        if self._proof.keys is None:
             return Accepted(self._remote, self._version, self.initiator, self._decoder, after)
-        return self._accepted(self._remote, self._decoder, self._keys.session, after)
+        return self._accepted(self._remote, self._decoder, self._proof.keys.session, after)
 
     def _accepted(
         self, remote: Hello, decoder: Decoder, key: bytes, after: list[Message]
     ) -> Accepted:
         """Accepted with a secret: sealed when both HELLOs offered it."""
         accepted = Accepted(remote, self._version, self.initiator, decoder, after, key,
-                            self._secret_index)  # fmt: skip
+                            self._proof.secret_index)  # fmt: skip
         if SEAL_FEATURE not in self._sent.features or SEAL_FEATURE not in remote.features:
             return accepted
         opener = SealedDecoder(key, not self.initiator, decoder, self.max_message)
         try:
             after = opener.open(after)
         except DecodeError as e:
-            raise _Refusal(f"malformed message: {e}", "malformed") from None
+            raise Refusal(f"malformed message: {e}", "malformed") from None
         return replace(accepted, decoder=opener, messages=after,
                        sealer=Sealer(key, self.initiator))  # fmt: skip
 
     def _expect(self, msg_type: MessageType | int, expected: int) -> None:
         if msg_type != expected:
             wanted = "HELLO" if expected == MessageType.HELLO else "CONFIRM"
-            raise _Refusal(f"expected {wanted}, got {_type_name(msg_type)}", "unexpected")
+            raise Refusal(f"expected {wanted}, got {_type_name(msg_type)}", "unexpected")
 
-    def _refused_by_peer(self, fields: Mapping[Any, Any]) -> _Refusal:
+    def _refused_by_peer(self, fields: Mapping[Any, Any]) -> Refusal:
         if fields.get("code") == "password_mismatch" and self._remote is not None:
             reason = f"peer {self._remote} uses a different password"
-            return _Refusal(reason, "password_mismatch", by_peer=True)
-        return _Refusal(peer_refusal(fields), "by_peer", by_peer=True)
+            return Refusal(reason, "password_mismatch", by_peer=True)
+        return Refusal(peer_refusal(fields), "by_peer", by_peer=True)
 
     def _check_hello(self, fields: Mapping[Any, Any]) -> Hello:
         try:
             remote = Hello.from_fields(fields)
         except ValueError as e:
-            raise _Refusal(f"malformed hello: {e}", "malformed") from None
+            raise Refusal(f"malformed hello: {e}", "malformed") from None
         self._remote = remote
         if remote.name == self.local.name:
             if remote.uid == self.local.uid:
-                raise _Refusal("cannot connect to ourself", "self")
-            raise _Refusal(
+                raise Refusal("cannot connect to ourself", "self")
+            raise Refusal(
                 f"name collision: peer {remote} and us ({self.local.nickname}) "
                 f"both use name {remote.name}",
                 "collision",
             )
         return remote
 
-    # -- with a secret ------------------------------------------------------------------------
-
     def _after_hello(self, remote: Hello) -> bool:
         """Whether the peer is accepted with its HELLO; else CONFIRMs follow."""
         if not self.secrets.enabled and not remote.kx:
             return True
-        if not remote.kx:
-            raise _Refusal(f"peer {remote} has no password but we do", "no_password")
-        if not self.secrets.enabled:
-            raise _Refusal(f"peer {remote} has a password but we do not", "password_unexpected")
-        if self.initiator == bool(remote.hints):
-            both = "dialled" if self.initiator else "accepted"
-            raise _Refusal(f"peer {remote} and we both {both} this connection", "role")
-        self._transcript = self._transcript_hash(remote)
-        if not self.initiator:
-            self._confirm_first(remote)
+        self._outgoing += self._proof.after_hello(remote, bytes(self._head))
         return False
-
-    def _confirm_first(self, remote: Hello) -> None:
-        """Acceptor: pick the dialer's first secret that we accept, and prove we hold it."""
-        found = self.secrets.match(list(remote.hints), remote.kx)
-        if found is None:
-            raise _Refusal(f"peer {remote} uses a different password", "password_mismatch")
-        position, key = found
-        self._secret_index = self.secrets.keys().index(key)
-        keys = self._keys = self._session(remote, key)
-        mac = keys.confirmation(False, self._transcript)
-        self._outgoing += encode(CONFIRM, i=position, mac=mac)
-
-    def _check_confirm(self, remote: Hello, fields: Mapping[Any, Any]) -> bool:
-        mac = fields.get("mac")
-        if not isinstance(mac, bytes) or len(mac) != MAC_SIZE:
-            raise _Refusal(f"malformed confirm: field 'mac' is not {MAC_SIZE} bytes", "malformed")
-        if self.initiator:
-            index = fields.get("i")
-            if type(index) is not int or not 0 <= index < len(self.secrets.accepted):
-                raise _Refusal("malformed confirm: field 'i' names no hint of ours", "malformed")
-            self._secret_index = index
-            self._keys = self._session(remote, self.secrets.keys()[index])
-        if self._keys is None or not self._keys.confirms(not self.initiator, self._transcript, mac):
-            why = "its confirmation does not match (tampered or replayed)"
-            raise _Refusal(f"peer {remote} failed the password check: {why}", "bad_confirm")
-        if self.initiator:
-            self._outgoing += encode(CONFIRM, mac=self._keys.confirmation(True, self._transcript))
-        return True
-
-    def _session(self, remote: Hello, key: bytes) -> SessionKeys:
-        assert self._exchange is not None
-        try:
-            return self._exchange.session(remote.kx, key, self._transcript)
-        except ValueError:
-            raise _Refusal("malformed hello: field 'kx' is not a usable key", "malformed") from None
-
-    def _transcript_hash(self, remote: Hello) -> bytes:
-        """Both preambles and both HELLOs, the dialer's first, as each side knows them."""
-        ours = [self.versions.encode(), self._sent.to_fields()]
-        theirs = [bytes(self._head), remote.to_fields()]
-        dialer, acceptor = (ours, theirs) if self.initiator else (theirs, ours)
-        packed = msgpack.packb([TRANSCRIPT_LABEL, *dialer, *acceptor], use_bin_type=True)
-        return sha256(packed).digest()
