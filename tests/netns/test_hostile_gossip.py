@@ -13,7 +13,7 @@ import dataclasses
 import ipaddress
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -29,23 +29,9 @@ from tests.netns.hostile.scene import (
     Scene,
     assert_intact,
     assert_refused,
-    scene,
-    undamaged,
 )
 
 pytestmark = pytest.mark.netns
-
-
-@pytest.fixture(scope="module")
-def lab_scene() -> Iterator[Scene]:
-    with scene() as built:
-        yield built
-
-
-@pytest.fixture
-def s(lab_scene: Scene) -> Scene:
-    """The shared scene, checked intact before the test."""
-    return undamaged(lab_scene)
 
 
 def record_of(records: dict[str, PeerRecord], nickname: str) -> PeerRecord:

@@ -7,7 +7,6 @@ underlay capture and drops replayed frames is tests/netns/test_encrypted_sleeve.
 
 from __future__ import annotations
 
-import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -26,11 +25,11 @@ from tests.netns.hostile.scene import (
     Scene,
     assert_intact,
     assert_refused,
+    node3_under_forged_acks,
     scene,
-    undamaged,
     write_secrets,
 )
-from tests.netns.hostile.sleeve import SleeveSender, data_frame, heartbeat_ack, udp_packet
+from tests.netns.hostile.sleeve import SleeveSender, data_frame, udp_packet
 
 pytestmark = pytest.mark.netns
 SECRET_A, SECRET_B = b"correct horse battery staple", b"the next secret, rolled in"
@@ -39,14 +38,9 @@ SETTLE = 1.5
 
 @pytest.fixture(scope="module")
 def lab_scene() -> Iterator[Scene]:
+    """This module's lab: every agent holds SECRET_A."""
     with scene(accepted=(SECRET_A,)) as built:
         yield built
-
-
-@pytest.fixture
-def s(lab_scene: Scene) -> Scene:
-    """The shared scene, checked intact before the test."""
-    return undamaged(lab_scene)
 
 
 @pytest.mark.parametrize("held", [(), (b"a wrong secret",)], ids=["none", "wrong"])
@@ -103,25 +97,7 @@ def test_frames_under_a_nodes_own_address_reach_no_pod(s: Scene) -> None:
 
 def test_acks_under_a_nodes_own_address_keep_no_dead_path(s: Scene) -> None:
     lab = s.lab
-    three_id, one_id = s.peer_id(3), s.peer_id(1)
-    uid = int(lab.report(3)["router"]["uid"], 16)
-
-    def node3_state() -> str:
-        peers = lab.report(1)["peers"]
-        return next((p["state"] for p in peers if p["nickname"] == "node3"), "forgotten")
-
-    lab.procs[3].send_signal(signal.SIGSTOP)
-    try:
-        with SleeveSender(s.host) as sender:
-            deadline = time.monotonic() + 8.0
-            while time.monotonic() < deadline and node3_state() == "established":
-                for sequence in range(1, 4096):
-                    ack = heartbeat_ack(three_id, one_id, sequence, uid)
-                    sender.send_as(s.address(3), s.address(1), ack)
-                time.sleep(0.1)
-            state = node3_state()
-    finally:
-        lab.procs[3].send_signal(signal.SIGCONT)
+    state = node3_under_forged_acks(s, forged_source=s.address(3))
     assert state != "established", "forged acks kept node 3's dead path established"
     lab.wait_ready(15)
     evidence.wait_until(lambda: not s.problems(), 15)  # node 3's routes come back

@@ -9,10 +9,7 @@ refused is counted (the agent's /metrics or /report) and logged with the source
 from __future__ import annotations
 
 import ipaddress
-import signal
 import subprocess
-import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -22,24 +19,11 @@ from tests.netns.hostile.scene import (
     Scene,
     assert_intact,
     assert_refused,
-    scene,
-    undamaged,
+    node3_under_forged_acks,
 )
-from tests.netns.hostile.sleeve import SleeveSender, data_frame, heartbeat_ack, udp_packet
+from tests.netns.hostile.sleeve import SleeveSender, data_frame, udp_packet
 
 pytestmark = pytest.mark.netns
-
-
-@pytest.fixture(scope="module")
-def lab_scene() -> Iterator[Scene]:
-    with scene() as built:
-        yield built
-
-
-@pytest.fixture
-def s(lab_scene: Scene) -> Scene:
-    """The shared scene, checked intact before the test."""
-    return undamaged(lab_scene)
 
 
 # -- the sleeve -------------------------------------------------------------------------------
@@ -87,25 +71,8 @@ def test_sleeve_injection(s: Scene) -> None:
 
 def test_spoofed_heartbeat_acks_keep_no_dead_path(s: Scene) -> None:
     lab = s.lab
-    three_id, one_id = s.peer_id(3), s.peer_id(1)
-    uid = int(lab.report(3)["router"]["uid"], 16)
     logs, before = s.logs(), counters(lab, 1)
-
-    def node3_state() -> str:
-        peers = lab.report(1)["peers"]
-        return next((p["state"] for p in peers if p["nickname"] == "node3"), "forgotten")
-
-    lab.procs[3].send_signal(signal.SIGSTOP)  # node 3's data path goes silent, its TCP stays
-    try:
-        with SleeveSender(s.host) as sender:
-            deadline = time.monotonic() + 8.0
-            while time.monotonic() < deadline and node3_state() == "established":
-                for sequence in range(1, 4096):
-                    sender.send(s.address(1), heartbeat_ack(three_id, one_id, sequence, uid))
-                time.sleep(0.1)
-            state = node3_state()
-    finally:
-        lab.procs[3].send_signal(signal.SIGCONT)
+    state = node3_under_forged_acks(s)
     assert state != "established", "acks from a stranger kept node 3's dead path established"
     lab.wait_ready(15)
     evidence.wait_until(lambda: not s.problems(), 15)  # node 3's routes come back

@@ -10,6 +10,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from tests.netns.hostile.evidence import (
     pods_ping,
 )
 from tests.netns.hostile.host import StrangerHost
+from tests.netns.hostile.sleeve import SleeveSender, heartbeat_ack
 
 FAST_HEARTBEATS = (
     "--heartbeat-interval", "0.5", "--heartbeat-slow-interval", "1", "--heartbeat-timeout", "3",
@@ -170,3 +172,32 @@ def _unlogged(logs: Logs, i: int, sources: tuple[str, ...]) -> str:
         print(f"node {i} logged: {line}")  # shown with -s: what the agent said
         return ""
     return f"node {i} logged no rejection naming {sources}:\n{logs.since(i)[-2000:]}"
+
+
+def node3_under_forged_acks(s: Scene, forged_source: str | None = None) -> str:
+    """Node 3's agent frozen (its data path silent, its TCP open) while heartbeat acks for every
+    sequence, under node 3's id, go to node 1 from the stranger's address (or, with
+    ``forged_source``, under that outer source) for up to 8 s: node 1's state of node 3 then."""
+    lab = s.lab
+    three_id, one_id = s.peer_id(3), s.peer_id(1)
+    uid = int(lab.report(3)["router"]["uid"], 16)
+
+    def node3_state() -> str:
+        peers = lab.report(1)["peers"]
+        return next((p["state"] for p in peers if p["nickname"] == "node3"), "forgotten")
+
+    lab.procs[3].send_signal(signal.SIGSTOP)
+    try:
+        with SleeveSender(s.host) as sender:
+            deadline = time.monotonic() + 8.0
+            while time.monotonic() < deadline and node3_state() == "established":
+                for sequence in range(1, 4096):
+                    ack = heartbeat_ack(three_id, one_id, sequence, uid)
+                    if forged_source is None:
+                        sender.send(s.address(1), ack)
+                    else:
+                        sender.send_as(forged_source, s.address(1), ack)
+                time.sleep(0.1)
+            return node3_state()
+    finally:
+        lab.procs[3].send_signal(signal.SIGCONT)
