@@ -30,7 +30,7 @@ from overlay.ipam import space
 from overlay.ipam.claim import Claim, ClaimError, decode
 from overlay.ipam.holdings import Holdings
 from overlay.ipam.pool import Allocation, Pool
-from overlay.ipam.refusals import RefusalLog, printable
+from overlay.ipam.refusals import TEXT_LIMIT, RefusalLog, printable
 from overlay.ipam.ring import Ring
 from overlay.ipam.ringstate import View
 
@@ -215,7 +215,7 @@ class Ipam:
     def refused(self) -> list[str]:
         """The others' claims refused now, in words (for status)."""
         standing = self.ring.holdings.refused if self.ring else self.holdings.refused
-        return [printable(f"{r.peer}: {r.detail}") for r in standing.values()]
+        return [printable(f"{r.peer}: {r.detail}", TEXT_LIMIT) for r in standing.values()]
 
     def _follow_ring(self) -> None:
         """The pool holds what the ring owns. The ring gives up space in use only when this

@@ -12,10 +12,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable
 
+from gossip.rejections import printable
 from overlay.ipam.holdings import Refusal
 
 LOG_INTERVAL_NS = 10_000_000_000  # at most one summary line per 10 s
 LOG_EXAMPLES = 3  # refusals spelled out in one summary line
+TEXT_LIMIT = 400  # characters of one refusal's words kept (names and nets: never cut in practice)
+__all__ = ["RefusalLog", "printable"]
 
 
 class RefusalLog:
@@ -46,15 +49,7 @@ class RefusalLog:
         reasons = Counter(r.reason for r in self._unlogged)
         by_reason = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
         shown = self._unlogged[:LOG_EXAMPLES]
-        examples = "; ".join(printable(f"{who(r.peer)}: {r.detail}") for r in shown)
+        examples = "; ".join(printable(f"{who(r.peer)}: {r.detail}", TEXT_LIMIT) for r in shown)
         more = f"; and {total - LOG_EXAMPLES} more" if total > LOG_EXAMPLES else ""
         self._unlogged, self._dropped = [], 0
         return f"refuse address claims: {total} ({by_reason}); {examples}{more}"
-
-
-def printable(text: str) -> str:
-    """``text`` with every unprintable character escaped: names and details come from peers,
-    and must not forge log lines or status rows."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
