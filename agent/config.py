@@ -199,7 +199,8 @@ class Config:
         "--mtu",
         "Overlay MTU in bytes for the bridge, TUN and pods. Default: the MTU of the interface "
         "that holds the advertised address (else the one that reaches the first peer), minus "
-        "64 bytes of encapsulation.",
+        "64 bytes of encapsulation (the sleeve's; the fast path's VXLAN needs 50, so one MTU "
+        "fits both), and minus 28 more with a password.",
         None,
     )
     port: int = _setting(
@@ -210,6 +211,20 @@ class Config:
     )
     bridge: str = _setting("WEAVE_BRIDGE", "--bridge", "Name of the pod bridge.", "weave")
     tun: str = _setting("WEAVE_TUN", "--tun", "Name of the TUN device.", "weave-tun")
+    no_fastdp: bool = _setting(
+        "WEAVE_NO_FASTDP",
+        "--no-fastdp",
+        "Carry all pod traffic over the sleeve: no kernel VXLAN fast path on UDP 6784 here "
+        "(peers that have it use the sleeve with this node). With a password the fast path is "
+        "never used (it would carry traffic unencrypted).",
+        False,
+    )
+    vxlan_device: str = _setting(
+        "WEAVE_VXLAN_DEVICE",
+        "--vxlan-device",
+        "Name of the fast path's kernel VXLAN device.",
+        "vxlan-6784",
+    )
     masquerade: bool = _setting(
         "WEAVE_MASQUERADE",
         "--masquerade",

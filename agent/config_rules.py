@@ -32,16 +32,18 @@ def _bad(name: str, value: Any, why: str) -> ConfigError:
 
 
 def _devices(c: Config) -> None:
-    """MTU, port and interface names of the node's bridge and TUN."""
+    """MTU, port and interface names of the node's bridge, TUN and VXLAN device."""
     if c.mtu is not None and not 576 <= c.mtu <= 65000:
         raise _bad("mtu", c.mtu, "is outside 576..65000")
     if not 1 <= c.port <= 65535:
         raise _bad("port", c.port, "is not a port number")
-    for name in ("bridge", "tun"):
+    for name in ("bridge", "tun", "vxlan_device"):
         if not IFNAME.match(getattr(c, name)):
             raise _bad(name, getattr(c, name), "is not a valid interface name (1-15 characters)")
     if c.bridge == c.tun:
         raise _bad("tun", c.tun, "must differ from the bridge name")
+    if c.vxlan_device in (c.bridge, c.tun):
+        raise _bad("vxlan_device", c.vxlan_device, "must differ from the bridge and TUN names")
 
 
 def _address_space(c: Config) -> None:

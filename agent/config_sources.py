@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(Config):
         meta = f.metadata
         action = "append" if f.name in LISTS else "store"
-        parser.add_argument(meta["flag"], dest=f.name, action=action, help=meta["doc"])
+        bare = {"nargs": "?", "const": "true"} if f.type in (bool, "bool") else {}
+        parser.add_argument(meta["flag"], dest=f.name, action=action, help=meta["doc"], **bare)
 
 
 def load(
@@ -168,6 +169,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "offload": _parse_bool,
     "udp_gso": _parse_bool,
     "masquerade": _parse_bool,
+    "no_fastdp": _parse_bool,
     "peer_metrics": _parse_bool,
     "gso_max_size": _parse_int,
     "socket_buffer": _parse_int,

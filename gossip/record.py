@@ -35,6 +35,7 @@ MAX_STAMP = 2**63 - 1  # the bound of an incarnation and of a version
 MAX_PORT = 65535
 MAX_META = 32768  # bytes of application data in a record (opaque here, like memberlist's Meta)
 MAX_SLEEVE_KEY = 64  # bytes of the data plane's key agreement material (opaque here)
+MAX_FASTDP = 16  # bytes of the data plane's fast-path endpoint (opaque here)
 MAX_AHEAD_NS = 600 * 10**9  # how far an incarnation may run ahead of the receiver's wall clock
 
 Stamp = tuple[int, int]
@@ -62,6 +63,7 @@ class PeerRecord:
     departed: bool = False  # set on clean shutdown
     meta: bytes = b""  # application data (the address claim), opaque to the mesh
     sleeve_key: bytes = b""  # the data plane's key agreement material, opaque to the mesh
+    fastdp: bytes = b""  # the data plane's fast-path endpoint (overlay/vtep.py), opaque to it
 
     def __post_init__(self) -> None:
         for field in ("blocks", "connections", "unreachable"):
@@ -94,6 +96,8 @@ class PeerRecord:
             wire["m"] = self.meta
         if self.sleeve_key:
             wire["sk"] = self.sleeve_key
+        if self.fastdp:
+            wire["fd"] = self.fastdp
         return wire
 
     @classmethod
@@ -118,6 +122,7 @@ class PeerRecord:
             departed=departed,
             meta=_bytes(d.get("m", b""), "m", MAX_META),
             sleeve_key=_bytes(d.get("sk", b""), "sk", MAX_SLEEVE_KEY),
+            fastdp=_bytes(d.get("fd", b""), "fd", MAX_FASTDP),
         )
 
 
@@ -148,6 +153,7 @@ def weight(record: PeerRecord) -> int:
         + sum(len(s) + 8 for names in lists for s in names)
         + len(record.meta)
         + len(record.sleeve_key)
+        + len(record.fastdp)
     )
 
 

@@ -50,6 +50,7 @@ from typing import Any
 from gossip.record import (
     MAX_AHEAD_NS,
     MAX_ENTRIES,
+    MAX_FASTDP,
     MAX_META,
     MAX_PORT,
     MAX_SLEEVE_KEY,
@@ -67,8 +68,8 @@ from gossip.record import (
 from gossip.rejections import Rejections, printable
 
 __all__ = [
-    "MAX_AHEAD_NS", "MAX_ENTRIES", "MAX_META", "MAX_PORT", "MAX_SLEEVE_KEY", "MAX_STAMP",
-    "MAX_STRING", "MAX_UINT",
+    "MAX_AHEAD_NS", "MAX_ENTRIES", "MAX_FASTDP", "MAX_META", "MAX_PORT", "MAX_SLEEVE_KEY",
+    "MAX_STAMP", "MAX_STRING", "MAX_UINT",
     "Endpoint", "PeerRecord", "Stamp", "Topology", "TopologyError",
 ]  # fmt: skip
 
@@ -87,13 +88,13 @@ def _outranks(new: PeerRecord, old: PeerRecord) -> bool:
 
 def _rank(r: PeerRecord) -> tuple[Any, ...]:
     return (r.uid, r.nickname, r.data_endpoint, r.control_endpoint, r.blocks, r.connections,
-            r.unreachable, r.departed, r.meta, r.sleeve_key)  # fmt: skip
+            r.unreachable, r.departed, r.meta, r.sleeve_key, r.fastdp)  # fmt: skip
 
 
 # Fields only the record's owner may change through ``set_local``; the rest is identity and stamp.
 CHANGEABLE = frozenset(
     {"nickname", "data_endpoint", "control_endpoint", "blocks", "connections", "unreachable",
-     "departed", "meta", "sleeve_key"}
+     "departed", "meta", "sleeve_key", "fastdp"}
 )  # fmt: skip
 
 

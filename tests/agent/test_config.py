@@ -411,3 +411,19 @@ def test_ipam_defaults_and_init_count() -> None:
 def test_bad_ipam_settings_name_the_field(argv: list[str], env: dict[str, str], field: str) -> None:
     with pytest.raises(ConfigError, match=f"^{field}"):
         load(*argv, env=env)
+
+
+def test_no_fastdp_is_a_bare_flag_a_flag_with_a_value_and_a_variable() -> None:
+    parser = argparse.ArgumentParser()
+    config_sources.add_arguments(parser)
+    load = config_sources.load
+    assert load(parser.parse_args(["--no-fastdp"])).no_fastdp is True
+    assert load(parser.parse_args(["--no-fastdp", "false"])).no_fastdp is False
+    assert load(None, {"WEAVE_NO_FASTDP": "true"}).no_fastdp is True
+    assert load(None, {}).no_fastdp is False
+
+
+def test_vxlan_device_must_be_a_name_of_its_own() -> None:
+    for name in ("weave", "x" * 16):
+        with pytest.raises(ConfigError, match="vxlan_device"):
+            config_sources.load(None, {"WEAVE_VXLAN_DEVICE": name})
