@@ -1,6 +1,6 @@
 """The values the netlink seam (``overlay.kernel``) speaks: links and routes as the kernel
-reports them, the links it can create, the changes it can make, our nftables NAT table, and its
-one failure."""
+reports them, the links it can create, the changes it can make, a VXLAN device's neighbours and
+forwarding entries, our nftables table (masquerade and the UDP guard), and its one failure."""
 
 from __future__ import annotations
 
@@ -34,6 +34,18 @@ class Link:
     gso_max_size: int
     mac: str = ""
     hairpin: bool = False  # a bridge port that may send a frame back out where it came in
+    vxlan: VxlanInfo | None = None  # for a vxlan link, what it was made with
+
+
+@dataclass(frozen=True)
+class VxlanInfo:
+    """What a VXLAN device reports of itself (``local``: None when it has no local address;
+    ``learning``: whether it adds forwarding entries from the frames it receives)."""
+
+    vni: int
+    local: IPv4Address | None
+    port: int
+    learning: bool
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,7 @@ class Route:
     destination: IPv4Network
     device: str
     gateway: IPv4Address | None = None
+    onlink: bool = False  # the gateway is taken to be on the link, whatever its addresses
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,7 @@ class RouteEntry:
     index: int
     gateway: IPv4Address | None
     protocol: int
+    onlink: bool = False  # RTNH_F_ONLINK
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,7 @@ class LinkChange:
     master: int | None = None  # a bridge's index; 0 takes the link off its bridge
     gso_max_size: int | None = None
     hairpin: bool | None = None  # only on a link that already is a bridge port (EOPNOTSUPP)
+    mac: str | None = None  # "aa:bb:cc:dd:ee:ff"
 
 
 @dataclass(frozen=True)
@@ -92,16 +107,38 @@ class Veth:
 
 @dataclass(frozen=True)
 class Vxlan:
-    """A new point-to-point kernel VXLAN device (``remote`` set: no fdb entries needed)."""
+    """A new kernel VXLAN device sending from ``local`` to UDP ``port``: point to point with
+    ``remote`` set (no forwarding entries needed), else each frame goes where the forwarding
+    entry of its destination MAC says (``FdbEntry``). ``mac`` and ``mtu`` None: the kernel's
+    (a random MAC; MTU 1500, as it has no lower device to take one from)."""
 
     name: str
     vni: int
     local: IPv4Address
-    remote: IPv4Address
+    remote: IPv4Address | None
     port: int
+    learning: bool = True
+    mac: str | None = None
+    mtu: int | None = None
 
 
 NewLink = Bridge | Veth | Vxlan
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A permanent IPv4 neighbour of a link: ``address`` is at ``mac`` (no ARP asked)."""
+
+    address: IPv4Address
+    mac: str
+
+
+@dataclass(frozen=True)
+class FdbEntry:
+    """A forwarding entry of a VXLAN device: frames to ``mac`` go to the VTEP at ``host``."""
+
+    mac: str
+    host: IPv4Address
 
 
 @dataclass(frozen=True)
@@ -114,10 +151,23 @@ class Masquerade:
 
 
 @dataclass(frozen=True)
+class UdpGuard:
+    """The input rule of our table: UDP datagrams to ``port`` from any source outside
+    ``hosts`` are dropped (no hosts: every one to ``port`` is)."""
+
+    port: int
+    hosts: frozenset[IPv4Address]
+
+
+@dataclass(frozen=True)
 class NatTable:
     """An nftables table (family ip) as the kernel reports it. ``chained``: it holds exactly
-    our chain (postrouting, type nat, srcnat priority, policy accept) and nothing else;
-    ``rules``: the rules in it, None for each of a shape we do not make."""
+    our chains and nothing else -- postrouting (type nat, srcnat priority, policy accept) and,
+    with a guard, input (type filter, priority 0, policy accept, its one rule and the set of
+    hosts it reads) -- each of the shape we make; ``rules``: the masquerade rules, None for
+    each of a shape we do not make; ``guard``: the input chain's rule (None: no input chain,
+    or one not of our shape, which also reads as not ``chained``)."""
 
     chained: bool
     rules: tuple[Masquerade | None, ...]
+    guard: UdpGuard | None = None
