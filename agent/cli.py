@@ -100,11 +100,26 @@ def _lab_commands(sub: Commands) -> None:
         help="a real Kubernetes cluster (control plane, kubelet and containerd per node) "
         "running weave-py from deploy/daemonset.yaml and --pods pods per node",
     )
+    up.add_argument(
+        "--no-fastdp-nodes",
+        type=_node_list,
+        default=(),
+        metavar="LIST",
+        help="comma-separated nodes whose agents run with --no-fastdp (a mixed lab), e.g. 3",
+    )
     up.set_defaults(func=cmd_lab_up)
     down = labsub.add_parser("down", help="remove everything the lab made (either kind)")
     down.add_argument("--name", default="lab")
     down.add_argument("--dir")
     down.set_defaults(func=cmd_lab_down)
+
+
+def _node_list(text: str) -> tuple[int, ...]:
+    """``"1,3"`` -> (1, 3): lab node numbers."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: want node numbers like 1,3") from None
 
 
 def _api_arguments(p: argparse.ArgumentParser) -> None:
@@ -226,7 +241,12 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     if args.kubernetes and args.static:
         print("weave-py lab: --static and --kubernetes do not go together", file=sys.stderr)
         return 2
-    return run.up(args.name, args.nodes, args.pods, args.dir, not args.static, args.kubernetes)
+    if args.kubernetes and args.no_fastdp_nodes:
+        print("weave-py lab: --no-fastdp-nodes is for the agents' lab, not --kubernetes",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    return run.up(args.name, args.nodes, args.pods, args.dir, not args.static, args.kubernetes,
+                  args.no_fastdp_nodes)  # fmt: skip
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ def _node_args(p: LabPlan, i: int) -> list[str]:
             "--ipalloc-range", str(POD_RANGE),
             "--bridge", p.bridge,
             "--tun", p.tun,
+            "--vxlan-device", p.vxlan,
             "--socket", p.socket_path(i),
             "--cni-socket", p.cni_socket(i),
             "--state-dir", f"{p.node_dir(i)}/state",

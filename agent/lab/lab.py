@@ -18,7 +18,7 @@ import signal
 import subprocess
 import time
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from agent import client
@@ -38,9 +38,12 @@ class Lab:
         agent_args: tuple[str, ...] = (),
         gossip: bool = True,
         line: bool = False,
+        node_args: Mapping[int, Sequence[str]] | None = None,
     ) -> None:
         self.plan = plan
         self.agent_args = agent_args
+        # per node, after agent_args (e.g. {3: ["--no-fastdp"]}); a restart reads it again
+        self.node_args = {i: tuple(args) for i, args in (node_args or {}).items()}
         self.gossip = gossip or line  # agents find each other from one seed each; else static
         # line: two underlay segments, node 1 and node 3 on one each, node 2 on both, so 1 and
         # 3 reach each other only through node 2's agent (3 nodes exactly)
@@ -100,7 +103,8 @@ class Lab:
 
     def agent_command(self, i: int) -> list[str]:
         """The command line node i's agent runs with."""
-        return agents.command(self.underlay, i, self.gossip, self.agent_args)
+        extra = (*self.agent_args, *self.node_args.get(i, ()))
+        return agents.command(self.underlay, i, self.gossip, extra)
 
     def start_agent(self, i: int) -> int:
         pid = self.agents.start(i, self.agent_command(i))
@@ -182,6 +186,30 @@ class Lab:
                     f"{timeout}s; see the agent logs in {self.plan.directory}"
                 )
             time.sleep(0.1)
+
+    def paths(self, i: int) -> dict[int, tuple[str, str]]:
+        """Node i's data path to each peer node, as its ``/report`` shows it: node ->
+        (path, reason); path "" when the agent reports none."""
+        nodes = {self.plan.node_name(k): k for k in range(1, self.plan.nodes + 1)}
+        return {nodes[x["nickname"]]: (x.get("path") or "", x.get("path_reason") or "")
+                for x in self.report(i)["peers"] if x["nickname"] in nodes}  # fmt: skip
+
+    def wait_paths(self, want: Mapping[tuple[int, int], str], timeout: float) -> None:
+        """Until node i reports path ``want[i, k]`` ("fastdp" or "sleeve") towards node k, for
+        every pair in ``want``; TimeoutError naming the pairs that differ."""
+        deadline = time.monotonic() + timeout
+        while wrong := self._paths_differing(want):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"paths within {timeout}s: want {dict(want)}, differ {wrong}")
+            time.sleep(0.1)
+
+    def _paths_differing(self, want: Mapping[tuple[int, int], str]) -> dict[tuple[int, int], str]:
+        try:
+            seen = {i: self.paths(i) for i in sorted({i for i, _ in want})}
+        except OSError as exc:
+            return {pair: f"no report ({exc})" for pair in want}
+        found = {pair: seen[pair[0]].get(pair[1], ("none", ""))[0] for pair in want}
+        return {pair: path for pair, path in found.items() if path != want[pair]}
 
     # -- pods --------------------------------------------------------------------------------
 

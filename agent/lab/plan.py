@@ -1,7 +1,8 @@
 """Names and addresses of a lab, derived from its name alone (so ``lab down`` can find them).
 
 Every namespace and link starts with ``wp<name>``; the longest link name, ``wp<name>tun``, must
-fit the kernel's 15 characters, hence names of at most 10 lowercase letters and digits.
+fit the kernel's 15 characters, hence names of at most 10 lowercase letters and digits. Each
+node namespace holds its own bridge, TUN and VXLAN device (the fast path), under the same names.
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ class LabPlan:
     @property
     def tun(self) -> str:
         return f"{self.prefix}tun"
+
+    @property
+    def vxlan(self) -> str:
+        """The fast path's VXLAN device in every node namespace."""
+        return f"{self.prefix}vx"
 
     def node_ns(self, i: int) -> str:
         return f"{self.prefix}-n{i}"
