@@ -1,32 +1,47 @@
-"""Data-plane benchmark: one TCP stream pod->pod across two nodes, weave-py against the kernel.
+"""Data-plane benchmark: one TCP stream pod->pod across two nodes, weave-py's two data paths
+against the kernel.
 
 ``python -m bench.dataplane [--seconds N] [--rounds R] [--name NAME] [--quick]
-[--baseline-rev REV] [--encrypted]`` builds three topologies side by side (idle ones cost
+[--baseline-rev REV] [--encrypted]`` builds these topologies side by side (idle ones cost
 nothing):
 
-1. ``weave-py``: a real two-node lab (:class:`agent.lab.lab.Lab`), agents and all;
-2. ``vxlan``: the same shape, cross-node traffic over kernel VXLAN (MTU 1450);
-3. ``routing``: the same shape, plain kernel routing over the underlay (MTU 1500).
+1. ``weave-py``: a real two-node lab (:class:`agent.lab.lab.Lab`), agents and all, on its
+   default path: the kernel fast path (VXLAN on UDP 6784);
+2. ``sleeve``: the same lab with every agent ``--no-fastdp``: the userspace sleeve (UDP 6783);
+3. ``vxlan``: the same shape, cross-node traffic over kernel VXLAN (MTU 1450);
+4. ``routing``: the same shape, plain kernel routing over the underlay (MTU 1500);
 
-and, with ``--baseline-rev``, a fourth: ``baseline``, the same lab whose agents run the code of
-git revision REV (checked out into a temporary ``git worktree`` outside the checkout, removed
-afterwards; the agents import it through ``PYTHONPATH`` with ``PYTHONSAFEPATH`` set, which is
-checked before the run), and with ``--encrypted`` another: ``encrypted``, the same lab whose
-agents hold a password (``--password-file``), so the sleeve seals every frame
-(overlay/seal.py); a capture on its underlay during each of its measurements checks that the
-sleeve's datagrams are sealed (``encrypted_sealed_share``, which must be 1). It then measures
-them in turn, R rounds (the weave labs taking turns at going first, then vxlan and routing), so
-that the slow drifts of a shared VM fall on every case alike. The A/B figures are medians over
-rounds: ``ab_ratio`` of throughput, weave-py / baseline, and ``ab_cpu_ratio`` of CPU cost,
-baseline / weave-py, from both agents' CPU seconds per GB moved (above 1: this code is cheaper;
-a cost per byte moves far less with a shared VM's noise than throughput does). Each
-measurement: ``iperf3`` from pod 1 (node 1) to pod 2 (node 2) for ``--seconds`` (received rate
-and sender retransmits) and the average of a fast ICMP ping. A case's figure is the median of
-its rounds. Prints a table, then ONE JSON line with every figure (throughput in Gbit/s, RTT in
-µs, ratios weave/vxlan and weave/routing, each round's throughputs, the load average before and
-after). The bars it documents: weave-py >= 0.5 x kernel VXLAN; encrypted >= 0.35 x kernel VXLAN
-(``encrypted_ratio_vxlan``). Every namespace is named ``wp<name>...`` and removed in
-``finally``, also on failure, Ctrl-C or SIGTERM.
+with ``--baseline-rev``, ``baseline``: the same lab whose agents run the code of git revision REV
+(checked out into a temporary ``git worktree`` outside the checkout, removed afterwards; the
+agents import it through ``PYTHONPATH`` with ``PYTHONSAFEPATH`` set, which is checked before the
+run), on the sleeve: an older revision has no fast path, and one that has it is started
+``--no-fastdp``, so the A/B compares like with like, the ``sleeve`` case against ``baseline``;
+and with ``--encrypted``, ``encrypted``: the same lab whose agents hold a password
+(``--password-file``), so the sleeve seals every frame (overlay/seal.py; encrypted traffic never
+takes the fast path); a capture on its underlay during each of its measurements checks that the
+sleeve's datagrams are sealed (``encrypted_sealed_share``, which must be 1).
+
+Before each measurement of an agents' lab, and again after it, both nodes' ``/report`` must
+show the other on the path the case is for (``fastdp`` for weave-py; ``sleeve`` for sleeve and
+encrypted; ``sleeve`` or none for baseline) with no switch in between; anything else fails the
+run. The path node 1 reported goes into the JSON (``paths``, per case and round).
+
+It measures the cases in turn, R rounds (the agents' labs taking turns at going first, then
+vxlan and routing), so that the slow drifts of a shared VM fall on every case alike. The A/B
+figures are medians over rounds: ``ab_ratio`` of throughput, sleeve / baseline, and
+``ab_cpu_ratio`` of CPU cost, baseline / sleeve, from both agents' CPU seconds per GB moved
+(above 1: this code is cheaper; a cost per byte moves far less with a shared VM's noise than
+throughput does). Each measurement: ``iperf3`` from pod 1 (node 1) to pod 2 (node 2) for
+``--seconds`` (received rate and sender retransmits) and the average of a fast ICMP ping. A
+case's figure is the median of its rounds. Prints a table, then ONE JSON line with every figure
+(:func:`bench.figures.summary`: throughput in Gbit/s, RTT in µs, ratios against vxlan and
+routing, each round's figures, the load average before and after). ``weave_*`` and
+``ratio_vxlan`` are the default path's, as ``fast_*`` are; ``sleeve_*`` the forced sleeve's.
+The bars: fast path >= 0.9 x kernel VXLAN throughput and ping RTT <= kernel VXLAN's + 30 µs
+(``fast_meets_bar_ratio_vxlan``, ``fast_meets_bar_rtt_extra_us``); sleeve >= 0.5 x kernel VXLAN
+(``sleeve_meets_bar_ratio_vxlan``); encrypted >= 0.35 x kernel VXLAN (``encrypted_meets_bar``).
+Every namespace is named ``wp<name>...`` and removed in ``finally``, also on failure, Ctrl-C or
+SIGTERM.
 """
 
 from __future__ import annotations
@@ -37,43 +52,27 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
 from agent.lab.lab import Lab
 from agent.lab.plan import LabPlan
-from bench import topology
+from bench import figures, revision, topology
+from bench.figures import Result
+from bench.revision import ROOT, SLEEVE_ARGS, OldCodeLab, sleeve_args
 from bench.topology import Baseline
 from overlay.frame import FLAG_AEAD
 
-BAR = 0.5  # weave-py throughput / kernel VXLAN throughput
-ENCRYPTED_BAR = 0.35  # encrypted sleeve throughput / kernel VXLAN throughput
 SLEEVE_PORT = 6783
 NAME = re.compile(r"^[a-z0-9]{1,9}$")  # + one letter per case must fit LabPlan's 10
 IPERF_PORT = 5201
 RTT = re.compile(r"= [\d.]+/([\d.]+)/")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
-
-
-@dataclass(frozen=True)
-class Result:
-    case: str
-    gbps: float
-    retransmits: int
-    rtt_us: float
-    mtu: int
-    cpu_s_per_gb: float | None = None  # both agents' CPU seconds per GB moved (weave cases)
-    sealed_share: float | None = None  # of the sleeve datagrams captured (encrypted case)
 
 
 @dataclass(frozen=True)
@@ -161,7 +160,10 @@ def ping_rtt_us(pair: Pair, count: int) -> float:
 
 
 def measure(c: Case, seconds: int, pings: int) -> Result:
+    """One measurement of case ``c``, between two readings of its agents' paths that must both
+    show the path the case is for, with no switch in between."""
     log(f"{c.name}: ping x{pings}, iperf3 {seconds}s")
+    seen = checked_paths(c)
     rtt = ping_rtt_us(c.pair, pings)
     before = cpu_seconds(c.pids)
     capture = start_capture(c.capture_ns, seconds) if c.capture_ns else None
@@ -169,7 +171,11 @@ def measure(c: Case, seconds: int, pings: int) -> Result:
     cpu = cpu_seconds(c.pids) - before
     per_gb = cpu / (gbps * seconds / 8) if c.pids and gbps > 0 else None
     share = None if capture is None else captured_share(capture)
-    return Result(c.name, gbps, retransmits, rtt, c.mtu, per_gb, share)
+    after = checked_paths(c)
+    if after != seen:
+        raise RuntimeError(f"{c.name}: the path changed during the measurement: {seen} -> {after}")
+    path = seen[0].path if seen else None
+    return Result(c.name, gbps, retransmits, rtt, c.mtu, per_gb, share, path)
 
 
 def start_capture(ns: str, seconds: int) -> subprocess.Popen[str]:
@@ -234,6 +240,16 @@ class Case:
     mtu: int
     pids: tuple[int, ...] = ()  # the agents whose CPU time a measurement counts
     capture_ns: str = ""  # where the sleeve's datagrams are checked for sealing, if anywhere
+    lab: Lab | None = None  # whose agents' reports say which path the pair is on
+    paths: tuple[str | None, ...] = ()  # the paths this case may measure (None: not reported)
+
+
+EXPECTED_PATHS: dict[str, tuple[str | None, ...]] = {
+    "weave-py": ("fastdp",),
+    "sleeve": ("sleeve",),
+    "encrypted": ("sleeve",),
+    "baseline": ("sleeve", None),  # a revision before the fast path reports none
+}
 
 
 def weave_case(lab: Lab, case: str = "weave-py") -> Case:
@@ -241,7 +257,58 @@ def weave_case(lab: Lab, case: str = "weave-py") -> Case:
     mtu = int(lab.report(1)["router"]["mtu"])
     pair = Pair(plan.pod_ns(1, 1), plan.pod_ns(2, 1), str(lab.pod_address(2, 1).ip))
     capture_ns = plan.node_ns(2) if case == "encrypted" else ""
-    return Case(case, pair, mtu, tuple(lab.pids[i] for i in (1, 2)), capture_ns)
+    pids = tuple(lab.pids[i] for i in (1, 2))
+    return Case(case, pair, mtu, pids, capture_ns, lab, EXPECTED_PATHS[case])
+
+
+@dataclass(frozen=True)
+class PeerPath:
+    """What one node's /report says of its path to a peer."""
+
+    node: int
+    peer: str  # the peer's nickname
+    path: str | None  # None: the agent reports no path (a revision before the fast path)
+    switches: int
+    reason: str = field(default="", compare=False)
+
+
+def peer_path(report: dict[str, Any], node: int, nickname: str) -> PeerPath:
+    """Node ``node``'s path to the peer called ``nickname``, from its /report."""
+    for peer in report.get("peers", []):
+        if peer.get("nickname") == nickname:
+            switches = int(peer.get("path_switches") or 0)
+            return PeerPath(node, nickname, peer.get("path"), switches, peer.get("path_reason", ""))
+    raise RuntimeError(f"node {node} reports no peer {nickname}")
+
+
+def checked_paths(c: Case) -> tuple[PeerPath, ...]:
+    """Node 1's path to node 2 and node 2's to node 1 (a measurement's two directions);
+    RuntimeError unless both are among those case ``c`` is for. Empty for kernel baselines."""
+    if c.lab is None:
+        return ()
+    plan = c.lab.plan
+    seen = tuple(peer_path(c.lab.report(i), i, plan.node_name(3 - i)) for i in (1, 2))
+    for p in seen:
+        if p.path not in c.paths:
+            wanted = " or ".join(str(x) for x in c.paths)
+            raise RuntimeError(
+                f"{c.name}: node {p.node} reports path {p.path} to {p.peer}, not {wanted} "
+                f"({p.reason or 'no reason given'})"
+            )
+    return seen
+
+
+def wait_paths(c: Case, timeout: float) -> tuple[PeerPath, ...]:
+    """Until both nodes report the path case ``c`` is for (a fast path is taken after a few
+    answered probes); RuntimeError with what they said last after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return checked_paths(c)
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
 
 
 def encrypted_lab(name: str) -> Lab:
@@ -255,50 +322,6 @@ def encrypted_lab(name: str) -> Lab:
     return Lab(plan, ("--password-file", path))
 
 
-class OldCodeLab(Lab):
-    """A lab whose agents import the code checked out at ``code`` instead of this checkout's:
-    ``PYTHONPATH`` puts it first and ``PYTHONSAFEPATH`` keeps ``python -m`` from putting the
-    working directory (this checkout) before it."""
-
-    def __init__(self, plan: LabPlan, code: str) -> None:
-        super().__init__(plan)
-        self.code = code
-
-    def agent_command(self, i: int) -> list[str]:
-        return ["env", *code_environment(self.code), *super().agent_command(i)]
-
-
-def code_environment(code: str) -> list[str]:
-    return ["PYTHONSAFEPATH=1", f"PYTHONPATH={code}"]
-
-
-@contextlib.contextmanager
-def worktree(rev: str) -> Iterator[str]:
-    """Revision ``rev`` checked out in a temporary git worktree outside the checkout."""
-    path = tempfile.mkdtemp(prefix="weave-py-baseline-")
-    git = ["git", "-C", ROOT, "worktree"]
-    try:
-        subprocess.run([*git, "add", "--detach", path, rev], check=True, capture_output=True)
-        yield path
-    finally:
-        subprocess.run([*git, "remove", "--force", path], check=False, capture_output=True)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def imported_from(code: str) -> str:
-    """Where an agent started as OldCodeLab starts it imports ``agent`` and ``overlay`` from;
-    raises RuntimeError unless both come from ``code``."""
-    script = "import agent, overlay.sleeve; print(agent.__file__, overlay.sleeve.__file__)"
-    argv = ["env", *code_environment(code), sys.executable, "-c", script]
-    done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=60)
-    paths = done.stdout.split()
-    if done.returncode != 0 or len(paths) != 2:
-        raise RuntimeError(f"baseline code does not import: {done.stderr.strip()}")
-    if not all(path.startswith(code + os.sep) for path in paths):
-        raise RuntimeError(f"baseline agents would run {paths}, not the code in {code}")
-    return os.path.dirname(paths[0])
-
-
 def run_all(
     name: str,
     seconds: int,
@@ -308,9 +331,13 @@ def run_all(
     encrypted: bool = False,
 ) -> dict[str, list[Result]]:
     """Build the topologies, measure them ``rounds`` times in turn, remove them."""
-    labs = [(Lab(bench_plan(f"{name}w")), "weave-py")]
+    labs = [
+        (Lab(bench_plan(f"{name}w")), "weave-py"),
+        (Lab(bench_plan(f"{name}s"), SLEEVE_ARGS), "sleeve"),
+    ]
     if baseline_code is not None:
-        labs.append((OldCodeLab(bench_plan(f"{name}a"), baseline_code), "baseline"))
+        old = OldCodeLab(bench_plan(f"{name}a"), baseline_code, sleeve_args(baseline_code))
+        labs.append((old, "baseline"))
     if encrypted:
         labs.append((encrypted_lab(f"{name}e"), "encrypted"))
     baselines = [Baseline.named(f"{name}{mode[0]}", mode) for mode in ("vxlan", "routing")]
@@ -319,10 +346,8 @@ def run_all(
     try:
         cases = []
         for lab, case in labs:
-            log(f"{case}: lab {lab.plan.name} up")
             started.append(lab)
-            lab.up()
-            cases.append(weave_case(lab, case))
+            cases.append(lab_up(lab, case))
         for b in baselines:
             log(f"{b.mode}: build {b.plan.prefix}")
             built.append(b)
@@ -341,8 +366,21 @@ def run_all(
             lab.down()
 
 
+PATH_TIMEOUT = 20.0  # seconds for a new lab's agents to settle on the path under test
+
+
+def lab_up(lab: Lab, case: str) -> Case:
+    """Start ``lab`` and wait until its nodes are on the path ``case`` is for."""
+    log(f"{case}: lab {lab.plan.name} up {' '.join(lab.agent_args)}".rstrip())
+    lab.up()
+    c = weave_case(lab, case)
+    seen = wait_paths(c, PATH_TIMEOUT)
+    log(f"{case}: paths " + ", ".join(f"node {p.node} -> {p.peer}: {p.path}" for p in seen))
+    return c
+
+
 def in_turn(cases: list[Case], k: int, labs: int) -> list[Case]:
-    """Round ``k``'s order: the weave labs (this code, the baseline, the encrypted one) take
+    """Round ``k``'s order: the agents' labs (fast path, sleeve, baseline, encrypted) take
     turns at going first, so none is always measured first (the first of a round measures a
     little differently on this VM, even with identical code on both sides)."""
     turn = k % labs
@@ -351,101 +389,6 @@ def in_turn(cases: list[Case], k: int, labs: int) -> list[Case]:
 
 def bench_plan(lab_name: str) -> LabPlan:
     return LabPlan(lab_name, nodes=2, pods=1, directory=f"/tmp/weave-py-bench/{lab_name}")
-
-
-def median_result(runs: list[Result]) -> Result:
-    """The case's figures: median throughput and RTT, the median run's retransmits."""
-    middle = sorted(runs, key=lambda r: r.gbps)[len(runs) // 2]
-    rtt = statistics.median(r.rtt_us for r in runs)
-    return Result(
-        middle.case, statistics.median(r.gbps for r in runs), middle.retransmits, rtt, middle.mtu
-    )
-
-
-def summary(runs: dict[str, list[Result]], name: str, seconds: int) -> dict[str, Any]:
-    results = {case: median_result(r) for case, r in runs.items()}
-    w, v, r = results["weave-py"], results["vxlan"], results["routing"]
-    out: dict[str, Any] = {"name": name, "seconds": seconds, "rounds": len(runs["weave-py"])}
-    for key, res, case in (
-        ("weave", w, "weave-py"),
-        ("vxlan", v, "vxlan"),
-        ("routing", r, "routing"),
-    ):
-        out[f"{key}_gbps"] = round(res.gbps, 3)
-        out[f"{key}_rtt_us"] = round(res.rtt_us, 1)
-        out[f"{key}_retransmits"] = res.retransmits
-        out[f"{key}_mtu"] = res.mtu
-        out[f"{key}_gbps_rounds"] = [round(x.gbps, 3) for x in runs[case]]
-    out["ratio_vxlan"] = round(w.gbps / v.gbps, 3)
-    out["ratio_routing"] = round(w.gbps / r.gbps, 3)
-    pairs = zip(runs["weave-py"], runs["vxlan"], strict=True)
-    out["ratio_vxlan_rounds"] = [round(a.gbps / b.gbps, 3) for a, b in pairs]
-    out["bar_ratio_vxlan"] = BAR
-    out["meets_bar"] = w.gbps >= BAR * v.gbps
-    out["order"] = list(runs)
-    out["weave_cpu_s_per_gb"] = cpu_median(runs["weave-py"])
-    if "baseline" in runs:
-        out |= ab_summary(runs, results["baseline"], v)
-    if "encrypted" in runs:
-        out |= encrypted_summary(runs["encrypted"], results["encrypted"], v)
-    return out
-
-
-def encrypted_summary(runs: list[Result], e: Result, v: Result) -> dict[str, Any]:
-    """The encrypted sleeve's figures beside the plain sleeve's, against kernel VXLAN."""
-    shares = [r.sealed_share for r in runs if r.sealed_share is not None]
-    return {
-        "encrypted_gbps": round(e.gbps, 3),
-        "encrypted_rtt_us": round(e.rtt_us, 1),
-        "encrypted_retransmits": e.retransmits,
-        "encrypted_mtu": e.mtu,
-        "encrypted_gbps_rounds": [round(x.gbps, 3) for x in runs],
-        "encrypted_ratio_vxlan": round(e.gbps / v.gbps, 3),
-        "encrypted_bar_ratio_vxlan": ENCRYPTED_BAR,
-        "encrypted_meets_bar": e.gbps >= ENCRYPTED_BAR * v.gbps,
-        "encrypted_sealed_share": round(min(shares), 4) if shares else None,
-        "encrypted_cpu_s_per_gb": cpu_median(runs),
-    }
-
-
-def ab_summary(runs: dict[str, list[Result]], b: Result, v: Result) -> dict[str, Any]:
-    """The interleaved A/B figures: this code (weave-py) against the baseline revision."""
-    pairs = list(zip(runs["weave-py"], runs["baseline"], strict=True))
-    ab = [x.gbps / y.gbps for x, y in pairs]
-    cost = [y.cpu_s_per_gb / x.cpu_s_per_gb for x, y in pairs if x.cpu_s_per_gb and y.cpu_s_per_gb]
-    return {
-        "baseline_gbps": round(b.gbps, 3),
-        "baseline_rtt_us": round(b.rtt_us, 1),
-        "baseline_retransmits": b.retransmits,
-        "baseline_gbps_rounds": [round(x.gbps, 3) for x in runs["baseline"]],
-        "baseline_ratio_vxlan": round(b.gbps / v.gbps, 3),
-        "ab_ratio": round(statistics.median(ab), 3),
-        "ab_ratio_rounds": [round(x, 3) for x in ab],
-        "baseline_cpu_s_per_gb": cpu_median(runs["baseline"]),
-        "ab_cpu_ratio": round(statistics.median(cost), 3) if cost else None,
-        "ab_cpu_ratio_rounds": [round(x, 3) for x in cost],
-    }
-
-
-def cpu_median(runs: list[Result]) -> float | None:
-    """The median of the rounds' CPU seconds per GB (None when not measured)."""
-    costs = [r.cpu_s_per_gb for r in runs if r.cpu_s_per_gb is not None]
-    return round(statistics.median(costs), 3) if costs else None
-
-
-def render(results: dict[str, Result]) -> str:
-    weave = results["weave-py"]
-    lines = [
-        f"{'case':<10} {'throughput':>12} {'ratio(weave/x)':>15} {'rtt(avg)':>10} "
-        f"{'retr':>7} {'mtu':>5}"
-    ]
-    for res in results.values():
-        ratio = "-" if res is weave else f"{weave.gbps / res.gbps:.2f}"
-        lines.append(
-            f"{res.case:<10} {res.gbps:>7.2f} Gb/s {ratio:>15} {res.rtt_us:>7.0f} µs "
-            f"{res.retransmits:>7} {res.mtu:>5}"
-        )
-    return "\n".join(lines)
 
 
 def log(message: str) -> None:
@@ -481,7 +424,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--baseline-rev",
         default=None,
-        help="also measure agents running this git revision, in turns (A/B: ab_ratio)",
+        help="also measure agents running this git revision on the sleeve, in turns "
+        "(A/B against the sleeve case: ab_ratio)",
     )
     args = ap.parse_args(argv)
     args.name = args.name or "b" + secrets.token_hex(2)
@@ -506,9 +450,9 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             code = None
             if args.baseline_rev:
-                code = stack.enter_context(worktree(args.baseline_rev))
+                code = stack.enter_context(revision.worktree(args.baseline_rev))
                 extra["baseline_rev"] = args.baseline_rev
-                extra["baseline_code"] = imported_from(code)
+                extra["baseline_code"] = revision.imported_from(code)
                 log(f"baseline: {args.baseline_rev} in {code}")
             runs = run_all(args.name, args.seconds, pings, args.rounds, code, args.encrypted)
     except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as exc:
@@ -517,13 +461,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log("interrupted; everything removed")
         return 130
-    print(render({case: median_result(r) for case, r in runs.items()}))
-    print(f"medians of {args.rounds} round(s); bar: weave-py >= {BAR} x kernel VXLAN")
-    if args.encrypted:
-        print(f"bar: encrypted >= {ENCRYPTED_BAR} x kernel VXLAN")
+    print(figures.render({case: figures.median_result(r) for case, r in runs.items()}))
+    print(f"medians of {args.rounds} round(s)")
+    print("\n".join(figures.bars(args.encrypted)))
     extra["loadavg_before"] = [round(x, 2) for x in load]
     extra["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    print(json.dumps(summary(runs, args.name, args.seconds) | extra), flush=True)
+    print(json.dumps(figures.summary(runs, args.name, args.seconds) | extra), flush=True)
     return 0
 
 
