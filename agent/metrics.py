@@ -8,11 +8,15 @@ reserves ``_count`` for summaries and histograms), the process's own
 ``process_*`` series (prometheus-client's collector), plus per-peer tunnel series Weave never
 had. The cores never import prometheus.
 
-Series per node in a cluster of N nodes: the per-peer ones are 7 per remote peer
-(``PEER_SERIES``: four counters, three gauges; the round trip once a heartbeat was answered) plus
-one ``weave_py_peer_drops_total`` per peer and drop reason seen, so 7(N-1) per node and 7N(N-1)
+``weave_connections``' ``type`` label is each connection's data path, as Weave's was: "fastdp"
+when its peer's pod traffic takes the kernel fast path, else "sleeve" (both given for every
+state, even at 0).
+
+Series per node in a cluster of N nodes: the per-peer ones are 9 per remote peer
+(``PEER_SERIES``: five counters, four gauges; the round trip once a heartbeat was answered) plus
+one ``weave_py_peer_drops_total`` per peer and drop reason seen, so 9(N-1) per node and 9N(N-1)
 across the cluster; ``peer_metrics=False`` leaves them all out. The rest does not grow with N:
-about 20 series, plus one per drop reason seen.
+about 25 series, plus one per drop reason seen.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from agent.report import IpamStatus, Peer, Report
+from agent.report import PATHS, IpamStatus, Peer, Report
 
 Family = GaugeMetricFamily | CounterMetricFamily | Metric
 PEER_LABELS = ["peer", "nickname"]
@@ -32,9 +36,11 @@ PEER_COUNTERS: tuple[tuple[str, str, Callable[[Peer], int]], ...] = (
     ("weave_py_peer_tx_bytes", "Inner bytes sent to the peer.", lambda p: p.tx_bytes),
     ("weave_py_peer_rx_packets", "Packets received from the peer.", lambda p: p.rx_packets),
     ("weave_py_peer_rx_bytes", "Inner bytes received from the peer.", lambda p: p.rx_bytes),
+    ("weave_py_path_switches", "Switches between fast path and sleeve.", lambda p: p.path_switches),
 )
-PEER_SERIES = len(PEER_COUNTERS) + 3  # and the gauges: rtt, mtu, established
+PEER_SERIES = len(PEER_COUNTERS) + 4  # and the gauges: rtt, mtu, established, fastdp
 CONNECTION_STATES = ("connecting", "retrying", "failed", "pending", "established")  # Weave's
+FALLBACK = "sleeve"  # the type of a connection whose peer has no data path (yet)
 IPAM_GAUGES: tuple[tuple[str, str, Callable[[IpamStatus], float]], ...] = (
     ("weave_max_ips", "Size of IP address space used by allocator.", lambda i: i.capacity),
     (
@@ -49,7 +55,7 @@ IPAM_GAUGES: tuple[tuple[str, str, Callable[[IpamStatus], float]], ...] = (
 
 class ReportCollector(Collector):
     """Every series, built from ``report()`` when Prometheus scrapes; ``peer_metrics``: the
-    per-peer series too (7 per remote peer, see the module docstring)."""
+    per-peer series too (9 per remote peer, see the module docstring)."""
 
     def __init__(self, report: Callable[[], Report], peer_metrics: bool = True) -> None:
         self.report = report
@@ -69,18 +75,24 @@ class ReportCollector(Collector):
 
 
 def _connections(r: Report) -> Iterator[Family]:
-    """Weave's connection series: connections by Weave's states (the control connections and
-    dial targets when there are any, else the static peers' data paths), every state given
-    even at 0 as Weave does; and how many control connections ended."""
+    """Weave's connection series: connections by Weave's states and data path (the control
+    connections and dial targets when there are any, else the static peers' data paths), every
+    state given even at 0 as Weave does, on both paths; and how many control connections
+    ended."""
     conns = GaugeMetricFamily(
         "weave_connections",
         "Number of peer-to-peer connections.",
         labels=["state", "type", "encryption"],
     )
-    states = [c.state for c in r.connections] if r.connections else [p.state for p in r.peers]
+    paths = {p.name: p.path for p in r.peers}
+    if r.connections:
+        kinds = [(c.state, paths.get(c.name or "", FALLBACK)) for c in r.connections]
+    else:
+        kinds = [(p.state, p.path) for p in r.peers]
     encryption = "yes" if r.router.encryption else "no"
     for state in CONNECTION_STATES:
-        conns.add_metric([state, "sleeve", encryption], states.count(state))
+        for path in PATHS:
+            conns.add_metric([state, path, encryption], kinds.count((state, path)))
     yield conns
     yield CounterMetricFamily(
         "weave_connection_terminations",
@@ -131,7 +143,7 @@ def _peer_counters(peers: Sequence[Peer]) -> Iterator[CounterMetricFamily]:
 
 
 def _peer_gauges(peers: Sequence[Peer]) -> Iterator[GaugeMetricFamily]:
-    """Round trip, MTU and data-path health per peer."""
+    """Round trip, MTU, data-path health and path per peer."""
     rtt = GaugeMetricFamily(
         "weave_py_peer_rtt_seconds", "Heartbeat round trip.", labels=PEER_LABELS
     )
@@ -141,13 +153,19 @@ def _peer_gauges(peers: Sequence[Peer]) -> Iterator[GaugeMetricFamily]:
     up = GaugeMetricFamily(
         "weave_py_peer_established", "1 while heartbeats are answered.", labels=PEER_LABELS
     )
+    fastdp = GaugeMetricFamily(
+        "weave_py_peer_fastdp",
+        "1 while on the kernel fast path, 0 on the sleeve.",
+        labels=PEER_LABELS,
+    )
     for p in peers:
         who = [p.name, p.nickname]
         if p.rtt_ms is not None:
             rtt.add_metric(who, p.rtt_ms / 1e3)
         mtu.add_metric(who, p.mtu)
         up.add_metric(who, 1 if p.state == "established" else 0)
-    yield from (rtt, mtu, up)
+        fastdp.add_metric(who, 1 if p.path == "fastdp" else 0)
+    yield from (rtt, mtu, up, fastdp)
 
 
 def _ipam(ipam: IpamStatus) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:

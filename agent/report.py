@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 from agent.document import DocumentError, Fields
+from overlay.paths import Path
 
 Net = ipaddress.IPv4Network
 Json = dict[str, Any]
 PEER_STATES = ("established", "pending")
+PATHS = tuple(p.value for p in Path)  # "fastdp", "sleeve"
 DIRECTIONS = ("->", "<-")
 IPAM_MODES = ("gossip", "static", "kube")
 OMITTED_WHEN_NONE = {"omit": True}  # field metadata: no key at all in the JSON when None
@@ -140,7 +142,7 @@ class IpamStatus(_Node):
 
 @dataclass(frozen=True)
 class Peer(_Node):
-    """A remote peer of the data plane: its path, health and counters."""
+    """A remote peer of the data plane: its route, data path, health and counters."""
 
     name: str  # the mesh name
     via: str | None  # "host:port" of the next hop while relayed, else None
@@ -150,6 +152,10 @@ class Peer(_Node):
     state: str  # "established" while heartbeats are answered, else "pending"
     rtt_ms: float | None  # last heartbeat round trip, None before the first answer
     mtu: int  # overlay MTU towards it
+    path: str  # one of PATHS: what carries its pod traffic
+    path_reason: str  # why it is on that path, in words
+    path_since: float | None  # unix seconds of its last switch, None when it never switched
+    path_switches: int  # switches since this agent started
     tx_packets: int
     tx_bytes: int  # inner bytes
     rx_packets: int
@@ -170,6 +176,10 @@ class Peer(_Node):
             state=f.text("state", PEER_STATES),
             rtt_ms=f.maybe_number("rtt_ms"),
             mtu=f.integer("mtu"),
+            path=f.text("path", PATHS),
+            path_reason=f.text("path_reason"),
+            path_since=f.maybe_number("path_since"),
+            path_switches=f.integer("path_switches"),
             tx_packets=f.integer("tx_packets"),
             tx_bytes=f.integer("tx_bytes"),
             rx_packets=f.integer("rx_packets"),

@@ -1,9 +1,10 @@
 """The snapshot: a Report taken of the running cores for every view.
 
-It reads the sleeve's peers and counters, the mesh driver's control connections and how many
-ended, the IPAM status and the kernel routes the last reconcile listed; the daemon passes them
-in, with its router, what the node still lacks to carry pod traffic (``readiness``) and the time
-it has been up, and serves the result (agent/report.py).
+It reads the sleeve's peers and counters, each peer's data path (fast path or sleeve) as path
+choice last decided it, the mesh driver's control connections and how many ended, the IPAM
+status and the kernel routes the last reconcile listed; the daemon passes them in, with its
+router, what the node still lacks to carry pod traffic (``readiness``) and the time it has been
+up, and serves the result (agent/report.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from agent import __version__
 from agent.report import Connection, IpamStatus, Peer, Report, Route, Router
 from overlay import netdev
-from overlay.peer import PeerState
+from overlay.paths import Path, PathState
+from overlay.peer import PeerSpec, PeerState
 from overlay.sleeve import Sleeve
 
 
@@ -28,12 +30,18 @@ def take(
     control: Iterable[Mapping[str, str]],
     terminations: int = 0,
     rejected: Mapping[str, int] | None = None,
+    paths: Mapping[str, PathState] | None = None,
+    wall_offset: float = 0.0,
 ) -> Report:
     """The Report of this moment. ``waiting_for``: ``readiness()``; ``routes``: ours in the
     kernel after the last reconcile; ``control``: the peer source's ``connections()`` (empty
     with static peers), ``terminations`` how many of them ended and ``rejected`` the control
-    input the peer source refused, by reason."""
-    peers = tuple(peer_of(state) for state in sleeve.peers.values())
+    input the peer source refused, by reason. ``paths``: each peer's path by mesh name (None:
+    no path choice runs, every peer is on the sleeve); ``wall_offset``: ``time.time() -
+    time.monotonic()``, which turns a switch's monotonic time into unix seconds."""
+    peers = tuple(
+        peer_of(state, path_of(state.spec, paths), wall_offset) for state in sleeve.peers.values()
+    )
     return Report(
         version=__version__,
         ready=not waiting_for,
@@ -51,9 +59,22 @@ def take(
     )
 
 
-def peer_of(state: PeerState) -> Peer:
-    """A data-plane peer as the views show it: the sleeve's spec, health and counters."""
+STATIC = PathState(Path.SLEEVE, "static peer")  # no mesh name: no record, no fast path
+UNCHOSEN = PathState(Path.SLEEVE, "no path choice for it")
+
+
+def path_of(spec: PeerSpec, paths: Mapping[str, PathState] | None) -> PathState:
+    """The peer's path: path choice's for a mesh peer it knows, else the sleeve."""
+    if not spec.peer_name:
+        return STATIC
+    return (paths or {}).get(spec.peer_name, UNCHOSEN)
+
+
+def peer_of(state: PeerState, path: PathState = UNCHOSEN, wall_offset: float = 0.0) -> Peer:
+    """A data-plane peer as the views show it: the sleeve's spec, health and counters, and its
+    ``path`` with the last switch in unix seconds (``wall_offset`` added)."""
     spec, counters = state.spec, state.counters
+    since = None if path.since is None else round(path.since + wall_offset, 3)
     return Peer(
         name=spec.peer_name,
         via=None if spec.via is None else f"{spec.via[0]}:{spec.via[1]}",
@@ -63,6 +84,10 @@ def peer_of(state: PeerState) -> Peer:
         state="established" if state.established else "pending",
         rtt_ms=None if state.rtt is None else round(state.rtt * 1e3, 3),
         mtu=state.mtu,
+        path=path.path.value,
+        path_reason=path.reason,
+        path_since=since,
+        path_switches=path.switches,
         tx_packets=counters.tx_packets,
         tx_bytes=counters.tx_bytes,
         rx_packets=counters.rx_packets,

@@ -7,9 +7,10 @@ with ``Report.from_json``, so a bad document raises ``document.DocumentError``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 
-from agent.report import Connection, IpamStatus, Owner, Report
+from agent.report import Connection, IpamStatus, Owner, Peer, Report
 
 
 def render_status(r: Report) -> str:
@@ -31,6 +32,7 @@ def render_status(r: Report) -> str:
         ("Connections", f"{len(states)}" + (f" ({', '.join(counts)})" if counts else "")),
         ("Peers", str(len(r.peers) + 1)),
         ("DataPath", f"sleeve, offload {router.offload}, super-packets {router.super_packets}"),
+        ("FastPath", f"{sum(p.path == 'fastdp' for p in r.peers)} of {len(r.peers)} peers"),
         ("MTU", f"{router.mtu} (underlay {router.underlay_mtu})"),
         ("", ""),
         *_ipam_rows(r.ipam),
@@ -77,24 +79,26 @@ def _owner_line(owner: Owner, who: str, width: int) -> str:
 
 
 def render_connections(r: Report) -> str:
-    """Weave's layout: direction, address (21 wide), state (11 wide), then peer or error.
-    Gossip mode lists control connections; static mode the configured data paths."""
+    """Weave's layout: direction, address (21 wide), state (11 wide), then the data path
+    ("fastdp" or "sleeve") and peer, or the error. Gossip mode lists control connections;
+    static mode the configured data paths."""
     if r.connections:
-        return _render_control(r.connections)
+        return _render_control(r.connections, {p.name: p.path for p in r.peers})
     lines = []
     for p in r.peers:
-        detail = f"sleeve {p.name}({p.nickname}) mtu={p.mtu}" if p.state == "established" else ""
+        detail = f"{p.path} {p.name}({p.nickname}) mtu={p.mtu}" if p.state == "established" else ""
         if p.via:
             detail = f"{detail} relayed via {p.via}".strip()
         lines.append(f"-> {p.address:<21} {p.state:<11} {detail}".rstrip())
     return "\n".join(lines) + ("\n" if lines else "")
 
 
-def _render_control(connections: Sequence[Connection]) -> str:
+def _render_control(connections: Sequence[Connection], paths: Mapping[str, str]) -> str:
     lines = []
     for c in connections:
         if c.state == "established":
-            detail = f"sleeve {c.peer} mtu={'?' if c.mtu is None else c.mtu}"
+            path = paths.get(c.name or "", "sleeve")
+            detail = f"{path} {c.peer} mtu={'?' if c.mtu is None else c.mtu}"
         else:
             detail = c.peer or c.detail or ""
         lines.append(f"{c.direction} {c.address:<21} {c.state:<11} {detail}".rstrip())
@@ -102,8 +106,9 @@ def _render_control(connections: Sequence[Connection]) -> str:
 
 
 def render_peers(r: Report) -> str:
-    """Every peer with its data-path state and counters (Weave had no such counters)."""
-    head = f"{'PEER':<28} {'ADDRESS':<21} {'STATE':<11} {'RTT':>8} {'TX':>16} {'RX':>16} DROPS"
+    """Every peer with its data-path state and counters (Weave had no such counters), then its
+    path, why, and when it last switched (UTC)."""
+    head = f"{'PEER':<28} {'ADDRESS':<21} {'STATE':<11} {'RTT':>8} {'TX':>16} {'RX':>16} DROPS PATH"
     lines = [head]
     for p in r.peers:
         rtt = f"{p.rtt_ms:.2f}ms" if p.rtt_ms is not None else "-"
@@ -114,11 +119,21 @@ def render_peers(r: Report) -> str:
         state = "relayed" if p.via else p.state
         via = f" via {p.via}" if p.via else ""
         lines.append(
-            f"{who:<28} {p.address:<21} {state:<11} {rtt:>8} {tx:>16} {rx:>16} {drops}{via}"
+            f"{who:<28} {p.address:<21} {state:<11} {rtt:>8} {tx:>16} {rx:>16} {drops} "
+            f"{path_text(p)}{via}"
         )
     if r.drops:
         lines.append(f"drops (all peers): {_counts(r.drops)}")
     return "\n".join(lines) + "\n"
+
+
+def path_text(p: Peer) -> str:
+    """The peer's path and why, with the time of its last switch (UTC):
+    "fastdp (since 12:03:04: answered steadily for 5.0s)"."""
+    why = [p.path_reason] if p.path_reason else []
+    if p.path_since is not None:
+        why.insert(0, "since " + time.strftime("%H:%M:%S", time.gmtime(p.path_since)))
+    return f"{p.path} ({': '.join(why)})" if why else p.path
 
 
 def render_routes(r: Report) -> str:

@@ -67,6 +67,12 @@ def test_ints_are_accepted_where_numbers_are_expected() -> None:
         ({"ipam.owners.2.local": 0}, "report.ipam.owners[2].local: expected true or false"),
         ({"routes.3": "10.32.9.0/24"}, "report.routes[3]: expected an object"),
         ({"super_packets_received": DELETE}, "report.super_packets_received: missing"),
+        ({"peers.0.path": DELETE}, "report.peers[0].path: missing"),
+        ({"peers.0.path": "vxlan"}, "report.peers[0].path: expected 'fastdp' or 'sleeve'"),
+        ({"peers.1.path_reason": None}, "report.peers[1].path_reason: expected a string"),
+        ({"peers.1.path_since": DELETE}, "report.peers[1].path_since: missing"),
+        ({"peers.0.path_since": "12:03"}, "report.peers[0].path_since: expected a number"),
+        ({"peers.2.path_switches": 2.0}, "report.peers[2].path_switches: expected an integer"),
     ],
 )
 def test_a_document_that_is_not_a_report_names_the_field(
@@ -101,8 +107,16 @@ def test_connection_fields_may_be_absent_or_null() -> None:
 
 
 def test_required_nulls_stay_required() -> None:
-    # ``conflict`` and ``via`` may be null but not absent: agents always send them.
+    # ``conflict``, ``via`` and ``path_since`` may be null but not absent: agents always send
+    # them.
     doc = document(**{"ipam.conflict": DELETE})
     with pytest.raises(DocumentError, match=r"^report.ipam.conflict: missing"):
         Report.from_json(doc)
     assert IpamStatus.from_json(REPORT_JSON["ipam"]) == REPORT.ipam
+
+
+def test_a_path_switch_time_reads_back_as_a_number() -> None:
+    doc = document(**{"peers.1.path_since": 1700000600, "peers.1.path": "fastdp"})
+    node3 = Report.from_json(doc).peers[1]
+    assert (node3.path, node3.path_since) == ("fastdp", 1700000600.0)
+    assert isinstance(node3.path_since, float)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from typing import Any
 
 from agent import __version__, snapshot
 from agent.readiness import missing
 from agent.report import Connection, Peer, Report, Route
 from overlay import netdev
+from overlay.paths import Path, PathState
 from overlay.peer import PeerSpec
 from overlay.sleeve import Sleeve
 from tests.agent.test_status import REPORT
@@ -42,8 +44,10 @@ def take(
     control: list[dict[str, str]] | None = None,
     sleeve: Sleeve | None = None,
     waiting_for: tuple[str, ...] = (),
+    **paths: Any,
 ) -> Report:
-    """The report of ``sleeve`` (default: one with no peers yet)."""
+    """The report of ``sleeve`` (default: one with no peers yet); ``paths``: ``paths`` and
+    ``wall_offset``, when given."""
     return snapshot.take(
         REPORT.router,
         waiting_for=waiting_for,
@@ -53,6 +57,7 @@ def take(
         routes=[netdev.Route(NET("10.32.2.0/24"), "weave-tun")],
         control=control or [],
         terminations=3,
+        **paths,
     )
 
 
@@ -65,11 +70,13 @@ def test_the_report_of_the_cores() -> None:
     assert report.peers == (
         Peer(name="aa:bb:cc:dd:ee:02", via=None, nickname="node-2", address="192.168.48.12:6783",
              blocks=(NET("10.32.2.0/24"),), state="established", rtt_ms=0.412, mtu=1376,
+             path="sleeve", path_reason="no path choice for it", path_since=None, path_switches=0,
              tx_packets=10, tx_bytes=123456, rx_packets=7, rx_bytes=900, relayed=4,
              drops={"too_big": 1}),
         Peer(name="aa:bb:cc:dd:ee:03", via="192.168.48.12:6783", nickname="node-3",
              address="10.51.34.219:6783", blocks=(NET("10.32.3.0/24"),), state="pending",
-             rtt_ms=None, mtu=1376, tx_packets=0, tx_bytes=0, rx_packets=0, rx_bytes=0,
+             rtt_ms=None, mtu=1376, path="sleeve", path_reason="no path choice for it",
+             path_since=None, path_switches=0, tx_packets=0, tx_bytes=0, rx_packets=0, rx_bytes=0,
              relayed=0, drops={}),
     )  # fmt: skip
     assert report.drops == {"too_big": 1, "unknown_peer": 1}
@@ -127,3 +134,39 @@ def test_control_connections_get_weaves_states() -> None:
                    name="aa:bb:cc:dd:ee:09"),  # no data-plane peer of that name yet
         Connection("->", "192.0.2.10:6783", "retrying", detail="connection refused"),
     )  # fmt: skip
+
+
+def test_each_peer_shows_its_path_with_the_last_switch_in_unix_seconds() -> None:
+    paths = {
+        "aa:bb:cc:dd:ee:02": PathState(Path.FASTDP, "answered 2 probes in a row", since=84.25,
+                                       switches=1, rtt=0.0003, probes_sent=9, probes_answered=8),
+        "aa:bb:cc:dd:ee:03": PathState(Path.SLEEVE, "relayed"),
+    }  # fmt: skip
+    node2, node3 = take(sleeve=sleeve(), paths=paths, wall_offset=1_700_000_500.0).peers
+    assert (node2.path, node2.path_reason) == ("fastdp", "answered 2 probes in a row")
+    assert (node2.path_since, node2.path_switches) == (1_700_000_584.25, 1)
+    assert type(node2.path) is str  # the value, not the enum: the JSON and its reading agree
+    assert (node3.path, node3.path_reason, node3.path_since, node3.path_switches) == (
+        "sleeve", "relayed", None, 0
+    )  # fmt: skip
+    report = take(sleeve=sleeve(), paths=paths, wall_offset=1_700_000_500.0)
+    assert Report.from_json(report.to_json()) == report
+    assert report.to_json()["peers"][0]["path_since"] == 1_700_000_584.25
+
+
+def test_a_peer_path_choice_does_not_know_is_on_the_sleeve() -> None:
+    only_node2 = {"aa:bb:cc:dd:ee:02": PathState(Path.FASTDP, "kept", since=None)}
+    node2, node3 = take(sleeve=sleeve(), paths=only_node2).peers
+    assert (node2.path, node2.path_reason, node2.path_since) == ("fastdp", "kept", None)
+    assert (node3.path, node3.path_reason) == ("sleeve", "no path choice for it")
+    unwired = take(sleeve=sleeve(), paths=None).peers
+    assert [(p.path, p.path_reason) for p in unwired] == [("sleeve", "no path choice for it")] * 2
+
+
+def test_a_static_peer_has_no_mesh_name_and_stays_on_the_sleeve() -> None:
+    s = Sleeve(0xA1, 0x1111, [NET("10.32.1.0/24")], 1376)
+    s.set_peers([PeerSpec(0xB2, "node-2", ("192.168.48.12", 6783), (NET("10.32.2.0/24"),))], 0.0)
+    paths = {"": PathState(Path.FASTDP, "a state keyed by no name is never used", switches=5)}
+    [static] = take(sleeve=s, paths=paths).peers
+    assert (static.name, static.path, static.path_reason) == ("", "sleeve", "static peer")
+    assert static.path_switches == 0

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent import status
 from agent.api import Api
+from agent.metrics import PEER_SERIES
 from agent.report import Connection, IpamStatus, Owner, Peer, Report, Route, Router
 
 N = ipaddress.IPv4Network
@@ -40,7 +41,7 @@ def owner(name: str, nickname: str, **changes: Any) -> Owner:
 
 
 def peer(name: str, nickname: str, address: str, *blocks: str, **changes: Any) -> Peer:
-    """A pending peer that has moved no traffic, with ``changes``."""
+    """A pending peer on the sleeve that has moved no traffic, with ``changes``."""
     entry = Peer(
         name=name,
         via=None,
@@ -50,6 +51,10 @@ def peer(name: str, nickname: str, address: str, *blocks: str, **changes: Any) -
         state="pending",
         rtt_ms=None,
         mtu=1376,
+        path="sleeve",
+        path_reason="peer has no fast path",
+        path_since=None,
+        path_switches=0,
         tx_packets=0,
         tx_bytes=0,
         rx_packets=0,
@@ -112,6 +117,10 @@ REPORT = Report(
             "10.32.2.0/24",
             state="established",
             rtt_ms=0.412,
+            path="fastdp",
+            path_reason="answered 2 probes in a row",
+            path_since=1700000584.25,
+            path_switches=1,
             tx_packets=10,
             tx_bytes=123456,
             rx_packets=7,
@@ -127,6 +136,10 @@ REPORT = Report(
             state="established",
             rtt_ms=1.0,
             mtu=1300,
+            path="sleeve",
+            path_reason="no answer through the fast path",
+            path_since=1700000590.5,
+            path_switches=2,
             tx_packets=1,
             tx_bytes=5 * 1024 * 1024,
             rx_packets=2,
@@ -218,6 +231,10 @@ REPORT_JSON: dict[str, Any] = {  # /report as agents serve it: the oracle of to_
             "state": "established",
             "rtt_ms": 0.412,
             "mtu": 1376,
+            "path": "fastdp",
+            "path_reason": "answered 2 probes in a row",
+            "path_since": 1700000584.25,
+            "path_switches": 1,
             "tx_packets": 10,
             "tx_bytes": 123456,
             "rx_packets": 7,
@@ -234,6 +251,10 @@ REPORT_JSON: dict[str, Any] = {  # /report as agents serve it: the oracle of to_
             "state": "pending",
             "rtt_ms": None,
             "mtu": 1376,
+            "path": "sleeve",
+            "path_reason": "peer has no fast path",
+            "path_since": None,
+            "path_switches": 0,
             "tx_packets": 0,
             "tx_bytes": 0,
             "rx_packets": 0,
@@ -250,6 +271,10 @@ REPORT_JSON: dict[str, Any] = {  # /report as agents serve it: the oracle of to_
             "state": "established",
             "rtt_ms": 1.0,
             "mtu": 1300,
+            "path": "sleeve",
+            "path_reason": "no answer through the fast path",
+            "path_since": 1700000590.5,
+            "path_switches": 2,
             "tx_packets": 1,
             "tx_bytes": 5 * 1024 * 1024,
             "rx_packets": 2,
@@ -325,6 +350,7 @@ def test_status_labels_right_aligned() -> None:
     assert rows["Connections"] == "3 (2 established, 1 pending)"
     assert rows["Peers"] == "4"
     assert rows["Targets"] == "3"
+    assert rows["FastPath"] == "1 of 3 peers"
     assert rows["Range"] == "10.32.0.0/12"
     assert rows["DefaultSubnet"] == "10.32.0.0/12"
     assert rows["Blocks"] == "10.32.1.0/24"
@@ -456,7 +482,7 @@ def test_ipam_is_a_status_view() -> None:
 def test_connections_layout() -> None:
     lines = status.render_connections(REPORT).splitlines()
     assert lines == [
-        "-> 192.168.48.12:6783    established sleeve aa:bb:cc:dd:ee:02(node-2) mtu=1376",
+        "-> 192.168.48.12:6783    established fastdp aa:bb:cc:dd:ee:02(node-2) mtu=1376",
         "-> 10.51.34.219:6783     pending",
         "-> 255.255.255.255:65535 established sleeve aa:bb:cc:dd:ee:04(node-4) mtu=1300",
     ]
@@ -471,7 +497,8 @@ def test_connections_columns_match_weave() -> None:
     ours = status.render_connections(REPORT).splitlines()
     weave_line = next(line for line in sample if " established " in line)
     assert weave_line.index("established") == ours[0].index("established") == 25
-    assert weave_line.index("established") + 12 == ours[0].index("sleeve")
+    assert weave_line.index("established") + 12 == ours[0].index("fastdp")
+    assert ours[2].index("sleeve") == 37  # either path in the same column
 
 
 def test_connections_empty() -> None:
@@ -502,12 +529,12 @@ CONTROL = (
 
 def test_connections_in_gossip_mode_are_the_control_connections() -> None:
     assert status.render_connections(snap(connections=CONTROL)).splitlines() == [
-        "<- 192.168.48.12:33866   established sleeve aa:bb:cc:dd:ee:02(node-2) mtu=1376",
+        "<- 192.168.48.12:33866   established fastdp aa:bb:cc:dd:ee:02(node-2) mtu=1376",
         "-> 192.168.48.14:6783    retrying    connection refused",
         "-> 192.168.48.16:6783    connecting",
         "-> 10.51.34.219:6783     pending     aa:bb:cc:dd:ee:03(node-3)",
         "-> 10.51.34.220:6783     established sleeve aa:bb:cc:dd:ee:04(node-4) mtu=?",
-    ]
+    ]  # node-2's peer is on the fast path; an unnamed connection's peer is not known: sleeve
 
 
 def test_status_in_gossip_mode_counts_control_connections() -> None:
@@ -546,9 +573,9 @@ def test_routes_map_blocks_to_owners() -> None:
 
 def test_peers_table() -> None:
     lines = status.render_peers(REPORT).splitlines()
-    assert lines[0].split() == ["PEER", "ADDRESS", "STATE", "RTT", "TX", "RX", "DROPS"]
+    assert lines[0].split() == ["PEER", "ADDRESS", "STATE", "RTT", "TX", "RX", "DROPS", "PATH"]
     node2 = next(line for line in lines if "node-2" in line)
-    assert node2.split() == [
+    assert node2.split()[:7] == [
         "aa:bb:cc:dd:ee:02(node-2)",
         "192.168.48.12:6783",
         "established",
@@ -557,10 +584,13 @@ def test_peers_table() -> None:
         "7p/900B",
         "too_big=2",
     ]
+    assert node2.endswith(" too_big=2 fastdp (since 22:23:04: answered 2 probes in a row)")
     node3 = next(line for line in lines if "node-3" in line)
-    assert node3.split()[3:] == ["-", "0p/0B", "0p/0B", "0"]
+    assert node3.split()[3:7] == ["-", "0p/0B", "0p/0B", "0"]
+    assert node3.endswith(" 0 sleeve (peer has no fast path)")  # never switched: no time
     node4 = next(line for line in lines if "node-4" in line)
-    assert node4.split()[4:] == ["1p/5.0MiB", "2p/3.0GiB", "heartbeat=4,no_route=1"]
+    assert node4.split()[4:7] == ["1p/5.0MiB", "2p/3.0GiB", "heartbeat=4,no_route=1"]
+    assert node4.endswith(" sleeve (since 22:23:10: no answer through the fast path)")
     assert lines[-1] == "drops (all peers): too_big=2,unknown_peer=3"
     # Columns line up under the header.
     for line in (node2, node3, node4):
@@ -626,8 +656,13 @@ def test_metrics() -> None:
         for family in text_string_to_metric_families(body)
         for s in family.samples
     }
-    for state, count in (("established", 2), ("pending", 1)):
-        labels = (("encryption", "no"), ("state", state), ("type", "sleeve"))
+    for state, path, count in (
+        ("established", "fastdp", 1),  # node-2
+        ("established", "sleeve", 1),  # node-4
+        ("pending", "sleeve", 1),
+        ("pending", "fastdp", 0),
+    ):
+        labels = (("encryption", "no"), ("state", state), ("type", path))
         assert samples[("weave_connections", labels)] == count
     node2 = (("nickname", "node-2"), ("peer", "aa:bb:cc:dd:ee:02"))
     assert samples[("weave_py_peer_tx_bytes_total", node2)] == 123456
@@ -649,14 +684,19 @@ def samples_of(body: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float
     }
 
 
-PER_PEER = "weave_py_peer_"
+PER_PEER = ("weave_py_peer_", "weave_py_path_switches")
 
 
 def test_weave_connections_count_the_control_connections_by_weaves_states() -> None:
     samples = samples_of(api(snap(connections=CONTROL)).respond("GET", "/metrics")[2])
-    counts = {"established": 2, "retrying": 1, "connecting": 1, "pending": 1, "failed": 0}
+    counts = {"established": 1, "retrying": 1, "connecting": 1, "pending": 1, "failed": 0}
     for state, count in counts.items():
         labels = (("encryption", "no"), ("state", state), ("type", "sleeve"))
+        assert samples[("weave_connections", labels)] == count
+    # node-2's connection: its peer is on the fast path; every state is given on both paths
+    fastdp = {state: 1 if state == "established" else 0 for state in counts}
+    for state, count in fastdp.items():
+        labels = (("encryption", "no"), ("state", state), ("type", "fastdp"))
         assert samples[("weave_connections", labels)] == count
 
 
@@ -676,14 +716,15 @@ def test_per_peer_series_follow_the_documented_count_and_switch_off() -> None:
     per_peer = [name for name, _ in samples if name.startswith(PER_PEER)]
     answered = sum(1 for p in REPORT.peers if p.rtt_ms is not None)
     drops = sum(len(p.drops) for p in REPORT.peers)
-    # 7 a peer (its round trip once answered) plus one per peer and drop reason seen
-    assert len(per_peer) == 6 * len(REPORT.peers) + answered + drops == 7 * 3 - 1 + 3
+    # 9 a peer (its round trip once answered) plus one per peer and drop reason seen
+    assert len(per_peer) == 8 * len(REPORT.peers) + answered + drops == 9 * 3 - 1 + 3
+    assert PEER_SERIES == 9
     quiet = Api(lambda: REPORT, peer_metrics=False)
     samples = samples_of(quiet.respond("GET", "/metrics")[2])
     assert not [name for name, _ in samples if name.startswith(PER_PEER)]
     assert samples[("weave_py_drops_total", (("reason", "unknown_peer"),))] == 3  # node-wide
     assert samples[("weave_connections", (("encryption", "no"), ("state", "established"),
-                                          ("type", "sleeve")))] == 2  # fmt: skip
+                                          ("type", "fastdp")))] == 1  # fmt: skip
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
@@ -765,10 +806,62 @@ def test_encryption_shows_in_status_and_the_connection_series() -> None:
     assert "Encryption: enabled" in status
     assert "Encryption: disabled" in api().respond("GET", "/status")[2]
     samples = samples_of(api(secret).respond("GET", "/metrics")[2])
-    labels = (("encryption", "yes"), ("state", "established"), ("type", "sleeve"))
-    assert samples[("weave_connections", labels)] == 2
+    established = [
+        samples[("weave_connections", (("encryption", "yes"), ("state", "established"),
+                                        ("type", path)))]
+        for path in ("fastdp", "sleeve")
+    ]  # fmt: skip
+    assert sum(established) == 2
 
 
 def test_control_rejections_are_counted_by_reason() -> None:
     samples = samples_of(api().respond("GET", "/metrics")[2])
     assert samples[("weave_py_gossip_rejected_total", (("reason", "name_in_use"),))] == 3
+
+
+def test_path_per_peer_metrics() -> None:
+    body = api().respond("GET", "/metrics")[2]
+    samples = samples_of(body)
+    node2 = (("nickname", "node-2"), ("peer", "aa:bb:cc:dd:ee:02"))
+    node3 = (("nickname", "node-3"), ("peer", "aa:bb:cc:dd:ee:03"))
+    node4 = (("nickname", "node-4"), ("peer", "aa:bb:cc:dd:ee:04"))
+    assert [samples[("weave_py_peer_fastdp", who)] for who in (node2, node3, node4)] == [1, 0, 0]
+    switches = [samples[("weave_py_path_switches_total", who)] for who in (node2, node3, node4)]
+    assert switches == [1, 0, 2]
+    types = {f.name: f.type for f in text_string_to_metric_families(body)}
+    assert (types["weave_py_peer_fastdp"], types["weave_py_path_switches"]) == ("gauge", "counter")
+
+
+def test_a_switch_shows_in_the_metrics_at_the_next_scrape() -> None:
+    current = [REPORT]
+    a = Api(lambda: current[0])
+    node3 = replace(REPORT.peers[1], path="fastdp", path_since=1.0e9, path_switches=1)
+    current[0] = snap(peers=(REPORT.peers[0], node3, REPORT.peers[2]))
+    samples = samples_of(a.respond("GET", "/metrics")[2])
+    who = (("nickname", "node-3"), ("peer", "aa:bb:cc:dd:ee:03"))
+    assert samples[("weave_py_peer_fastdp", who)] == 1
+    assert samples[("weave_py_path_switches_total", who)] == 1
+    labels = (("encryption", "no"), ("state", "pending"), ("type", "fastdp"))
+    assert samples[("weave_connections", labels)] == 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "text"),
+    [
+        ({}, "sleeve (peer has no fast path)"),
+        ({"path_reason": ""}, "sleeve"),
+        ({"path": "fastdp", "path_since": 1700000584.9, "path_reason": "answered for 5.0s"},
+         "fastdp (since 22:23:04: answered for 5.0s)"),
+        ({"path_since": 0.0, "path_reason": ""}, "sleeve (since 00:00:00)"),
+    ],
+)  # fmt: skip
+def test_path_text_is_the_path_why_and_the_last_switch_in_utc(
+    changes: dict[str, Any], text: str
+) -> None:
+    assert status.path_text(replace(REPORT.peers[1], **changes)) == text
+
+
+def test_status_counts_peers_on_the_fast_path() -> None:
+    assert "       FastPath: 0 of 0 peers\n" in status.render_status(snap(peers=()))
+    both = tuple(replace(p, path="fastdp") for p in REPORT.peers)
+    assert "       FastPath: 3 of 3 peers\n" in status.render_status(snap(peers=both))
