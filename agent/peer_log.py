@@ -1,4 +1,5 @@
-"""What ``kubectl logs`` shows about peers: a line per data-path event and a periodic table.
+"""What ``kubectl logs`` shows about peers: a line per data-path event, a line per path switch
+(fast path or sleeve) and a periodic table.
 
 Every line stands alone (a log collector may show any one of them): the peer as
 ``name(nickname)`` with its address, the event or its state, and counts as ``key=value``.
@@ -11,6 +12,8 @@ import logging
 from collections.abc import Callable
 
 from agent.report import Peer, Report
+from gossip.rejections import printable
+from overlay.paths import Path, PathSwitch
 from overlay.sleeve import PeerEvent, PeerEventKind
 
 log = logging.getLogger("weave-py")
@@ -29,11 +32,26 @@ def peer_event(event: PeerEvent, mtu: int) -> None:
         log.info("%s: peer restarted (%s)", where, event.detail)
 
 
+def path_switch(switch: PathSwitch) -> None:
+    """One line for a peer's pod traffic moving between the fast path and the sleeve."""
+    old = Path.SLEEVE if switch.path == Path.FASTDP else Path.FASTDP
+    log.info(
+        "switch path: %s(%s) %s -> %s: %s",
+        printable(switch.name, 40),
+        printable(switch.nickname, 40),
+        old.value,
+        switch.path.value,
+        printable(switch.reason),
+    )
+
+
 def table(report: Report) -> list[str]:
     """The peer table: a heading with the counts, then a line per peer."""
     established = sum(1 for p in report.peers if p.state == "established")
+    fast = sum(1 for p in report.peers if p.path == Path.FASTDP)
     heading = (
-        f"peer table: {len(report.peers)} peer(s), {established} established; "
+        f"peer table: {len(report.peers)} peer(s), {established} established, "
+        f"{fast} on the fast path; "
         f"ipam {report.ipam.status}; {report.connection_terminations} control connection(s) "
         "terminated"
     )
@@ -46,7 +64,7 @@ def _row(p: Peer) -> str:
     return (
         f"peer {p.name}({p.nickname}) {p.address} {p.state} {path} rtt={rtt} mtu={p.mtu} "
         f"tx={p.tx_packets}/{p.tx_bytes}B rx={p.rx_packets}/{p.rx_bytes}B "
-        f"drops={sum(p.drops.values())}"
+        f"drops={sum(p.drops.values())} path={p.path} switches={p.path_switches}"
     )
 
 

@@ -65,14 +65,17 @@ def test_the_peer_table_names_each_peer_and_its_health() -> None:
     report = replace(REPORT.peers[0], via="192.168.48.12:6783")
     lines = peer_log.table(replace(REPORT, peers=(report, *REPORT.peers[1:])))
     assert lines[0] == (
-        "peer table: 3 peer(s), 2 established; ipam ready; 2 control connection(s) terminated"
+        "peer table: 3 peer(s), 2 established, 1 on the fast path; ipam ready; "
+        "2 control connection(s) terminated"
     )
     assert lines[1] == (
         "peer aa:bb:cc:dd:ee:02(node-2) 192.168.48.12:6783 established via 192.168.48.12:6783 "
-        "rtt=0.412ms mtu=1376 tx=10/123456B rx=7/900B drops=2"
+        "rtt=0.412ms mtu=1376 tx=10/123456B rx=7/900B drops=2 path=fastdp switches=1"
     )
     assert lines[2].startswith("peer aa:bb:cc:dd:ee:03(node-3) 10.51.34.219:6783 pending direct")
     assert " rtt=- " in lines[2]
+    assert lines[2].endswith(" drops=0 path=sleeve switches=0")
+    assert lines[3].endswith(" path=sleeve switches=2")
     assert peer_log.table(replace(REPORT, peers=()))[0].startswith("peer table: 0 peer(s)")
 
 
