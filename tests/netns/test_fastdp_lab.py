@@ -1,0 +1,342 @@
+"""The kernel fast path in the lab, on the real kernel: pods on two nodes talk over the nodes'
+VXLAN devices; with UDP 6784 dropped (an nftables table of the test's own inside node 1's
+namespace) both nodes move the peer to the sleeve within a few probes and the traffic goes on,
+and once the filter is gone they move it back without losing an echo; an agent killed or
+stopped and restarted keeps the path in the kernel, so traffic hardly notices; a mixed lab (node
+3 with ``--no-fastdp``) reaches every pod pair with node 3 on the sleeve, and after node 3 comes
+back without the flag the default lab has every pair on the fast path.
+
+Measured losses are printed (``pytest -s`` shows them)."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pyroute2.netlink import NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_NFTABLES, nfgen_msg
+from pyroute2.netlink.nfnetlink.nftsocket import (
+    NFT_MSG_DELTABLE,
+    NFT_MSG_NEWCHAIN,
+    NFT_MSG_NEWRULE,
+    NFT_MSG_NEWTABLE,
+    nft_chain_msg,
+    nft_rule_msg,
+    nft_table_msg,
+)
+from pyroute2.nftables.main import NFTables
+
+from agent.lab.lab import Lab
+from agent.lab.plan import LabPlan
+from agent.lab.traffic import Pinger, Stream
+from overlay import netlink
+from overlay.netns import run_in_netns
+from overlay.vtep import FASTDP_PORT
+from tests.netns.test_datapath import assert_matrix_complete
+
+pytestmark = pytest.mark.netns
+
+FAST = "fastdp"
+SLEEVE = "sleeve"
+BOTH = ((1, 2), (2, 1))
+MB = 1 << 20
+
+
+# -- labs --------------------------------------------------------------------------------------
+
+
+def built(nodes: int, pods: int, tmp: pytest.TempPathFactory, **kwargs: Any) -> Iterator[Lab]:
+    """A lab of the module's own (labs here are shared by the tests of one module), torn down
+    also when the build fails, and checked to leave no namespace behind."""
+    name = "f" + secrets.token_hex(3)
+    plan = LabPlan(name, nodes, pods, str(tmp.mktemp(f"lab-{name}")))
+    lab = Lab(plan, **kwargs)
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()
+        leftovers = [ns for ns in netlink.list_netns() if ns.startswith(plan.prefix + "-")]
+        shutil.rmtree(plan.directory, ignore_errors=True)
+        assert not leftovers, f"lab teardown left {leftovers}"
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """Two nodes, a pod on each, both with the fast path."""
+    yield from built(2, 1, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """Three nodes, two pods on each; node 3 starts with ``--no-fastdp``."""
+    yield from built(3, 2, tmp_path_factory, node_args={3: ["--no-fastdp"]})
+
+
+def entry(lab: Lab, i: int, k: int) -> dict[str, Any]:
+    """Node i's /report entry for peer node k."""
+    (found,) = [x for x in lab.report(i)["peers"] if x["nickname"] == lab.plan.node_name(k)]
+    return dict(found)
+
+
+def pairs(lab: Lab, path: str, among: tuple[int, ...] | None = None) -> dict[tuple[int, int], str]:
+    """Every ordered pair of the nodes ``among`` (default all) on ``path``."""
+    nodes = among or tuple(range(1, lab.plan.nodes + 1))
+    return {(i, k): path for i in nodes for k in nodes if i != k}
+
+
+def log_tail(lab: Lab, i: int, lines: int = 15) -> str:
+    with open(f"{lab.plan.node_dir(i)}/agent.log", errors="replace") as f:
+        return f"-- node {i}:\n" + "\n".join(f.read().splitlines()[-lines:])
+
+
+def switch_lines(lab: Lab, i: int) -> list[str]:
+    """Node i's log lines about path switches."""
+    with open(f"{lab.plan.node_dir(i)}/agent.log", errors="replace") as f:
+        return [line for line in f if "switch path:" in line]
+
+
+def device_tx_bytes(lab: Lab, i: int, device: str) -> int:
+    """Bytes ``device`` in node i's namespace has sent (its /proc/net/dev line)."""
+
+    def read() -> str:
+        with open("/proc/thread-self/net/dev") as f:
+            return f.read()
+
+    for line in run_in_netns(lab.plan.node_ns(i), read).splitlines():
+        name, _, counters = line.partition(":")
+        if name.strip() == device:
+            return int(counters.split()[8])
+    raise AssertionError(f"no {device} in node {i}")
+
+
+def status_peers(lab: Lab, i: int) -> str:
+    """``weave-py status peers`` against node i's agent."""
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "status", "peers", "--socket", lab.plan.socket_path(i)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def measured(what: str, value: float, unit: str = "s") -> None:
+    print(f"\nfastdp lab: {what}: {value:.3f} {unit}")
+
+
+# -- an nftables table of the test's own that drops UDP to one port, in and out ---------------
+
+
+class DropUdp:
+    """Table ``name`` (family ip) in ``netns``: its input and output chains drop UDP to
+    ``port``. Removed on leaving (also when it is already gone)."""
+
+    def __init__(self, netns: str, name: str, port: int) -> None:
+        self.netns, self.name, self.port = netns, name, port
+
+    def __enter__(self) -> DropUdp:
+        batch = [_nft(nft_table_msg, NFT_MSG_NEWTABLE, NFTA_TABLE_NAME=self.name)]
+        for chain, hook in (("input", 1), ("output", 3)):  # NF_INET_LOCAL_IN, _LOCAL_OUT
+            batch += [
+                _nft(nft_chain_msg, NFT_MSG_NEWCHAIN, NFTA_CHAIN_TABLE=self.name,
+                     NFTA_CHAIN_NAME=chain, NFTA_CHAIN_TYPE="filter", NFTA_CHAIN_POLICY=1,
+                     NFTA_CHAIN_HOOK={"attrs": [("NFTA_HOOK_HOOKNUM", hook),
+                                                ("NFTA_HOOK_PRIORITY", 0)]}),
+                _nft(nft_rule_msg, NFT_MSG_NEWRULE, NLM_F_APPEND, NFTA_RULE_TABLE=self.name,
+                     NFTA_RULE_CHAIN=chain, NFTA_RULE_EXPRESSIONS=_drop_udp_to(self.port)),
+            ]  # fmt: skip
+        run_in_netns(self.netns, _transaction, batch)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            delete = _nft(nft_table_msg, NFT_MSG_DELTABLE, NFTA_TABLE_NAME=self.name)
+            run_in_netns(self.netns, _transaction, [delete])
+        except NetlinkError as e:
+            if e.code != 2:  # ENOENT: gone already
+                raise
+
+
+def _expression(name: str, **data: Any) -> dict[str, Any]:
+    attrs = [(f"NFTA_{name.upper()}_{key.upper()}", value) for key, value in data.items()]
+    return {"attrs": [("NFTA_EXPR_NAME", name), ("NFTA_EXPR_DATA", {"attrs": attrs})]}
+
+
+def _drop_udp_to(port: int) -> list[dict[str, Any]]:
+    """``ip protocol udp udp dport PORT drop``."""
+    return [
+        _expression("payload", dreg=1, base=1, offset=9, len=1),  # network header: protocol
+        _expression("cmp", sreg=1, op=0, data={"attrs": [("NFTA_DATA_VALUE", b"\x11")]}),
+        _expression("payload", dreg=1, base=2, offset=2, len=2),  # transport: destination
+        _expression("cmp", sreg=1, op=0,
+                    data={"attrs": [("NFTA_DATA_VALUE", port.to_bytes(2, "big"))]}),
+        _expression("immediate", dreg=0,
+                    data={"attrs": [("NFTA_DATA_VERDICT", {"attrs": [("NFTA_VERDICT_CODE", 0)]})]}),
+    ]  # fmt: skip
+
+
+def _nft(cls: type, kind: int, flags: int = 0, **attrs: Any) -> Any:
+    msg = cls()
+    msg["header"]["type"] = (NFNL_SUBSYS_NFTABLES << 8) | kind
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | flags
+    msg["nfgen_family"] = 2  # NFPROTO_IPV4
+    msg["attrs"] = list(attrs.items())
+    return msg
+
+
+def _transaction(messages: list[Any]) -> None:
+    marks = []
+    for kind in (0x10, 0x11):  # NFNL_MSG_BATCH_BEGIN, _END
+        mark = nfgen_msg()
+        mark["res_id"] = NFNL_SUBSYS_NFTABLES
+        mark["header"]["type"] = kind
+        mark["header"]["flags"] = NLM_F_REQUEST
+        marks.append(mark)
+    nft = NFTables(nfgen_family=2)
+    try:
+        nft.nlm_request_batch([marks[0], *messages, marks[1]])
+    finally:
+        nft.close()
+
+
+# -- the tests ---------------------------------------------------------------------------------
+
+
+def test_filtered_fast_path_falls_back_to_the_sleeve_and_returns(pair: Lab) -> None:
+    lab, p = pair, pair.plan
+    lab.wait_paths(pairs(lab, FAST), 15)
+    start = {i: entry(lab, i, k) for i, k in BOTH}
+    src, dst_ns, dst = p.pod_ns(1, 1), p.pod_ns(2, 1), str(lab.pod_address(2, 1).ip)
+    with Pinger(src, dst) as ping, Stream(src, dst_ns, dst) as stream:
+        carried_by_the_kernel(lab, stream)
+        filtered_at = time.time()
+        with DropUdp(p.node_ns(1), f"{p.prefix}drop", FASTDP_PORT):
+            fallen = fall_back(lab, stream, filtered_at)
+        removed_at = time.time()
+        lab.wait_paths(pairs(lab, FAST), 15)
+        back = {i: entry(lab, i, k) for i, k in BOTH}
+        back_at = max(x["path_since"] for x in back.values())
+        time.sleep(max(0.0, back_at + 2.5 - time.time()))
+        moved = stream.received_since(back_at + 0.5)
+    echoes = ping.close()
+    fallback_loss = echoes.loss_seconds(filtered_at, removed_at)
+    measured("ping loss while UDP 6784 was dropped", fallback_loss)
+    measured("fast path back after the filter's removal", back_at - removed_at)
+    measured("ping loss from the removal to 2 s after the switch back",
+             echoes.loss_seconds(removed_at, back_at + 2))  # fmt: skip
+    assert fallback_loss <= 3.0, log_tail(lab, 1)
+    assert back_at - removed_at <= 15
+    assert echoes.lost(removed_at, back_at + 2) == 0, "echoes lost at the switch back"
+    assert echoes.count(removed_at, back_at + 2) > 100  # the ping did run through it
+    assert stream.error is None and moved > MB, (stream.error, moved)
+    for i in (1, 2):
+        assert fallen[i]["path_switches"] == start[i]["path_switches"] + 1, fallen[i]
+        assert back[i]["path_switches"] == start[i]["path_switches"] + 2, back[i]
+        assert back[i]["path_reason"] and back[i]["path_reason"] != fallen[i]["path_reason"]
+        lines = switch_lines(lab, i)
+        assert any(f"{FAST} -> {SLEEVE}: {fallen[i]['path_reason']}" in x for x in lines), lines
+        assert any(f"{SLEEVE} -> {FAST}: {back[i]['path_reason']}" in x for x in lines), lines
+    assert f" {FAST}" in status_peers(lab, 1)
+
+
+def carried_by_the_kernel(lab: Lab, stream: Stream) -> None:
+    """The stream moves, and through node 1's VXLAN device, not the sleeve."""
+    time.sleep(1.0)
+    vxlan, sleeve = device_tx_bytes(lab, 1, lab.plan.vxlan), entry(lab, 1, 2)["tx_bytes"]
+    got, start = stream.received, time.time()
+    time.sleep(1.0)
+    assert stream.received - got > 4 * MB, "the stream does not move"
+    sent_vxlan = device_tx_bytes(lab, 1, lab.plan.vxlan) - vxlan
+    sent_sleeve = entry(lab, 1, 2)["tx_bytes"] - sleeve
+    measured("stream rate on the fast path", (stream.received - got) / (time.time() - start) / MB,
+             "MiB/s")  # fmt: skip
+    assert sent_vxlan > 4 * MB and sent_sleeve < MB, (sent_vxlan, sent_sleeve)
+
+
+def fall_back(lab: Lab, stream: Stream, filtered_at: float) -> dict[int, dict[str, Any]]:
+    """With UDP 6784 dropped: both nodes on the sleeve with a reason, and the stream moving
+    again after the switch; each node's entry for the other once on the sleeve."""
+    lab.wait_paths(pairs(lab, SLEEVE), 10)
+    fallen = {i: entry(lab, i, k) for i, k in BOTH}
+    switched_at = max(x["path_since"] for x in fallen.values())
+    measured("switch to the sleeve after the filter", switched_at - filtered_at)
+    assert all(x["path_reason"] for x in fallen.values()), fallen
+    assert all(x["path_since"] >= int(filtered_at) for x in fallen.values()), fallen
+    deadline = time.monotonic() + 10
+    while stream.received_since(switched_at + 0.5) < MB:
+        assert time.monotonic() < deadline, f"stream stalled on the sleeve: {stream.error}"
+        time.sleep(0.1)
+    view = status_peers(lab, 1)
+    assert SLEEVE in view and fallen[1]["path_reason"] in view, view
+    return fallen
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_an_agent_restart_keeps_the_fast_path_and_the_flows(pair: Lab, sig: int) -> None:
+    lab, p = pair, pair.plan
+    lab.wait_paths(pairs(lab, FAST), 15)
+    peer_before = entry(lab, 2, 1)
+    src, dst_ns, dst = p.pod_ns(1, 1), p.pod_ns(2, 1), str(lab.pod_address(2, 1).ip)
+    with Pinger(src, dst) as ping, Stream(src, dst_ns, dst) as stream:
+        time.sleep(1.0)
+        stopped_at = time.time()
+        lab.stop_agent(1, sig)
+        lab.start_agent(1)
+        lab.wait_ready(20)
+        ready_at = time.time()
+        first = entry(lab, 1, 2)  # the restarted agent's first view of its peer
+        time.sleep(2.0)
+        ended_at = time.time()
+        moved = stream.received_since(ready_at)
+        stall = stream.longest_stall(stopped_at, ended_at)
+    echoes = ping.close()
+    loss = echoes.loss_seconds(stopped_at, ended_at)
+    name = signal.Signals(sig).name
+    measured(
+        f"{name} and restart of node 1's agent: agent ready again after", ready_at - stopped_at
+    )
+    measured(f"{name} and restart: ping loss", loss)
+    measured(f"{name} and restart: longest stall of the stream", stall)
+    assert loss <= 1.0, log_tail(lab, 1)
+    assert stream.error is None and moved > MB, (stream.error, moved)
+    assert first["path"] == FAST, first  # kept from the agent before: no detour via the sleeve
+    assert first["path_switches"] == 0, first
+    after = entry(lab, 2, 1)
+    assert after["path"] == FAST and after["path_switches"] == peer_before["path_switches"], after
+    lab.wait_paths(pairs(lab, FAST), 0)
+
+
+def test_a_mixed_lab_reaches_every_pod_pair_with_node3_on_the_sleeve(trio: Lab) -> None:
+    lab = trio
+    want = {**pairs(lab, SLEEVE), **pairs(lab, FAST, (1, 2))}
+    lab.wait_paths(want, 15)
+    assert_matrix_complete(lab)
+    lab.wait_paths(want, 0)
+    reasons = {(i, k): entry(lab, i, k)["path_reason"] for i, k in want if 3 in (i, k)}
+    print(f"\nfastdp lab: mixed lab, the reasons node 3's pairs are on the sleeve: {reasons}")
+    assert all(reasons.values()), reasons
+    assert reasons[1, 3] == reasons[2, 3] != reasons[3, 1] == reasons[3, 2], reasons
+
+
+def test_the_default_lab_has_every_pair_on_the_fast_path_and_the_matrix(trio: Lab) -> None:
+    # node 3 of the mixed lab restarted without --no-fastdp: the default 3-node, 2-pod lab
+    lab = trio
+    lab.node_args[3] = ()
+    lab.stop_agent(3)
+    lab.start_agent(3)
+    lab.wait_ready(20)
+    started = time.monotonic()
+    lab.wait_paths(pairs(lab, FAST), 15)
+    measured("node 3 on the fast path after its agent was ready", time.monotonic() - started)
+    assert_matrix_complete(lab)
+    lab.wait_paths(pairs(lab, FAST), 0)
+    for i in (1, 2):
+        assert entry(lab, i, 3)["path_switches"] == 1, entry(lab, i, 3)
