@@ -295,9 +295,9 @@ class Config:
     peer_metrics: bool = _setting(
         "WEAVE_PEER_METRICS",
         "--peer-metrics",
-        "Per-peer Prometheus series (weave_py_peer_*). Each node exports 7 per remote peer, "
-        "plus one per peer and drop reason seen: 7(N-1) per node and 7N(N-1) across a cluster "
-        "of N nodes (69,300 at N=100). 'false' leaves them out; the node-wide series stay.",
+        "Per-peer Prometheus series (weave_py_peer_*). Each node exports 9 per remote peer, "
+        "plus one per peer and drop reason seen: 9(N-1) per node and 9N(N-1) across a cluster "
+        "of N nodes (89,100 at N=100). 'false' leaves them out; the node-wide series stay.",
         True,
     )
     socket_path: str = _setting(

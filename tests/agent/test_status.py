@@ -684,7 +684,7 @@ def samples_of(body: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float
     }
 
 
-PER_PEER = ("weave_py_peer_", "weave_py_path_switches")
+PER_PEER = ("weave_py_peer_", "weave_py_peer_path_switches")
 
 
 def test_weave_connections_count_the_control_connections_by_weaves_states() -> None:
@@ -826,10 +826,10 @@ def test_path_per_peer_metrics() -> None:
     node3 = (("nickname", "node-3"), ("peer", "aa:bb:cc:dd:ee:03"))
     node4 = (("nickname", "node-4"), ("peer", "aa:bb:cc:dd:ee:04"))
     assert [samples[("weave_py_peer_fastdp", who)] for who in (node2, node3, node4)] == [1, 0, 0]
-    switches = [samples[("weave_py_path_switches_total", who)] for who in (node2, node3, node4)]
+    switches = [samples[("weave_py_peer_path_switches_total", who)] for who in (node2, node3, node4)]
     assert switches == [1, 0, 2]
     types = {f.name: f.type for f in text_string_to_metric_families(body)}
-    assert (types["weave_py_peer_fastdp"], types["weave_py_path_switches"]) == ("gauge", "counter")
+    assert (types["weave_py_peer_fastdp"], types["weave_py_peer_path_switches"]) == ("gauge", "counter")
 
 
 def test_a_switch_shows_in_the_metrics_at_the_next_scrape() -> None:
@@ -840,7 +840,7 @@ def test_a_switch_shows_in_the_metrics_at_the_next_scrape() -> None:
     samples = samples_of(a.respond("GET", "/metrics")[2])
     who = (("nickname", "node-3"), ("peer", "aa:bb:cc:dd:ee:03"))
     assert samples[("weave_py_peer_fastdp", who)] == 1
-    assert samples[("weave_py_path_switches_total", who)] == 1
+    assert samples[("weave_py_peer_path_switches_total", who)] == 1
     labels = (("encryption", "no"), ("state", "pending"), ("type", "fastdp"))
     assert samples[("weave_connections", labels)] == 1
 
