@@ -93,6 +93,17 @@ def pairs(lab: Lab, path: str, among: tuple[int, ...] | None = None) -> dict[tup
     return {(i, k): path for i in nodes for k in nodes if i != k}
 
 
+def route_devices(lab: Lab, i: int) -> dict[int, str]:
+    """Node i's routes to each other node's space: node -> the one device they all use."""
+    devices: dict[int, set[str]] = {}
+    routes = {r["destination"]: r["device"] for r in lab.report(i)["routes"]}
+    for k in range(1, lab.plan.nodes + 1):
+        if k != i:
+            devices[k] = {routes.get(block, "none") for block in lab.owned(k)}
+    assert all(len(d) == 1 for d in devices.values()), devices
+    return {k: d.pop() for k, d in devices.items()}
+
+
 def log_tail(lab: Lab, i: int, lines: int = 15) -> str:
     with open(f"{lab.plan.node_dir(i)}/agent.log", errors="replace") as f:
         return f"-- node {i}:\n" + "\n".join(f.read().splitlines()[-lines:])
@@ -324,6 +335,11 @@ def test_a_mixed_lab_reaches_every_pod_pair_with_node3_on_the_sleeve(trio: Lab) 
     print(f"\nfastdp lab: mixed lab, the reasons node 3's pairs are on the sleeve: {reasons}")
     assert all(reasons.values()), reasons
     assert reasons[1, 3] == reasons[2, 3] != reasons[3, 1] == reasons[3, 2], reasons
+    assert all(entry(lab, i, k)["path_switches"] == 0 for i, k in reasons), "node 3 flapped"
+    p = lab.plan
+    assert route_devices(lab, 1) == {2: p.vxlan, 3: p.tun}
+    assert route_devices(lab, 2) == {1: p.vxlan, 3: p.tun}
+    assert route_devices(lab, 3) == {1: p.tun, 2: p.tun}
 
 
 def test_the_default_lab_has_every_pair_on_the_fast_path_and_the_matrix(trio: Lab) -> None:
@@ -340,3 +356,5 @@ def test_the_default_lab_has_every_pair_on_the_fast_path_and_the_matrix(trio: La
     lab.wait_paths(pairs(lab, FAST), 0)
     for i in (1, 2):
         assert entry(lab, i, 3)["path_switches"] == 1, entry(lab, i, 3)
+    for i in (1, 2, 3):
+        assert set(route_devices(lab, i).values()) == {lab.plan.vxlan}, lab.report(i)["routes"]
