@@ -3,81 +3,38 @@
 and the real kernel to keep it faithful where the agent depends on the kernel:
 
 - each namespace starts with a loopback ``lo`` (index 1, down) and numbers its links from 2;
-- links with index, kind, MTU, state, master, MAC and GSO size; a veth's peer may be born in
+- links with index, kind, MTU, state, master, MAC and GSO size (a VXLAN device also its VNI,
+  local address, port and learning; MTU 1500 unless given); a veth's peer may be born in
   another namespace (registered first) and is deleted with it; deleting a bridge frees its ports;
 - hairpin on a bridge port only (EOPNOTSUPP on any other link), lost when it leaves its bridge;
 - addresses per link: a second address in the subnet of another is a secondary, and deleting
   the primary deletes its secondaries (``promote_secondaries`` off, the default);
 - the main table: a connected route per primary address of an up link (protocol kernel),
-  routes replaced per destination, a gateway only through a connected route of the link, routes
-  via a link flushed when it goes down, is deleted or loses its last address;
+  routes replaced per destination, a gateway only through a connected route of the link unless
+  onlink (then any address not of this namespace, and only with a gateway), routes via a link
+  flushed when it goes down, is deleted or loses its last address;
+- neighbours and VXLAN forwarding entries (``overlay.fake_neighbours``);
 - nftables tables by name (``overlay.fake_nat``);
-- errno as the kernel gives it: EEXIST, ENODEV, EINVAL (unknown master), ENETDOWN,
-  ENETUNREACH, EADDRNOTAVAIL, ESRCH, EOPNOTSUPP, ENOENT.
+- errno as the kernel gives it: EEXIST, ENODEV, EINVAL (unknown master, a bad onlink route),
+  ENETDOWN, ENETUNREACH, EADDRNOTAVAIL, ESRCH, EOPNOTSUPP, ENOENT.
 
 Not modelled: other tables, metrics and scopes, IPv6, the bridge's automatic MTU.
 ``requests`` counts the netlink requests the primitives make on the real kernel (one each, but
-three to read a NAT table that exists).
+three to read a NAT table that exists, five with a guard).
 """
 
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Interface
 from typing import Protocol
 
+from overlay.fake_device import DEFAULT_MTU, LOOPBACK, FakeDevice, same_subnet
 from overlay.fake_nat import FakeNatTables
+from overlay.fake_neighbours import FakeNeighbours
+from overlay.fake_routes import FakeRoutes
 from overlay.kernel import NetlinkHandle
-from overlay.netdev import (
-    RTPROT_KERNEL,
-    RTPROT_WEAVE_PY,
-    Bridge,
-    Link,
-    LinkChange,
-    NetlinkFailure,
-    NewLink,
-    RouteEntry,
-    Veth,
-)
-
-LOOPBACK = 1
-DEFAULT_MTU = 1500
-DEFAULT_GSO_MAX_SIZE = 65536
-
-
-@dataclass
-class _Device:
-    index: int
-    name: str
-    kind: str
-    mac: str
-    mtu: int = DEFAULT_MTU
-    up: bool = False
-    master: int = 0
-    gso_max_size: int = DEFAULT_GSO_MAX_SIZE
-    hairpin: bool = False
-    peer: tuple[FakeNetns, int] | None = None
-    addresses: list[IPv4Interface] = field(default_factory=list)
-
-    def link(self) -> Link:
-        return Link(self.index, self.name, self.kind, self.mtu, self.up, self.master,
-                    self.gso_max_size, self.mac, self.hairpin)  # fmt: skip
-
-    def primaries(self) -> list[IPv4Interface]:
-        return [a for i, a in enumerate(self.addresses) if _primary_of(self.addresses[:i], a)]
-
-
-def _primary_of(earlier: list[IPv4Interface], address: IPv4Interface) -> bool:
-    return not any(_same_subnet(e, address) for e in earlier)
-
-
-def _table_order(e: RouteEntry) -> tuple[int, int, int]:
-    return (int(e.destination.network_address), e.destination.prefixlen, e.index)
-
-
-def _same_subnet(a: IPv4Interface, b: IPv4Interface) -> bool:
-    return a.network == b.network
+from overlay.netdev import Link, LinkChange, NetlinkFailure, NewLink, Veth, Vxlan, VxlanInfo
 
 
 class Registry(Protocol):
@@ -90,15 +47,16 @@ class Registry(Protocol):
         """A fresh locally administered unicast MAC."""
 
 
-class FakeNetns(FakeNatTables, NetlinkHandle):
+class FakeNetns(FakeRoutes, FakeNatTables, FakeNeighbours, NetlinkHandle):
     """One in-memory namespace, and a netlink handle on it."""
 
     def __init__(self, kernel: Registry) -> None:
         self._kernel = kernel
-        self._devices: dict[int, _Device] = {}
-        self._routes: dict[IPv4Network, RouteEntry] = {}
+        self._devices: dict[int, FakeDevice] = {}
         self._next_index = LOOPBACK
+        FakeRoutes.__init__(self)
         FakeNatTables.__init__(self)
+        FakeNeighbours.__init__(self)
         loopback = self._add("lo", "")
         loopback.mtu, loopback.mac = 65536, "00:00:00:00:00:00"
 
@@ -109,10 +67,10 @@ class FakeNetns(FakeNatTables, NetlinkHandle):
         """A device made outside netlink (``open_tun`` makes a TUN: down, default MTU)."""
         return self._add(name, kind).link()
 
-    def _add(self, name: str, kind: str) -> _Device:
+    def _add(self, name: str, kind: str) -> FakeDevice:
         if self._find(name) is not None:
             raise NetlinkFailure(f"add link {name}", errno.EEXIST)
-        device = _Device(self._next_index, name, kind, self._kernel.new_mac())
+        device = FakeDevice(self._next_index, name, kind, self._kernel.new_mac())
         self._devices[device.index] = device
         self._next_index += 1
         return device
@@ -144,8 +102,16 @@ class FakeNetns(FakeNatTables, NetlinkHandle):
             raise NetlinkFailure(f"add link {new.name}", errno.EEXIST)
         if isinstance(new, Veth):
             self._add_veth(new)
+        elif isinstance(new, Vxlan):
+            self._add_vxlan(new)
         else:
-            self._add(new.name, "bridge" if isinstance(new, Bridge) else "vxlan")
+            self._add(new.name, "bridge")
+
+    def _add_vxlan(self, new: Vxlan) -> None:
+        device = self._add(new.name, "vxlan")
+        device.vxlan = VxlanInfo(new.vni, new.local, new.port, new.learning)
+        device.mtu = new.mtu or device.mtu
+        device.mac = (new.mac or device.mac).lower()
 
     def _add_veth(self, new: Veth) -> None:
         there = self if new.peer_netns is None else self._kernel.resolve(new.peer_netns)
@@ -182,7 +148,7 @@ class FakeNetns(FakeNatTables, NetlinkHandle):
             raise NetlinkFailure(f"set link {name}", errno.ENODEV)
         self._set(device, change)
 
-    def _set(self, device: _Device, change: LinkChange) -> None:
+    def _set(self, device: FakeDevice, change: LinkChange) -> None:
         if change.master:
             self._check_master(change.master)
         if change.hairpin is not None and not device.master:  # the port's part comes first
@@ -192,10 +158,12 @@ class FakeNetns(FakeNatTables, NetlinkHandle):
         if change.master is not None and change.master != device.master:
             device.master, device.hairpin = change.master, False
         device.gso_max_size = change.gso_max_size or device.gso_max_size
+        device.mac = change.mac.lower() if change.mac is not None else device.mac
         if change.up is not None:
             device.up = change.up
             if not change.up:
                 self._flush_routes(device.index)
+                self._link_down(device.index)
 
     def remove_link_index(self, index: int) -> None:
         """Delete a link, its peer, its routes; free its ports."""
@@ -206,6 +174,7 @@ class FakeNetns(FakeNatTables, NetlinkHandle):
     def _delete(self, index: int) -> None:
         device = self._devices.pop(index)
         self._flush_routes(index)
+        self._link_gone(index)
         for port in self._devices.values():
             if port.master == index:
                 port.master, port.hairpin = 0, False
@@ -240,76 +209,13 @@ class FakeNetns(FakeNatTables, NetlinkHandle):
         device.addresses = [
             a
             for a in device.addresses
-            if a != address and not (primary and _same_subnet(a, address))
+            if a != address and not (primary and same_subnet(a, address))
         ]
         if not device.addresses:
             self._flush_routes(index)
 
-    # -- routes ------------------------------------------------------------------------------
+    def _kind_of(self, index: int, what: str) -> str:
+        return self._device(index, what).kind
 
-    def list_route_entries(self, protocol: int | None = RTPROT_WEAVE_PY) -> list[RouteEntry]:
-        """The main table, in address order."""
-        self.requests += 1
-        return [e for e in self._table() if protocol is None or e.protocol == protocol]
-
-    def replace_route_index(
-        self,
-        destination: IPv4Network,
-        index: int,
-        gateway: IPv4Address | None = None,
-        protocol: int = RTPROT_WEAVE_PY,
-    ) -> None:
-        """Store a route per destination, checked as the kernel checks it."""
-        self.requests += 1
-        what = f"replace route {destination}"
-        device = self._device(index, what)
-        if not device.up:
-            raise NetlinkFailure(what, errno.ENETDOWN)
-        if gateway is not None and not any(gateway in a.network for a in self._connected(device)):
-            raise NetlinkFailure(what, errno.ENETUNREACH)
-        self._routes[destination] = RouteEntry(destination, index, gateway, protocol)
-
-    def remove_route_index(
-        self, destination: IPv4Network, index: int, protocol: int = RTPROT_WEAVE_PY
-    ) -> None:
-        """Delete a stored route; ESRCH unless destination, link and protocol match."""
-        self.requests += 1
-        found = self._routes.get(destination)
-        if found is None or (found.index, found.protocol) != (index, protocol):
-            raise NetlinkFailure(f"delete route {destination}", errno.ESRCH)
-        del self._routes[destination]
-
-    def route_index(self, destination: IPv4Address) -> int | None:
-        """A local address: the loopback; else the longest matching prefix."""
-        self.requests += 1
-        if any(destination == a.ip for d in self._devices.values() for a in d.addresses):
-            return LOOPBACK
-        matches = [e for e in self._table() if destination in e.destination]
-        best = max(matches, key=lambda e: e.destination.prefixlen, default=None)
-        return best.index if best is not None else None
-
-    def _table(self) -> list[RouteEntry]:
-        """The main table: our stored routes and the connected routes they do not replace."""
-        entries = list(self._routes.values())
-        for device in self._devices.values():
-            for address in self._connected(device):
-                if address.network not in self._routes:
-                    entries.append(RouteEntry(address.network, device.index, None, RTPROT_KERNEL))
-        return sorted(entries, key=_table_order)
-
-    @staticmethod
-    def _connected(device: _Device) -> list[IPv4Interface]:
-        if not device.up:
-            return []
-        return [a for a in device.primaries() if a.network.prefixlen < 32]
-
-    def _flush_routes(self, index: int) -> None:
-        self._routes = {d: e for d, e in self._routes.items() if e.index != index}
-
-    def _find(self, name: str) -> _Device | None:
+    def _find(self, name: str) -> FakeDevice | None:
         return next((d for d in self._devices.values() if d.name == name), None)
-
-    def _device(self, index: int, what: str) -> _Device:
-        if index not in self._devices:
-            raise NetlinkFailure(what, errno.ENODEV)
-        return self._devices[index]

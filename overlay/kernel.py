@@ -1,5 +1,5 @@
-"""The netlink seam: what the agent asks of one network namespace's links, addresses, routes and
-its own nftables NAT table.
+"""The netlink seam: what the agent asks of one network namespace's links, addresses, routes,
+neighbours and VXLAN forwarding entries, and its own nftables table.
 
 The values it speaks are in ``overlay.netdev``. Two implementations hold to it:
 ``overlay.netlink.Netlink`` (pyroute2, the real kernel) and ``overlay.fake_kernel`` (in memory,
@@ -8,19 +8,24 @@ same tests against both.
 
 Theory of operation:
 
-- The *primitives* of ``LinkTable``, ``AddressTable`` and ``RouteTable`` are one netlink request
-  each. They address links by index, so a caller that has observed the namespace (a reconcile
-  plan, a pod start) acts without reading anything again. A refusal is a ``NetlinkFailure``
-  carrying the kernel's errno, unchanged: EEXIST, ENODEV, ESRCH, EADDRNOTAVAIL, ENETDOWN...
+- The *primitives* of ``LinkTable``, ``AddressTable``, ``RouteTable`` and ``NeighbourTable``
+  are one netlink request each. They address links by index, so a caller that has observed
+  the namespace (a reconcile plan, a pod start) acts without reading anything again. A
+  refusal is a ``NetlinkFailure`` carrying the kernel's errno, unchanged: EEXIST, ENODEV,
+  ESRCH, EADDRNOTAVAIL, ENETDOWN...
 - ``NetlinkHandle`` adds the idempotent operations by name (``ensure_*``, ``remove_*`` returning
   whether anything changed, ``list_*``), written once here on top of the primitives; both
   implementations inherit them by subclassing the Protocol.
 - Routes this project installs carry protocol ``RTPROT_WEAVE_PY``, so listing and removing by
   default only ever touch our own routes in the main table.
+- Neighbours and forwarding entries are permanent ones the caller puts there: no ARP, no
+  learning, nothing ages them out. A link going down loses its neighbours (the kernel flushes
+  even permanent ones) but a VXLAN device keeps its forwarding entries.
 - nftables: ``NatTables`` reads, replaces and removes one table by name (family ip), and the
   agent only ever names its own (``overlay.node.NAT_TABLE``); other tables (kube-proxy's,
-  iptables-nft's) are never read or changed. A replacement is one transaction, so packets see
-  either the old table or the new one.
+  iptables-nft's) are never read or changed. The table holds the masquerade chain and, when
+  asked, the UDP guard's input chain; a replacement is one transaction, so packets see either
+  the old table or the new one.
 """
 
 from __future__ import annotations
@@ -33,14 +38,17 @@ from typing import Protocol, Self, TypeVar
 from overlay.netdev import (
     RTPROT_WEAVE_PY,
     Bridge,
+    FdbEntry,
     Link,
     LinkChange,
     Masquerade,
     NatTable,
+    Neighbour,
     NetlinkFailure,
     NewLink,
     Route,
     RouteEntry,
+    UdpGuard,
     Veth,
     Vxlan,
 )
@@ -97,9 +105,12 @@ class RouteTable(Protocol):
         index: int,
         gateway: IPv4Address | None = None,
         protocol: int = RTPROT_WEAVE_PY,
+        onlink: bool = False,
     ) -> None:
         """Install a route, replacing any to the same destination; ENODEV without the link,
-        ENETDOWN when it is down, ENETUNREACH when ``gateway`` is not on its link."""
+        ENETDOWN when it is down, ENETUNREACH when ``gateway`` is not on its link. ``onlink``
+        (RTNH_F_ONLINK): the gateway is taken to be on the link whatever its addresses, EINVAL
+        when it is an address of this namespace."""
 
     def remove_route_index(
         self, destination: IPv4Network, index: int, protocol: int = RTPROT_WEAVE_PY
@@ -112,22 +123,52 @@ class RouteTable(Protocol):
         is unreachable."""
 
 
+class NeighbourTable(Protocol):
+    """Permanent IPv4 neighbours of a link and forwarding entries of a VXLAN device: one
+    request per call."""
+
+    def list_neighbours_index(self, index: int) -> list[Neighbour]:
+        """The permanent IPv4 neighbours of link ``index`` (none for an unknown index)."""
+
+    def replace_neighbour_index(self, index: int, neighbour: Neighbour) -> None:
+        """Make ``neighbour.address`` permanently ``neighbour.mac`` on link ``index``, created
+        or replaced; ENODEV without the link."""
+
+    def remove_neighbour_index(self, index: int, address: IPv4Address) -> None:
+        """Delete the neighbour ``address`` of link ``index``; ENOENT when there is none."""
+
+    def list_fdb_index(self, index: int) -> list[FdbEntry]:
+        """The forwarding entries of VXLAN link ``index`` that name a destination host."""
+
+    def replace_fdb_index(self, index: int, entry: FdbEntry) -> None:
+        """Make frames to ``entry.mac`` go to ``entry.host`` (permanent, on the device itself:
+        NTF_SELF), created or replaced; ENODEV without the link."""
+
+    def remove_fdb_index(self, index: int, entry: FdbEntry) -> None:
+        """Delete the forwarding entry of ``entry.mac`` to ``entry.host``; ENOENT when the MAC
+        has none (one the MAC holds to another host stays, and no error says so)."""
+
+
 class NatTables(Protocol):
     """nftables tables (family ip) of one namespace, by name; callers name only their own."""
 
     def nat_table(self, name: str) -> NatTable | None:
         """Table ``name`` as the kernel reports it; None when there is none. One request when
-        it is missing, three when it is there (the table, our chain, a dump of its rules)."""
+        it is missing, three when it is there (the table, our chain, a dump of its rules), two
+        more with a guard (its chain, its set's elements)."""
 
-    def replace_nat_table(self, name: str, rules: Sequence[Masquerade]) -> None:
-        """Make table ``name`` hold exactly our postrouting NAT chain with ``rules``, created
-        when missing, whatever it held before gone: one transaction, one request."""
+    def replace_nat_table(
+        self, name: str, rules: Sequence[Masquerade], guard: UdpGuard | None = None
+    ) -> None:
+        """Make table ``name`` hold exactly our postrouting NAT chain with ``rules`` (maybe
+        none) and, with ``guard``, the input chain with its rule, created when missing,
+        whatever it held before gone: one transaction, one request."""
 
     def remove_nat_table(self, name: str) -> None:
         """Delete table ``name`` with everything in it; ENOENT when there is none."""
 
 
-class NetlinkHandle(LinkTable, AddressTable, RouteTable, NatTables, Protocol):
+class NetlinkHandle(LinkTable, AddressTable, RouteTable, NeighbourTable, NatTables, Protocol):
     """Netlink in one network namespace: the primitives plus the idempotent operations by
     name that lab, bench and the agent's start-up use (each looks the link up first)."""
 
@@ -157,9 +198,10 @@ class NetlinkHandle(LinkTable, AddressTable, RouteTable, NatTables, Protocol):
         return _ensure(self, Veth(name, peer, peer_netns), "veth")
 
     def ensure_vxlan(
-        self, name: str, vni: int, local: IPv4Address, remote: IPv4Address, port: int
+        self, name: str, vni: int, local: IPv4Address, remote: IPv4Address | None, port: int
     ) -> Link:
-        """A point-to-point kernel VXLAN device."""
+        """A kernel VXLAN device, point to point with ``remote`` (else driven by forwarding
+        entries), created with the kernel's defaults when missing."""
         return _ensure(self, Vxlan(name, vni, local, remote, port), "vxlan")
 
     def set_link(
@@ -215,7 +257,7 @@ class NetlinkHandle(LinkTable, AddressTable, RouteTable, NatTables, Protocol):
         """IPv4 unicast routes of the main table (only ours by default), devices by name."""
         names = {link.index: link.name for link in self.list_links()}
         return [
-            Route(e.destination, names.get(e.index, ""), e.gateway)
+            Route(e.destination, names.get(e.index, ""), e.gateway, e.onlink)
             for e in self.list_route_entries(protocol)
         ]
 
@@ -225,7 +267,7 @@ class NetlinkHandle(LinkTable, AddressTable, RouteTable, NatTables, Protocol):
         if route in self.list_routes(protocol):
             return False
         index = self.index(route.device)
-        self.replace_route_index(route.destination, index, route.gateway, protocol)
+        self.replace_route_index(route.destination, index, route.gateway, protocol, route.onlink)
         return True
 
     def remove_route(self, route: Route, protocol: int = RTPROT_WEAVE_PY) -> bool:

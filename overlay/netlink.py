@@ -1,6 +1,6 @@
 """The kernel's side of the netlink seam: ``overlay.kernel``'s primitives over pyroute2 (with
-``overlay.nftables`` for our NAT table, the only modules that import it), and named network
-namespaces under /run/netns.
+``overlay.nftables`` for our nftables table, the only modules that import it; link attributes
+are built and read in ``overlay.linkattrs``), and named network namespaces under /run/netns.
 
 A ``Netlink`` object is bound to one namespace, by name, or to the caller's own; each primitive
 is one request and turns the kernel's refusal into ``NetlinkFailure`` with its errno. The
@@ -19,27 +19,30 @@ from pyroute2 import IPRoute
 from pyroute2 import netns as _netns
 from pyroute2.netlink.exceptions import NetlinkError
 
+from overlay import linkattrs
 from overlay.kernel import NetlinkHandle
 from overlay.netdev import (
     MAIN_TABLE,
     RTPROT_WEAVE_PY,
-    Bridge,
+    FdbEntry,
     Link,
     LinkChange,
     Masquerade,
     NatTable,
+    Neighbour,
     NetlinkFailure,
     NewLink,
     RouteEntry,
-    Veth,
+    UdpGuard,
 )
 from overlay.netns import run_in_netns
 from overlay.nftables import Nftables
 
 AF_INET = 2
 RTN_UNICAST = 1
-IFF_UP = 1
-BR_HAIRPIN_MODE = 1  # IFLA_BRPORT_MODE
+RTNH_F_ONLINK = 4
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
 
 T = TypeVar("T")
 
@@ -66,12 +69,12 @@ class Netlink(NetlinkHandle):
 
     def list_links(self) -> list[Link]:
         """RTM_GETLINK, a dump."""
-        return [_link(msg) for msg in self._call("list links", self._ipr.get_links)]
+        return [linkattrs.read_link(m) for m in self._call("list links", self._ipr.get_links)]
 
     def link(self, name: str) -> Link | None:
         """RTM_GETLINK by name."""
         try:
-            return _link(self._ipr.link("get", ifname=name)[0])
+            return linkattrs.read_link(self._ipr.link("get", ifname=name)[0])
         except NetlinkError as exc:
             if exc.code == errno.ENODEV:
                 return None
@@ -79,15 +82,17 @@ class Netlink(NetlinkHandle):
 
     def add_link(self, new: NewLink) -> None:
         """RTM_NEWLINK with the attributes of ``new`` (a veth's peer nested)."""
-        self._call(f"add link {new.name}", self._ipr.link, "add", **_new_link(new))
+        self._call(f"add link {new.name}", self._ipr.link, "add", **linkattrs.new_link(new))
 
     def set_link_index(self, index: int, change: LinkChange) -> None:
         """RTM_NEWLINK on an existing index, only the attributes ``change`` names."""
-        self._call(f"set link {index}", self._ipr.link, "set", index=index, **_change(change))
+        attrs = linkattrs.change(change)
+        self._call(f"set link {index}", self._ipr.link, "set", index=index, **attrs)
 
     def set_link_by_name(self, name: str, change: LinkChange) -> None:
         """RTM_NEWLINK on an existing link named in IFLA_IFNAME (index 0)."""
-        self._call(f"set link {name}", self._ipr.link, "set", ifname=name, **_change(change))
+        attrs = linkattrs.change(change)
+        self._call(f"set link {name}", self._ipr.link, "set", ifname=name, **attrs)
 
     def remove_link_index(self, index: int) -> None:
         """RTM_DELLINK."""
@@ -127,12 +132,15 @@ class Netlink(NetlinkHandle):
         index: int,
         gateway: IPv4Address | None = None,
         protocol: int = RTPROT_WEAVE_PY,
+        onlink: bool = False,
     ) -> None:
-        """RTM_NEWROUTE with NLM_F_REPLACE."""
+        """RTM_NEWROUTE with NLM_F_REPLACE (and RTNH_F_ONLINK in its flags when asked)."""
         request: dict[str, Any] = {"dst": str(destination), "oif": index, "proto": protocol,
                                    "table": MAIN_TABLE}  # fmt: skip
         if gateway is not None:
             request["gateway"] = str(gateway)
+        if onlink:
+            request["flags"] = RTNH_F_ONLINK
         self._call(f"replace route {destination}", self._ipr.route, "replace", **request)
 
     def remove_route_index(
@@ -142,15 +150,61 @@ class Netlink(NetlinkHandle):
         self._call(f"delete route {destination}", self._ipr.route, "del", dst=str(destination),
                    oif=index, proto=protocol, table=MAIN_TABLE)  # fmt: skip
 
+    # -- neighbours and forwarding entries ---------------------------------------------------
+
+    def list_neighbours_index(self, index: int) -> list[Neighbour]:
+        """RTM_GETNEIGH, a dump (AF_INET) filtered to the index, the permanent ones kept."""
+        found = self._call("list neighbours", self._ipr.get_neighbours, family=AF_INET,
+                           ifindex=index)  # fmt: skip
+        return [
+            Neighbour(IPv4Address(m.get("NDA_DST")), m.get("NDA_LLADDR") or "")
+            for m in found
+            if m["ifindex"] == index and m["state"] & NUD_PERMANENT and m.get("NDA_DST")
+        ]
+
+    def replace_neighbour_index(self, index: int, neighbour: Neighbour) -> None:
+        """RTM_NEWNEIGH, NUD_PERMANENT, with NLM_F_CREATE | NLM_F_REPLACE."""
+        self._call(f"replace neighbour {neighbour.address}", self._ipr.neigh, "replace",
+                   family=AF_INET, ifindex=index, dst=str(neighbour.address),
+                   lladdr=neighbour.mac, state=NUD_PERMANENT)  # fmt: skip
+
+    def remove_neighbour_index(self, index: int, address: IPv4Address) -> None:
+        """RTM_DELNEIGH."""
+        self._call(f"delete neighbour {address}", self._ipr.neigh, "del", family=AF_INET,
+                   ifindex=index, dst=str(address))  # fmt: skip
+
+    def list_fdb_index(self, index: int) -> list[FdbEntry]:
+        """RTM_GETNEIGH, a dump (AF_BRIDGE) of the device's own entries with a destination."""
+        found = self._call("list fdb", self._ipr.fdb, "dump", ifindex=index)
+        return [
+            FdbEntry(m.get("NDA_LLADDR"), IPv4Address(m.get("NDA_DST")))
+            for m in found
+            if m["ifindex"] == index and m["flags"] & NTF_SELF and m.get("NDA_DST")
+        ]
+
+    def replace_fdb_index(self, index: int, entry: FdbEntry) -> None:
+        """RTM_NEWNEIGH (AF_BRIDGE, NTF_SELF, NUD_PERMANENT) with NLM_F_REPLACE."""
+        self._call(f"replace fdb {entry.mac}", self._ipr.fdb, "replace", ifindex=index,
+                   lladdr=entry.mac, dst=str(entry.host), state=NUD_PERMANENT,
+                   flags=NTF_SELF)  # fmt: skip
+
+    def remove_fdb_index(self, index: int, entry: FdbEntry) -> None:
+        """RTM_DELNEIGH (AF_BRIDGE, NTF_SELF) naming the MAC and its destination."""
+        self._call(f"delete fdb {entry.mac}", self._ipr.fdb, "del", ifindex=index,
+                   lladdr=entry.mac, dst=str(entry.host), flags=NTF_SELF)  # fmt: skip
+
     # -- our nftables table ----------------------------------------------------------------
 
     def nat_table(self, name: str) -> NatTable | None:
-        """NFT_MSG_GETTABLE, then NFT_MSG_GETCHAIN and a dump of its rules (overlay.nftables)."""
+        """NFT_MSG_GETTABLE, then its chains, a dump of its rules, and with a guard its set's
+        elements (overlay.nftables)."""
         return self._nft.table(name)
 
-    def replace_nat_table(self, name: str, rules: Sequence[Masquerade]) -> None:
+    def replace_nat_table(
+        self, name: str, rules: Sequence[Masquerade], guard: UdpGuard | None = None
+    ) -> None:
         """One nfnetlink batch (overlay.nftables)."""
-        self._nft.replace(name, rules)
+        self._nft.replace(name, rules, guard)
 
     def remove_nat_table(self, name: str) -> None:
         """NFT_MSG_DELTABLE in a batch of its own."""
@@ -165,72 +219,6 @@ class Netlink(NetlinkHandle):
         return next((msg.get("RTA_OIF") for msg in found if msg.get("RTA_OIF")), None)
 
 
-def _new_link(new: NewLink) -> dict[str, Any]:
-    """The RTM_NEWLINK attributes of ``new``."""
-    if isinstance(new, Bridge):
-        return {"ifname": new.name, "kind": "bridge"}
-    if isinstance(new, Veth):
-        return _new_veth(new)
-    return {"ifname": new.name, "kind": "vxlan", "vxlan_id": new.vni,
-            "vxlan_local": str(new.local), "vxlan_group": str(new.remote),
-            "vxlan_port": new.port}  # fmt: skip
-
-
-def _new_veth(new: Veth) -> dict[str, Any]:
-    peer: dict[str, Any] = {"ifname": new.peer}
-    request: dict[str, Any] = {"ifname": new.name, "kind": "veth", "peer": peer}
-    if new.peer_netns is not None:
-        peer["net_ns_fd"] = new.peer_netns
-    if new.mtu is not None:
-        request["mtu"] = peer["mtu"] = new.mtu
-    if new.master is not None:
-        request["master"] = new.master
-    if new.up:
-        request["state"] = "up"
-    if new.mac is not None:
-        request["address"] = new.mac
-    if new.peer_mac is not None:
-        peer["address"] = new.peer_mac
-    if new.peer_gso_max_size is not None:
-        peer["gso_max_size"] = new.peer_gso_max_size
-    return request
-
-
-def _change(change: LinkChange) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if change.mtu is not None:
-        out["mtu"] = change.mtu
-    if change.up is not None:
-        out["state"] = "up" if change.up else "down"
-    if change.master is not None:
-        out["master"] = change.master
-    if change.gso_max_size is not None:
-        out["gso_max_size"] = change.gso_max_size
-    if change.hairpin is not None:  # the port's side of its bridge: "bridge_slave" data
-        port = [("IFLA_BRPORT_MODE", BR_HAIRPIN_MODE if change.hairpin else 0)]
-        out["IFLA_LINKINFO"] = {"attrs": [("IFLA_INFO_SLAVE_KIND", "bridge"),
-                                          ("IFLA_INFO_SLAVE_DATA", {"attrs": port})]}  # fmt: skip
-    return out
-
-
-def _link(msg: Any) -> Link:
-    info = msg.get("IFLA_LINKINFO")
-    kind = info.get("IFLA_INFO_KIND") if info else None
-    bridged = info is not None and info.get("IFLA_INFO_SLAVE_KIND") == "bridge"
-    port = info.get("IFLA_INFO_SLAVE_DATA") if bridged else None
-    return Link(
-        index=msg["index"],
-        name=msg.get("IFLA_IFNAME"),
-        kind=kind or "",
-        mtu=msg.get("IFLA_MTU") or 0,
-        up=bool(msg["flags"] & IFF_UP),
-        master=msg.get("IFLA_MASTER") or 0,
-        gso_max_size=msg.get("IFLA_GSO_MAX_SIZE") or 0,
-        mac=msg.get("IFLA_ADDRESS") or "",
-        hairpin=bool(port is not None and port.get("IFLA_BRPORT_MODE") == BR_HAIRPIN_MODE),
-    )
-
-
 def _route(msg: Any) -> RouteEntry:
     gateway = msg.get("RTA_GATEWAY")
     return RouteEntry(
@@ -238,6 +226,7 @@ def _route(msg: Any) -> RouteEntry:
         msg.get("RTA_OIF") or 0,
         IPv4Address(gateway) if gateway else None,
         msg["proto"],
+        bool(msg["flags"] & RTNH_F_ONLINK),
     )
 
 

@@ -1,20 +1,26 @@
 """The kernel's side of ``overlay.kernel.NatTables``: our nftables table over pyroute2's
-nfnetlink socket, with the rule expressions built and read here.
+nfnetlink socket (its rules' expressions are ``overlay.nft_rules``').
 
-The table (family ip) holds one base chain and its rules, what ``nft`` would print as::
+The table (family ip) holds the masquerade chain and, with a guard, the input chain and the set
+of hosts its rule reads, what ``nft`` would print as::
 
     table ip weave-py {
+        set guard-hosts {
+            type ipv4_addr
+            elements = { 192.168.1.8, 192.168.1.9 }
+        }
         chain postrouting {
             type nat hook postrouting priority srcnat; policy accept;
             ip saddr 10.32.0.0/12 ip daddr != 10.32.0.0/12 masquerade
         }
+        chain input {
+            type filter hook input priority filter; policy accept;
+            meta l4proto udp udp dport 6784 ip saddr != @guard-hosts drop
+        }
     }
 
-Each match is three expressions: load four bytes of the IPv4 header (source at offset 12,
-destination at 16) into register 1, AND them with the prefix's netmask, compare with the
-network address. Masks and addresses are packed here in network order (pyroute2's own
-``ipv4addr`` helper packs non-byte-aligned masks wrongly), and a rule read back is recognised
-only when every expression is exactly one we make; anything else reads as None.
+The table's use count (its chains and sets) tells whether there is more than the masquerade
+chain to read: 1 without a guard, 3 with one; anything else is not of our shape.
 
 pyroute2's sockets belong to the thread that opens them and to that thread's namespace, so each
 call opens a socket of its own (about a millisecond), inside the named namespace on a
@@ -25,7 +31,7 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Sequence
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address
 from typing import Any, TypeVar
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REQUEST
@@ -35,38 +41,48 @@ from pyroute2.netlink.nfnetlink.nftsocket import (
     NFT_MSG_DELTABLE,
     NFT_MSG_GETCHAIN,
     NFT_MSG_GETRULE,
+    NFT_MSG_GETSETELEM,
     NFT_MSG_GETTABLE,
     NFT_MSG_NEWCHAIN,
     NFT_MSG_NEWRULE,
+    NFT_MSG_NEWSET,
+    NFT_MSG_NEWSETELEM,
     NFT_MSG_NEWTABLE,
     nft_chain_msg,
     nft_rule_msg,
+    nft_set_elem_list_msg,
+    nft_set_msg,
     nft_table_msg,
 )
 from pyroute2.nftables.main import NFTables
 
-from overlay.netdev import Masquerade, NatTable, NetlinkFailure
+from overlay.netdev import Masquerade, NatTable, NetlinkFailure, UdpGuard
 from overlay.netns import run_in_netns
+from overlay.nft_rules import (
+    GUARD_SET,
+    guard_expressions,
+    masquerade_expressions,
+    read_guard,
+    read_masquerade,
+)
 
 T = TypeVar("T")
 NFPROTO_IPV4 = 2
 NFNL_MSG_BATCH_BEGIN = 0x10
 NFNL_MSG_BATCH_END = 0x11
-CHAIN = "postrouting"
-NF_INET_POST_ROUTING = 4
-NF_IP_PRI_NAT_SRC = 100  # "srcnat"
+CHAIN, GUARD_CHAIN = "postrouting", "input"
+NF_INET_LOCAL_IN, NF_INET_POST_ROUTING = 1, 4
+NF_IP_PRI_FILTER, NF_IP_PRI_NAT_SRC = 0, 100  # "filter", "srcnat"
 NF_ACCEPT = 1
-NETWORK = 1  # NFT_PAYLOAD_NETWORK_HEADER
-NFT_REG_1 = 1
-NFT_CMP_EQ, NFT_CMP_NEQ = 0, 1
-SADDR, DADDR = 12, 16  # offsets in the IPv4 header
-# the same values as pyroute2 names them in what it reads back
-REG, NETWORK_HEADER, BOOL = "NFT_REG_1", "NFT_PAYLOAD_NETWORK_HEADER", "NFT_BITWISE_BOOL"
+TYPE_IPADDR, ADDRESS_LEN = 7, 4  # nft's ipv4_addr
+SET_ID = 1  # names the set within the transaction that makes it
+ELEMENTS_PER_MESSAGE = 256
+USE_PLAIN, USE_GUARDED = 1, 3  # the table's chains and sets: ours alone, or with the guard's
 Message = Any  # a pyroute2 netlink message
 
 
 class Nftables:
-    """Our NAT table's requests in one namespace (by name, or None: the caller's own)."""
+    """Our table's requests in one namespace (by name, or None: the caller's own)."""
 
     def __init__(self, netns: str | None = None) -> None:
         self.netns = netns
@@ -75,25 +91,19 @@ class Nftables:
         """The table as the kernel reports it (see ``overlay.kernel.NatTables``)."""
         return self._run(f"get nat table {name}", lambda nft: _observe(nft, name))
 
-    def replace(self, name: str, rules: Sequence[Masquerade]) -> None:
-        """One transaction: the table created if missing, emptied, our chain and ``rules``."""
+    def replace(
+        self, name: str, rules: Sequence[Masquerade], guard: UdpGuard | None = None
+    ) -> None:
+        """One transaction: the table created if missing, emptied, our chains and rules."""
         batch = [
             _message(nft_table_msg, NFT_MSG_NEWTABLE, NLM_F_CREATE, NFTA_TABLE_NAME=name),
             _message(nft_table_msg, NFT_MSG_DELTABLE, 0, NFTA_TABLE_NAME=name),
             _message(nft_table_msg, NFT_MSG_NEWTABLE, NLM_F_CREATE, NFTA_TABLE_NAME=name),
             _message(nft_chain_msg, NFT_MSG_NEWCHAIN, NLM_F_CREATE, **_chain(name)),
+            *(_rule(name, CHAIN, masquerade_expressions(rule)) for rule in rules),
         ]
-        batch += [
-            _message(
-                nft_rule_msg,
-                NFT_MSG_NEWRULE,
-                NLM_F_CREATE | NLM_F_APPEND,
-                NFTA_RULE_TABLE=name,
-                NFTA_RULE_CHAIN=CHAIN,
-                NFTA_RULE_EXPRESSIONS=masquerade_expressions(rule),
-            )
-            for rule in rules
-        ]
+        if guard is not None:
+            batch += _guard(name, guard)
         self._run(f"replace nat table {name}", lambda nft: _transaction(nft, batch))
 
     def remove(self, name: str) -> None:
@@ -127,6 +137,36 @@ def _message(cls: type, kind: int, flags: int, **attrs: Any) -> Message:
     return msg
 
 
+def _rule(table: str, chain: str, expressions: list[dict[str, Any]]) -> Message:
+    return _message(nft_rule_msg, NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND,
+                    NFTA_RULE_TABLE=table, NFTA_RULE_CHAIN=chain,
+                    NFTA_RULE_EXPRESSIONS=expressions)  # fmt: skip
+
+
+def _guard(table: str, guard: UdpGuard) -> list[Message]:
+    """The set of hosts (its elements a few hundred a message), the input chain, its rule."""
+    hosts, step = sorted(guard.hosts), ELEMENTS_PER_MESSAGE
+    hold = _message(nft_set_msg, NFT_MSG_NEWSET, NLM_F_CREATE, NFTA_SET_TABLE=table,
+                    NFTA_SET_NAME=GUARD_SET, NFTA_SET_KEY_TYPE=TYPE_IPADDR,
+                    NFTA_SET_KEY_LEN=ADDRESS_LEN, NFTA_SET_ID=SET_ID)  # fmt: skip
+    return [
+        hold,
+        *(_elements(table, hosts[i : i + step]) for i in range(0, len(hosts), step)),
+        _message(nft_chain_msg, NFT_MSG_NEWCHAIN, NLM_F_CREATE, **_guard_chain(table)),
+        _rule(table, GUARD_CHAIN, guard_expressions(guard.port)),
+    ]
+
+
+def _elements(table: str, hosts: list[IPv4Address]) -> Message:
+    elements = [
+        {"attrs": [("NFTA_SET_ELEM_KEY", {"attrs": [("NFTA_DATA_VALUE", host.packed)]})]}
+        for host in hosts
+    ]
+    return _message(nft_set_elem_list_msg, NFT_MSG_NEWSETELEM, NLM_F_CREATE,
+                    NFTA_SET_ELEM_LIST_TABLE=table, NFTA_SET_ELEM_LIST_SET=GUARD_SET,
+                    NFTA_SET_ELEM_LIST_ELEMENTS=elements)  # fmt: skip
+
+
 def _batch_mark(kind: int) -> Message:
     msg = nfgen_msg()
     msg["res_id"] = NFNL_SUBSYS_NFTABLES
@@ -147,24 +187,76 @@ def _get(nft: NFTables, kind: int, msg: Message, dump: bool = False) -> list[Mes
     return list(nft.request_get(msg, kind, flags))
 
 
-def _observe(nft: NFTables, name: str) -> NatTable | None:
+def _get_one(nft: NFTables, kind: int, msg: Message) -> Message | None:
+    """The object ``msg`` names; None when there is none (ENOENT)."""
     try:
-        (table,) = _get(nft, NFT_MSG_GETTABLE, _query(nft_table_msg, NFTA_TABLE_NAME=name))
-    except NetlinkError as exc:
-        if exc.code == errno.ENOENT:
-            return None
-        raise
-    try:
-        query = _query(nft_chain_msg, NFTA_CHAIN_TABLE=name, NFTA_CHAIN_NAME=CHAIN)
-        (chain,) = _get(nft, NFT_MSG_GETCHAIN, query)
+        (found,) = _get(nft, kind, msg)
     except NetlinkError as exc:
         if exc.code != errno.ENOENT:
             raise
-        chain = None
+        return None
+    return found
+
+
+def _observe(nft: NFTables, name: str) -> NatTable | None:
+    table = _get_one(nft, NFT_MSG_GETTABLE, _query(nft_table_msg, NFTA_TABLE_NAME=name))
+    if table is None:
+        return None
+    use = table.get_attr("NFTA_TABLE_USE")
+    chain = _get_chain(nft, name, CHAIN)
+    guard_chain = _get_chain(nft, name, GUARD_CHAIN) if use != USE_PLAIN else None
     query = _query(nft_rule_msg, NFTA_RULE_TABLE=name)
-    rules = tuple(read_rule(m) for m in _get(nft, NFT_MSG_GETRULE, query, dump=True))
-    alone = table.get_attr("NFTA_TABLE_USE") == 1 and not table.get_attr("NFTA_TABLE_FLAGS")
-    return NatTable(alone and chain is not None and _is_ours(chain), rules)
+    found = _get(nft, NFT_MSG_GETRULE, query, dump=True)
+    rules = tuple(read_masquerade(m) for m in found if _chain_of(m) == CHAIN)
+    guarding = [m for m in found if _chain_of(m) == GUARD_CHAIN]
+    guard = None
+    if guard_chain is not None and _is_ours(guard_chain, _guard_chain(name)):
+        guard = _read_guard(nft, name, guarding)
+    ours = not table.get_attr("NFTA_TABLE_FLAGS") and chain is not None
+    ours = ours and _is_ours(chain, _chain(name))
+    ours = ours and use == (USE_PLAIN if guard is None else USE_GUARDED)
+    return NatTable(ours, rules, guard)
+
+
+def _get_chain(nft: NFTables, table: str, chain: str) -> Message | None:
+    query = _query(nft_chain_msg, NFTA_CHAIN_TABLE=table, NFTA_CHAIN_NAME=chain)
+    return _get_one(nft, NFT_MSG_GETCHAIN, query)
+
+
+def _chain_of(rule: Message) -> str | None:
+    chain = rule.get_attr("NFTA_RULE_CHAIN")
+    return chain if isinstance(chain, str) else None
+
+
+def _read_guard(nft: NFTables, table: str, rules: list[Message]) -> UdpGuard | None:
+    """The guard the input chain's rules and the set's elements make, None when they are not
+    exactly one rule of our shape and a set of addresses alone."""
+    port = read_guard(rules[0]) if len(rules) == 1 else None
+    if port is None:
+        return None
+    query = _query(nft_set_elem_list_msg, NFTA_SET_ELEM_LIST_TABLE=table,
+                   NFTA_SET_ELEM_LIST_SET=GUARD_SET)  # fmt: skip
+    hosts: set[IPv4Address] = set()
+    for msg in _get(nft, NFT_MSG_GETSETELEM, query, dump=True):
+        for element in msg.get_attr("NFTA_SET_ELEM_LIST_ELEMENTS") or ():
+            host = _host(element)
+            if host is None:
+                return None
+            hosts.add(host)
+    return UdpGuard(port, frozenset(hosts))
+
+
+def _host(element: Message) -> IPv4Address | None:
+    """The address an element of our set holds; None for one with anything else to it."""
+    if {name for name, *_ in element["attrs"]} - {"NFTA_SET_ELEM_KEY", "NFTA_SET_ELEM_FLAGS"}:
+        return None
+    if element.get_attr("NFTA_SET_ELEM_FLAGS"):
+        return None
+    key = element.get_attr("NFTA_SET_ELEM_KEY")
+    value = key.get_attr("NFTA_DATA_VALUE") if key is not None else None
+    if not isinstance(value, bytes) or len(value) != ADDRESS_LEN:
+        return None
+    return IPv4Address(value)
 
 
 def _query(cls: type, **attrs: Any) -> Message:
@@ -174,103 +266,29 @@ def _query(cls: type, **attrs: Any) -> Message:
     return msg
 
 
+def _base_chain(table: str, name: str, hook: int, priority: int, kind: str) -> dict[str, Any]:
+    hooked = [("NFTA_HOOK_HOOKNUM", hook), ("NFTA_HOOK_PRIORITY", priority)]
+    return {"NFTA_CHAIN_TABLE": table, "NFTA_CHAIN_NAME": name,
+            "NFTA_CHAIN_HOOK": {"attrs": hooked}, "NFTA_CHAIN_POLICY": NF_ACCEPT,
+            "NFTA_CHAIN_TYPE": kind}  # fmt: skip
+
+
 def _chain(table: str) -> dict[str, Any]:
-    hook = [("NFTA_HOOK_HOOKNUM", NF_INET_POST_ROUTING), ("NFTA_HOOK_PRIORITY", NF_IP_PRI_NAT_SRC)]
-    return {"NFTA_CHAIN_TABLE": table, "NFTA_CHAIN_NAME": CHAIN,
-            "NFTA_CHAIN_HOOK": {"attrs": hook}, "NFTA_CHAIN_POLICY": NF_ACCEPT,
-            "NFTA_CHAIN_TYPE": "nat"}  # fmt: skip
+    return _base_chain(table, CHAIN, NF_INET_POST_ROUTING, NF_IP_PRI_NAT_SRC, "nat")
 
 
-def _is_ours(chain: Message) -> bool:
+def _guard_chain(table: str) -> dict[str, Any]:
+    return _base_chain(table, GUARD_CHAIN, NF_INET_LOCAL_IN, NF_IP_PRI_FILTER, "filter")
+
+
+def _is_ours(chain: Message, want: dict[str, Any]) -> bool:
+    """Whether a chain read back is the base chain ``want`` describes."""
     hook = chain.get_attr("NFTA_CHAIN_HOOK")
+    hooked = dict(want["NFTA_CHAIN_HOOK"]["attrs"])
     return bool(
         hook is not None
-        and hook.get_attr("NFTA_HOOK_HOOKNUM") == NF_INET_POST_ROUTING
-        and hook.get_attr("NFTA_HOOK_PRIORITY") == NF_IP_PRI_NAT_SRC
-        and chain.get_attr("NFTA_CHAIN_TYPE") == "nat"
+        and hook.get_attr("NFTA_HOOK_HOOKNUM") == hooked["NFTA_HOOK_HOOKNUM"]
+        and hook.get_attr("NFTA_HOOK_PRIORITY") == hooked["NFTA_HOOK_PRIORITY"]
+        and chain.get_attr("NFTA_CHAIN_TYPE") == want["NFTA_CHAIN_TYPE"]
         and chain.get_attr("NFTA_CHAIN_POLICY") == NF_ACCEPT
     )
-
-
-# -- expressions -------------------------------------------------------------------------------
-
-
-def _expression(name: str, **data: Any) -> dict[str, Any]:
-    prefix = f"NFTA_{name.upper()}_"
-    attrs = [(prefix + key.upper(), value) for key, value in data.items()]
-    return {"attrs": [("NFTA_EXPR_NAME", name), ("NFTA_EXPR_DATA", {"attrs": attrs})]}
-
-
-def _value(data: bytes) -> dict[str, Any]:
-    return {"attrs": [("NFTA_DATA_VALUE", data)]}
-
-
-def _match(offset: int, network: IPv4Network, op: int) -> list[dict[str, Any]]:
-    """The IPv4 address at ``offset`` is (EQ) or is not (NEQ) inside ``network``."""
-    mask = _value(network.netmask.packed)
-    return [
-        _expression("payload", dreg=NFT_REG_1, base=NETWORK, offset=offset, len=4),
-        _expression(
-            "bitwise", sreg=NFT_REG_1, dreg=NFT_REG_1, len=4, mask=mask, xor=_value(bytes(4))
-        ),
-        _expression("cmp", sreg=NFT_REG_1, op=op, data=_value(network.network_address.packed)),
-    ]
-
-
-def masquerade_expressions(rule: Masquerade) -> list[dict[str, Any]]:
-    """``ip saddr SOURCE ip daddr != EXEMPT masquerade`` as nftables expressions."""
-    return [
-        *_match(SADDR, rule.source, NFT_CMP_EQ),
-        *_match(DADDR, rule.exempt, NFT_CMP_NEQ),
-        _expression("masq"),
-    ]
-
-
-def read_rule(msg: Message) -> Masquerade | None:
-    """A rule read back: the Masquerade it is, or None when it is anything else."""
-    found = [
-        (e.get_attr("NFTA_EXPR_NAME"), e.get_attr("NFTA_EXPR_DATA"))
-        for e in msg.get_attr("NFTA_RULE_EXPRESSIONS") or ()
-    ]
-    if len(found) != 7 or found[6][0] != "masq" or _attrs(found[6][1]):
-        return None
-    source = _read_match(found[0:3], SADDR, "NFT_CMP_EQ")
-    exempt = _read_match(found[3:6], DADDR, "NFT_CMP_NEQ")
-    return Masquerade(source, exempt) if source and exempt else None
-
-
-def _attrs(data: Message | None) -> list[Any]:
-    return list(data["attrs"]) if data is not None else []
-
-
-def _read_match(found: list[tuple[str, Message]], offset: int, op: str) -> IPv4Network | None:
-    """The network of a match ``_match`` makes, or None for any other three expressions."""
-    if tuple(name for name, _ in found) != ("payload", "bitwise", "cmp"):
-        return None
-    (_, payload), (_, bitwise), (_, cmp) = found
-    shape = (
-        payload.get_attr("NFTA_PAYLOAD_DREG"),
-        payload.get_attr("NFTA_PAYLOAD_BASE"),
-        payload.get_attr("NFTA_PAYLOAD_OFFSET"),
-        payload.get_attr("NFTA_PAYLOAD_LEN"),
-        bitwise.get_attr("NFTA_BITWISE_SREG"),
-        bitwise.get_attr("NFTA_BITWISE_DREG"),
-        bitwise.get_attr("NFTA_BITWISE_LEN"),
-        bitwise.get_attr("NFTA_BITWISE_OP") or BOOL,
-        _data(bitwise, "NFTA_BITWISE_XOR"),
-        cmp.get_attr("NFTA_CMP_SREG"),
-        cmp.get_attr("NFTA_CMP_OP"),
-    )
-    if shape != (REG, NETWORK_HEADER, offset, 4, REG, REG, 4, BOOL, bytes(4), REG, op):
-        return None
-    mask, address = _data(bitwise, "NFTA_BITWISE_MASK"), _data(cmp, "NFTA_CMP_DATA")
-    try:
-        return IPv4Network(f"{IPv4Address(address or b'')}/{IPv4Address(mask or b'')}")
-    except ValueError:  # a mask that is not a prefix, host bits set, a short value
-        return None
-
-
-def _data(expression: Message, key: str) -> bytes | None:
-    value = expression.get_attr(key)
-    data = value.get_attr("NFTA_DATA_VALUE") if value is not None else None
-    return data if isinstance(data, bytes) else None

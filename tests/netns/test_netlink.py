@@ -17,7 +17,7 @@ from pyroute2.netlink.nfnetlink.nftsocket import (
     nft_rule_msg,
 )
 
-from overlay import netlink, nftables, tun
+from overlay import netlink, nft_rules, nftables, tun
 from overlay.netdev import Masquerade, NatTable, NetlinkFailure
 from overlay.netlink import Netlink
 from overlay.netns import NETNS_DIR, run_in_netns
@@ -91,7 +91,7 @@ def test_what_we_do_not_make_in_our_table_reads_as_not_ours(scratch_netns) -> No
     rule = Masquerade(cluster, cluster)
     with Netlink(ns) as nl:
         nl.replace_nat_table("weave-py", [rule])
-        odd = nftables.masquerade_expressions(rule)[3:]  # no source match: every packet
+        odd = nft_rules.masquerade_expressions(rule)[3:]  # no source match: every packet
         _append(ns, nftables._message(
             nft_rule_msg, NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND,
             NFTA_RULE_TABLE="weave-py", NFTA_RULE_CHAIN="postrouting", NFTA_RULE_EXPRESSIONS=odd,

@@ -1,0 +1,200 @@
+"""The rules of our nftables table as expressions, for ``overlay.nftables``: built from the
+seam's values and read back into them, a rule recognised only when every expression is exactly
+one we make (anything else reads as None).
+
+The masquerade rule (chain postrouting) and the guard's rule (chain input), as ``nft`` would
+print them::
+
+    ip saddr 10.32.0.0/12 ip daddr != 10.32.0.0/12 masquerade
+    meta l4proto udp udp dport 6784 ip saddr != @guard-hosts drop
+
+An address match loads four bytes of the IPv4 header (source at offset 12, destination at 16)
+into register 1, ANDs them with the prefix's netmask and compares with the network address.
+Masks and addresses are packed here in network order (pyroute2's own ``ipv4addr`` helper packs
+non-byte-aligned masks wrongly). The guard's hosts are the elements of a set in the same table
+(``GUARD_SET``), looked up inverted: a source that is not in it matches, and is dropped.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from overlay.netdev import Masquerade
+
+NETWORK, TRANSPORT = 1, 2  # NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER
+NFT_REG_VERDICT, NFT_REG_1 = 0, 1
+NFT_CMP_EQ, NFT_CMP_NEQ = 0, 1
+NFT_META_L4PROTO = 16
+NF_DROP = 0
+IPPROTO_UDP = 17
+SADDR, DADDR = 12, 16  # offsets in the IPv4 header
+DPORT = 2  # offset in the UDP header
+GUARD_SET = "guard-hosts"
+# the same values as pyroute2 names them in what it reads back
+REG, NETWORK_HEADER, BOOL = "NFT_REG_1", "NFT_PAYLOAD_NETWORK_HEADER", "NFT_BITWISE_BOOL"
+TRANSPORT_HEADER, INVERTED = "NFT_PAYLOAD_TRANSPORT_HEADER", "NFT_LOOKUP_F_INV"
+LOAD = frozenset(f"NFTA_PAYLOAD_{key}" for key in ("DREG", "BASE", "OFFSET", "LEN"))
+Message = Any  # a pyroute2 netlink message
+Expression = dict[str, Any]
+
+
+def _expression(name: str, **data: Any) -> Expression:
+    prefix = f"NFTA_{name.upper()}_"
+    attrs = [(prefix + key.upper(), value) for key, value in data.items()]
+    return {"attrs": [("NFTA_EXPR_NAME", name), ("NFTA_EXPR_DATA", {"attrs": attrs})]}
+
+
+def _value(data: bytes) -> dict[str, Any]:
+    return {"attrs": [("NFTA_DATA_VALUE", data)]}
+
+
+def _load(base: int, offset: int, length: int) -> Expression:
+    return _expression("payload", dreg=NFT_REG_1, base=base, offset=offset, len=length)
+
+
+def _equals(data: bytes) -> Expression:
+    return _expression("cmp", sreg=NFT_REG_1, op=NFT_CMP_EQ, data=_value(data))
+
+
+def _match(offset: int, network: IPv4Network, op: int) -> list[Expression]:
+    """The IPv4 address at ``offset`` is (EQ) or is not (NEQ) inside ``network``."""
+    mask = _value(network.netmask.packed)
+    return [
+        _load(NETWORK, offset, 4),
+        _expression(
+            "bitwise", sreg=NFT_REG_1, dreg=NFT_REG_1, len=4, mask=mask, xor=_value(bytes(4))
+        ),
+        _expression("cmp", sreg=NFT_REG_1, op=op, data=_value(network.network_address.packed)),
+    ]
+
+
+def masquerade_expressions(rule: Masquerade) -> list[Expression]:
+    """``ip saddr SOURCE ip daddr != EXEMPT masquerade`` as nftables expressions."""
+    return [
+        *_match(SADDR, rule.source, NFT_CMP_EQ),
+        *_match(DADDR, rule.exempt, NFT_CMP_NEQ),
+        _expression("masq"),
+    ]
+
+
+def guard_expressions(port: int) -> list[Expression]:
+    """``meta l4proto udp udp dport PORT ip saddr != @GUARD_SET drop``."""
+    drop = {"attrs": [("NFTA_DATA_VERDICT", {"attrs": [("NFTA_VERDICT_CODE", NF_DROP)]})]}
+    return [
+        _expression("meta", dreg=NFT_REG_1, key=NFT_META_L4PROTO),
+        _equals(bytes([IPPROTO_UDP])),
+        _load(TRANSPORT, DPORT, 2),
+        _equals(port.to_bytes(2, "big")),
+        _load(NETWORK, SADDR, 4),
+        _expression("lookup", sreg=NFT_REG_1, set=GUARD_SET, flags=frozenset({INVERTED})),
+        _expression("immediate", dreg=NFT_REG_VERDICT, data=drop),
+    ]
+
+
+def _found(msg: Message) -> list[tuple[str, Message]]:
+    return [
+        (e.get_attr("NFTA_EXPR_NAME"), e.get_attr("NFTA_EXPR_DATA"))
+        for e in msg.get_attr("NFTA_RULE_EXPRESSIONS") or ()
+    ]
+
+
+def read_masquerade(msg: Message) -> Masquerade | None:
+    """A rule read back: the Masquerade it is, or None when it is anything else."""
+    found = _found(msg)
+    if len(found) != 7 or found[6][0] != "masq" or _attrs(found[6][1]):
+        return None
+    source = _read_match(found[0:3], SADDR, "NFT_CMP_EQ")
+    exempt = _read_match(found[3:6], DADDR, "NFT_CMP_NEQ")
+    return Masquerade(source, exempt) if source and exempt else None
+
+
+def read_guard(msg: Message) -> int | None:
+    """A rule read back: the port of the guard's rule it is, or None when it is anything else."""
+    found = _found(msg)
+    names = ("meta", "cmp", "payload", "cmp", "payload", "lookup", "immediate")
+    if tuple(name for name, _ in found) != names:
+        return None
+    (_, meta), (_, udp), (_, dport), (_, port), (_, saddr), (_, lookup), (_, verdict) = found
+    shape = (
+        meta.get_attr("NFTA_META_DREG"),
+        meta.get_attr("NFTA_META_KEY"),
+        _compared(udp),
+        _loaded(dport),
+        _loaded(saddr),
+        lookup.get_attr("NFTA_LOOKUP_SREG"),
+        lookup.get_attr("NFTA_LOOKUP_SET"),
+        lookup.get_attr("NFTA_LOOKUP_FLAGS"),
+        lookup.get_attr("NFTA_LOOKUP_DREG"),
+        _verdict(verdict),
+    )
+    want = (REG, "NFT_META_L4PROTO", bytes([IPPROTO_UDP]), (TRANSPORT_HEADER, DPORT, 2),
+            (NETWORK_HEADER, SADDR, 4), REG, GUARD_SET, {INVERTED}, None,
+            "NF_DROP")  # fmt: skip
+    value = _compared(port)
+    if shape != want or value is None or len(value) != 2:
+        return None
+    return int.from_bytes(value, "big")
+
+
+def _loaded(payload: Message) -> tuple[Any, ...] | None:
+    """(base, offset, length) of a load into register 1, else None."""
+    if payload.get_attr("NFTA_PAYLOAD_DREG") != REG or _attrs_named(payload) - LOAD:
+        return None
+    return tuple(payload.get_attr(f"NFTA_PAYLOAD_{key}") for key in ("BASE", "OFFSET", "LEN"))
+
+
+def _compared(cmp: Message) -> bytes | None:
+    """The value register 1 must equal, else None."""
+    if (cmp.get_attr("NFTA_CMP_SREG"), cmp.get_attr("NFTA_CMP_OP")) != (REG, "NFT_CMP_EQ"):
+        return None
+    return _data(cmp, "NFTA_CMP_DATA")
+
+
+def _verdict(immediate: Message) -> str | None:
+    if immediate.get_attr("NFTA_IMMEDIATE_DREG") != "NFT_REG_VERDICT":
+        return None
+    data = immediate.get_attr("NFTA_IMMEDIATE_DATA")
+    verdict = data.get_attr("NFTA_DATA_VERDICT") if data is not None else None
+    if verdict is None or verdict.get_attr("NFTA_VERDICT_CHAIN") is not None:
+        return None
+    code = verdict.get_attr("NFTA_VERDICT_CODE")
+    return code if isinstance(code, str) else None
+
+
+def _attrs(data: Message | None) -> list[Any]:
+    return list(data["attrs"]) if data is not None else []
+
+
+def _attrs_named(data: Message) -> set[str]:
+    return {name for name, *_ in _attrs(data)}
+
+
+def _read_match(found: list[tuple[str, Message]], offset: int, op: str) -> IPv4Network | None:
+    """The network of a match ``_match`` makes, or None for any other three expressions."""
+    if tuple(name for name, _ in found) != ("payload", "bitwise", "cmp"):
+        return None
+    (_, payload), (_, bitwise), (_, cmp) = found
+    shape = (
+        _loaded(payload),
+        bitwise.get_attr("NFTA_BITWISE_SREG"),
+        bitwise.get_attr("NFTA_BITWISE_DREG"),
+        bitwise.get_attr("NFTA_BITWISE_LEN"),
+        bitwise.get_attr("NFTA_BITWISE_OP") or BOOL,
+        _data(bitwise, "NFTA_BITWISE_XOR"),
+        cmp.get_attr("NFTA_CMP_SREG"),
+        cmp.get_attr("NFTA_CMP_OP"),
+    )
+    if shape != ((NETWORK_HEADER, offset, 4), REG, REG, 4, BOOL, bytes(4), REG, op):
+        return None
+    mask, address = _data(bitwise, "NFTA_BITWISE_MASK"), _data(cmp, "NFTA_CMP_DATA")
+    try:
+        return IPv4Network(f"{IPv4Address(address or b'')}/{IPv4Address(mask or b'')}")
+    except ValueError:  # a mask that is not a prefix, host bits set, a short value
+        return None
+
+
+def _data(expression: Message, key: str) -> bytes | None:
+    value = expression.get_attr(key)
+    data = value.get_attr("NFTA_DATA_VALUE") if value is not None else None
+    return data if isinstance(data, bytes) else None
