@@ -10,8 +10,9 @@ cannot change those settings; its neighbours, entries and routes go with it and 
 anew). A link of that name of another kind is not ours: creating the device fails (EEXIST).
 
 Only VTEPs that cannot mislead the kernel are installed (``usable``): one whose address or MAC
-another VTEP also claims, that has our MAC, or whose address is an underlay address (ours or a
-peer's host) is left out, and its peer's blocks take the sleeve.
+another VTEP also claims, that has our MAC, whose address is an underlay address (ours or a
+peer's host) or lies in one of our blocks (a gateway of ours: the kernel refuses a route via
+it), or whose host is our own address, is left out, and its peer's blocks take the sleeve.
 
 Everything stays when the agent exits; ``kept_fastdp`` reads what a previous agent left.
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import errno
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
@@ -111,9 +112,9 @@ FastdpAction = (
 )
 
 
-def usable(fastdp: Fastdp) -> frozenset[Vtep]:
-    """The VTEPs installed: none with an address or MAC another one claims too, our MAC, or an
-    underlay address; none whose host is our own address."""
+def usable(fastdp: Fastdp, local: Sequence[IPv4Network]) -> frozenset[Vtep]:
+    """The VTEPs installed: none with an address or MAC another one claims too, our MAC, an
+    underlay address or one in ``local`` (our blocks); none whose host is our own address."""
     addresses = Counter(vtep.address for vtep in fastdp.vteps)
     macs = Counter(vtep.mac for vtep in fastdp.vteps)
     underlay = underlay_addresses(fastdp)
@@ -125,6 +126,7 @@ def usable(fastdp: Fastdp) -> frozenset[Vtep]:
         and vtep.mac != fastdp.mac
         and vtep.address not in underlay
         and vtep.host != fastdp.local
+        and not any(vtep.address in net for net in local)
     )
 
 
@@ -133,10 +135,10 @@ def underlay_addresses(fastdp: Fastdp) -> frozenset[IPv4Address]:
     return frozenset({fastdp.local, *(vtep.host for vtep in fastdp.vteps)})
 
 
-def fast_routes(fastdp: Fastdp) -> FastRoutes:
+def fast_routes(fastdp: Fastdp, local: Sequence[IPv4Network]) -> FastRoutes:
     """The fast path's part of the routes: blocks via installed VTEPs only (a block named
     twice goes into the TUN), the installed VTEPs' /32s."""
-    installed = {vtep.address for vtep in usable(fastdp)}
+    installed = {vtep.address for vtep in usable(fastdp, local)}
     named = Counter(block for block, _ in fastdp.fast_blocks)
     vias = {
         block: via for block, via in fastdp.fast_blocks if via in installed and named[block] == 1
@@ -157,11 +159,14 @@ def recreate(fastdp: Fastdp, link: Link | None) -> bool:
 
 
 def table_changes(
-    fastdp: Fastdp, neighbours: Iterable[Neighbour], fdb: Iterable[FdbEntry]
+    fastdp: Fastdp,
+    local: Sequence[IPv4Network],
+    neighbours: Iterable[Neighbour],
+    fdb: Iterable[FdbEntry],
 ) -> list[FastdpAction]:
     """Make the device's permanent neighbours and forwarding entries exactly the installed
     VTEPs': replacements first (a changed VTEP is one replace each), then removals."""
-    device, vteps = fastdp.device, sorted(usable(fastdp), key=lambda v: v.address)
+    device, vteps = fastdp.device, sorted(usable(fastdp, local), key=lambda v: v.address)
     have = {n.address: n.mac for n in neighbours}
     hosts: dict[str, list[IPv4Address]] = {}
     for entry in fdb:

@@ -86,13 +86,18 @@ class NodeSpec:
         return self.fastdp.guard if self.fastdp is not None else None
 
     @property
+    def local_blocks(self) -> list[ipaddress.IPv4Network]:
+        """The blocks on the bridge (its gateways' networks)."""
+        return [gateway.network for gateway in self.gateways]
+
+    @property
     def routes(self) -> list[Route]:
         """Our routes, in address order (``overlay.routes``)."""
-        local = [gateway.network for gateway in self.gateways]
+        local = self.local_blocks
         blocks = set(self.remote_blocks)
         fast = None
         if self.fastdp is not None:
-            fast = fast_routes(self.fastdp)
+            fast = fast_routes(self.fastdp, local)
             blocks.update(block for block, _ in self.fastdp.fast_blocks)
         return routes.wanted(self.tun, local, blocks, fast)
 
@@ -127,7 +132,7 @@ def plan(desired: NodeSpec, observed: Observed) -> list[Action]:
     actions += [RemoveAddress(desired.bridge, a) for a in sorted(have - want)]
     found = observed.routes
     if desired.fastdp is not None:
-        actions += _fastdp_changes(desired.fastdp, desired.mtu, observed)
+        actions += _fastdp_changes(desired, desired.fastdp, observed)
         if RemoveLink(desired.fastdp.device) in actions:  # its routes go with it
             found = tuple(r for r in found if r.device != desired.fastdp.device)
     actions += routes.changes(desired.routes, found)
@@ -136,7 +141,7 @@ def plan(desired: NodeSpec, observed: Observed) -> list[Action]:
     return actions + _nat_changes(desired.nat_rules, desired.guard, observed.nat)
 
 
-def _fastdp_changes(fastdp: Fastdp, mtu: int, observed: Observed) -> list[Action]:
+def _fastdp_changes(desired: NodeSpec, fastdp: Fastdp, observed: Observed) -> list[Action]:
     """The device (made again when made otherwise, then its drift), then its neighbours and
     forwarding entries (none observed on a device made anew)."""
     link = observed.links.get(fastdp.device)
@@ -144,10 +149,12 @@ def _fastdp_changes(fastdp: Fastdp, mtu: int, observed: Observed) -> list[Action
         made: list[Action] = (
             [RemoveLink(fastdp.device)] if link is not None and link.kind == "vxlan" else []
         )
-        made += [CreateVxlan(wanted_device(fastdp, mtu)), SetLink(fastdp.device, up=True)]
-        return [*made, *table_changes(fastdp, (), ())]
-    changes = _link_changes(fastdp.device, link, mtu, None, fastdp.mac)
-    return [*changes, *table_changes(fastdp, observed.neighbours, observed.fdb)]
+        created = wanted_device(fastdp, desired.mtu)
+        made += [CreateVxlan(created), SetLink(fastdp.device, up=True)]
+        return [*made, *table_changes(fastdp, desired.local_blocks, (), ())]
+    changes = _link_changes(fastdp.device, link, desired.mtu, None, fastdp.mac)
+    tables = table_changes(fastdp, desired.local_blocks, observed.neighbours, observed.fdb)
+    return [*changes, *tables]
 
 
 def _ports(observed: Observed, bridge: Link) -> list[Link]:
