@@ -137,8 +137,8 @@ def _rest(observed: Observed, action: Action) -> Observed:
     if isinstance(action, SetLink) and action.up is False:
         observed = replace(observed, neighbours=())  # the kernel flushes them
     if isinstance(action, AddRoute) and action.route.onlink:
-        link = observed.links.get(action.route.device)
-        if link is None or not link.up:
+        device = observed.links.get(action.route.device)
+        if device is None or not device.up:
             raise KernelError("onlink route on a missing or down device")
     if isinstance(action, ReplaceNat):
         return replace(observed, nat=NatTable(True, action.rules, action.guard))
