@@ -4,7 +4,8 @@ NeighbourTable`` part of ``overlay.fake_netns.FakeNetns``, as the kernel keeps t
 - a neighbour per (link, address), replaced in place; any link may hold them, up or down;
   a link going down or away loses them all, permanent or not;
 - a forwarding entry per (VXLAN link, MAC), its host replaced in place; the device keeps them
-  while down and loses them with itself;
+  while down and loses them with itself; one made with a remote starts with the all-zeros
+  MAC's entry to it;
 - deleting a neighbour that is not there is ENOENT; deleting a forwarding entry is ENOENT when
   the MAC has none, and quietly nothing when it has one to another host;
 - MACs read back in lowercase.
@@ -19,6 +20,8 @@ import errno
 from ipaddress import IPv4Address
 
 from overlay.netdev import FdbEntry, Neighbour, NetlinkFailure
+
+ZERO_MAC = "00:00:00:00:00:00"  # a point-to-point VXLAN device's one entry: to its remote
 
 
 class FakeNeighbours:

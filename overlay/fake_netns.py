@@ -11,14 +11,17 @@ and the real kernel to keep it faithful where the agent depends on the kernel:
   the primary deletes its secondaries (``promote_secondaries`` off, the default);
 - the main table: a connected route per primary address of an up link (protocol kernel),
   routes replaced per destination, a gateway only through a connected route of the link unless
-  onlink (then any address not of this namespace, and only with a gateway), routes via a link
+  onlink (then any address not of this namespace, only with a gateway, and only once the
+  namespace has its local table: an address added or the loopback up), routes via a link
   flushed when it goes down, is deleted or loses its last address;
 - neighbours and VXLAN forwarding entries (``overlay.fake_neighbours``);
 - nftables tables by name (``overlay.fake_nat``);
 - errno as the kernel gives it: EEXIST, ENODEV, EINVAL (unknown master, a bad onlink route),
   ENETDOWN, ENETUNREACH, EADDRNOTAVAIL, ESRCH, EOPNOTSUPP, ENOENT.
 
-Not modelled: other tables, metrics and scopes, IPv6, the bridge's automatic MTU.
+Not modelled: other tables, metrics and scopes, IPv6, the bridge's automatic MTU, the
+loopback's 127.0.0.1 (and so an onlink gateway there, or at a broadcast address, is accepted
+here where the kernel says EINVAL).
 ``requests`` counts the netlink requests the primitives make on the real kernel (one each, but
 three to read a NAT table that exists, five with a guard).
 """
@@ -31,7 +34,7 @@ from typing import Protocol
 
 from overlay.fake_device import DEFAULT_MTU, LOOPBACK, FakeDevice, same_subnet
 from overlay.fake_nat import FakeNatTables
-from overlay.fake_neighbours import FakeNeighbours
+from overlay.fake_neighbours import ZERO_MAC, FakeNeighbours
 from overlay.fake_routes import FakeRoutes
 from overlay.kernel import NetlinkHandle
 from overlay.netdev import Link, LinkChange, NetlinkFailure, NewLink, Veth, Vxlan, VxlanInfo
@@ -112,6 +115,8 @@ class FakeNetns(FakeRoutes, FakeNatTables, FakeNeighbours, NetlinkHandle):
         device.vxlan = VxlanInfo(new.vni, new.local, new.port, new.learning)
         device.mtu = new.mtu or device.mtu
         device.mac = (new.mac or device.mac).lower()
+        if new.remote is not None:  # point to point: the all-zeros MAC's entry holds the remote
+            self._fdb[device.index] = {ZERO_MAC: new.remote}
 
     def _add_veth(self, new: Veth) -> None:
         there = self if new.peer_netns is None else self._kernel.resolve(new.peer_netns)
@@ -161,6 +166,7 @@ class FakeNetns(FakeRoutes, FakeNatTables, FakeNeighbours, NetlinkHandle):
         device.mac = change.mac.lower() if change.mac is not None else device.mac
         if change.up is not None:
             device.up = change.up
+            self._local_table |= change.up and device.index == LOOPBACK
             if not change.up:
                 self._flush_routes(device.index)
                 self._link_down(device.index)
@@ -198,6 +204,7 @@ class FakeNetns(FakeRoutes, FakeNatTables, FakeNeighbours, NetlinkHandle):
         if address in device.addresses:
             raise NetlinkFailure(f"add address {address}", errno.EEXIST)
         device.addresses.append(address)
+        self._local_table = True
 
     def remove_address_index(self, index: int, address: IPv4Interface) -> None:
         """Delete an address (a primary takes its secondaries)."""

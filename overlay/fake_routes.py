@@ -24,6 +24,9 @@ class FakeRoutes:
 
     def __init__(self) -> None:
         self._routes: dict[IPv4Network, RouteEntry] = {}
+        # the kernel makes the local table with the first local address (or loopback up) and
+        # judges an onlink gateway by it: without one, every gateway reads as not unicast
+        self._local_table = False
 
     def _device(self, index: int, what: str) -> FakeDevice:
         if index not in self._devices:
@@ -49,7 +52,7 @@ class FakeRoutes:
         device = self._device(index, what)
         if not device.up:
             raise NetlinkFailure(what, errno.ENETDOWN)
-        if onlink and (gateway is None or self._is_local(gateway)):
+        if onlink and (gateway is None or not self._local_table or self._is_local(gateway)):
             raise NetlinkFailure(what, errno.EINVAL)
         if not onlink and gateway is not None and not self._reaches(device, gateway):
             raise NetlinkFailure(what, errno.ENETUNREACH)

@@ -12,16 +12,21 @@ import pytest
 from overlay.kernel import NetlinkHandle
 from overlay.netdev import (
     RTPROT_KERNEL,
+    RTPROT_WEAVE_PY,
     Bridge,
+    FdbEntry,
     Link,
     LinkChange,
     Masquerade,
     NatTable,
+    Neighbour,
     NetlinkFailure,
     Route,
     RouteEntry,
+    UdpGuard,
     Veth,
     Vxlan,
+    VxlanInfo,
 )
 from tests.overlay import netlink_worlds
 from tests.overlay.netlink_worlds import World
@@ -183,10 +188,27 @@ def test_deleting_a_bridge_frees_its_ports(world: World) -> None:
 def test_vxlan(world: World) -> None:
     _, nl = world.space("a")
     link = nl.ensure_vxlan("wpvx0", 42, ADDR("192.168.1.7"), ADDR("192.168.1.8"), 6784)
-    assert link.kind == "vxlan"
+    assert link.kind == "vxlan" and link.mtu == 1500
+    assert link.vxlan == VxlanInfo(42, ADDR("192.168.1.7"), 6784, True)
     refused(errno.EEXIST, lambda: nl.add_link(Vxlan("wpvx0", 42, ADDR("1.1.1.1"),
                                                     ADDR("1.1.1.2"), 6784)))  # fmt: skip
     refused(errno.EEXIST, lambda: nl.ensure_bridge("wpvx0"))
+    # point to point: the kernel holds the remote as the all-zeros MAC's entry
+    assert nl.list_fdb_index(link.index) == [FdbEntry(ZERO_MAC, ADDR("192.168.1.8"))]
+    assert get(nl, "lo").vxlan is None
+
+
+def test_vxlan_driven_by_forwarding_entries(world: World) -> None:
+    _, nl = world.space("a")
+    new = Vxlan("wpvx0", 6784, ADDR("192.168.1.7"), None, 6784, False, "02:AA:00:00:00:01", 1376)
+    nl.add_link(new)
+    link = get(nl, "wpvx0")
+    assert (link.kind, link.mtu, link.mac, link.up) == ("vxlan", 1376, "02:aa:00:00:00:01", False)
+    assert link.vxlan == VxlanInfo(6784, ADDR("192.168.1.7"), 6784, False)
+    assert nl.list_fdb_index(link.index) == []
+    nl.set_link_index(link.index, LinkChange(mac="02:BB:00:00:00:02", up=True))
+    assert (get(nl, "wpvx0").mac, get(nl, "wpvx0").up) == ("02:bb:00:00:00:02", True)
+    assert get(nl, "wpvx0").vxlan == link.vxlan  # a MAC change leaves the rest alone
 
 
 def test_hairpin_only_on_a_bridge_port_and_lost_when_it_leaves(world: World) -> None:
@@ -214,6 +236,154 @@ def test_hairpin_only_on_a_bridge_port_and_lost_when_it_leaves(world: World) -> 
     refused(errno.ENODEV, lambda: nl.set_link_by_name("wpmissing", LinkChange(up=True)))
 
 
+# -- neighbours and forwarding entries -----------------------------------------------------------
+
+ZERO_MAC = "00:00:00:00:00:00"
+VTEP, VTEP2 = ADDR("10.40.1.1"), ADDR("10.40.2.1")
+MAC, MAC2 = "02:11:00:00:00:01", "02:11:00:00:00:02"
+HOST, HOST2 = ADDR("192.168.1.8"), ADDR("192.168.1.9")
+
+
+def fast_device(nl: NetlinkHandle, up: bool = True) -> int:
+    """A VXLAN device as the fast path makes it (no remote, no learning), up by default, in a
+    namespace whose loopback is up, as a node's is."""
+    nl.set_link_index(1, LinkChange(up=True))
+    nl.add_link(Vxlan("wpvx0", 6784, ADDR("192.168.1.7"), None, 6784, learning=False))
+    index = get(nl, "wpvx0").index
+    if up:
+        nl.set_link_index(index, LinkChange(up=True))
+    return index
+
+
+def test_neighbours_are_replaced_in_place_and_removed(world: World) -> None:
+    _, nl = world.space("a")
+    index = fast_device(nl, up=False)  # a link need not be up to hold them
+    nl.replace_neighbour_index(index, Neighbour(VTEP, MAC))
+    nl.replace_neighbour_index(index, Neighbour(VTEP2, MAC2.upper()))
+    assert set(nl.list_neighbours_index(index)) == {Neighbour(VTEP, MAC), Neighbour(VTEP2, MAC2)}
+    nl.replace_neighbour_index(index, Neighbour(VTEP, MAC2))  # replaced, not a second one
+    assert set(nl.list_neighbours_index(index)) == {Neighbour(VTEP, MAC2), Neighbour(VTEP2, MAC2)}
+    nl.remove_neighbour_index(index, VTEP2)
+    assert nl.list_neighbours_index(index) == [Neighbour(VTEP, MAC2)]
+    refused(errno.ENOENT, lambda: nl.remove_neighbour_index(index, VTEP2))
+    refused(errno.ENODEV, lambda: nl.replace_neighbour_index(999, Neighbour(VTEP, MAC)))
+    assert nl.list_neighbours_index(999) == []
+    other = up_bridge(nl, "wpd0")
+    assert nl.list_neighbours_index(other) == []  # per link
+
+
+def test_neighbours_go_when_their_link_goes_down_or_away(world: World) -> None:
+    _, nl = world.space("a")
+    index = fast_device(nl)
+    nl.replace_neighbour_index(index, Neighbour(VTEP, MAC))
+    nl.set_link_index(index, LinkChange(up=False))  # even permanent ones, not back when up
+    nl.set_link_index(index, LinkChange(up=True))
+    assert nl.list_neighbours_index(index) == []
+    nl.replace_neighbour_index(index, Neighbour(VTEP, MAC))
+    nl.remove_link_index(index)
+    assert nl.list_neighbours_index(index) == []
+
+
+def test_forwarding_entries_one_host_per_mac(world: World) -> None:
+    _, nl = world.space("a")
+    index = fast_device(nl, up=False)
+    nl.replace_fdb_index(index, FdbEntry(MAC, HOST))
+    nl.replace_fdb_index(index, FdbEntry(MAC2, HOST))
+    assert set(nl.list_fdb_index(index)) == {FdbEntry(MAC, HOST), FdbEntry(MAC2, HOST)}
+    nl.replace_fdb_index(index, FdbEntry(MAC, HOST2))  # the host of a MAC is replaced
+    assert set(nl.list_fdb_index(index)) == {FdbEntry(MAC, HOST2), FdbEntry(MAC2, HOST)}
+    nl.remove_fdb_index(index, FdbEntry(MAC, HOST))  # another host's: nothing, and no error
+    assert FdbEntry(MAC, HOST2) in nl.list_fdb_index(index)
+    nl.remove_fdb_index(index, FdbEntry(MAC, HOST2))
+    assert nl.list_fdb_index(index) == [FdbEntry(MAC2, HOST)]
+    refused(errno.ENOENT, lambda: nl.remove_fdb_index(index, FdbEntry(MAC, HOST2)))
+    refused(errno.ENODEV, lambda: nl.replace_fdb_index(999, FdbEntry(MAC, HOST)))
+    refused(errno.ENODEV, lambda: nl.remove_fdb_index(999, FdbEntry(MAC, HOST)))
+
+
+def test_forwarding_entries_outlive_down_not_the_device(world: World) -> None:
+    _, nl = world.space("a")
+    index = fast_device(nl)
+    nl.replace_fdb_index(index, FdbEntry(MAC, HOST))
+    nl.set_link_index(index, LinkChange(up=False))
+    nl.set_link_index(index, LinkChange(up=True))
+    assert nl.list_fdb_index(index) == [FdbEntry(MAC, HOST)]
+    nl.remove_link_index(index)
+    fast_device(nl)  # a new device of the same name starts empty
+    assert nl.list_fdb_index(nl.index("wpvx0")) == []
+
+
+# -- onlink routes (the fast path's: a peer's blocks via its VTEP) -------------------------------
+
+
+def test_onlink_routes_reach_a_gateway_off_every_subnet(world: World) -> None:
+    _, nl = world.space("a")
+    index = fast_device(nl)  # no address at all
+    block = NET("10.40.2.0/24")
+    nl.replace_route_index(NET(f"{VTEP}/32"), index)
+    refused(errno.ENETUNREACH, lambda: nl.replace_route_index(block, index, VTEP))
+    nl.replace_route_index(block, index, VTEP, onlink=True)
+    assert set(nl.list_route_entries()) == {
+        RouteEntry(NET(f"{VTEP}/32"), index, None, RTPROT_WEAVE_PY),
+        RouteEntry(block, index, VTEP, RTPROT_WEAVE_PY, onlink=True),
+    }
+    assert Route(block, "wpvx0", VTEP, onlink=True) in nl.list_routes()
+    assert device(nl, "10.40.2.9") == "wpvx0"
+    tun = up_bridge(nl, "wpd0")
+    nl.replace_route_index(block, tun)  # back to another link: the flag goes with it
+    assert RouteEntry(block, tun, None, RTPROT_WEAVE_PY) in nl.list_route_entries()
+    nl.set_link_index(index, LinkChange(up=False))
+    assert nl.list_route_entries() == [RouteEntry(block, tun, None, RTPROT_WEAVE_PY)]
+
+
+def test_onlink_needs_the_local_table_a_node_always_has(world: World) -> None:
+    _, nl = world.space("a")
+    nl.add_link(Vxlan("wpvx0", 6784, ADDR("192.168.1.7"), None, 6784, learning=False))
+    index = nl.index("wpvx0")
+    nl.set_link_index(index, LinkChange(up=True))
+    block = NET("10.40.2.0/24")
+    # nothing local in the namespace yet: the kernel has no local table to judge the gateway
+    refused(errno.EINVAL, lambda: nl.replace_route_index(block, index, VTEP, onlink=True))
+    nl.set_link_index(1, LinkChange(up=True))
+    nl.replace_route_index(block, index, VTEP, onlink=True)
+    assert nl.list_route_entries() == [RouteEntry(block, index, VTEP, RTPROT_WEAVE_PY, True)]
+
+
+def test_onlink_route_errors(world: World) -> None:
+    _, nl = world.space("a")
+    index = fast_device(nl)
+    down = fast_device_named(nl, "wpvx1")
+    bridge = up_bridge(nl, "wpd0", "10.99.1.1/24")
+    block = NET("10.40.2.0/24")
+    refused(errno.EINVAL, lambda: nl.replace_route_index(block, index, None, onlink=True))
+    refused(errno.EINVAL, lambda: nl.replace_route_index(block, index, ADDR("10.99.1.1"),
+                                                         onlink=True))  # fmt: skip
+    refused(errno.ENETDOWN, lambda: nl.replace_route_index(block, down, VTEP, onlink=True))
+    refused(errno.ENODEV, lambda: nl.replace_route_index(block, 999, VTEP, onlink=True))
+    assert nl.list_route_entries() == []
+    nl.replace_route_index(block, bridge, ADDR("10.99.1.9"), onlink=True)  # on a subnet too
+    assert nl.list_route_entries() == [
+        RouteEntry(block, bridge, ADDR("10.99.1.9"), RTPROT_WEAVE_PY, onlink=True)
+    ]
+
+
+def test_onlink_routes_are_idempotent_by_name(world: World) -> None:
+    _, nl = world.space("a")
+    fast_device(nl)
+    route = Route(NET("10.40.2.0/24"), "wpvx0", VTEP, onlink=True)
+    assert nl.ensure_route(route) is True
+    assert nl.ensure_route(route) is False
+    assert nl.list_routes() == [route]
+    assert nl.remove_route(route) is True
+    assert nl.list_routes() == []
+
+
+def fast_device_named(nl: NetlinkHandle, name: str) -> int:
+    """A second VXLAN device, down (another VNI and port: the kernel keeps them apart)."""
+    nl.add_link(Vxlan(name, 6785, ADDR("192.168.1.7"), None, 6785, learning=False))
+    return get(nl, name).index
+
+
 # -- our nftables table ------------------------------------------------------------------------
 
 
@@ -232,6 +402,24 @@ def test_nat_tables_by_name_read_back_exactly(world: World) -> None:
     assert nl.nat_table("wpnat") == NatTable(True, tuple(rules[:1]))
     nl.replace_nat_table("wpnat", [])
     assert nl.nat_table("wpnat") == NatTable(True, ())
+
+
+def test_a_guard_shares_the_table_and_its_transaction(world: World) -> None:
+    _, nl = world.space("a")
+    masquerade = (Masquerade(NET("10.32.0.0/12"), NET("10.32.0.0/12")),)
+    guard = UdpGuard(6784, frozenset({ADDR("192.168.1.8"), ADDR("192.168.1.9")}))
+    nl.replace_nat_table("wpnat", masquerade, guard)
+    assert nl.nat_table("wpnat") == NatTable(True, masquerade, guard)
+    nobody = UdpGuard(6784, frozenset())  # drops every datagram to the port
+    nl.replace_nat_table("wpnat", (), nobody)  # a guard alone is a table of ours too
+    assert nl.nat_table("wpnat") == NatTable(True, (), nobody)
+    nl.replace_nat_table("wpnat", masquerade)  # no guard: its chain and set are gone
+    assert nl.nat_table("wpnat") == NatTable(True, masquerade, None)
+    many = UdpGuard(4789, frozenset(ADDR(0xC0A80000 + i) for i in range(600)))
+    nl.replace_nat_table("wpnat", masquerade, many)  # hosts sent in more than one message
+    assert nl.nat_table("wpnat") == NatTable(True, masquerade, many)
+    nl.remove_nat_table("wpnat")
+    assert nl.nat_table("wpnat") is None
 
 
 def test_a_nat_table_is_changed_and_removed_alone(world: World) -> None:
