@@ -32,11 +32,11 @@ import socket
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address
 
 from overlay.icmp import checksum
-from overlay.paths import PROBE_INTERVAL, Paths
+from overlay.paths import PROBE_INTERVAL, Candidate, Paths
 
 log = logging.getLogger("weave-py.paths")
 
@@ -139,6 +139,11 @@ class Prober:
         self._source = vtep
         self._close()
         self._retry_at = 0.0
+        self.poke()
+
+    def set_candidates(self, candidates: Iterable[Candidate]) -> None:
+        """The peers to choose for (``Paths.set_candidates`` at this moment), probed at once."""
+        self.paths.set_candidates(candidates, time.monotonic())
         self.poke()
 
     def poke(self) -> None:

@@ -151,7 +151,7 @@ async def _scenario(ns_a: str, ns_b: str) -> None:
         switches.extend((time.monotonic(), s) for s in paths.events())
 
     prober = Prober(paths, DEVICE, on_change)
-    paths.set_candidates([Candidate(B_NAME, "b", VTEP["b"])], time.monotonic())
+    prober.set_candidates([Candidate(B_NAME, "b", VTEP["b"])])
     prober.set_source(VTEP["a"])
     task = asyncio.create_task(prober.run())
     fast = lambda: B_NAME in paths.on_fast()  # noqa: E731
