@@ -1,11 +1,13 @@
 """What only the real kernel has: namespaces by name, sysctls inside one, the TUN device, other
-tools' nftables tables and rules of shapes we never make. Links, addresses, routes and our NAT
-table are the netlink contract's (tests/overlay/test_netlink_contract.py), run on the kernel
-too."""
+tools' nftables tables and rules of shapes we never make, and what packets do with the state
+the seam sets up (the UDP guard's drops, a VTEP reached through forwarding entries). Links,
+addresses, routes, neighbours and our table are the netlink contract's
+(tests/overlay/test_netlink_contract.py), run on the kernel too."""
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 import subprocess
 
 import pytest
@@ -18,7 +20,16 @@ from pyroute2.netlink.nfnetlink.nftsocket import (
 )
 
 from overlay import netlink, nft_rules, nftables, tun
-from overlay.netdev import Masquerade, NatTable, NetlinkFailure
+from overlay.netdev import (
+    FdbEntry,
+    LinkChange,
+    Masquerade,
+    NatTable,
+    Neighbour,
+    NetlinkFailure,
+    UdpGuard,
+    Vxlan,
+)
 from overlay.netlink import Netlink
 from overlay.netns import NETNS_DIR, run_in_netns
 from overlay.sysctl import ensure_sysctl, read_sysctl
@@ -109,3 +120,114 @@ def test_what_we_do_not_make_in_our_table_reads_as_not_ours(scratch_netns) -> No
 def _append(ns: str, message: object) -> None:
     """One more message to a table, by hand (not through the seam, which makes only ours)."""
     run_in_netns(ns, nftables._with_socket, lambda nft: nftables._transaction(nft, [message]))
+
+
+def test_a_guard_rule_of_another_shape_reads_as_not_ours(scratch_netns) -> None:
+    ns = scratch_netns("guard")
+    guard = UdpGuard(6784, frozenset({ipaddress.IPv4Address("192.0.2.1")}))
+    with Netlink(ns) as nl:
+        nl.replace_nat_table("weave-py", [], guard)
+        assert nl.nat_table("weave-py") == NatTable(True, (), guard)
+        second = nft_rules.guard_expressions(6785)  # two rules where we make one
+        _append(ns, nftables._message(
+            nft_rule_msg, NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND,
+            NFTA_RULE_TABLE="weave-py", NFTA_RULE_CHAIN="input", NFTA_RULE_EXPRESSIONS=second,
+        ))  # fmt: skip
+        assert nl.nat_table("weave-py") == NatTable(False, (), None)
+        nl.replace_nat_table("weave-py", [], guard)
+        assert nl.nat_table("weave-py") == NatTable(True, (), guard)
+
+
+# -- what the kernel does with what the seam sets up ---------------------------------------------
+
+
+def _pair(scratch_netns, here: str, there: str) -> tuple[str, str]:
+    """Two namespaces joined by a veth pair ``wpu0`` (in the first) -- ``wpu1``, up."""
+    a, b = scratch_netns(here), scratch_netns(there)
+    with Netlink(a) as nl:
+        nl.ensure_veth("wpu0", "wpu1", b)
+        nl.set_link("wpu0", up=True)
+        nl.set_link("lo", up=True)
+    with Netlink(b) as nl:
+        nl.set_link("wpu1", up=True)
+        nl.set_link("lo", up=True)
+    return a, b
+
+
+def _udp(ns: str, address: str, port: int = 0) -> socket.socket:
+    """A UDP socket of namespace ``ns`` bound to ``address``."""
+    sock = run_in_netns(ns, socket.socket, socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((address, port))
+    sock.settimeout(0.5)
+    return sock
+
+
+def _arrivals(receiver: socket.socket) -> set[bytes]:
+    seen: set[bytes] = set()
+    try:
+        while True:
+            seen.add(receiver.recv(100))
+    except TimeoutError:
+        return seen
+
+
+def test_the_guard_drops_datagrams_to_its_port_from_other_hosts(scratch_netns) -> None:
+    a, b = _pair(scratch_netns, "ga", "gb")
+    with Netlink(a) as nl:
+        for address in ("192.168.77.1/24", "192.168.77.3/24"):
+            nl.ensure_address("wpu0", ipaddress.IPv4Interface(address))
+    with Netlink(b) as nl:
+        nl.ensure_address("wpu1", ipaddress.IPv4Interface("192.168.77.2/24"))
+        allowed = frozenset({ipaddress.IPv4Address("192.168.77.1")})
+        nl.replace_nat_table("weave-py", [], UdpGuard(6784, allowed))
+    guarded, open_port = _udp(b, "192.168.77.2", 6784), _udp(b, "192.168.77.2", 6785)
+    peer, stranger = _udp(a, "192.168.77.1"), _udp(a, "192.168.77.3")
+    try:
+        for sender, name in ((peer, b"peer"), (stranger, b"stranger")):
+            sender.sendto(name, ("192.168.77.2", 6784))
+            sender.sendto(name, ("192.168.77.2", 6785))
+        assert _arrivals(guarded) == {b"peer"}
+        assert _arrivals(open_port) == {b"peer", b"stranger"}  # other ports: untouched
+        with Netlink(b) as nl:
+            nl.replace_nat_table("weave-py", [], UdpGuard(6784, frozenset()))
+        peer.sendto(b"peer again", ("192.168.77.2", 6784))
+        assert _arrivals(guarded) == set()  # no hosts: nobody
+    finally:
+        for sock in (guarded, open_port, peer, stranger):
+            sock.close()
+
+
+def test_a_vtep_answers_through_forwarding_entries_alone(scratch_netns) -> None:
+    """The fast path's kernel state, made with the seam's primitives only: a VXLAN device
+    without a remote or learning on each side, the peer's VTEP routed on it with a permanent
+    neighbour and a forwarding entry to the peer's host; a ping crosses, source bound to our
+    VTEP on a bridge, and the peer's kernel answers the same way."""
+    a, b = _pair(scratch_netns, "va", "vb")
+    hosts = {a: "192.168.78.1", b: "192.168.78.2"}
+    vteps = {a: "10.40.1.1", b: "10.40.2.1"}
+    macs = {a: "02:00:00:00:0a:01", b: "02:00:00:00:0b:01"}
+    for ns, other, uplink in ((a, b, "wpu0"), (b, a, "wpu1")):
+        _fast_side(ns, uplink, hosts[ns], vteps[ns], macs[ns], hosts[other], vteps[other],
+                   macs[other])  # fmt: skip
+    ping = ["ping", "-c", "2", "-W", "2", "-I", vteps[a], vteps[b]]
+    done = subprocess.run(["nsenter", f"--net={NETNS_DIR}/{a}", *ping], capture_output=True,
+                          text=True, timeout=30)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _fast_side(ns: str, uplink: str, host: str, vtep: str, mac: str, peer_host: str,
+               peer_vtep: str, peer_mac: str) -> None:  # fmt: skip
+    iface = ipaddress.IPv4Interface
+    with Netlink(ns) as nl:
+        nl.ensure_address(uplink, iface(f"{host}/24"))
+        bridge = nl.ensure_bridge("wpbr").index
+        nl.set_link_index(bridge, LinkChange(up=True))
+        nl.add_address_index(bridge, iface(f"{vtep}/24"))
+        nl.add_link(Vxlan("wpvx", 6784, ipaddress.IPv4Address(host), None, 6784, False, mac, 1400))
+        index = nl.index("wpvx")
+        nl.set_link_index(index, LinkChange(up=True))
+        peer = ipaddress.IPv4Address(peer_vtep)
+        nl.replace_neighbour_index(index, Neighbour(peer, peer_mac))
+        nl.replace_fdb_index(index, FdbEntry(peer_mac, ipaddress.IPv4Address(peer_host)))
+        nl.replace_route_index(ipaddress.IPv4Network(f"{peer}/32"), index)
+        assert nl.list_neighbours_index(index) == [Neighbour(peer, peer_mac)]
