@@ -6,16 +6,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from overlay.netdev import Link, VxlanInfo
-
-if TYPE_CHECKING:
-    from overlay.fake_netns import FakeNetns
 
 LOOPBACK = 1
 DEFAULT_MTU = 1500
 DEFAULT_GSO_MAX_SIZE = 65536
+
+
+class PeerSpace(Protocol):
+    """The namespace a veth's peer lives in, as the link sees it."""
+
+    def drop_link(self, index: int) -> None:
+        """Delete link ``index`` with what it takes along, if it is still there."""
 
 
 @dataclass
@@ -31,7 +35,7 @@ class FakeDevice:
     master: int = 0
     gso_max_size: int = DEFAULT_GSO_MAX_SIZE
     hairpin: bool = False
-    peer: tuple[FakeNetns, int] | None = None
+    peer: tuple[PeerSpace, int] | None = None
     addresses: list[IPv4Interface] = field(default_factory=list)
     vxlan: VxlanInfo | None = None
 

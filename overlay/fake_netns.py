@@ -186,8 +186,13 @@ class FakeNetns(FakeRoutes, FakeNatTables, FakeNeighbours, NetlinkHandle):
                 port.master, port.hairpin = 0, False
         if device.peer is not None:
             there, peer = device.peer
-            if peer in there._devices:
-                there._delete(peer)
+            there.drop_link(peer)
+
+    def drop_link(self, index: int) -> None:
+        """Delete link ``index`` with what it takes along, if it is still there (the other
+        end of a veth deleted elsewhere)."""
+        if index in self._devices:
+            self._delete(index)
 
     # -- addresses ---------------------------------------------------------------------------
 
