@@ -201,7 +201,8 @@ def test_a_vtep_answers_through_forwarding_entries_alone(scratch_netns) -> None:
     """The fast path's kernel state, made with the seam's primitives only: a VXLAN device
     without a remote or learning on each side, the peer's VTEP routed on it with a permanent
     neighbour and a forwarding entry to the peer's host; a ping crosses, source bound to our
-    VTEP on a bridge, and the peer's kernel answers the same way."""
+    VTEP on a bridge, and the peer's kernel answers the same way -- unless the peer's guard
+    leaves our host out."""
     a, b = _pair(scratch_netns, "va", "vb")
     hosts = {a: "192.168.78.1", b: "192.168.78.2"}
     vteps = {a: "10.40.1.1", b: "10.40.2.1"}
@@ -209,10 +210,21 @@ def test_a_vtep_answers_through_forwarding_entries_alone(scratch_netns) -> None:
     for ns, other, uplink in ((a, b, "wpu0"), (b, a, "wpu1")):
         _fast_side(ns, uplink, hosts[ns], vteps[ns], macs[ns], hosts[other], vteps[other],
                    macs[other])  # fmt: skip
-    ping = ["ping", "-c", "2", "-W", "2", "-I", vteps[a], vteps[b]]
-    done = subprocess.run(["nsenter", f"--net={NETNS_DIR}/{a}", *ping], capture_output=True,
+    assert _ping(a, vteps[a], vteps[b]), "no answer through the VXLAN devices"
+    with Netlink(b) as nl:  # the guard holds the VXLAN port too: only listed hosts get in
+        nl.replace_nat_table("weave-py", [], UdpGuard(6784, frozenset()))
+        assert not _ping(a, vteps[a], vteps[b], count=1)
+        listed = frozenset({ipaddress.IPv4Address(hosts[a])})
+        nl.replace_nat_table("weave-py", [], UdpGuard(6784, listed))
+        assert _ping(a, vteps[a], vteps[b])
+
+
+def _ping(ns: str, source: str, destination: str, count: int = 2) -> bool:
+    """Whether ``destination`` answers an echo from ``source`` in namespace ``ns``."""
+    ping = ["ping", "-c", str(count), "-W", "2", "-I", source, destination]
+    done = subprocess.run(["nsenter", f"--net={NETNS_DIR}/{ns}", *ping], capture_output=True,
                           text=True, timeout=30)  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    return done.returncode == 0
 
 
 def _fast_side(ns: str, uplink: str, host: str, vtep: str, mac: str, peer_host: str,
