@@ -32,8 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(Config):
         meta = f.metadata
         action = "append" if f.name in LISTS else "store"
-        bare = {"nargs": "?", "const": "true"} if f.type in (bool, "bool") else {}
-        parser.add_argument(meta["flag"], dest=f.name, action=action, help=meta["doc"], **bare)
+        if f.type in (bool, "bool"):  # a bare flag means true
+            parser.add_argument(
+                meta["flag"], dest=f.name, nargs="?", const="true", help=meta["doc"]
+            )
+        else:
+            parser.add_argument(meta["flag"], dest=f.name, action=action, help=meta["doc"])
 
 
 def load(

@@ -31,10 +31,12 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from agent.fastpath import FastPath
 from agent.peers import Member, View
 from gossip.identity import peer_id
 from gossip.topology import PeerRecord
 from overlay.node import NodeSpec
+from overlay.paths import Candidate
 from overlay.peer import PeerSpec
 
 Net = ipaddress.IPv4Network
@@ -75,6 +77,7 @@ class Plan:
     """What the drivers carry out after one step; None (or False) means unchanged."""
 
     peers: tuple[PeerSpec, ...] | None = None
+    candidates: tuple[Candidate, ...] | None = None  # for path choice (overlay/paths.py)
     local: Local | None = None
     node: NodeSpec | None = None
     save: bool = False
@@ -84,7 +87,8 @@ class Plan:
 
 class Coordinator:
     """The node's policy. ``base`` is the node state without pods' gateways and routes (bridge,
-    TUN, MTU, GSO size); ``kept`` the routes found in the kernel at start."""
+    TUN, MTU, GSO size); ``kept`` the routes found in the kernel at start; ``fastpath`` the fast
+    path's policy (agent/fastpath.py; by default off)."""
 
     def __init__(
         self,
@@ -93,27 +97,43 @@ class Coordinator:
         kept: Iterable[Net] = (),
         grace_until: float = 0.0,
         step_interval: float = STEP_INTERVAL,
+        fastpath: FastPath | None = None,
     ) -> None:
         self.ipam = ipam
         self.base = base
+        self.fastpath = fastpath or FastPath(None)
         self.kept = frozenset(kept)
         self.grace_until = grace_until
         self.step_interval = step_interval
         self._peers: tuple[PeerSpec, ...] | None = None
+        self._candidates: tuple[Candidate, ...] | None = None
         self._local: Local | None = None
         self._node: NodeSpec | None = None
         self._published: dict[str, Any] = {}
 
-    def step(self, now: float, wall_ns: int, view: View, unreachable: Sequence[str]) -> Plan:
-        """Take in the time, the source's view and the data plane's unreachable peers."""
+    def step(
+        self,
+        now: float,
+        wall_ns: int,
+        view: View,
+        unreachable: Sequence[str],
+        fast: Set[str] = frozenset(),
+    ) -> Plan:
+        """Take in the time, the source's view, the data plane's unreachable peers and the
+        peers path choice holds on the fast path."""
         ring_changed = self.ipam.step(view.records, view.live, wall_ns)
-        peers = tuple(self._spec(m) for m in view.members)
+        routable = [(m, self._routable(m)) for m in view.members]
+        peers = tuple(self._spec(m, blocks) for m, blocks in routable)
+        own, grace = self.ipam.owned, now < self.grace_until
+        candidates = self.fastpath.update(routable, fast, own, now, grace)
         gateways = tuple(g.ip for g in self.ipam.gateways)
-        local = Local(tuple(self.ipam.owned), self._router_address(), gateways)
-        node = self._desired(peers, now)
-        fields = {**self.ipam.record_fields(), "unreachable": tuple(sorted(unreachable))}
+        local = Local(tuple(own), self._router_address(), gateways)
+        node = replace(self._desired(peers, now), fastdp=self.fastpath.state(fast, own, grace))
+        fields = {**self.ipam.record_fields(), "unreachable": tuple(sorted(unreachable)),
+                  "fastdp": self.fastpath.record_value(self.ipam.gateways)}  # fmt: skip
         plan = Plan(
             peers=self._changed("_peers", peers),
+            candidates=self._changed("_candidates", candidates),
             local=self._changed("_local", local),
             node=self._changed("_node", node),
             save=ring_changed,
@@ -127,10 +147,12 @@ class Coordinator:
         """The desired node state last given (the periodic repair applies it again)."""
         return self._node
 
-    def _spec(self, m: Member) -> PeerSpec:
-        blocks = self.ipam.routable(m.record) if m.record is not None else m.blocks
+    def _routable(self, m: Member) -> tuple[Net, ...]:
+        """The blocks routed to ``m``: IPAM's (or configuration's) less our own space."""
+        return self._remote(self.ipam.routable(m.record) if m.record is not None else m.blocks)
+
+    def _spec(self, m: Member, blocks: tuple[Net, ...]) -> PeerSpec:
         key = m.record.sleeve_key if m.record is not None else b""
-        blocks = self._remote(blocks)
         return PeerSpec(peer_id(m.name), m.nickname, m.endpoint, blocks, m.via, m.name, key)
 
     def _remote(self, blocks: Iterable[Net]) -> tuple[Net, ...]:

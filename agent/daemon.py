@@ -33,10 +33,11 @@ from agent.cni.server import serve
 from agent.config import Config, split_hostport
 from agent.coordinator import ROUTE_GRACE, Coordinator, Plan
 from agent.execution import Execution
+from agent.fastpath import policy
 from agent.ipam import Ipam, Settings
 from agent.kernel import NodeKernel
 from agent.listeners import listen_tcp, listen_unix
-from agent.peer_log import peer_event, peer_tables
+from agent.peer_log import path_switch, peer_event, peer_tables
 from agent.peer_name import load_or_create
 from agent.peers import kube_api
 from agent.peers.source import peer_source
@@ -49,6 +50,8 @@ from agent.supervisor import Supervisor, close_server, exit_if_stuck
 from gossip.identity import Identity
 from overlay import node, udp
 from overlay.datapath import Datapath
+from overlay.paths import Paths
+from overlay.prober import Prober
 from overlay.seal import Keyring
 from overlay.sleeve import Sleeve
 
@@ -71,8 +74,16 @@ class Agent:
         base = node.NodeSpec(c.bridge, c.tun, kernel.mtu, c.gso_max_size, (), frozenset(),
                              hairpin=True, masquerade=masquerade)  # fmt: skip
         grace = time.monotonic() + ROUTE_GRACE
-        self.coordinator = Coordinator(self.ipam, base, kernel.underlay.kept, grace)
         self.secrets = load_secrets(c)
+        address = c.advertise_address or kernel.underlay.address
+        fastpath = policy(
+            c, address, identity.name, self.secrets.enabled, kernel.underlay.kept_fast
+        )
+        self.coordinator = Coordinator(self.ipam, base, kernel.underlay.kept, grace,
+                                       fastpath=fastpath)  # fmt: skip
+        self.paths = Paths()
+        self.prober = (Prober(self.paths, c.vxlan_device, self._paths_changed)
+                       if fastpath.template is not None else None)  # fmt: skip
         self.keyring = (Keyring(identity.name, self.secrets, time.monotonic())
                         if self.secrets.enabled else None)  # fmt: skip
         claim = self.ipam.record_fields()
@@ -117,14 +128,36 @@ class Agent:
         async with self._stepping:
             now = time.monotonic()
             view = self.source.view()
-            plan = self.coordinator.step(now, time.time_ns(), view, self.sleeve.unreachable(now))
+            fast = self.paths.on_fast()
+            unreachable = self.sleeve.unreachable(now)
+            plan = self.coordinator.step(now, time.time_ns(), view, unreachable, fast)
             await self._carry_out(plan, now)
+            if plan.candidates is not None:
+                self._choose_paths(plan, now, fast)
         self.addresses.space_arrived()
+
+    def _choose_paths(self, plan: Plan, now: float, fast: frozenset[str]) -> None:
+        """Hand path choice its candidates; step again when that moved a peer at once."""
+        assert plan.candidates is not None
+        self.paths.set_candidates(plan.candidates, now)
+        if self.prober is not None:
+            self.prober.poke()
+        self._paths_changed()
+        if self.paths.on_fast() != fast:
+            self.wake()
+
+    def _paths_changed(self) -> None:
+        """Path choice moved peers (or has news): log each switch, step the coordinator."""
+        for switch in self.paths.events():
+            path_switch(switch)
+        self.wake()
 
     async def _carry_out(self, plan: Plan, now: float) -> None:
         if plan.local is not None:
             self.sleeve.set_local_blocks(plan.local.blocks, plan.local.router_address,
                                          plan.local.gateways)  # fmt: skip
+            if self.prober is not None:
+                self.prober.set_source(plan.local.gateways[0] if plan.local.gateways else None)
         if plan.peers is not None:
             self.sleeve.set_peers(plan.peers, now)
             self.datapath.poke()
@@ -191,6 +224,8 @@ class Agent:
             self._note_readiness()
             tasks = self.supervisor
             tasks.start("datapath", self.datapath.run())
+            if self.prober is not None:
+                tasks.start("prober", self.prober.run())
             tasks.start(self.source.kind, self.source.run(self.wake))
             tasks.start("follow", self._follow_loop())
             tasks.start("repair", self._repair_loop())
@@ -274,6 +309,7 @@ class Agent:
             ipam=self.ipam.status(view.records, view.live, self.identity.nickname),
             sleeve=self.sleeve, routes=self.kernel.routes, control=self.source.connections(),
             terminations=self.source.terminations(), rejected=self.source.rejections(),
+            paths=self.paths.states(), wall_offset=time.time() - time.monotonic(),
         )  # fmt: skip
 
     def readiness(self) -> tuple[str, ...]:

@@ -13,11 +13,11 @@ import ipaddress
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from agent.config import Config
-from overlay import frame, node
+from overlay import fastdp, frame, node
 from overlay.kernel import NetlinkHandle
 from overlay.netdev import Route
 from overlay.netlink import Netlink
@@ -28,6 +28,7 @@ from overlay.tun import TunDevice, open_tun
 log = logging.getLogger("weave-py")
 DEFAULT_UNDERLAY_MTU = 1500
 LOOPBACK = "lo"
+VXLAN_OVERHEAD = 50  # the fast path's outer IPv4, UDP, VXLAN and Ethernet headers
 T = TypeVar("T")
 Net = ipaddress.IPv4Network
 
@@ -43,14 +44,26 @@ class Underlay:
 
     mtu: int  # of the interface that carries peer traffic (1500 when unknown)
     address: str | None  # this node's address on that interface (None when unknown)
-    kept: frozenset[Net]  # our routes already in the kernel (a previous agent's)
+    kept: frozenset[Net]  # our sleeve routes already in the kernel (a previous agent's)
+    kept_fast: fastdp.KeptFastdp = fastdp.KeptFastdp({}, frozenset())  # its fast-path state
 
 
-def survey(nl: NetlinkHandle, hosts: list[str], advertise: str = "") -> Underlay:
+def survey(
+    nl: NetlinkHandle, hosts: list[str], advertise: str = "", tun: str = "", vxlan: str = ""
+) -> Underlay:
     """The underlay: the interface that holds ``advertise`` when one is given, else the one
     that routes to the first of ``hosts`` that is not this node's own address (a seed list
-    shared by every node names each node too, and the route to oneself is ``lo``)."""
-    kept = frozenset(r.destination for r in nl.list_routes())
+    shared by every node names each node too, and the route to oneself is ``lo``). With it,
+    what a previous agent left: our routes into ``tun`` (all of ours when not given) and the
+    fast path's state on the device ``vxlan``."""
+    kept = frozenset(r.destination for r in nl.list_routes() if r.device == tun or not tun)
+    fast = fastdp.kept_fastdp(nl, vxlan) if vxlan else fastdp.KeptFastdp({}, frozenset())
+    return replace(_underlay(nl, hosts, advertise, kept), kept_fast=fast)
+
+
+def _underlay(
+    nl: NetlinkHandle, hosts: list[str], advertise: str, kept: frozenset[Net]
+) -> Underlay:
     links = [link for link in nl.list_links() if link.name != LOOPBACK]
     held = {str(a.ip): link for link in links for a in nl.list_addresses_index(link.index)}
     if advertise and advertise in held:
@@ -87,14 +100,15 @@ class NodeKernel:
         thread = ThreadPoolExecutor(1, thread_name_prefix="netlink")
         try:
             hosts = first_hosts(config)
-            nl, underlay = await _on(thread, _survey, hosts, config.advertise_address)
+            nl, underlay = await _on(thread, _survey, hosts, config)
             tun = open_tun(config.tun, offload=config.offload)
         except BaseException:
             thread.shutdown()
             raise
         log.info("open tun: %s offload=%s", config.tun, tun.offload)
         sealed = bool(config.password or config.password_file)
-        mtu = config.mtu or underlay.mtu - frame.OVERHEAD - (AEAD_EXTRA if sealed else 0)
+        overhead = max(frame.OVERHEAD, VXLAN_OVERHEAD) + (AEAD_EXTRA if sealed else 0)
+        mtu = config.mtu or underlay.mtu - overhead
         return cls(tun, tun.offload, underlay, mtu, thread, node.Reconciler(nl))
 
     async def reconcile(self, spec: node.NodeSpec) -> list[node.Action]:
@@ -114,9 +128,10 @@ class NodeKernel:
         self._thread.shutdown()
 
 
-def _survey(hosts: list[str], advertise: str) -> tuple[Netlink, Underlay]:
+def _survey(hosts: list[str], config: Config) -> tuple[Netlink, Underlay]:
     nl = Netlink()
-    return nl, survey(nl, hosts, advertise)
+    vxlan = "" if config.no_fastdp else config.vxlan_device
+    return nl, survey(nl, hosts, config.advertise_address, config.tun, vxlan)
 
 
 async def _on(thread: ThreadPoolExecutor, fn: Callable[..., T], *args: object) -> T:

@@ -127,7 +127,9 @@ def test_unreachable_peers_are_published_once_per_change() -> None:
     ipam = Ipam(Settings(RANGE, 24, pod_block=Net("10.32.1.0/24")), A, 1, None)
     coordinator, view = Coordinator(ipam, BASE), View()
     first = coordinator.step(0.0, wall(0.0), view, ())
-    assert first.publish == {"blocks": ("10.32.1.0/24",), "meta": b"", "unreachable": ()}
+    assert first.publish == {
+        "blocks": ("10.32.1.0/24",), "meta": b"", "unreachable": (), "fastdp": b"",
+    }  # fmt: skip
     assert coordinator.step(0.5, wall(0.5), view, ()).publish is None
     cut = coordinator.step(1.0, wall(1.0), view, (C, B))
     assert cut.publish == {"unreachable": (B, C)}

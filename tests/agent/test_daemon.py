@@ -35,7 +35,7 @@ from overlay import node
 from overlay.fake_kernel import FakeKernel
 from overlay.fakes import FakeTun
 from overlay.ipam import store
-from overlay.netdev import RTPROT_WEAVE_PY, Masquerade, NatTable, NetlinkFailure, Route
+from overlay.netdev import RTPROT_WEAVE_PY, Masquerade, NatTable, NetlinkFailure, Route, UdpGuard
 from overlay.node import NAT_TABLE
 
 Net = ipaddress.IPv4Network
@@ -142,11 +142,26 @@ async def test_masquerading_can_be_turned_off(
     fake: FakeKernel, tmp_path: Path, threads: list[ThreadPoolExecutor]
 ) -> None:
     fake.host.replace_nat_table(NAT_TABLE, [])  # left by an agent that masqueraded
-    config = make_config(tmp_path, pod_block=POD_BLOCK, masquerade=False)
+    config = make_config(tmp_path, pod_block=POD_BLOCK, masquerade=False, no_fastdp=True)
     agent = build(fake, config, threads)
     await agent.start()
     try:
         assert fake.host.nat_table(NAT_TABLE) is None
+    finally:
+        agent.close()
+
+
+async def test_without_masquerade_the_table_holds_only_the_fast_paths_guard(
+    fake: FakeKernel, tmp_path: Path, threads: list[ThreadPoolExecutor]
+) -> None:
+    config = make_config(tmp_path, pod_block=POD_BLOCK, masquerade=False)
+    agent = build(fake, config, threads)
+    await agent.start()
+    try:
+        table = fake.host.nat_table(NAT_TABLE)
+        assert table is not None and table.rules == ()
+        assert table.guard == UdpGuard(6784, frozenset())  # no peer yet: no VXLAN accepted
+        assert fake.host.link(config.vxlan_device) is not None
     finally:
         agent.close()
 

@@ -826,10 +826,12 @@ def test_path_per_peer_metrics() -> None:
     node3 = (("nickname", "node-3"), ("peer", "aa:bb:cc:dd:ee:03"))
     node4 = (("nickname", "node-4"), ("peer", "aa:bb:cc:dd:ee:04"))
     assert [samples[("weave_py_peer_fastdp", who)] for who in (node2, node3, node4)] == [1, 0, 0]
-    switches = [samples[("weave_py_peer_path_switches_total", who)] for who in (node2, node3, node4)]
+    counter = "weave_py_peer_path_switches_total"
+    switches = [samples[(counter, who)] for who in (node2, node3, node4)]
     assert switches == [1, 0, 2]
     types = {f.name: f.type for f in text_string_to_metric_families(body)}
-    assert (types["weave_py_peer_fastdp"], types["weave_py_peer_path_switches"]) == ("gauge", "counter")
+    kinds = (types["weave_py_peer_fastdp"], types["weave_py_peer_path_switches"])
+    assert kinds == ("gauge", "counter")
 
 
 def test_a_switch_shows_in_the_metrics_at_the_next_scrape() -> None:
