@@ -65,7 +65,7 @@ from agent.lab.lab import Lab
 from agent.lab.plan import LabPlan
 from bench import figures, revision, topology
 from bench.figures import Result
-from bench.revision import ROOT, SLEEVE_ARGS, OldCodeLab, sleeve_args
+from bench.revision import ROOT, SLEEVE_ARGS, OldCodeLab, has_fastdp
 from bench.topology import Baseline
 from overlay.frame import FLAG_AEAD
 
@@ -336,7 +336,7 @@ def run_all(
         (Lab(bench_plan(f"{name}s"), SLEEVE_ARGS), "sleeve"),
     ]
     if baseline_code is not None:
-        old = OldCodeLab(bench_plan(f"{name}a"), baseline_code, sleeve_args(baseline_code))
+        old = OldCodeLab(bench_plan(f"{name}a"), baseline_code, has_fastdp(baseline_code))
         labs.append((old, "baseline"))
     if encrypted:
         labs.append((encrypted_lab(f"{name}e"), "encrypted"))

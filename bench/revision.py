@@ -1,7 +1,8 @@
 """The A/B benchmark's other side: the code of an older git revision, checked out in a temporary
-worktree outside the checkout, and a lab whose agents run it on the sleeve (an older revision
-has no fast path; one that has it is started ``--no-fastdp``), to be measured against this
-code's sleeve."""
+worktree outside the checkout, and a lab whose agents run it on the sleeve, to be measured
+against this code's sleeve. Code that has the fast path is started ``--no-fastdp``; code from
+before it is started without the options this checkout's lab adds for it (it would refuse them).
+"""
 
 from __future__ import annotations
 
@@ -18,19 +19,37 @@ from agent.lab.plan import LabPlan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
 SLEEVE_ARGS = ("--no-fastdp",)  # what keeps this code's agents off the fast path
+FASTDP_OPTIONS = ("--vxlan-device",)  # the lab's options (each with a value) for the fast path
 
 
 class OldCodeLab(Lab):
     """A lab whose agents import the code checked out at ``code`` instead of this checkout's:
     ``PYTHONPATH`` puts it first and ``PYTHONSAFEPATH`` keeps ``python -m`` from putting the
-    working directory (this checkout) before it."""
+    working directory (this checkout) before it. ``fastdp``: that code has the fast path (see
+    :func:`has_fastdp`); its agents run ``--no-fastdp``, else without FASTDP_OPTIONS."""
 
-    def __init__(self, plan: LabPlan, code: str, agent_args: tuple[str, ...] = ()) -> None:
-        super().__init__(plan, agent_args)
+    def __init__(self, plan: LabPlan, code: str, fastdp: bool) -> None:
+        super().__init__(plan, SLEEVE_ARGS if fastdp else ())
         self.code = code
+        self.fastdp = fastdp
 
     def agent_command(self, i: int) -> list[str]:
-        return ["env", *code_environment(self.code), *super().agent_command(i)]
+        argv = super().agent_command(i)
+        if not self.fastdp:
+            argv = without_options(argv, FASTDP_OPTIONS)
+        return ["env", *code_environment(self.code), *argv]
+
+
+def without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` without each option in ``names`` and the value that follows it."""
+    kept: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg in names:
+            next(args, None)
+        else:
+            kept.append(arg)
+    return kept
 
 
 def code_environment(code: str) -> list[str]:
@@ -64,7 +83,7 @@ def imported_from(code: str) -> str:
     return os.path.dirname(paths[0])
 
 
-KNOWS_SLEEVE_ARGS = """
+HAS_FASTDP = """
 import dataclasses, os, sys
 try:
     import agent.config as config
@@ -76,11 +95,10 @@ print(any(f.name == "no_fastdp" for f in fields))
 """  # the editable install would find a module the old code lacks in this checkout: not that
 
 
-def sleeve_args(code: str) -> tuple[str, ...]:
-    """What makes agents of the code at ``code`` run the sleeve: ``--no-fastdp`` when that code
-    has a fast path, nothing when it has none (it would refuse the flag)."""
-    argv = ["env", *code_environment(code), sys.executable, "-c", KNOWS_SLEEVE_ARGS, code]
+def has_fastdp(code: str) -> bool:
+    """Whether the code at ``code`` has the fast path (its Config has ``no_fastdp``)."""
+    argv = ["env", *code_environment(code), sys.executable, "-c", HAS_FASTDP, code]
     done = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=60)
     if done.returncode != 0 or done.stdout.strip() not in ("True", "False"):
         raise RuntimeError(f"baseline code does not import: {done.stderr.strip()}")
-    return SLEEVE_ARGS if done.stdout.strip() == "True" else ()
+    return done.stdout.strip() == "True"

@@ -112,11 +112,20 @@ def test_a_switch_during_the_measurement_fails_it(monkeypatch: pytest.MonkeyPatc
 
 def test_the_baseline_agents_import_the_old_code_first() -> None:
     plan = bench_plan("abtest")
-    old = OldCodeLab(plan, "/tmp/old-code", ("--no-fastdp",))
+    old = OldCodeLab(plan, "/tmp/old-code", fastdp=True)
     command = old.agent_command(1)
     assert command[:3] == ["env", "PYTHONSAFEPATH=1", "PYTHONPATH=/tmp/old-code"]
     assert command[3:] == Lab(plan, ("--no-fastdp",)).agent_command(1)
     assert command[-1] == "--no-fastdp"
+
+
+def test_code_before_the_fast_path_gets_none_of_its_options() -> None:
+    plan = bench_plan("abtest")
+    ours = Lab(plan).agent_command(1)
+    assert ours[ours.index("--vxlan-device") + 1] == plan.vxlan
+    command = OldCodeLab(plan, "/tmp/old-code", fastdp=False).agent_command(1)
+    assert command[3:] == [a for a in ours if a not in ("--vxlan-device", plan.vxlan)]
+    assert revision.without_options(["a", "--x", "1", "b", "--x"], ("--x",)) == ["a", "b"]
 
 
 def old_code(root: Path, config: str | None) -> str:
@@ -139,16 +148,13 @@ def test_the_import_check_refuses_code_that_would_not_run(tmp_path: Path) -> Non
         revision.imported_from(str(empty))  # falls through to this checkout's code
 
 
-def test_the_baseline_is_told_to_use_the_sleeve_only_if_it_has_a_fast_path(
-    tmp_path: Path,
-) -> None:
+def test_which_code_has_the_fast_path(tmp_path: Path) -> None:
     fields = "from dataclasses import dataclass\n@dataclass\nclass Config:\n    {}: bool = False\n"
-    assert revision.sleeve_args(old_code(tmp_path / "a", fields.format("no_fastdp"))) == (
-        "--no-fastdp",)  # fmt: skip
-    assert revision.sleeve_args(old_code(tmp_path / "b", fields.format("masquerade"))) == ()
-    assert revision.sleeve_args(old_code(tmp_path / "c", None)) == ()
+    assert revision.has_fastdp(old_code(tmp_path / "a", fields.format("no_fastdp")))
+    assert not revision.has_fastdp(old_code(tmp_path / "b", fields.format("masquerade")))
+    assert not revision.has_fastdp(old_code(tmp_path / "c", None))  # not this checkout's config
     with pytest.raises(RuntimeError, match="does not import"):
-        revision.sleeve_args(old_code(tmp_path / "d", "raise SystemExit(3)\n"))
+        revision.has_fastdp(old_code(tmp_path / "d", "raise SystemExit(3)\n"))
 
 
 def test_the_agents_labs_take_turns_at_going_first() -> None:
