@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from overlay import fastdp
 from overlay.fastdp import CreateVxlan, FastdpAction, RemoveLink
-from overlay.kernel import NetlinkHandle
+from overlay.kernel import NetlinkHandle, tolerating
 from overlay.netdev import Bridge, LinkChange, Masquerade, NetlinkFailure, UdpGuard
 from overlay.routes import AddRoute, RemoveRoute
 
@@ -85,7 +84,7 @@ def execute(nl: NetlinkHandle, indexes: dict[str, int], action: Action) -> None:
     """Run ``action``; ``indexes``: link names to indexes, kept up to date as links come and
     go."""
     if isinstance(action, CreateBridge):
-        _tolerate(lambda: nl.add_link(Bridge(action.name)), errno.EEXIST)
+        tolerating(lambda: nl.add_link(Bridge(action.name)), errno.EEXIST)
         indexes[action.name] = nl.index(action.name)
     elif isinstance(action, SetLink):
         change = LinkChange(
@@ -95,19 +94,19 @@ def execute(nl: NetlinkHandle, indexes: dict[str, int], action: Action) -> None:
     elif isinstance(action, Hairpin):  # a pod's port may go (DEL) between look and change
         port = LinkChange(hairpin=True)
         index = _index(indexes, action.port)
-        _tolerate(lambda: nl.set_link_index(index, port), errno.ENODEV, errno.EOPNOTSUPP)
+        tolerating(lambda: nl.set_link_index(index, port), errno.ENODEV, errno.EOPNOTSUPP)
     elif isinstance(action, AddAddress):
         index = _index(indexes, action.device)
-        _tolerate(lambda: nl.add_address_index(index, action.address), errno.EEXIST)
+        tolerating(lambda: nl.add_address_index(index, action.address), errno.EEXIST)
     elif isinstance(action, RemoveAddress):
         index = _index(indexes, action.device)
-        _tolerate(lambda: nl.remove_address_index(index, action.address), errno.EADDRNOTAVAIL)
+        tolerating(lambda: nl.remove_address_index(index, action.address), errno.EADDRNOTAVAIL)
     elif isinstance(action, AddRoute | RemoveRoute):
         _execute_route(nl, indexes, action)
     elif isinstance(action, ReplaceNat):
         nl.replace_nat_table(NAT_TABLE, action.rules, action.guard)
     elif isinstance(action, RemoveNat):
-        _tolerate(lambda: nl.remove_nat_table(NAT_TABLE), errno.ENOENT)
+        tolerating(lambda: nl.remove_nat_table(NAT_TABLE), errno.ENOENT)
     else:
         _execute_fastdp(nl, indexes, action)
 
@@ -129,19 +128,10 @@ def _execute_route(
         nl.replace_route_index(r.destination, index, r.gateway, onlink=r.onlink)
     else:
         index = _index(indexes, r.device)
-        _tolerate(lambda: nl.remove_route_index(r.destination, index), errno.ESRCH)
+        tolerating(lambda: nl.remove_route_index(r.destination, index), errno.ESRCH)
 
 
 def _index(indexes: dict[str, int], name: str) -> int:
     if name not in indexes:
         raise NetlinkFailure(f"link {name}", errno.ENODEV)
     return indexes[name]
-
-
-def _tolerate(request: Callable[[], None], *codes: int) -> None:
-    """Run ``request``; the kernel saying one of ``codes`` means it is already done."""
-    try:
-        request()
-    except NetlinkFailure as exc:
-        if exc.code not in codes:
-            raise

@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
-from overlay.kernel import NetlinkHandle
-from overlay.netdev import FdbEntry, Link, Neighbour, NetlinkFailure, UdpGuard, Vxlan, VxlanInfo
+from overlay.kernel import NetlinkHandle, tolerating
+from overlay.netdev import FdbEntry, Link, Neighbour, UdpGuard, Vxlan, VxlanInfo
 from overlay.routes import FastRoutes
 from overlay.vtep import Vtep
 
@@ -195,17 +195,17 @@ def execute(nl: NetlinkHandle, index: Callable[[str], int], action: FastdpAction
         nl.add_link(action.device)
     elif isinstance(action, RemoveLink):
         link = index(action.name)
-        _tolerate(lambda: nl.remove_link_index(link), errno.ENODEV)
+        tolerating(lambda: nl.remove_link_index(link), errno.ENODEV)
     elif isinstance(action, ReplaceNeighbour):
         nl.replace_neighbour_index(index(action.device), action.neighbour)
     elif isinstance(action, RemoveNeighbour):
         link = index(action.device)
-        _tolerate(lambda: nl.remove_neighbour_index(link, action.address), errno.ENOENT)
+        tolerating(lambda: nl.remove_neighbour_index(link, action.address), errno.ENOENT)
     elif isinstance(action, ReplaceFdb):
         nl.replace_fdb_index(index(action.device), action.entry)
     else:
         link = index(action.device)
-        _tolerate(lambda: nl.remove_fdb_index(link, action.entry), errno.ENOENT)
+        tolerating(lambda: nl.remove_fdb_index(link, action.entry), errno.ENOENT)
 
 
 def kept_fastdp(nl: NetlinkHandle, device: str) -> KeptFastdp:
@@ -228,12 +228,3 @@ def kept_fastdp(nl: NetlinkHandle, device: str) -> KeptFastdp:
         if n.mac in hosts
     )
     return KeptFastdp(routes, vteps)
-
-
-def _tolerate(request: Callable[[], None], *codes: int) -> None:
-    """Run ``request``; the kernel saying one of ``codes`` means it is already done."""
-    try:
-        request()
-    except NetlinkFailure as exc:
-        if exc.code not in codes:
-            raise

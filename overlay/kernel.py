@@ -232,7 +232,7 @@ class NetlinkHandle(LinkTable, AddressTable, RouteTable, NeighbourTable, NatTabl
         link = self.link(name)
         if link is None:
             return False
-        return _tolerating(lambda: self.remove_link_index(link.index), errno.ENODEV, errno.ENOENT)
+        return tolerating(lambda: self.remove_link_index(link.index), errno.ENODEV, errno.ENOENT)
 
     def list_addresses(self, name: str) -> list[IPv4Interface]:
         """The addresses of link ``name``; ENODEV when there is no such link."""
@@ -243,7 +243,7 @@ class NetlinkHandle(LinkTable, AddressTable, RouteTable, NeighbourTable, NatTabl
         index = self.index(name)
         if address in self.list_addresses_index(index):
             return False
-        return _tolerating(lambda: self.add_address_index(index, address), errno.EEXIST)
+        return tolerating(lambda: self.add_address_index(index, address), errno.EEXIST)
 
     def remove_address(self, name: str, address: IPv4Interface) -> bool:
         """Delete ``address`` from ``name``; False when it was not there."""
@@ -251,7 +251,7 @@ class NetlinkHandle(LinkTable, AddressTable, RouteTable, NeighbourTable, NatTabl
         if address not in self.list_addresses_index(index):
             return False
         remove = self.remove_address_index
-        return _tolerating(lambda: remove(index, address), errno.EADDRNOTAVAIL, errno.ENOENT)
+        return tolerating(lambda: remove(index, address), errno.EADDRNOTAVAIL, errno.ENOENT)
 
     def list_routes(self, protocol: int | None = RTPROT_WEAVE_PY) -> list[Route]:
         """IPv4 unicast routes of the main table (only ours by default), devices by name."""
@@ -276,7 +276,7 @@ class NetlinkHandle(LinkTable, AddressTable, RouteTable, NeighbourTable, NatTabl
             return False
         index = self.index(route.device)
         remove = self.remove_route_index
-        return _tolerating(
+        return tolerating(
             lambda: remove(route.destination, index, protocol), errno.ESRCH, errno.ENOENT
         )
 
@@ -296,7 +296,7 @@ class EnterNetns(Protocol):
 def _ensure(nl: NetlinkHandle, new: NewLink, kind: str) -> Link:
     link = nl.link(new.name)
     if link is None:
-        _tolerating(lambda: nl.add_link(new), errno.EEXIST)
+        tolerating(lambda: nl.add_link(new), errno.EEXIST)
         link = nl.link(new.name)
         if link is None:
             raise NetlinkFailure(f"add link {new.name}", errno.ENODEV)
@@ -305,8 +305,9 @@ def _ensure(nl: NetlinkHandle, new: NewLink, kind: str) -> Link:
     return link
 
 
-def _tolerating(action: Callable[[], None], *codes: int) -> bool:
-    """Run ``action``: True when it happened, False when the kernel said one of ``codes``."""
+def tolerating(action: Callable[[], None], *codes: int) -> bool:
+    """Run ``action``: True when it happened, False when the kernel said one of ``codes`` (it
+    was already done); any other refusal is raised."""
     try:
         action()
     except NetlinkFailure as exc:
