@@ -143,7 +143,7 @@ def test_relay_through_the_node_on_both_segments(lab_factory) -> None:
     view = status.render_peers(Report.from_json(lab.report(1)))
     assert "relayed" in view and "via 192.168.1.8:6783" in view, view
     control = status.render_connections(Report.from_json(lab.report(1)))
-    assert re.search(r"(->|<-) 192\.168\.1\.8:\d+ +established sleeve", control), control
+    assert re.search(r"(->|<-) 192\.168\.1\.8:\d+ +established (fastdp|sleeve)", control), control
     assert "-> 192.168.2.9:6783      retrying    [Errno 101]" in control, control
     relayed_by_2 = {x["nickname"]: x["relayed"] for x in lab.report(2)["peers"]}
     assert relayed_by_2["node3"] > 0 and relayed_by_2["node1"] > 0
