@@ -47,10 +47,11 @@ class Hairpin:
 
 @dataclass(frozen=True)
 class AddAddress:
-    """Add ``address`` to ``device``."""
+    """Add ``address`` to ``device`` (with ``scope``; None: global)."""
 
     device: str
     address: ipaddress.IPv4Interface
+    scope: int | None = None
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,8 @@ def execute(nl: NetlinkHandle, indexes: dict[str, int], action: Action) -> None:
         tolerating(lambda: nl.set_link_index(index, port), errno.ENODEV, errno.EOPNOTSUPP)
     elif isinstance(action, AddAddress):
         index = _index(indexes, action.device)
-        tolerating(lambda: nl.add_address_index(index, action.address), errno.EEXIST)
+        add = nl.add_address_index
+        tolerating(lambda: add(index, action.address, action.scope), errno.EEXIST)
     elif isinstance(action, RemoveAddress):
         index = _index(indexes, action.device)
         tolerating(lambda: nl.remove_address_index(index, action.address), errno.EADDRNOTAVAIL)

@@ -202,8 +202,11 @@ class FakeNetns(FakeRoutes, FakeNatTables, FakeNeighbours, NetlinkHandle):
         device = self._devices.get(index)
         return list(device.addresses) if device is not None else []
 
-    def add_address_index(self, index: int, address: IPv4Interface) -> None:
-        """Add an address; EEXIST for the same address and prefix length."""
+    def add_address_index(
+        self, index: int, address: IPv4Interface, scope: int | None = None
+    ) -> None:
+        """Add an address (its scope is not kept); EEXIST for the same address and prefix
+        length."""
         self.requests += 1
         device = self._device(index, f"add address {address}")
         if address in device.addresses:

@@ -86,8 +86,11 @@ class AddressTable(Protocol):
     def list_addresses_index(self, index: int) -> list[IPv4Interface]:
         """The addresses of link ``index`` (none for an unknown index)."""
 
-    def add_address_index(self, index: int, address: IPv4Interface) -> None:
-        """Add ``address``; EEXIST when it is there, ENODEV without the link."""
+    def add_address_index(
+        self, index: int, address: IPv4Interface, scope: int | None = None
+    ) -> None:
+        """Add ``address`` (with ``scope``, e.g. RT_SCOPE_HOST; None: the kernel's default,
+        global); EEXIST when it is there, ENODEV without the link."""
 
     def remove_address_index(self, index: int, address: IPv4Interface) -> None:
         """Delete ``address``; EADDRNOTAVAIL when it is not there."""

@@ -10,6 +10,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 RTPROT_KERNEL = 2
 RTPROT_WEAVE_PY = 119
+RT_SCOPE_HOST = 254  # an address never chosen as a source for traffic that leaves the host
 MAIN_TABLE = 254
 
 

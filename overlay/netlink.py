@@ -105,10 +105,14 @@ class Netlink(NetlinkHandle):
         found = self._call("list addresses", self._ipr.get_addr, family=AF_INET, index=index)
         return [IPv4Interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}") for msg in found]
 
-    def add_address_index(self, index: int, address: IPv4Interface) -> None:
+    def add_address_index(
+        self, index: int, address: IPv4Interface, scope: int | None = None
+    ) -> None:
         """RTM_NEWADDR."""
+        extra = {} if scope is None else {"scope": scope}
         self._call(f"add address {address}", self._ipr.addr, "add", index=index,
-                   address=str(address.ip), prefixlen=address.network.prefixlen)  # fmt: skip
+                   address=str(address.ip), prefixlen=address.network.prefixlen,
+                   **extra)  # fmt: skip
 
     def remove_address_index(self, index: int, address: IPv4Interface) -> None:
         """RTM_DELADDR."""

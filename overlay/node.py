@@ -7,11 +7,19 @@ Running the pair again right after is a no-op, so a restarted agent converges to
 state without errors or duplicates.
 
 Owned here: the bridge (the node's gateway address on it, hairpin on its ports), the TUN's MTU
-and state, our routes (``overlay.routes``: one per remote block, into the TUN or via a VTEP;
-protocol RTPROT_WEAVE_PY), with ``NodeSpec.fastdp`` the fast path's VXLAN device, neighbours and
+and state, the anchor addresses of TUN and VXLAN device (below), our routes
+(``overlay.routes``: one per remote block, into the TUN or via a VTEP; protocol
+RTPROT_WEAVE_PY), with ``NodeSpec.fastdp`` the fast path's VXLAN device, neighbours and
 forwarding entries (``overlay.fastdp``), the nftables table ``NAT_TABLE`` (masquerade of pod
 egress leaving the cluster range; the fast path's UDP guard), and the forwarding sysctls.
 Other tables, routes and links are never read for a change nor touched.
+
+Anchors: the TUN and the VXLAN device each hold the node's first gateway as a /32 of scope
+host. The kernel's reverse-path check drops a packet that arrives on a device without any
+address unless its source is routed back through that same device, loose mode or not; while
+two nodes switch a peer between the fast path and the sleeve a moment apart, packets arrive
+on the device the receiver's route does not name. A host-scope address is never picked as the
+source of a packet that leaves the host, so the sources of host traffic do not change.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from overlay.fastdp import (
 )
 from overlay.kernel import NetlinkHandle
 from overlay.netdev import (
+    RT_SCOPE_HOST,
     FdbEntry,
     Link,
     Masquerade,
@@ -86,6 +95,14 @@ class NodeSpec:
         return self.fastdp.guard if self.fastdp is not None else None
 
     @property
+    def anchors(self) -> dict[str, frozenset[ipaddress.IPv4Interface]]:
+        """The addresses TUN and VXLAN device hold (see the module's notes): the first
+        gateway as a /32, none before there is one."""
+        devices = [self.tun] + ([self.fastdp.device] if self.fastdp is not None else [])
+        first = frozenset(ipaddress.IPv4Interface(g.ip) for g in self.gateways[:1])
+        return {device: first for device in devices}
+
+    @property
     def local_blocks(self) -> list[ipaddress.IPv4Network]:
         """The blocks on the bridge (its gateways' networks)."""
         return [gateway.network for gateway in self.gateways]
@@ -114,6 +131,7 @@ class Observed:
     nat: NatTable | None = None
     neighbours: tuple[Neighbour, ...] = ()
     fdb: tuple[FdbEntry, ...] = ()
+    anchors: dict[str, tuple[ipaddress.IPv4Interface, ...]] = field(default_factory=dict)
 
 
 def plan(desired: NodeSpec, observed: Observed) -> list[Action]:
@@ -135,6 +153,7 @@ def plan(desired: NodeSpec, observed: Observed) -> list[Action]:
         actions += _fastdp_changes(desired, desired.fastdp, observed)
         if RemoveLink(desired.fastdp.device) in actions:  # its routes go with it
             found = tuple(r for r in found if r.device != desired.fastdp.device)
+    actions += _anchor_changes(desired, observed, actions)
     actions += routes.changes(desired.routes, found)
     if desired.hairpin and bridge is not None:
         actions += [Hairpin(p.name) for p in _ports(observed, bridge) if not p.hairpin]
@@ -155,6 +174,17 @@ def _fastdp_changes(desired: NodeSpec, fastdp: Fastdp, observed: Observed) -> li
     changes = _link_changes(fastdp.device, link, desired.mtu, None, fastdp.mac)
     tables = table_changes(fastdp, desired.local_blocks, observed.neighbours, observed.fdb)
     return [*changes, *tables]
+
+
+def _anchor_changes(desired: NodeSpec, observed: Observed, earlier: list[Action]) -> list[Action]:
+    """The anchors of TUN and VXLAN device made exact (a device made anew holds none)."""
+    out: list[Action] = []
+    for device, want in desired.anchors.items():
+        made = any(isinstance(a, CreateVxlan) and a.device.name == device for a in earlier)
+        have = set() if made else set(observed.anchors.get(device, ()))
+        out += [AddAddress(device, a, RT_SCOPE_HOST) for a in sorted(want - have)]
+        out += [RemoveAddress(device, a) for a in sorted(have - want)]
+    return out
 
 
 def _ports(observed: Observed, bridge: Link) -> list[Link]:
@@ -197,7 +227,12 @@ def observe(nl: NetlinkHandle, desired: NodeSpec) -> Observed:
         Route(e.destination, names.get(e.index, ""), e.gateway, e.onlink)
         for e in nl.list_route_entries()
     )
-    observed = Observed(links, addresses, found, nl.nat_table(NAT_TABLE))
+    anchors = {
+        device: tuple(nl.list_addresses_index(links[device].index))
+        for device in desired.anchors
+        if device in links
+    }
+    observed = Observed(links, addresses, found, nl.nat_table(NAT_TABLE), anchors=anchors)
     device = links.get(desired.fastdp.device) if desired.fastdp is not None else None
     if device is None or device.kind != "vxlan":
         return observed

@@ -171,6 +171,6 @@ def test_a_run_with_the_fast_path_costs_two_more_dumps_and_the_guard() -> None:
     rec.run(spec())
     nl.requests = 0
     assert rec.run(spec()) == []
-    # links, the bridge's addresses, our routes, the table with its guard (five), neighbours
-    # and forwarding entries of the device
-    assert nl.requests == 3 + 5 + 2
+    # links, the bridge's addresses, our routes, the table with its guard (five), the anchors
+    # of TUN and device, neighbours and forwarding entries of the device
+    assert nl.requests == 3 + 5 + 2 + 2

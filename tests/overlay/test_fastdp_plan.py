@@ -22,7 +22,17 @@ from overlay.fastdp import (
     ReplaceNeighbour,
     usable,
 )
-from overlay.netdev import FdbEntry, Link, NatTable, Neighbour, Route, UdpGuard, Vxlan, VxlanInfo
+from overlay.netdev import (
+    RT_SCOPE_HOST,
+    FdbEntry,
+    Link,
+    NatTable,
+    Neighbour,
+    Route,
+    UdpGuard,
+    Vxlan,
+    VxlanInfo,
+)
 from overlay.node import NodeSpec, Observed
 from overlay.routes import AddRoute, RemoveRoute
 from overlay.vtep import FASTDP_PORT, FASTDP_VNI, Vtep
@@ -78,6 +88,7 @@ def done(desired: NodeSpec) -> Observed:
     return replace(
         base,
         links={**base.links, VX: device()},
+        anchors={device: tuple(sorted(want)) for device, want in desired.anchors.items()},
         routes=tuple(desired.routes),
         nat=NatTable(True, desired.nat_rules, desired.guard),
         neighbours=tuple(Neighbour(v.address, v.mac) for v in vteps),
@@ -105,7 +116,9 @@ def _one(observed: Observed, action: Action) -> Observed:
     elif isinstance(action, RemoveLink):
         links.pop(action.name)
         routes = tuple(r for r in observed.routes if r.device != action.name)
-        return replace(observed, links=links, routes=routes, neighbours=(), fdb=())
+        anchors = {d: a for d, a in observed.anchors.items() if d != action.name}
+        return replace(observed, links=links, routes=routes, neighbours=(), fdb=(),
+                       anchors=anchors)  # fmt: skip
     elif isinstance(action, ReplaceNeighbour | RemoveNeighbour):
         if VX not in links or not links[VX].up:
             raise KernelError("neighbour on a missing or down device")
@@ -164,6 +177,8 @@ def test_an_empty_node_gets_the_device_its_tables_routes_and_guard() -> None:
         ReplaceNeighbour(VX, Neighbour(V3.address, V3.mac)),
         ReplaceFdb(VX, FdbEntry(V2.mac, V2.host)),
         ReplaceFdb(VX, FdbEntry(V3.mac, V3.host)),
+        node.AddAddress(TUN, IFACE("10.32.1.1/32"), RT_SCOPE_HOST),  # the anchors (node.py)
+        node.AddAddress(VX, IFACE("10.32.1.1/32"), RT_SCOPE_HOST),
         AddRoute(Route(B2, VX, V2.address, onlink=True)),
         AddRoute(Route(NET("10.32.2.1/32"), VX)),
         AddRoute(Route(B3, TUN)),

@@ -27,7 +27,7 @@ world = netlink_worlds.world
 NET = ipaddress.IPv4Network
 IFACE = ipaddress.IPv4Interface
 BR, TUN = "wpbr", "wptun"
-OBSERVATION = 4  # links, the bridge's addresses, our routes, our NAT table (there is none)
+OBSERVATION = 5  # links, the addresses of bridge and TUN, our routes, our NAT table (none)
 CLUSTER = NET("10.244.0.0/16")
 
 
@@ -163,7 +163,8 @@ def test_a_run_costs_one_observation_and_one_request_per_change() -> None:
     rec = node.Reconciler(nl)
     many = {f"10.{i // 256}.{i % 256}.0/24" for i in range(300)}
     actions = rec.run(spec(many))
-    assert len(actions) == 3 + 1 + 300  # bridge created and set, TUN set, the gateway, routes
+    # bridge created and set, TUN set, the gateway, the TUN's anchor, routes
+    assert len(actions) == 3 + 1 + 1 + 300
     # no bridge, so no addresses to list; the new bridge is read back once, for its index
     assert nl.requests == (OBSERVATION - 1) + len(actions) + 1
     nl.requests = 0

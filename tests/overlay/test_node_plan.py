@@ -20,7 +20,7 @@ from overlay.actions import (
     ReplaceNat,
     SetLink,
 )
-from overlay.netdev import Link, Masquerade, NatTable, Route
+from overlay.netdev import RT_SCOPE_HOST, Link, Masquerade, NatTable, Route
 from overlay.node import NodeSpec, Observed
 from overlay.routes import AddRoute, RemoveRoute
 
@@ -71,7 +71,13 @@ def converged(desired: NodeSpec) -> Observed:
         bridge_addresses=desired.gateways,
         routes=tuple(Route(b, TUN) for b in sorted(desired.remote_blocks) if not local(desired, b)),
         nat=NatTable(True, desired.nat_rules) if desired.nat_rules else None,
+        anchors={device: tuple(sorted(want)) for device, want in desired.anchors.items()},
     )
+
+
+def anchor(gateway: str = "10.32.1.1", device: str = TUN) -> AddAddress:
+    """The anchor address the plan gives ``device`` (overlay/node.py)."""
+    return AddAddress(device, IFACE(gateway), RT_SCOPE_HOST)
 
 
 class KernelError(Exception):
@@ -82,6 +88,7 @@ def apply_to(observed: Observed, actions: list[Action]) -> Observed:
     """What the kernel would report after ``node.apply`` of ``actions`` (routes: ours only)."""
     links = dict(observed.links)
     addresses = list(observed.bridge_addresses)
+    anchors = {device: list(held) for device, held in observed.anchors.items()}
     routes = list(observed.routes)
     nat = observed.nat
     for action in actions:
@@ -104,10 +111,14 @@ def apply_to(observed: Observed, actions: list[Action]) -> Observed:
         elif isinstance(action, AddAddress):
             if action.device not in links:
                 raise KernelError(f"no device {action.device}")
-            if action.address not in addresses:
-                addresses.append(action.address)
+            held = addresses if action.device == BR else anchors.setdefault(action.device, [])
+            if action.address not in held:
+                held.append(action.address)
         elif isinstance(action, RemoveAddress):
-            addresses = [a for a in addresses if a != action.address]
+            if action.device == BR:
+                addresses = [a for a in addresses if a != action.address]
+            else:
+                anchors[action.device].remove(action.address)
         elif isinstance(action, Hairpin):
             port = links[action.port]
             if not port.master:
@@ -130,7 +141,8 @@ def apply_to(observed: Observed, actions: list[Action]) -> Observed:
             r = action.route
             routes = [x for x in routes if (x.destination, x.device) != (r.destination, r.device)]
     bridge_addresses = tuple(addresses) if BR in links else ()
-    return Observed(links, bridge_addresses, tuple(routes), nat)
+    held = {device: tuple(a) for device, a in anchors.items() if device in links}
+    return Observed(links, bridge_addresses, tuple(routes), nat, anchors=held)
 
 
 # -- examples --------------------------------------------------------------------------------
@@ -144,6 +156,7 @@ def test_empty_node() -> None:
         SetLink(BR, mtu=1376, up=True, gso_max_size=None),
         SetLink(TUN, mtu=1376, up=True, gso_max_size=64000),
         AddAddress(BR, IFACE("10.32.1.1/24")),
+        anchor(),
         AddRoute(Route(NET("10.32.2.0/24"), TUN)),
         AddRoute(Route(NET("10.32.3.0/24"), TUN)),
     ]
@@ -418,7 +431,8 @@ def test_plan_apply_plan_is_idempotent(desired: NodeSpec, observed: Observed) ->
             assert a.name in (BR, TUN)
         else:  # without the fast path, nothing of a VXLAN device is planned
             assert isinstance(a, AddAddress | RemoveAddress | ReplaceNat | RemoveNat)
-            assert not isinstance(a, AddAddress | RemoveAddress) or a.device == BR
+            if isinstance(a, AddAddress | RemoveAddress):  # the bridge's, or the TUN's anchor
+                assert a.device == BR or (a.device == TUN and a.address.network.prefixlen == 32)
 
 
 @given(desired_specs(), observed_states())
