@@ -58,6 +58,7 @@ class FastPath:
         self.off_reason = off_reason or ("fast path off here" if template is None else "")
         self.kept = kept or KeptFastdp({}, frozenset())
         self.remotes: dict[str, Remote] = {}
+        self._fresh: frozenset[str] = frozenset()  # kept peers path choice has not seen yet
 
     def record_value(self, gateways: Sequence[ipaddress.IPv4Interface]) -> bytes:
         """What our record publishes: our VTEP (the first gateway) and MAC; empty when the fast
@@ -84,13 +85,17 @@ class FastPath:
             if not any(b.overlaps(m) for b in old.blocks for m in routed):
                 current[name] = old
         _settle_conflicts(current, own)
+        fresh = {n for n, r in current.items() if r.candidate.kept and n not in self.remotes}
+        self._fresh = frozenset(fresh)
         self.remotes = dict(sorted(current.items()))
         return tuple(r.candidate for r in self.remotes.values())
 
     def state(self, fast: Set[str], own: Sequence[Net], grace: bool) -> Fastdp | None:
-        """The desired fast-path kernel state (None: the fast path is off here)."""
+        """The desired fast-path kernel state (None: the fast path is off here). A kept peer
+        that has just appeared counts as fast: path choice begins it there once it sees it."""
         if self.template is None:
             return None
+        fast = fast | self._fresh
         vteps = {r.vtep for r in self.remotes.values() if r.vtep is not None}
         routes = {
             (block, r.vtep.address)

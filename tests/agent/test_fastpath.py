@@ -167,6 +167,11 @@ def test_a_restart_begins_on_the_fast_path_it_found_and_keeps_it_for_the_grace()
     b = member(B, "10.32.2.0/24", "10.32.2.1")
     (found,) = fp.update([(b, b.blocks)], frozenset(), (), 0.5, True)
     assert found == Candidate(B, "node-2", via, kept=True)
+    appeared = fp.state(frozenset(), (), True)  # path choice has not seen it yet: no detour
+    assert appeared is not None and (block, via) in appeared.fast_blocks
+    fp.update([(b, b.blocks)], frozenset(), (), 1.0, True)
+    judged = fp.state(frozenset(), (), True)  # path choice has, and holds it on the sleeve
+    assert judged is not None and judged.fast_blocks == {(Net("10.32.7.0/24"), stale.address)}
     after = fp.state(frozenset({B}), (), False)
     assert after is not None and after.vteps == {vtep} and after.fast_blocks == {(block, via)}
     (later,) = fp.update([(b, b.blocks)], frozenset({B}), (), 20.0, False)
