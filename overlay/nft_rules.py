@@ -2,11 +2,13 @@
 seam's values and read back into them, a rule recognised only when every expression is exactly
 one we make (anything else reads as None).
 
-The masquerade rule (chain postrouting) and the guard's rule (chain input), as ``nft`` would
-print them::
+The masquerade rule (chain postrouting), the guard's rule (chain input) and its two notrack
+rules (chains notrack-in, notrack-out), as ``nft`` would print them::
 
     ip saddr 10.32.0.0/12 ip daddr != 10.32.0.0/12 masquerade
     meta l4proto udp udp dport 6784 ip saddr != @guard-hosts drop
+    meta l4proto udp udp dport 6784 ip saddr @guard-hosts notrack
+    meta l4proto udp udp dport 6784 ip daddr @guard-hosts notrack
 
 An address match loads four bytes of the IPv4 header (source at offset 12, destination at 16)
 into register 1, ANDs them with the prefix's netmask and compares with the network address.
@@ -90,6 +92,47 @@ def guard_expressions(port: int) -> list[Expression]:
         _expression("lookup", sreg=NFT_REG_1, set=GUARD_SET, flags=frozenset({INVERTED})),
         _expression("immediate", dreg=NFT_REG_VERDICT, data=drop),
     ]
+
+
+def notrack_expressions(port: int, offset: int) -> list[Expression]:
+    """``meta l4proto udp udp dport PORT ip saddr|daddr @GUARD_SET notrack`` (the address at
+    ``offset``: SADDR for what arrives, DADDR for what leaves)."""
+    return [
+        _expression("meta", dreg=NFT_REG_1, key=NFT_META_L4PROTO),
+        _equals(bytes([IPPROTO_UDP])),
+        _load(TRANSPORT, DPORT, 2),
+        _equals(port.to_bytes(2, "big")),
+        _load(NETWORK, offset, 4),
+        _expression("lookup", sreg=NFT_REG_1, set=GUARD_SET),
+        {"attrs": [("NFTA_EXPR_NAME", "notrack")]},  # an expression without data
+    ]
+
+
+def read_notrack(msg: Message, offset: int) -> int | None:
+    """A rule read back: the port of the notrack rule ``notrack_expressions`` makes for
+    ``offset``, or None when it is anything else."""
+    found = _found(msg)
+    names = ("meta", "cmp", "payload", "cmp", "payload", "lookup", "notrack")
+    if tuple(name for name, _ in found) != names or _attrs(found[6][1]):
+        return None
+    (_, meta), (_, udp), (_, dport), (_, port), (_, address), (_, lookup), _ = found
+    shape = (
+        meta.get_attr("NFTA_META_DREG"),
+        meta.get_attr("NFTA_META_KEY"),
+        _compared(udp),
+        _loaded(dport),
+        _loaded(address),
+        lookup.get_attr("NFTA_LOOKUP_SREG"),
+        lookup.get_attr("NFTA_LOOKUP_SET"),
+        lookup.get_attr("NFTA_LOOKUP_FLAGS") or None,  # read back as an empty set
+        lookup.get_attr("NFTA_LOOKUP_DREG"),
+    )
+    want = (REG, "NFT_META_L4PROTO", bytes([IPPROTO_UDP]), (TRANSPORT_HEADER, DPORT, 2),
+            (NETWORK_HEADER, offset, 4), REG, GUARD_SET, None, None)  # fmt: skip
+    value = _compared(port)
+    if shape != want or value is None or len(value) != 2:
+        return None
+    return int.from_bytes(value, "big")
 
 
 def _found(msg: Message) -> list[tuple[str, Message]]:

@@ -1,8 +1,10 @@
 """The kernel's side of ``overlay.kernel.NatTables``: our nftables table over pyroute2's
 nfnetlink socket (its rules' expressions are ``overlay.nft_rules``').
 
-The table (family ip) holds the masquerade chain and, with a guard, the input chain and the set
-of hosts its rule reads, what ``nft`` would print as::
+The table (family ip) holds the masquerade chain and, with a guard, the input chain, the set
+of hosts its rule reads and two chains that exempt the VXLAN datagrams between those hosts from
+connection tracking (they are never NATed; tracking each of them costs the fast path about a
+tenth of its throughput), what ``nft`` would print as::
 
     table ip weave-py {
         set guard-hosts {
@@ -17,10 +19,18 @@ of hosts its rule reads, what ``nft`` would print as::
             type filter hook input priority filter; policy accept;
             meta l4proto udp udp dport 6784 ip saddr != @guard-hosts drop
         }
+        chain notrack-in {
+            type filter hook prerouting priority raw; policy accept;
+            meta l4proto udp udp dport 6784 ip saddr @guard-hosts notrack
+        }
+        chain notrack-out {
+            type filter hook output priority raw; policy accept;
+            meta l4proto udp udp dport 6784 ip daddr @guard-hosts notrack
+        }
     }
 
 The table's use count (its chains and sets) tells whether there is more than the masquerade
-chain to read: 1 without a guard, 3 with one; anything else is not of our shape.
+chain to read: 1 without a guard, 5 with one; anything else is not of our shape.
 
 pyroute2's sockets belong to the thread that opens them and to that thread's namespace, so each
 call opens a socket of its own (about a millisecond), inside the named namespace on a
@@ -59,11 +69,15 @@ from pyroute2.nftables.main import NFTables
 from overlay.netdev import Masquerade, NatTable, NetlinkFailure, UdpGuard
 from overlay.netns import run_in_netns
 from overlay.nft_rules import (
+    DADDR,
     GUARD_SET,
+    SADDR,
     guard_expressions,
     masquerade_expressions,
+    notrack_expressions,
     read_guard,
     read_masquerade,
+    read_notrack,
 )
 
 T = TypeVar("T")
@@ -71,13 +85,15 @@ NFPROTO_IPV4 = 2
 NFNL_MSG_BATCH_BEGIN = 0x10
 NFNL_MSG_BATCH_END = 0x11
 CHAIN, GUARD_CHAIN = "postrouting", "input"
-NF_INET_LOCAL_IN, NF_INET_POST_ROUTING = 1, 4
+NOTRACK_CHAINS = {"notrack-in": SADDR, "notrack-out": DADDR}  # chain: the address it matches
+NF_INET_PRE_ROUTING, NF_INET_LOCAL_IN, NF_INET_LOCAL_OUT, NF_INET_POST_ROUTING = 0, 1, 3, 4
+NF_IP_PRI_RAW = -300  # "raw"
 NF_IP_PRI_FILTER, NF_IP_PRI_NAT_SRC = 0, 100  # "filter", "srcnat"
 NF_ACCEPT = 1
 TYPE_IPADDR, ADDRESS_LEN = 7, 4  # nft's ipv4_addr
 SET_ID = 1  # names the set within the transaction that makes it
 ELEMENTS_PER_MESSAGE = 256
-USE_PLAIN, USE_GUARDED = 1, 3  # the table's chains and sets: ours alone, or with the guard's
+USE_PLAIN, USE_GUARDED = 1, 5  # the table's chains and sets: ours alone, or with the guard's
 Message = Any  # a pyroute2 netlink message
 
 
@@ -154,7 +170,14 @@ def _guard(table: str, guard: UdpGuard) -> list[Message]:
         *(_elements(table, hosts[i : i + step]) for i in range(0, len(hosts), step)),
         _message(nft_chain_msg, NFT_MSG_NEWCHAIN, NLM_F_CREATE, **_guard_chain(table)),
         _rule(table, GUARD_CHAIN, guard_expressions(guard.port)),
+        *(m for chain in NOTRACK_CHAINS for m in _notrack(table, chain, guard.port)),
     ]
+
+
+def _notrack(table: str, chain: str, port: int) -> list[Message]:
+    """A notrack chain and its rule."""
+    made = _message(nft_chain_msg, NFT_MSG_NEWCHAIN, NLM_F_CREATE, **_notrack_chain(table, chain))
+    return [made, _rule(table, chain, notrack_expressions(port, NOTRACK_CHAINS[chain]))]
 
 
 def _elements(table: str, hosts: list[IPv4Address]) -> Message:
@@ -212,10 +235,24 @@ def _observe(nft: NFTables, name: str) -> NatTable | None:
     guard = None
     if guard_chain is not None and _is_ours(guard_chain, _guard_chain(name)):
         guard = _read_guard(nft, name, guarding)
+    if guard is not None and not _untracked(nft, name, found, guard.port):
+        guard = None
     ours = not table.get_attr("NFTA_TABLE_FLAGS") and chain is not None
     ours = ours and _is_ours(chain, _chain(name))
     ours = ours and use == (USE_PLAIN if guard is None else USE_GUARDED)
     return NatTable(ours, rules, guard)
+
+
+def _untracked(nft: NFTables, table: str, rules: list[Message], port: int) -> bool:
+    """Whether both notrack chains are ours, each with exactly its one rule for ``port``."""
+    for chain, offset in NOTRACK_CHAINS.items():
+        found = _get_chain(nft, table, chain)
+        if found is None or not _is_ours(found, _notrack_chain(table, chain)):
+            return False
+        held = [m for m in rules if _chain_of(m) == chain]
+        if len(held) != 1 or read_notrack(held[0], offset) != port:
+            return False
+    return True
 
 
 def _get_chain(nft: NFTables, table: str, chain: str) -> Message | None:
@@ -279,6 +316,11 @@ def _chain(table: str) -> dict[str, Any]:
 
 def _guard_chain(table: str) -> dict[str, Any]:
     return _base_chain(table, GUARD_CHAIN, NF_INET_LOCAL_IN, NF_IP_PRI_FILTER, "filter")
+
+
+def _notrack_chain(table: str, chain: str) -> dict[str, Any]:
+    hook = NF_INET_PRE_ROUTING if NOTRACK_CHAINS[chain] == SADDR else NF_INET_LOCAL_OUT
+    return _base_chain(table, chain, hook, NF_IP_PRI_RAW, "filter")
 
 
 def _is_ours(chain: Message, want: dict[str, Any]) -> bool:
