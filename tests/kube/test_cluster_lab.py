@@ -91,21 +91,24 @@ def wait_agents_replaced(cluster: Cluster, old: dict[str, dict[str, Any]], nodes
     rollout.wait("agents replaced", replaced, TIMEOUT)
 
 
-def test_prometheus_finds_every_agent_and_their_peer_counters_rise(kube_lab: Cluster) -> None:
+def test_prometheus_finds_every_agent_and_each_pairs_path(kube_lab: Cluster) -> None:
     """Debian's Prometheus, given only the API and the manifest's annotations, scrapes every
-    agent; each node's per-peer byte counters rise for every other node while pods exchange
-    traffic; promtool finds nothing to say about the exposition."""
+    agent; every node pair shows its path, all on the fast path here (a pair on the sleeve
+    would have its per-peer byte counters checked to rise while pods exchange traffic: the
+    agent counts what it carries, not what the kernel does); promtool finds nothing to say
+    about the exposition."""
     proofs = prometheus.prove(kube_lab, echo_pods(kube_lab))
     failed = [f"{c.what}: {c.seen}" for c in proofs if not c.ok]
     assert not failed, failed
-    assert len(proofs) == 4
+    fastdp = next(c for c in proofs if c.what.startswith("weave_py_peer_fastdp"))
+    assert fastdp.seen == "6 of 6 pairs on the fast path", fastdp.seen  # nothing on the sleeve
 
 
 def test_an_agent_pod_deleted_is_recreated_and_its_pods_keep_their_addresses(
     kube_lab: Cluster,
 ) -> None:
-    """The ping's outage beyond Kubernetes' gap (see the rolling update's test) is at most 5 s;
-    the end-to-end outage (8-13 s measured) is printed, not asserted."""
+    """A ping across the restarted agent's node loses at most 5 s end to end: the fast path's
+    kernel state carries it while no agent runs (the sleeve alone lost 8-13 s here)."""
     running = echo_pods(kube_lab)
     before = {p.name: p.ip for p in running}
     old = agents(kube_lab)
@@ -118,8 +121,8 @@ def test_an_agent_pod_deleted_is_recreated_and_its_pods_keep_their_addresses(
         time.sleep(3)
     figures = f"ping outages {ping.outages()} s, Kubernetes' gap {watch.gaps()} s"
     print(f"agent pod deleted: {figures}")
-    assert len(ping.outages()) == 1 and len(watch.gaps()) == 1, figures
-    assert ping.outages()[0] - watch.gaps()[0] <= OUTAGE, figures
+    assert len(watch.gaps()) == 1, figures
+    assert sum(ping.outages()) <= OUTAGE, figures
     assert {p.name: p.ip for p in echo_pods(kube_lab)} == before
     assert report(kube_lab, 2)["ipam"]["used"] == 1  # the new agent knows the pod it kept
     fresh = make_pod(kube_lab, "after-agent-restart", "node2")
@@ -133,10 +136,10 @@ def test_a_rolling_update_adds_at_most_five_seconds_per_agent_to_kubernetes_gap(
     kube_lab: Cluster,
 ) -> None:
     """Issue 12 asks for <= 5 s lost per node, end to end. On kubelet 1.20 the DaemonSet's
-    new pod comes only after the old pod object is deleted (kubelet's 10 s status batch), and
-    the sleeve carries no packet while no agent runs, so end to end this loses 6-16 s here: it
-    is not met. What is asserted is the agents' own share (outage minus the gap between the old
-    agent's exit and the new one's start); the figures are printed."""
+    new pod comes only after the old pod object is deleted (kubelet's 10 s status batch), so
+    a node runs no agent for several seconds; the fast path's kernel state carries pod traffic
+    meanwhile (the sleeve alone lost 6-16 s per node here). Asserted end to end: at most 5 s
+    per agent on the path; the figures are printed."""
     running = checks.first_per_node(echo_pods(kube_lab))
     old = agents(kube_lab)
     pairs = [(p, running[(k + 1) % len(running)]) for k, p in enumerate(running)]
@@ -162,12 +165,7 @@ def test_a_rolling_update_adds_at_most_five_seconds_per_agent_to_kubernetes_gap(
             f"{src.node}->{dst.node}: ping outages {pinger.outages()} s, Kubernetes' gaps {gaps} s"
         )
         print(f"rolling update: {figures}")
-        # one outage per agent on the path; a lone lost echo (seen once, on a path whose agents
-        # were not restarting, while the 2-core machine was busy) is not counted as one here,
-        # but it stays in the sum below
-        long = [o for o in pinger.outages() if o > pinger.interval * 1.5]
-        assert len(long) <= 2, figures
-        assert sum(pinger.outages()) - sum(gaps) <= OUTAGE * 2, figures
+        assert sum(pinger.outages()) <= OUTAGE * 2, figures
 
 
 def test_a_fourth_node_joins_and_nothing_else_restarts(kube_lab: Cluster) -> None:
