@@ -161,6 +161,20 @@ class Lab:
             raise OSError(f"node {i}: address for {key}: {answer.get('error', body).strip()}")
         return answer
 
+    def routed_blocks(self, i: int) -> set[str]:
+        """The remote space node i's agent routes (into the TUN or via a VTEP), without the
+        /32 routes to the VTEPs themselves."""
+        vteps = {f"{v}/32" for v in self._vteps(i)}
+        return {r["destination"] for r in self.report(i)["routes"]} - vteps
+
+    def _vteps(self, i: int) -> set[str]:
+        """The VTEP addresses node i routes to (the /32 routes on the VXLAN device)."""
+        return {
+            r["destination"].removesuffix("/32")
+            for r in self.report(i)["routes"]
+            if r["device"] == self.plan.vxlan and r["destination"].endswith("/32")
+        }
+
     def owned(self, i: int) -> list[str]:
         """The space node i's agent owns, as it reports it."""
         owners = self.report(i)["ipam"]["owners"]

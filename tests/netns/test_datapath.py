@@ -21,6 +21,7 @@ from overlay.netlink import Netlink
 from overlay.netns import enter_netns, run_in_netns
 
 pytestmark = pytest.mark.netns
+SLEEVE = ("--no-fastdp",)  # for what the sleeve itself must show (the fast path: test_fastdp_*)
 
 
 def pods_of(lab) -> dict[str, str]:
@@ -45,7 +46,7 @@ def assert_matrix_complete(lab) -> None:
 
 
 def test_two_nodes_icmp_tcp_no_nat_and_bulk_tcp(lab_factory) -> None:
-    lab = lab_factory(nodes=2, pods=1)
+    lab = lab_factory(nodes=2, pods=1, agent_args=SLEEVE)
     assert_matrix_complete(lab)
     p = lab.plan
     payload = random.Random(7).randbytes(32 * 1024 * 1024)
@@ -88,7 +89,7 @@ def test_three_nodes_two_pods_full_matrix(lab_factory, gossip: bool) -> None:
     lab = lab_factory(nodes=3, pods=2, gossip=gossip)
     assert_matrix_complete(lab)
     for i in (1, 2, 3):
-        routes = {r["destination"] for r in lab.report(i)["routes"]}
+        routes = lab.routed_blocks(i)
         assert routes == {n for k in (1, 2, 3) if k != i for n in lab.owned(k)}
     owned = [ipaddress.IPv4Network(n) for k in (1, 2, 3) for n in lab.owned(k)]
     assert (
@@ -104,6 +105,7 @@ def test_restart_restores_traffic_without_duplicates(lab_factory) -> None:
     p = lab.plan
     src, dst = p.pod_ns(1, 1), str(lab.pod_address(2, 1).ip)
     assert probe.ping(src, dst) is not None
+    lab.wait_paths({(1, 2): "fastdp", (2, 1): "fastdp"}, 15)  # what the restart must keep
     space_1 = lab.owned(1)
     gateways_2 = sorted(f"{ipaddress.ip_network(b).network_address + 1}/{b.split('/')[1]}"
                         for b in lab.report(2)["ipam"]["blocks"])  # fmt: skip
@@ -112,9 +114,10 @@ def test_restart_restores_traffic_without_duplicates(lab_factory) -> None:
     started = time.monotonic()
     while probe.ping(src, dst, timeout=0.2) is None:
         assert time.monotonic() - started < 5, "traffic not back within 5 s of the restart"
-    with Netlink(p.node_ns(2)) as nl:
-        routes = nl.list_routes()
+    with Netlink(p.node_ns(2)) as nl:  # node 1's space (via its VTEP) and the VTEP, once each
+        routes = [r for r in nl.list_routes() if r.destination.prefixlen < 32]
         assert sorted(str(r.destination) for r in routes) == sorted(space_1)
+        assert {r.device for r in routes} == {p.vxlan}
         assert sorted(str(a) for a in nl.list_addresses(p.bridge)) == gateways_2
     lab.wait_ready(10)
     assert_matrix_complete(lab)
@@ -125,7 +128,7 @@ def test_restart_restores_traffic_without_duplicates(lab_factory) -> None:
 
 
 def test_df_ping_fits_and_oversize_gets_frag_needed(lab_factory) -> None:
-    lab = lab_factory(nodes=2, pods=1)
+    lab = lab_factory(nodes=2, pods=1, agent_args=SLEEVE)
     p = lab.plan
     src, dst = p.pod_ns(1, 1), str(lab.pod_address(2, 1).ip)
     mtu = lab.report(1)["router"]["mtu"]
@@ -224,7 +227,7 @@ def test_pod_addresses_are_not_translated() -> None:
     ids=["ip-fragments", "no-tun-offload"],
 )
 def test_fallback_modes_carry_bulk_tcp(lab_factory, args) -> None:
-    lab = lab_factory(nodes=2, pods=1, agent_args=args)
+    lab = lab_factory(nodes=2, pods=1, agent_args=(*SLEEVE, *args))
     snap = lab.report(1)["router"]
     if args[0] == "--udp-gso":
         assert snap["super_packets"] == "ip-fragments"

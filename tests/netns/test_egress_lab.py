@@ -15,10 +15,11 @@ from agent.lab import probe
 from agent.lab.outside import OutsideHost
 from agent.lab.plan import POD_RANGE
 from overlay import pods
-from overlay.netdev import LinkChange, Masquerade, NatTable
+from overlay.netdev import LinkChange, Masquerade, NatTable, UdpGuard
 from overlay.netlink import Netlink
 from overlay.netns import NETNS_DIR
 from overlay.node import NAT_TABLE
+from overlay.vtep import FASTDP_PORT
 
 pytestmark = pytest.mark.netns
 SERVICE = "10.96.0.10"  # a ClusterIP-style address, outside the pod range
@@ -52,8 +53,9 @@ def test_egress_leaves_as_the_node_and_pod_traffic_keeps_its_address(lab_factory
     assert all(r.ok(pod_ips[src]) for (src, _), r in results.items()), probe.render(
         pod_ips, results
     )
-    with Netlink(lab.plan.node_ns(1)) as nl:
-        assert nl.nat_table(NAT_TABLE) == NatTable(True, (Masquerade(POD_RANGE, POD_RANGE),))
+    with Netlink(lab.plan.node_ns(1)) as nl:  # and the fast path's guard: node 2's host only
+        guard = UdpGuard(FASTDP_PORT, frozenset({lab.address(2).ip}))
+        assert nl.nat_table(NAT_TABLE) == NatTable(True, (Masquerade(POD_RANGE, POD_RANGE),), guard)
 
 
 def test_without_masquerade_the_outside_cannot_answer(lab_factory) -> None:
@@ -62,8 +64,8 @@ def test_without_masquerade_the_outside_cannot_answer(lab_factory) -> None:
     outside.build()
     with probe.Responder(outside.netns):
         assert probe.tcp_source(lab.plan.pod_ns(1, 1), outside.address, timeout=1.0) is None
-    with Netlink(lab.plan.node_ns(1)) as nl:
-        assert nl.nat_table(NAT_TABLE) is None
+    with Netlink(lab.plan.node_ns(1)) as nl:  # no masquerade rule: only the fast path's guard
+        assert nl.nat_table(NAT_TABLE) == NatTable(True, (), UdpGuard(FASTDP_PORT, frozenset()))
 
 
 def test_a_pod_reaches_itself_through_a_service_address(lab_factory) -> None:

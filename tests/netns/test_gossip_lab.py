@@ -17,7 +17,7 @@ pytestmark = pytest.mark.netns
 
 
 def blocks_routed(lab, i: int) -> set[str]:
-    return {r["destination"] for r in lab.report(i)["routes"]}
+    return lab.routed_blocks(i)
 
 
 SPACE: dict[str, dict[int, list[str]]] = {}  # lab name -> node -> space it owned when asked
@@ -55,13 +55,28 @@ def test_one_seed_each_finds_everyone_within_10s(lab_factory) -> None:
     assert "192.168.1.7" not in " ".join(lab.agent_command(3))
 
 
-def test_killed_agent_is_dropped_and_its_restart_rejoins(lab_factory) -> None:
-    lab = lab_factory(nodes=3, pods=1, agent_args=("--heartbeat-timeout", "6"))
+@pytest.mark.parametrize("fastdp", [False, True], ids=["sleeve", "fastdp"])
+def test_killed_agent_is_dropped_and_its_restart_rejoins(lab_factory, fastdp: bool) -> None:
+    """On the sleeve a killed agent's space stops being routed (nothing carries it); on the
+    fast path its node's kernel still forwards, so its space stays routed via its VTEP and its
+    pods stay reachable while the agent is down (agent/fastpath.py: LINGER)."""
+    args = ("--heartbeat-timeout", "6", *(() if fastdp else ("--no-fastdp",)))
+    lab = lab_factory(nodes=3, pods=1, agent_args=args)
+    all_blocks_but(lab, 0)  # remember every node's space while all answer
+    if fastdp:
+        lab.wait_paths({(i, k): "fastdp" for i in (1, 2, 3) for k in (1, 2, 3) if i != k}, 15)
     lab.stop_agent(3, signal.SIGKILL)
-    took = wait_for(
-        lambda: all(blocks_routed(lab, i) == all_blocks_but(lab, i, 3) for i in (1, 2)), 8
-    )
-    assert took < 8
+    if fastdp:
+        time.sleep(8)
+        assert all(blocks_routed(lab, i) == all_blocks_but(lab, i) for i in (1, 2))
+        pod_3 = str(lab.pod_address(3, 1).ip)
+        assert probe.ping(lab.plan.pod_ns(1, 1), pod_3) is not None
+        assert "node3" not in {p["nickname"] for p in lab.report(1)["peers"]}
+    else:
+        took = wait_for(
+            lambda: all(blocks_routed(lab, i) == all_blocks_but(lab, i, 3) for i in (1, 2)), 8
+        )
+        assert took < 8
     first_uid = None
     lab.start_agent(3)
     lab.wait_ready(15)
