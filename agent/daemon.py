@@ -131,9 +131,9 @@ class Agent:
             fast = self.paths.on_fast()
             unreachable = self.sleeve.unreachable(now)
             plan = self.coordinator.step(now, time.time_ns(), view, unreachable, fast)
-            await self._carry_out(plan, now)
-            if plan.candidates is not None:
+            if plan.candidates is not None:  # before any await: views see peers with paths
                 self._choose_paths(plan, now, fast)
+            await self._carry_out(plan, now)
         self.addresses.space_arrived()
 
     def _choose_paths(self, plan: Plan, now: float, fast: frozenset[str]) -> None:
