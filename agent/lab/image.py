@@ -10,10 +10,11 @@ the archive back at once and a changed one rebuilds (podman's layer cache keeps 
 whose inputs did not change).
 
 The builder is podman, with ``--network=host``: the build makes no bridge, NAT rule or sysctl on
-the host. With no base given, the base is made locally from Debian's packages
-(agent/lab/image_base.py), for machines that reach no container registry. The host's trust
-store is lent to pip during the build as a build secret (in no layer), for networks that
-inspect TLS.
+the host, and podman's network configuration (with the lock every podman command takes there)
+is in the cache, not the host's /etc/cni/net.d (``image_base.PODMAN``). With no base given,
+the base is made locally from Debian's packages (agent/lab/image_base.py), for machines that
+reach no container registry. The host's trust store is lent to pip during the build as a
+build secret (in no layer), for networks that inspect TLS.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pathlib import Path
 from agent import __version__
 from agent.lab import image_base
 from agent.lab.commands import CommandError, Commands, HostCommands
+from agent.lab.image_base import PODMAN
 from agent.lab.lockfile import LOCK_COMMANDS, lock_problems
 
 log = logging.getLogger("weave-py")
@@ -158,9 +160,9 @@ def archive_path(cache_dir: Path, name: str, digest: str) -> Path:
 
 def image_id(commands: Commands, name: str) -> str:
     """The id of podman's image ``name``; empty when podman has none."""
-    if not commands.succeeds(["podman", "image", "exists", name]):
+    if not commands.succeeds([*PODMAN, "image", "exists", name]):
         return ""
-    return commands.output(["podman", "image", "inspect", "--format", "{{.Id}}", name]).strip()
+    return commands.output([*PODMAN, "image", "inspect", "--format", "{{.Id}}", name]).strip()
 
 
 def build_command(settings: ImageSettings, name: str, base: str, digest: str) -> list[str]:
@@ -168,7 +170,7 @@ def build_command(settings: ImageSettings, name: str, base: str, digest: str) ->
     trust: list[str] = []
     if settings.ca_bundle and Path(settings.ca_bundle).is_file():
         trust = ["--secret", f"id={CA_SECRET},src={settings.ca_bundle}"]
-    return ["podman", "build", "--network=host", "--force-rm", f"--jobs={settings.jobs}",
+    return [*PODMAN, "build", "--network=host", "--force-rm", f"--jobs={settings.jobs}",
             "--pull=missing" if settings.base else "--pull=never",
             "--build-arg", f"BASE={base}", "--build-arg", f"VERSION={__version__}",
             "--label", f"{INPUTS_LABEL}={digest}", *trust,
@@ -184,14 +186,14 @@ def _build(commands: Commands, settings: ImageSettings, name: str, base: str, di
     started = time.monotonic()
     commands.logged(build_command(settings, name, base, digest), out)
     if replaced and replaced != image_id(commands, name):
-        commands.succeeds(["podman", "rmi", replaced])
+        commands.succeeds([*PODMAN, "rmi", replaced])
     log.info("build image: %s done in %.0f s", name, time.monotonic() - started)
 
 
 def _save(commands: Commands, name: str, archive: Path) -> None:
     partial = archive.with_name(archive.name + ".tmp")
     partial.unlink(missing_ok=True)
-    commands.output(["podman", "save", "--format", "docker-archive", "--output", str(partial),
+    commands.output([*PODMAN, "save", "--format", "docker-archive", "--output", str(partial),
                      name])  # fmt: skip
     partial.replace(archive)
     log.info("save image: %s (%.0f MB)", archive, archive.stat().st_size / 1e6)

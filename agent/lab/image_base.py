@@ -21,6 +21,9 @@ from agent.lab.commands import Commands
 log = logging.getLogger("weave-py")
 
 NAME = "localhost/weave-py/debian:bookworm-minbase"
+# podman's network configuration (and the lock it takes there on every command) in our cache,
+# not the host's /etc/cni/net.d; the builds use the host network and define no networks
+PODMAN = ("podman", "--network-config-dir", "/var/cache/weave-py/podman-networks")
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 SECURITY_MIRROR = "http://deb.debian.org/debian-security"
@@ -57,13 +60,13 @@ def ensure_base(
     security_mirror: str = SECURITY_MIRROR,
 ) -> str:
     """The local base image's name, imported into podman (and made first) when missing."""
-    if commands.succeeds(["podman", "image", "exists", NAME]):
+    if commands.succeeds([*PODMAN, "image", "exists", NAME]):
         return NAME
     tarball = cache_dir / TARBALL
     if not tarball.exists():
         make_tarball(commands, cache_dir, mirror, security_mirror)
     message = f"debootstrap --variant=minbase {SUITE} {mirror}"
-    commands.output(["podman", "import", "--change", 'CMD ["bash"]', "--message", message,
+    commands.output([*PODMAN, "import", "--change", 'CMD ["bash"]', "--message", message,
                      str(tarball), NAME])  # fmt: skip
     log.info("import base image: %s from %s", NAME, tarball)
     return NAME

@@ -168,6 +168,7 @@ class FakeCommands:
         self.ran: list[list[str]] = []
 
     def output(self, argv: Sequence[str]) -> str:
+        argv = _plain(argv)
         self.ran.append(list(argv))
         if argv[:3] == ["podman", "image", "inspect"]:
             return self.images[argv[-1]] + "\n"
@@ -176,13 +177,24 @@ class FakeCommands:
         return ""
 
     def succeeds(self, argv: Sequence[str]) -> bool:
+        argv = _plain(argv)
         self.ran.append(list(argv))
         return argv[:3] != ["podman", "image", "exists"] or argv[-1] in self.images
 
     def logged(self, argv: Sequence[str], log: Path) -> None:
+        argv = _plain(argv)
         self.ran.append(list(argv))
         if argv[:2] == ["podman", "build"]:
             self.images[argv[argv.index("--tag") + 1]] = "sha256:new"
+
+
+def _plain(argv: Sequence[str]) -> list[str]:
+    """``argv`` as plain ``podman VERB ...``: every podman command carries image_base.PODMAN's
+    global options (checked here), which the assertions below leave out."""
+    if argv[0] == "podman":
+        assert tuple(argv[: len(image_base.PODMAN)]) == image_base.PODMAN, argv
+        return ["podman", *argv[len(image_base.PODMAN) :]]
+    return list(argv)
 
 
 def _verbs(ran: list[list[str]]) -> list[str]:
