@@ -3,32 +3,17 @@ wire form, bounds, interop with records that lack them, local changes and the me
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgpack
 import pytest
 
 from gossip import wire
 from gossip.topology import MAX_FASTDP, MAX_SLEEVE_KEY, PeerRecord, Topology, TopologyError
 from gossip.wire import Decoder, MessageType
+from tests.gossip.test_topology_meta import ME, PEER, record
 
-ME = "00:00:00:00:00:00"
-PEER = "00:00:00:00:00:01"
 KEY = bytes(range(11))
 FIELDS = [("sleeve_key", "sk", MAX_SLEEVE_KEY), ("fastdp", "fd", MAX_FASTDP)]
 each_field = pytest.mark.parametrize(("field", "key", "limit"), FIELDS, ids=["sk", "fd"])
-
-
-def record(name: str = PEER, version: int = 1, **kw: Any) -> PeerRecord:
-    fields: dict[str, Any] = {
-        "nickname": "n",
-        "incarnation": 5,
-        "uid": 7,
-        "data_endpoint": ("10.0.0.1", 6783),
-        "control_endpoint": ("10.0.0.1", 6783),
-    }
-    fields.update(kw)
-    return PeerRecord(name=name, version=version, **fields)
 
 
 @each_field
