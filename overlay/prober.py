@@ -182,8 +182,11 @@ class Prober:
             deadlines.append(self._retry_at)
         at = min((d for d in deadlines if d is not None), default=None)
         timeout = None if at is None else max(0.0, at - time.monotonic())
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # arrives as the wait ends, and the task would never stop
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._wakeup.wait()
         self._wakeup.clear()
 
     def _notify(self) -> None:
