@@ -196,6 +196,26 @@ class Keyring:
         if found is not None:
             self._sealing[peer_id] = Sealing(found[0], found[1], pair)
 
+    def accept(self, secrets: Secrets) -> None:
+        """Accept ``secrets`` from now on, the first sealing (a rolling change without a
+        restart): keys to open with are derived for new secrets and dropped for secrets no
+        longer held; a key kept keeps its replay window."""
+        if not secrets.enabled:
+            raise ValueError("a keyring needs a secret")
+        keys = secrets.keys()
+        if keys == self._secrets:
+            return
+        self._secrets, held = keys, self._openings
+        self._openings = {}
+        for peer_id, peer in self._peers.items():
+            peer.opened = []
+            for pair in reversed(self._pairs):
+                for _, public in reversed(peer.publics):
+                    self._derive_openings(peer_id, peer, pair, public)
+        for key in self._openings.keys() & held.keys():
+            self._openings[key] = held[key]
+        self._reseal()
+
     # -- time --------------------------------------------------------------------------------
 
     def get_timer(self) -> float:

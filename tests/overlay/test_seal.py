@@ -164,6 +164,30 @@ def test_secrets_rotate_through_lists_that_share_one() -> None:
     assert refused(a, seal(b, plain(source=B, dest=A))) == "unknown_key"
 
 
+def test_secrets_change_while_running_without_a_gap_or_a_fresh_window() -> None:
+    """The same rotation with no restart: each keyring takes the next list in turn (a before b)
+    and frames open both ways after every change; a frame opened before a change is still a
+    replay after it."""
+    a, b = pair(S1, S1)
+    sealed = seal(a, plain())
+    b.open(memoryview(bytearray(sealed)))
+    for step in (BOTH_12, BOTH_21, S2):
+        for ring in (a, b):
+            ring.accept(step)
+            assert bytes(b.open(memoryview(seal(a, plain())))) == plain()
+            back = plain(source=B, dest=A)
+            assert bytes(a.open(memoryview(seal(b, back)))) == back
+        if step is BOTH_12:
+            assert refused(b, sealed) == "replay"
+    assert refused(b, sealed) == "unknown_key"  # the first secret is held no more
+    stale = Keyring(A, S1, 0.0)  # a node that kept only the old secret
+    stale.follow([spec(B, b)])
+    b.follow([spec(A, stale)])
+    assert refused(b, seal(stale, plain())) == "unknown_key"
+    with pytest.raises(ValueError):
+        a.accept(Secrets.none())
+
+
 def test_no_key_no_seal() -> None:
     a = Keyring(A, S1, 0.0)
     assert a.seal(plain()[:HEADER_SIZE], b"x") is None
