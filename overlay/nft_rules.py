@@ -94,28 +94,47 @@ def guard_expressions(port: int) -> list[Expression]:
     ]
 
 
-def notrack_expressions(port: int, offset: int) -> list[Expression]:
-    """``meta l4proto udp udp dport PORT ip saddr|daddr @GUARD_SET notrack`` (the address at
-    ``offset``: SADDR for what arrives, DADDR for what leaves)."""
+def lookup_expressions(port: int, offset: int, name: str) -> list[Expression]:
+    """``meta l4proto udp udp dport PORT ip saddr|daddr @NAME`` (the address at ``offset``:
+    SADDR for what arrives, DADDR for what leaves); a set whose elements hold a counter counts
+    every packet that matches."""
     return [
         _expression("meta", dreg=NFT_REG_1, key=NFT_META_L4PROTO),
         _equals(bytes([IPPROTO_UDP])),
         _load(TRANSPORT, DPORT, 2),
         _equals(port.to_bytes(2, "big")),
         _load(NETWORK, offset, 4),
-        _expression("lookup", sreg=NFT_REG_1, set=GUARD_SET),
-        {"attrs": [("NFTA_EXPR_NAME", "notrack")]},  # an expression without data
+        _expression("lookup", sreg=NFT_REG_1, set=name),
     ]
+
+
+def notrack_expressions(port: int, offset: int) -> list[Expression]:
+    """``meta l4proto udp udp dport PORT ip saddr|daddr @GUARD_SET notrack``."""
+    notrack = {"attrs": [("NFTA_EXPR_NAME", "notrack")]}  # an expression without data
+    return [*lookup_expressions(port, offset, GUARD_SET), notrack]
+
+
+def read_lookup(msg: Message, offset: int, name: str) -> int | None:
+    """A rule read back: the port of the rule ``lookup_expressions`` makes for ``offset`` and
+    ``name``, or None when it is anything else."""
+    found = _found(msg)
+    return _read_lookup(found, offset, name) if len(found) == 6 else None
 
 
 def read_notrack(msg: Message, offset: int) -> int | None:
     """A rule read back: the port of the notrack rule ``notrack_expressions`` makes for
     ``offset``, or None when it is anything else."""
     found = _found(msg)
-    names = ("meta", "cmp", "payload", "cmp", "payload", "lookup", "notrack")
-    if tuple(name for name, _ in found) != names or _attrs(found[6][1]):
+    if len(found) != 7 or found[6][0] != "notrack" or _attrs(found[6][1]):
         return None
-    (_, meta), (_, udp), (_, dport), (_, port), (_, address), (_, lookup), _ = found
+    return _read_lookup(found[:6], offset, GUARD_SET)
+
+
+def _read_lookup(found: list[tuple[str, Message]], offset: int, name: str) -> int | None:
+    names = ("meta", "cmp", "payload", "cmp", "payload", "lookup")
+    if tuple(n for n, _ in found) != names:
+        return None
+    (_, meta), (_, udp), (_, dport), (_, port), (_, address), (_, lookup) = found
     shape = (
         meta.get_attr("NFTA_META_DREG"),
         meta.get_attr("NFTA_META_KEY"),
@@ -128,7 +147,7 @@ def read_notrack(msg: Message, offset: int) -> int | None:
         lookup.get_attr("NFTA_LOOKUP_DREG"),
     )
     want = (REG, "NFT_META_L4PROTO", bytes([IPPROTO_UDP]), (TRANSPORT_HEADER, DPORT, 2),
-            (NETWORK_HEADER, offset, 4), REG, GUARD_SET, None, None)  # fmt: skip
+            (NETWORK_HEADER, offset, 4), REG, name, None, None)  # fmt: skip
     value = _compared(port)
     if shape != want or value is None or len(value) != 2:
         return None

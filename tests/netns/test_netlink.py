@@ -19,7 +19,7 @@ from pyroute2.netlink.nfnetlink.nftsocket import (
     nft_rule_msg,
 )
 
-from overlay import netlink, nft_rules, nftables, tun
+from overlay import netlink, nft_rules, nft_wire, tun
 from overlay.netdev import (
     FdbEntry,
     LinkChange,
@@ -103,12 +103,12 @@ def test_what_we_do_not_make_in_our_table_reads_as_not_ours(scratch_netns) -> No
     with Netlink(ns) as nl:
         nl.replace_nat_table("weave-py", [rule])
         odd = nft_rules.masquerade_expressions(rule)[3:]  # no source match: every packet
-        _append(ns, nftables._message(
+        _append(ns, nft_wire.message(
             nft_rule_msg, NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND,
             NFTA_RULE_TABLE="weave-py", NFTA_RULE_CHAIN="postrouting", NFTA_RULE_EXPRESSIONS=odd,
         ))  # fmt: skip
         assert nl.nat_table("weave-py") == NatTable(True, (rule, None))
-        _append(ns, nftables._message(
+        _append(ns, nft_wire.message(
             nft_chain_msg, NFT_MSG_NEWCHAIN, NLM_F_CREATE,
             NFTA_CHAIN_TABLE="weave-py", NFTA_CHAIN_NAME="extra",
         ))  # fmt: skip
@@ -119,7 +119,7 @@ def test_what_we_do_not_make_in_our_table_reads_as_not_ours(scratch_netns) -> No
 
 def _append(ns: str, message: object) -> None:
     """One more message to a table, by hand (not through the seam, which makes only ours)."""
-    run_in_netns(ns, nftables._with_socket, lambda nft: nftables._transaction(nft, [message]))
+    nft_wire.run(ns, "append", lambda nft: nft_wire.transaction(nft, [message]))
 
 
 def test_a_guard_rule_of_another_shape_reads_as_not_ours(scratch_netns) -> None:
@@ -129,7 +129,7 @@ def test_a_guard_rule_of_another_shape_reads_as_not_ours(scratch_netns) -> None:
         nl.replace_nat_table("weave-py", [], guard)
         assert nl.nat_table("weave-py") == NatTable(True, (), guard)
         second = nft_rules.guard_expressions(6785)  # two rules where we make one
-        _append(ns, nftables._message(
+        _append(ns, nft_wire.message(
             nft_rule_msg, NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND,
             NFTA_RULE_TABLE="weave-py", NFTA_RULE_CHAIN="input", NFTA_RULE_EXPRESSIONS=second,
         ))  # fmt: skip
