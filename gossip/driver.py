@@ -70,6 +70,7 @@ class MeshDriver:
         self.on_event = on_event or (lambda event: None)
         self.writers: dict[Hashable, asyncio.StreamWriter] = {}
         self.seals: dict[Hashable, Callable[[bytes], bytes]] = {}
+        self.proved: dict[Hashable, bytes] = {}  # conn id -> the stretched secret it proved
         self.remotes: dict[Hashable, str] = {}  # conn id -> "addr|name(nick)" for logs
         # The host each neighbour was reached at (dialled, or the source of its connection):
         # what its record advertises may be on a segment we cannot reach.
@@ -128,6 +129,31 @@ class MeshDriver:
         self.mesh.leave(time.monotonic())
         self._pump()
         self.closing = True
+
+    def accept_secrets(self, secrets: Secrets) -> int:
+        """Take ``secrets`` while running: new handshakes use them (the first to dial, all of
+        them to answer); established connections that proved a secret no longer accepted are
+        closed (their peers redial under a secret in common), the others stay. Returns how many
+        were closed."""
+        if self.secrets.enabled != secrets.enabled:
+            raise ValueError("secrets can change while running, not be turned on or off")
+        self.secrets = secrets
+        closing = [conn for conn, key in self.proved.items() if not self._still_accepted(key)]
+        for conn in closing:
+            self._close_dropped(conn)
+        return len(closing)
+
+    def _still_accepted(self, key: bytes | None) -> bool:
+        accepted = self.secrets.keys()  # stretched, as ``proved`` holds them
+        return key is None or key in accepted
+
+    def _close_dropped(self, conn: Hashable) -> None:
+        """Close a connection whose proved secret is no longer accepted."""
+        where = self.remotes.get(conn, "?")
+        log.info("->[%s] close connection: its secret is no longer accepted (redial)", where)
+        writer = self.writers.get(conn)
+        if writer is not None:
+            writer.close()
 
     def _set_outbound(self, addr: Address, entry: dict[str, str]) -> None:
         """Record a dial's progress, never hiding an established connection to the address."""
@@ -209,7 +235,7 @@ class MeshDriver:
     ) -> None:
         """One connection, dialled (``addr``) or accepted, from the handshake to its close."""
         try:
-            result = await self._handshake(reader, writer, host, addr is not None)
+            result, key = await self._handshake(reader, writer, host, addr is not None)
         except HandshakeFailed as failed:
             self.mesh.rejections.add(failed.reason, where, failed.detail)
             self._not_established(addr, failed, writer)
@@ -230,6 +256,10 @@ class MeshDriver:
             return
         log.info("->[%s] connection ready; using protocol version %d", where, result.version)
         self._established(conn, result, writer, addr, where, host)
+        if key is not None:
+            self.proved[conn] = key
+            if not self._still_accepted(key):  # the secrets changed during the handshake
+                self._close_dropped(conn)
         try:
             for msg_type, fields in result.messages:
                 self.mesh.receive(conn, msg_type, fields, time.monotonic(), time.time_ns())
@@ -288,6 +318,7 @@ class MeshDriver:
             self.outbound.pop(addr, None)
         self.writers.pop(conn, None)
         self.seals.pop(conn, None)
+        self.proved.pop(conn, None)
         name = self.remotes.pop(conn, "").partition("|")[2].partition("(")[0]
         if name not in self.mesh.topology.records:  # a stranger that never sent its record
             self.observed.pop(name, None)
@@ -302,12 +333,14 @@ class MeshDriver:
         writer: asyncio.StreamWriter,
         host: str | None,
         dialled: bool,
-    ) -> Accepted:
-        """The connection's handshake as this peer (gossip/handshaking.py)."""
-        shake = Handshake(
-            self.hello, initiator=dialled, secrets=self.secrets, seal=self.secrets.enabled
-        )
-        return await admitted_handshake(reader, writer, shake, self.admission, host)
+    ) -> tuple[Accepted, bytes | None]:
+        """The connection's handshake as this peer (gossip/handshaking.py), and the stretched
+        secret the peer proved (None without a secret)."""
+        secrets = self.secrets
+        shake = Handshake(self.hello, initiator=dialled, secrets=secrets, seal=secrets.enabled)
+        accepted = await admitted_handshake(reader, writer, shake, self.admission, host)
+        index = accepted.secret_index
+        return accepted, None if index is None else secrets.keys()[index]
 
     async def _read(self, conn: int, reader: asyncio.StreamReader, accepted: Accepted) -> None:
         decoder = accepted.decoder
