@@ -3,7 +3,8 @@
 It does the I/O the core asks for and nothing else: accepts and dials connections, runs the
 handshake, feeds decoded messages to ``Mesh.receive``, writes ``Mesh.outbox()``, dials
 ``Mesh.dial_targets()``, closes ``Mesh.to_close()``, re-arms one timer at ``Mesh.get_timer()``
-and hands mesh events to ``on_event``.
+and hands mesh events to ``on_event``. ``accept_secrets`` changes the secrets while it runs:
+connections that proved a secret no longer accepted are closed, and redialled under a new one.
 
 Failure stays local: malformed input, a refused handshake, a peer too slow to read, and any
 exception while serving one connection close only that connection; each refusal is counted by

@@ -4,7 +4,8 @@ A cluster with a secret admits only peers that prove they know it (gossip/handsh
 holds a list of accepted secrets, ``Secrets.accepted``: the first, ``current``, is what it uses
 when it dials; all of them are accepted from a dialling peer. A rolling change from secret A to
 B never leaves two nodes without a common secret when every node steps through
-``[A] -> [A, B] -> [B, A] -> [B]``, each step a rolling restart that completes before the next.
+``[A] -> [A, B] -> [B, A] -> [B]``, each step taken by every node before the next begins (a
+running node takes a new list without a restart: gossip/driver.py's ``accept_secrets``).
 
 Rules this module keeps:
 
