@@ -54,9 +54,11 @@ from overlay.paths import Paths
 from overlay.prober import Prober
 from overlay.seal import Keyring
 from overlay.sleeve import Sleeve
+from overlay.traffic import Totals
 
 log = logging.getLogger("weave-py")
 SHUTDOWN_GRACE = 5.0  # seconds a stop may take before the process exits regardless
+TRAFFIC_INTERVAL = 1.0  # seconds between readings of the fast path's per-peer counters
 
 
 class Agent:
@@ -82,6 +84,7 @@ class Agent:
         self.coordinator = Coordinator(self.ipam, base, kernel.underlay.kept, grace,
                                        fastpath=fastpath)  # fmt: skip
         self.paths = Paths()
+        self.traffic = Totals()  # the fast path's per-peer counts (the kernel carries it)
         self.prober = (Prober(self.paths, c.vxlan_device, self._paths_changed)
                        if fastpath.template is not None else None)  # fmt: skip
         self.keyring = (Keyring(identity.name, self.secrets, time.monotonic())
@@ -191,6 +194,14 @@ class Agent:
             if actions:
                 log.warning("reconcile node: repaired drift with %d change(s)", len(actions))
 
+    async def _traffic_loop(self) -> None:
+        """Read the fast path's per-peer counters now and then, for the views."""
+        while True:
+            readings = await self.kernel.read_traffic()
+            guard = self.coordinator.node.guard if self.coordinator.node is not None else None
+            self.traffic.update(readings, guard.hosts if guard is not None else frozenset())
+            await asyncio.sleep(TRAFFIC_INTERVAL)
+
     # -- running -------------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -226,6 +237,7 @@ class Agent:
             tasks.start("datapath", self.datapath.run())
             if self.prober is not None:
                 tasks.start("prober", self.prober.run())
+                tasks.start("traffic", self._traffic_loop())
             tasks.start(self.source.kind, self.source.run(self.wake))
             tasks.start("follow", self._follow_loop())
             tasks.start("repair", self._repair_loop())
@@ -310,6 +322,7 @@ class Agent:
             sleeve=self.sleeve, routes=self.kernel.routes, control=self.source.connections(),
             terminations=self.source.terminations(), rejected=self.source.rejections(),
             paths=self.paths.states(), wall_offset=time.time() - time.monotonic(),
+            traffic=self.traffic,
         )  # fmt: skip
 
     def readiness(self) -> tuple[str, ...]:

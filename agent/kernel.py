@@ -19,10 +19,12 @@ from typing import TypeVar
 from agent.config import Config
 from overlay import fastdp, frame, node
 from overlay.kernel import NetlinkHandle
-from overlay.netdev import Route
+from overlay.netdev import NetlinkFailure, Route
 from overlay.netlink import Netlink
+from overlay.nft_count import TrafficCounters
 from overlay.seal import AEAD_EXTRA
 from overlay.sysctl import ensure_sysctl
+from overlay.traffic import Traffic
 from overlay.tun import TunDevice, open_tun
 
 log = logging.getLogger("weave-py")
@@ -93,6 +95,8 @@ class NodeKernel:
     _reconciler: node.Reconciler
     sysctl: Callable[[str, str], bool] = ensure_sysctl  # sets one, says whether it changed
     routes: tuple[Route, ...] = field(default=())  # ours after the last reconcile
+    traffic: TrafficCounters | None = None  # the fast path's per-peer counters (None: none)
+    _traffic_problem: str = ""  # the last refusal of the traffic table, logged once
 
     @classmethod
     async def open(cls, config: Config) -> NodeKernel:
@@ -109,13 +113,39 @@ class NodeKernel:
         sealed = bool(config.password or config.password_file)
         overhead = max(frame.OVERHEAD, VXLAN_OVERHEAD) + (AEAD_EXTRA if sealed else 0)
         mtu = config.mtu or underlay.mtu - overhead
-        return cls(tun, tun.offload, underlay, mtu, thread, node.Reconciler(nl))
+        return cls(tun, tun.offload, underlay, mtu, thread, node.Reconciler(nl),
+                   traffic=TrafficCounters())  # fmt: skip
 
     async def reconcile(self, spec: node.NodeSpec) -> list[node.Action]:
         """Bring bridge, TUN, addresses and routes to ``spec``; the changes made."""
         actions = await _on(self._thread, self._reconciler.run, spec)
         self.routes = self._reconciler.routes
+        if self.traffic is not None:
+            guard = spec.guard
+            port, hosts = (guard.port, guard.hosts) if guard is not None else (None, frozenset())
+            await self._counting(self.traffic.sync, port, hosts)
         return actions
+
+    async def read_traffic(self) -> dict[ipaddress.IPv4Address, Traffic]:
+        """The fast path's counts per peer host (overlay/nft_count.py); empty without them."""
+        if self.traffic is None:
+            return {}
+        return await self._counting(self.traffic.read) or {}
+
+    async def _counting(self, fn: Callable[..., T], *args: object) -> T | None:
+        """``fn`` on the netlink thread; a refusal costs the counts, not the caller, and is
+        logged when it first happens and when it ends."""
+        try:
+            result = await _on(self._thread, fn, *args)
+        except NetlinkFailure as exc:
+            if str(exc) != self._traffic_problem:
+                log.warning("count traffic: %s (per-peer fast path counts stop)", exc)
+            self._traffic_problem = str(exc)
+            return None
+        if self._traffic_problem:
+            log.info("count traffic: per-peer fast path counts work again")
+        self._traffic_problem = ""
+        return result
 
     async def ensure_forwarding(self, spec: node.NodeSpec) -> list[str]:
         """Forwarding and reverse-path sysctls; the ones changed."""

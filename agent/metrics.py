@@ -32,10 +32,10 @@ from agent.report import PATHS, IpamStatus, Peer, Report
 Family = GaugeMetricFamily | CounterMetricFamily | Metric
 PEER_LABELS = ["peer", "nickname"]
 PEER_COUNTERS: tuple[tuple[str, str, Callable[[Peer], int]], ...] = (
-    ("weave_py_peer_tx_packets", "Packets sent to the peer.", lambda p: p.tx_packets),
-    ("weave_py_peer_tx_bytes", "Inner bytes sent to the peer.", lambda p: p.tx_bytes),
-    ("weave_py_peer_rx_packets", "Packets received from the peer.", lambda p: p.rx_packets),
-    ("weave_py_peer_rx_bytes", "Inner bytes received from the peer.", lambda p: p.rx_bytes),
+    ("weave_py_peer_tx_packets", "Packets sent to the peer, both paths.", lambda p: p.tx_packets),
+    ("weave_py_peer_tx_bytes", "Inner bytes sent to the peer, both paths.", lambda p: p.tx_bytes),
+    ("weave_py_peer_rx_packets", "Packets from the peer, both paths.", lambda p: p.rx_packets),
+    ("weave_py_peer_rx_bytes", "Inner bytes from the peer, both paths.", lambda p: p.rx_bytes),
     ("weave_py_peer_path_switches", "Fast path <-> sleeve switches.", lambda p: p.path_switches),
 )
 PEER_SERIES = len(PEER_COUNTERS) + 4  # and the gauges: rtt, mtu, established, fastdp

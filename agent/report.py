@@ -156,10 +156,10 @@ class Peer(_Node):
     path_reason: str  # why it is on that path, in words
     path_since: float | None  # unix seconds of its last switch, None when it never switched
     path_switches: int  # switches since this agent started
-    tx_packets: int
-    tx_bytes: int  # inner bytes
+    tx_packets: int  # on both paths (the fast path's as the kernel counted them)
+    tx_bytes: int  # inner bytes, both paths
     rx_packets: int
-    rx_bytes: int  # inner bytes
+    rx_bytes: int  # inner bytes, both paths
     relayed: int  # frames for it forwarded on behalf of another peer
     drops: Mapping[str, int]  # frames dropped, by reason
 

@@ -1,14 +1,16 @@
 """The snapshot: a Report taken of the running cores for every view.
 
-It reads the sleeve's peers and counters, each peer's data path (fast path or sleeve) as path
-choice last decided it, the mesh driver's control connections and how many ended, the IPAM
-status and the kernel routes the last reconcile listed; the daemon passes them in, with its
+It reads the sleeve's peers and counters (with what the kernel counted on the fast path per
+peer added), each peer's data path (fast path or sleeve) as path choice last decided it, the
+mesh driver's control connections and how many ended, the IPAM status and the kernel routes
+the last reconcile listed; the daemon passes them in, with its
 router, what the node still lacks to carry pod traffic (``readiness``) and the time it has been
 up, and serves the result (agent/report.py).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 
 from agent import __version__
@@ -17,6 +19,7 @@ from overlay import netdev
 from overlay.paths import Path, PathState
 from overlay.peer import PeerSpec, PeerState
 from overlay.sleeve import Sleeve
+from overlay.traffic import ZERO, Totals, Traffic
 
 
 def take(
@@ -32,15 +35,18 @@ def take(
     rejected: Mapping[str, int] | None = None,
     paths: Mapping[str, PathState] | None = None,
     wall_offset: float = 0.0,
+    traffic: Totals | None = None,
 ) -> Report:
     """The Report of this moment. ``waiting_for``: ``readiness()``; ``routes``: ours in the
     kernel after the last reconcile; ``control``: the peer source's ``connections()`` (empty
     with static peers), ``terminations`` how many of them ended and ``rejected`` the control
     input the peer source refused, by reason. ``paths``: each peer's path by mesh name (None:
     no path choice runs, every peer is on the sleeve); ``wall_offset``: ``time.time() -
-    time.monotonic()``, which turns a switch's monotonic time into unix seconds."""
+    time.monotonic()``, which turns a switch's monotonic time into unix seconds; ``traffic``:
+    what the kernel carried on the fast path per peer host, added to the sleeve's counts."""
     peers = tuple(
-        peer_of(state, path_of(state.spec, paths), wall_offset) for state in sleeve.peers.values()
+        peer_of(state, path_of(state.spec, paths), wall_offset, fast_of(state.spec, traffic))
+        for state in sleeve.peers.values()
     )
     return Report(
         version=__version__,
@@ -70,9 +76,22 @@ def path_of(spec: PeerSpec, paths: Mapping[str, PathState] | None) -> PathState:
     return (paths or {}).get(spec.peer_name, UNCHOSEN)
 
 
-def peer_of(state: PeerState, path: PathState = UNCHOSEN, wall_offset: float = 0.0) -> Peer:
-    """A data-plane peer as the views show it: the sleeve's spec, health and counters, and its
-    ``path`` with the last switch in unix seconds (``wall_offset`` added)."""
+def fast_of(spec: PeerSpec, traffic: Totals | None) -> Traffic:
+    """The fast path's traffic with the peer: what the kernel counted for its host."""
+    if traffic is None or spec.via is not None:  # a relayed peer never takes the fast path
+        return ZERO
+    try:
+        return traffic.get(ipaddress.IPv4Address(spec.address[0]))
+    except ValueError:
+        return ZERO
+
+
+def peer_of(
+    state: PeerState, path: PathState = UNCHOSEN, wall_offset: float = 0.0, fast: Traffic = ZERO
+) -> Peer:
+    """A data-plane peer as the views show it: the sleeve's spec, health and counters with the
+    ``fast`` path's added, and its ``path`` with the last switch in unix seconds
+    (``wall_offset`` added)."""
     spec, counters = state.spec, state.counters
     since = None if path.since is None else round(path.since + wall_offset, 3)
     return Peer(
@@ -88,10 +107,10 @@ def peer_of(state: PeerState, path: PathState = UNCHOSEN, wall_offset: float = 0
         path_reason=path.reason,
         path_since=since,
         path_switches=path.switches,
-        tx_packets=counters.tx_packets,
-        tx_bytes=counters.tx_bytes,
-        rx_packets=counters.rx_packets,
-        rx_bytes=counters.rx_bytes,
+        tx_packets=counters.tx_packets + fast.tx_packets,
+        tx_bytes=counters.tx_bytes + fast.tx_bytes,
+        rx_packets=counters.rx_packets + fast.rx_packets,
+        rx_bytes=counters.rx_bytes + fast.rx_bytes,
         relayed=counters.relayed,
         drops=dict(counters.drops),
     )

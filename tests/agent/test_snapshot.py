@@ -14,6 +14,7 @@ from overlay import netdev
 from overlay.paths import Path, PathState
 from overlay.peer import PeerSpec
 from overlay.sleeve import Sleeve
+from overlay.traffic import VXLAN_FRAME, Totals, Traffic
 from tests.agent.test_status import REPORT
 
 NET = ipaddress.IPv4Network
@@ -170,3 +171,17 @@ def test_a_static_peer_has_no_mesh_name_and_stays_on_the_sleeve() -> None:
     [static] = take(sleeve=s, paths=paths).peers
     assert (static.name, static.path, static.path_reason) == ("", "sleeve", "static peer")
     assert static.path_switches == 0
+
+
+def test_what_the_kernel_carried_on_the_fast_path_adds_to_a_peers_counts() -> None:
+    """node-2's host counted by the kernel: its inner bytes add to the sleeve's; node-3 is
+    relayed, so nothing counted for a host of that address is its."""
+    traffic = Totals()
+    frames = Traffic(3, 3 * VXLAN_FRAME + 3000, 2, 2 * VXLAN_FRAME + 200)
+    hosts = {ipaddress.IPv4Address("192.168.48.12"), ipaddress.IPv4Address("10.51.34.219")}
+    traffic.update(dict.fromkeys(hosts, frames), hosts)
+    node2, node3 = take(sleeve=sleeve(), traffic=traffic).peers
+    assert (node2.tx_packets, node2.tx_bytes, node2.rx_packets, node2.rx_bytes) == (
+        13, 126456, 9, 1100,
+    )  # fmt: skip
+    assert (node3.tx_packets, node3.tx_bytes, node3.rx_packets, node3.rx_bytes) == (0, 0, 0, 0)

@@ -91,17 +91,18 @@ def wait_agents_replaced(cluster: Cluster, old: dict[str, dict[str, Any]], nodes
     rollout.wait("agents replaced", replaced, TIMEOUT)
 
 
-def test_prometheus_finds_every_agent_and_each_pairs_path(kube_lab: Cluster) -> None:
+def test_prometheus_finds_every_agent_and_each_pairs_path_and_traffic(kube_lab: Cluster) -> None:
     """Debian's Prometheus, given only the API and the manifest's annotations, scrapes every
-    agent; every node pair shows its path, all on the fast path here (a pair on the sleeve
-    would have its per-peer byte counters checked to rise while pods exchange traffic: the
-    agent counts what it carries, not what the kernel does); promtool finds nothing to say
-    about the exposition."""
+    agent; every node pair shows its path, all on the fast path here, and per-peer byte
+    counters that rise while pods exchange traffic (the kernel's counts for the fast path);
+    promtool finds nothing to say about the exposition."""
     proofs = prometheus.prove(kube_lab, echo_pods(kube_lab))
     failed = [f"{c.what}: {c.seen}" for c in proofs if not c.ok]
     assert not failed, failed
     fastdp = next(c for c in proofs if c.what.startswith("weave_py_peer_fastdp"))
     assert fastdp.seen == "6 of 6 pairs on the fast path", fastdp.seen  # nothing on the sleeve
+    rising = [c.what for c in proofs if "rises for every node pair" in c.what]
+    assert len(rising) == 2, rising
 
 
 def test_an_agent_pod_deleted_is_recreated_and_its_pods_keep_their_addresses(
