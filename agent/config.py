@@ -190,8 +190,11 @@ class Config:
         "--password-file",
         "A file of membership secrets (a mounted Kubernetes Secret), one a line, surrounding "
         "blanks and empty lines ignored, at most 8: the first is used for new connections, "
-        "all are accepted. Rotation without a partition, each step a rolling restart: [A] -> "
-        "[A, B] -> [B, A] -> [B]. A missing or empty file stops the start. Not with password.",
+        "all are accepted. Read again every 2 s while running: a valid change is taken without "
+        "a restart (rotation [A] -> [A, B] -> [B, A] -> [B], each step on every node before "
+        "the next; connections under a dropped secret redial under the new one); an invalid "
+        "or unreadable file then changes nothing and is logged once. A missing or empty file "
+        "stops the start. Not with password.",
         "",
     )
     mtu: int | None = _setting(

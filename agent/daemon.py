@@ -45,9 +45,11 @@ from agent.peers.startup import prepare
 from agent.readiness import ReadinessLog, missing
 from agent.refusals import LOG_INTERVAL, Tallies
 from agent.report import Report, Router
+from agent.secret_watch import SecretWatch, watch_secrets
 from agent.secrets import load_secrets
 from agent.supervisor import Supervisor, close_server, exit_if_stuck
 from gossip.identity import Identity
+from gossip.secret import Secrets
 from overlay import node, udp
 from overlay.datapath import Datapath
 from overlay.paths import Paths
@@ -77,6 +79,8 @@ class Agent:
                              hairpin=True, masquerade=masquerade)  # fmt: skip
         grace = time.monotonic() + ROUTE_GRACE
         self.secrets = load_secrets(c)
+        self.secret_watch = (SecretWatch(c.password_file, self.secrets)
+                             if c.password_file else None)  # fmt: skip
         address = c.advertise_address or kernel.underlay.address
         fastpath = policy(
             c, address, identity.name, self.secrets.enabled, kernel.underlay.kept_fast
@@ -240,6 +244,8 @@ class Agent:
                 tasks.start("traffic", self._traffic_loop())
             tasks.start(self.source.kind, self.source.run(self.wake))
             tasks.start("follow", self._follow_loop())
+            if self.secret_watch is not None:
+                tasks.start("secret-watch", watch_secrets(self.secret_watch, self.take_secrets))
             tasks.start("repair", self._repair_loop())
             tasks.start("peer-table", peer_tables(self.report))
             tasks.start("refusal-log", self._refusal_log())
@@ -251,6 +257,13 @@ class Agent:
             log.info("stop agent: signal received, kernel state kept for restart")
         for timer in bail:
             timer.cancel()
+
+    def take_secrets(self, secrets: Secrets) -> None:
+        """Accept ``secrets`` from now on (the password file changed), on both planes."""
+        self.secrets = secrets
+        if self.keyring is not None:
+            self.keyring.accept(secrets)
+        self.source.accept_secrets(secrets)
 
     async def _refusal_log(self) -> None:
         """Log the refusals' overdue summaries now and then."""

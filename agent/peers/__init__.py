@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gossip.secret import Secrets
 from gossip.topology import PeerRecord
 
 Address = tuple[str, int]
@@ -76,4 +77,8 @@ class PeerSource(Protocol):
 
     def rejections(self) -> Mapping[str, int]:
         """Control-plane input refused so far, by reason (empty when the source has none)."""
+        ...
+
+    def accept_secrets(self, secrets: Secrets) -> None:
+        """What peers must prove from now on (the password file changed)."""
         ...

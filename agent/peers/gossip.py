@@ -128,3 +128,8 @@ class GossipPeers:
     def rejections(self) -> Mapping[str, int]:
         """What the mesh and its driver refused, by reason."""
         return dict(self.driver.mesh.rejections.counts)
+
+    def accept_secrets(self, secrets: Secrets) -> None:
+        """New handshakes use ``secrets``; connections under a dropped secret redial."""
+        self.secrets = secrets
+        self.driver.accept_secrets(secrets)

@@ -31,6 +31,7 @@ from agent.peers.kube_api import API_ERRORS, KubeApi, status_code, why
 from agent.peers.nodes import Backoff, Changes, NodeTable
 from agent.peers.reclaim import DELETE, REMOVE, TAKE, Reclaims, Step
 from gossip.identity import name_for
+from gossip.secret import Secrets
 
 log = logging.getLogger("weave-py.kube")
 WATCH_TIMEOUT = 300  # seconds the apiserver keeps one watch open; then it is renewed
@@ -94,6 +95,10 @@ class KubePeers:
     def connections(self) -> list[dict[str, str]]:
         """The mesh's control connections."""
         return self.gossip.connections()
+
+    def accept_secrets(self, secrets: Secrets) -> None:
+        """The mesh's."""
+        self.gossip.accept_secrets(secrets)
 
     async def run(self, changed: Callable[[], None]) -> None:
         """The mesh and the three loops, until cancelled."""

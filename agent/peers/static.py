@@ -9,6 +9,7 @@ from typing import Any
 from agent.config import StaticPeer
 from agent.peers import Member, View
 from gossip.identity import name_for
+from gossip.secret import Secrets
 
 
 class StaticPeers:
@@ -42,3 +43,6 @@ class StaticPeers:
 
     def rejections(self) -> Mapping[str, int]:
         return {}
+
+    def accept_secrets(self, secrets: Secrets) -> None:
+        pass  # no control connections: nothing proves a secret
