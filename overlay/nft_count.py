@@ -35,54 +35,18 @@ from ipaddress import IPv4Address
 
 from pyroute2.netlink import NLM_F_CREATE
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.nfnetlink.nftsocket import (
-    NFT_MSG_DELSETELEM,
-    NFT_MSG_DELTABLE,
-    NFT_MSG_GETRULE,
-    NFT_MSG_GETSET,
-    NFT_MSG_GETSETELEM,
-    NFT_MSG_GETTABLE,
-    NFT_MSG_NEWCHAIN,
-    NFT_MSG_NEWSET,
-    NFT_MSG_NEWSETELEM,
-    NFT_MSG_NEWTABLE,
-    nft_chain_msg,
-    nft_rule_msg,
-    nft_set_elem_list_msg,
-    nft_set_msg,
-    nft_table_msg,
-)
+from pyroute2.netlink.nfnetlink import nftsocket as nft_msg
 from pyroute2.nftables.main import NFTables
 
+from overlay import nft_wire as wire
 from overlay.nft_rules import DADDR, SADDR, lookup_expressions, read_lookup
-from overlay.nft_wire import (
-    ADDRESS_LEN,
-    ELEMENTS_PER_MESSAGE,
-    NF_INET_LOCAL_OUT,
-    NF_INET_PRE_ROUTING,
-    NF_IP_PRI_RAW,
-    TYPE_IPADDR,
-    Message,
-    base_chain,
-    chain_of,
-    element_key,
-    element_keys,
-    get,
-    get_chain,
-    get_one,
-    is_ours,
-    message,
-    query,
-    rule,
-    run,
-    transaction,
-)
+from overlay.nft_wire import Message
 from overlay.traffic import Traffic
 
 TABLE = "weave-py-traffic"
 SETS = {  # set: its chain, the address it matches, the hook
-    "tx": ("count-out", DADDR, NF_INET_LOCAL_OUT),
-    "rx": ("count-in", SADDR, NF_INET_PRE_ROUTING),
+    "tx": ("count-out", DADDR, wire.NF_INET_LOCAL_OUT),
+    "rx": ("count-in", SADDR, wire.NF_INET_PRE_ROUTING),
 }
 USE = 2 * len(SETS)  # the table's chains and sets
 COUNTER = {"attrs": [("NFTA_EXPR_NAME", "counter")]}
@@ -99,13 +63,13 @@ class TrafficCounters:
     def sync(self, port: int | None, hosts: Set[IPv4Address]) -> bool:
         """Count the VXLAN datagrams on ``port`` to and from ``hosts`` (None: no table at
         all); whether anything had to change."""
-        return run(self.netns, f"sync traffic table {self.table}", lambda nft: _sync(
+        return wire.run(self.netns, f"sync traffic table {self.table}", lambda nft: _sync(
             nft, self.table, port, frozenset(hosts)))  # fmt: skip
 
     def read(self) -> dict[IPv4Address, Traffic]:
         """Each counted host's datagrams and their bytes (outer IPv4 packets) so far; empty
         when there is no table."""
-        counts = run(self.netns, f"read traffic table {self.table}", lambda nft: _counts(
+        counts = wire.run(self.netns, f"read traffic table {self.table}", lambda nft: _counts(
             nft, self.table))  # fmt: skip
         tx, rx = counts.get("tx", {}), counts.get("rx", {})
         return {
@@ -115,77 +79,90 @@ class TrafficCounters:
 
 
 def _sync(nft: NFTables, table: str, port: int | None, hosts: frozenset[IPv4Address]) -> bool:
-    found = get_one(nft, NFT_MSG_GETTABLE, query(nft_table_msg, NFTA_TABLE_NAME=table))
+    found = _table(nft, table)
     if port is None:
         if found is not None:
-            transaction(nft, [message(nft_table_msg, NFT_MSG_DELTABLE, 0, NFTA_TABLE_NAME=table)])
+            wire.transaction(nft, [_table_change(nft_msg.NFT_MSG_DELTABLE, table)])
         return found is not None
     if found is None or not _shaped(nft, table, found, port):
-        transaction(nft, _made(table, port, sorted(hosts)))
+        wire.transaction(nft, _made(table, port, sorted(hosts)))
         return True
     have = _counts(nft, table)
     batch: list[Message] = []
     for name in SETS:
         held = set(have.get(name, {}))
-        batch += _elements(table, name, NFT_MSG_NEWSETELEM, sorted(hosts - held))
-        batch += _elements(table, name, NFT_MSG_DELSETELEM, sorted(held - hosts))
+        batch += _elements(table, name, nft_msg.NFT_MSG_NEWSETELEM, sorted(hosts - held))
+        batch += _elements(table, name, nft_msg.NFT_MSG_DELSETELEM, sorted(held - hosts))
     if batch:
-        transaction(nft, batch)
+        wire.transaction(nft, batch)
     return bool(batch)
+
+
+def _table(nft: NFTables, table: str) -> Message | None:
+    request = wire.query(nft_msg.nft_table_msg, NFTA_TABLE_NAME=table)
+    return wire.get_one(nft, nft_msg.NFT_MSG_GETTABLE, request)
+
+
+def _table_change(kind: int, table: str) -> Message:
+    flags = NLM_F_CREATE if kind == nft_msg.NFT_MSG_NEWTABLE else 0
+    return wire.message(nft_msg.nft_table_msg, kind, flags, NFTA_TABLE_NAME=table)
 
 
 def _made(table: str, port: int, hosts: list[IPv4Address]) -> list[Message]:
     """The table made anew (emptied if it was there), sets with their elements, chains and
     rules."""
     batch = [
-        message(nft_table_msg, NFT_MSG_NEWTABLE, NLM_F_CREATE, NFTA_TABLE_NAME=table),
-        message(nft_table_msg, NFT_MSG_DELTABLE, 0, NFTA_TABLE_NAME=table),
-        message(nft_table_msg, NFT_MSG_NEWTABLE, NLM_F_CREATE, NFTA_TABLE_NAME=table),
+        _table_change(nft_msg.NFT_MSG_NEWTABLE, table),
+        _table_change(nft_msg.NFT_MSG_DELTABLE, table),
+        _table_change(nft_msg.NFT_MSG_NEWTABLE, table),
     ]
     for set_id, (name, (chain, offset, _)) in enumerate(SETS.items(), 1):
-        batch.append(message(nft_set_msg, NFT_MSG_NEWSET, NLM_F_CREATE, NFTA_SET_TABLE=table,
-                             NFTA_SET_NAME=name, NFTA_SET_KEY_TYPE=TYPE_IPADDR,
-                             NFTA_SET_KEY_LEN=ADDRESS_LEN, NFTA_SET_ID=set_id,
-                             NFTA_SET_EXPR=COUNTER))  # fmt: skip
-        batch += _elements(table, name, NFT_MSG_NEWSETELEM, hosts)
+        batch.append(wire.message(
+            nft_msg.nft_set_msg, nft_msg.NFT_MSG_NEWSET, NLM_F_CREATE, NFTA_SET_TABLE=table,
+            NFTA_SET_NAME=name, NFTA_SET_KEY_TYPE=wire.TYPE_IPADDR,
+            NFTA_SET_KEY_LEN=wire.ADDRESS_LEN, NFTA_SET_ID=set_id, NFTA_SET_EXPR=COUNTER,
+        ))  # fmt: skip
+        batch += _elements(table, name, nft_msg.NFT_MSG_NEWSETELEM, hosts)
         made = _chain(table, name)
-        batch.append(message(nft_chain_msg, NFT_MSG_NEWCHAIN, NLM_F_CREATE, **made))
-        batch.append(rule(table, chain, lookup_expressions(port, offset, name)))
+        kind = nft_msg.NFT_MSG_NEWCHAIN
+        batch.append(wire.message(nft_msg.nft_chain_msg, kind, NLM_F_CREATE, **made))
+        batch.append(wire.rule(table, chain, lookup_expressions(port, offset, name)))
     return batch
 
 
 def _elements(table: str, name: str, kind: int, hosts: list[IPv4Address]) -> list[Message]:
-    step = ELEMENTS_PER_MESSAGE
+    step = wire.ELEMENTS_PER_MESSAGE
     chunks = (hosts[i : i + step] for i in range(0, len(hosts), step))
     return [_element_list(table, name, kind, chunk) for chunk in chunks]
 
 
 def _element_list(table: str, name: str, kind: int, hosts: list[IPv4Address]) -> Message:
-    flags = NLM_F_CREATE if kind == NFT_MSG_NEWSETELEM else 0
-    return message(nft_set_elem_list_msg, kind, flags, NFTA_SET_ELEM_LIST_TABLE=table,
-                   NFTA_SET_ELEM_LIST_SET=name,
-                   NFTA_SET_ELEM_LIST_ELEMENTS=element_keys(hosts))  # fmt: skip
+    flags = NLM_F_CREATE if kind == nft_msg.NFT_MSG_NEWSETELEM else 0
+    return wire.message(nft_msg.nft_set_elem_list_msg, kind, flags,
+                        NFTA_SET_ELEM_LIST_TABLE=table, NFTA_SET_ELEM_LIST_SET=name,
+                        NFTA_SET_ELEM_LIST_ELEMENTS=wire.element_keys(hosts))  # fmt: skip
 
 
 def _chain(table: str, name: str) -> dict[str, object]:
     chain, _, hook = SETS[name]
-    return base_chain(table, chain, hook, NF_IP_PRI_RAW, "filter")
+    return wire.base_chain(table, chain, hook, wire.NF_IP_PRI_RAW, "filter")
 
 
 def _shaped(nft: NFTables, table: str, found: Message, port: int) -> bool:
     """Whether the table holds exactly our sets (counting), chains and one rule each."""
     if found.get_attr("NFTA_TABLE_FLAGS") or found.get_attr("NFTA_TABLE_USE") != USE:
         return False
-    rules = get(nft, NFT_MSG_GETRULE, query(nft_rule_msg, NFTA_RULE_TABLE=table), dump=True)
+    request = wire.query(nft_msg.nft_rule_msg, NFTA_RULE_TABLE=table)
+    rules = wire.get(nft, nft_msg.NFT_MSG_GETRULE, request, dump=True)
     for name, (chain, offset, _) in SETS.items():
-        held = get_chain(nft, table, chain)
-        if held is None or not is_ours(held, _chain(table, name)):
+        held = wire.get_chain(nft, table, chain)
+        if held is None or not wire.is_ours(held, _chain(table, name)):
             return False
-        mine = [r for r in rules if chain_of(r) == chain]
+        mine = [r for r in rules if wire.chain_of(r) == chain]
         if len(mine) != 1 or read_lookup(mine[0], offset, name) != port:
             return False
-        request = query(nft_set_msg, NFTA_SET_TABLE=table, NFTA_SET_NAME=name)
-        held_set = get_one(nft, NFT_MSG_GETSET, request)
+        request = wire.query(nft_msg.nft_set_msg, NFTA_SET_TABLE=table, NFTA_SET_NAME=name)
+        held_set = wire.get_one(nft, nft_msg.NFT_MSG_GETSET, request)
         if held_set is None or not _counting(held_set):
             return False
     return len(rules) == len(SETS)
@@ -194,8 +171,8 @@ def _shaped(nft: NFTables, table: str, found: Message, port: int) -> bool:
 def _counting(found: Message) -> bool:
     expr = found.get_attr("NFTA_SET_EXPR")
     return bool(
-        found.get_attr("NFTA_SET_KEY_TYPE") == TYPE_IPADDR
-        and found.get_attr("NFTA_SET_KEY_LEN") == ADDRESS_LEN
+        found.get_attr("NFTA_SET_KEY_TYPE") == wire.TYPE_IPADDR
+        and found.get_attr("NFTA_SET_KEY_LEN") == wire.ADDRESS_LEN
         and not found.get_attr("NFTA_SET_FLAGS")
         and expr is not None
         and expr.get_attr("NFTA_EXPR_NAME") == "counter"
@@ -204,22 +181,22 @@ def _counting(found: Message) -> bool:
 
 def _counts(nft: NFTables, table: str) -> Counts:
     """Each set's elements with their counters (an element without one counts as zero)."""
-    if get_one(nft, NFT_MSG_GETTABLE, query(nft_table_msg, NFTA_TABLE_NAME=table)) is None:
+    if _table(nft, table) is None:
         return {}
     out: Counts = {}
     for name in SETS:
-        request = query(nft_set_elem_list_msg, NFTA_SET_ELEM_LIST_TABLE=table,
-                        NFTA_SET_ELEM_LIST_SET=name)  # fmt: skip
+        request = wire.query(nft_msg.nft_set_elem_list_msg, NFTA_SET_ELEM_LIST_TABLE=table,
+                             NFTA_SET_ELEM_LIST_SET=name)  # fmt: skip
         held = out[name] = {}
         try:
-            found = get(nft, NFT_MSG_GETSETELEM, request, dump=True)
+            found = wire.get(nft, nft_msg.NFT_MSG_GETSETELEM, request, dump=True)
         except NetlinkError as exc:
             if exc.code != errno.ENOENT:
                 raise
             continue  # the set is not there: no counts
         for msg in found:
             for element in msg.get_attr("NFTA_SET_ELEM_LIST_ELEMENTS") or ():
-                host = element_key(element)
+                host = wire.element_key(element)
                 if host is not None:
                     held[host] = _counter(element)
     return out
