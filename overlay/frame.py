@@ -107,7 +107,8 @@ ACCEPTED = frozenset(
     int(t) for t in (MessageType.DATA, MessageType.HEARTBEAT, MessageType.HEARTBEAT_ACK,
                      MessageType.DATA_CHUNK)
 )  # fmt: skip
-DATA_CHUNK = int(MessageType.DATA_CHUNK)  # a plain int: hot path
+DATA = int(MessageType.DATA)  # plain ints: hot path
+DATA_CHUNK = int(MessageType.DATA_CHUNK)
 
 
 class DecodeError(Exception):

@@ -143,11 +143,17 @@ class Receiver:
         if total < AEAD_EXTRA or total > MAX_BODY:
             self.forwarding.refuse("chunk", addr[0])
         elif self._sender(source, addr):
-            header = HEADER.pack(VERSION, DATA, FLAG_AEAD, self._buf[start + HOPS_AT],
-                                 total - AEAD_EXTRA, source, self.forwarding.local_id)  # fmt: skip
-            whole = b"".join((header, *self.trains.body(start, stride, count, end)))
+            assert self.keyring is not None
+            sealed = b"".join(self.trains.body(start, stride, count, end))
             self.forwarding.paths["sealed_train"] += 1
-            self._receive(memoryview(whole), addr)
+            try:
+                plain = self.keyring.open_train(
+                    self._buf[start + HOPS_AT], source, self.forwarding.local_id, sealed
+                )
+            except DecodeError as exc:
+                self.forwarding.refuse(exc.reason, addr[0])
+                return end
+            self._deliver(plain, addr)
         return end
 
     def _sender(self, source: int, addr: Address) -> bool:
@@ -167,12 +173,17 @@ class Receiver:
         self.sealed.expire(now)
 
     def _receive(self, data: memoryview, addr: Address) -> None:
-        fw = self.forwarding
         if self.keyring is not None:
             opened = self._open(data, addr)
             if opened is None:
                 return
             data = opened
+        self._deliver(data, addr)
+
+    def _deliver(self, data: memoryview, addr: Address) -> None:
+        """Carry out the forwarding core's verdict on the plain (or relayed sealed) frame
+        ``data`` from ``addr``."""
+        fw = self.forwarding
         verdict = fw.receive(data, addr, time.monotonic())
         if verdict == WRITE:
             write = self.tun.write

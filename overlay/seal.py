@@ -42,11 +42,14 @@ from gossip.secret import Secrets
 from overlay import frame
 from overlay.frame import (
     AEAD_EXTENSION,
+    DATA,
     FLAG_AEAD,
+    HEADER,
     HEADER_SIZE,
     HOPS_AT,
     SEALED_BODY_AT,
     SEALED_OVERHEAD,
+    VERSION,
     Buffer,
     DecodeError,
 )
@@ -122,6 +125,7 @@ class Keyring:
         self._out_view = memoryview(self._out)
         self._plain = bytearray(frame.MAX_DATAGRAM)
         self._plain_view = memoryview(self._plain)
+        self._aad = bytearray(SEALED_BODY_AT)  # what a frame's tag authenticates beside its body
 
     @property
     def sleeve_key(self) -> bytes:
@@ -298,25 +302,46 @@ class Keyring:
             raise DecodeError("plain")
         if header.type == frame.DATA_CHUNK:
             raise DecodeError("type")  # a sealed train's chunk: opened once reassembled
-        key_id, counter = AEAD_EXTENSION.unpack_from(data, HEADER_SIZE)
-        opening = self._openings.get(header.source << 32 | key_id)
+        aad = self._aad
+        aad[:] = data[:SEALED_BODY_AT]
+        aad[HOPS_AT] = 0
+        self._decrypt(header.source, aad, data[HEADER_SIZE:], header.length)
+        plain = self._plain
+        plain[:HEADER_SIZE] = data[:HEADER_SIZE]
+        plain[FLAGS_AT] = header.flags & ~FLAG_AEAD
+        return self._plain_view[: HEADER_SIZE + header.length]
+
+    def open_train(self, hops: int, source: int, destination: int, sealed: Buffer) -> memoryview:
+        """``open`` for the DATA frame of a whole sealed train from ``source`` to
+        ``destination``, given what followed its header (``sealed``: extension, ciphertext,
+        tag, at least AEAD_EXTRA bytes) and the hops its chunks carried: the header is the one
+        the sender sealed, rebuilt from those fields, not copied in front of the body."""
+        length = len(sealed) - AEAD_EXTRA
+        aad = self._aad
+        HEADER.pack_into(aad, 0, VERSION, DATA, FLAG_AEAD, 0, length, source, destination)
+        aad[HEADER_SIZE:] = sealed[: AEAD_EXTENSION.size]
+        self._decrypt(source, aad, sealed, length)
+        HEADER.pack_into(self._plain, 0, VERSION, DATA, 0, hops, length, source, destination)
+        return self._plain_view[: HEADER_SIZE + length]
+
+    def _decrypt(self, source: int, aad: bytearray, sealed: Buffer, length: int) -> None:
+        """Authenticate and decrypt ``sealed`` (extension, ciphertext of ``length`` bytes,
+        tag) from peer ``source`` under ``aad`` (its header, hops zeroed, and extension) into
+        the plaintext buffer after its header; the counter is taken into the key's replay
+        window only once authenticated. DecodeError as ``open`` says."""
+        key_id, counter = AEAD_EXTENSION.unpack_from(sealed, 0)
+        opening = self._openings.get(source << 32 | key_id)
         if opening is None:
             raise DecodeError("unknown_key")
         window = opening.window
         if not window.fresh(counter):
             raise DecodeError("replay")
-        aad = bytearray(data[:SEALED_BODY_AT])
-        aad[HOPS_AT] = 0
-        end = HEADER_SIZE + header.length
-        try:
-            opening.aead.decrypt_into(
-                data[HEADER_SIZE:SEALED_BODY_AT], data[SEALED_BODY_AT:], aad,
-                self._plain_view[HEADER_SIZE:end],
-            )  # fmt: skip
-        except InvalidTag:
-            raise DecodeError("auth") from None
+        with memoryview(sealed) as view:
+            try:
+                opening.aead.decrypt_into(
+                    view[: AEAD_EXTENSION.size], view[AEAD_EXTENSION.size :], aad,
+                    self._plain_view[HEADER_SIZE : HEADER_SIZE + length],
+                )  # fmt: skip
+            except InvalidTag:
+                raise DecodeError("auth") from None
         window.accept(counter)
-        plain = self._plain
-        plain[:HEADER_SIZE] = data[:HEADER_SIZE]
-        plain[FLAGS_AT] = header.flags & ~FLAG_AEAD
-        return self._plain_view[:end]

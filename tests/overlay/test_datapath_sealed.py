@@ -157,6 +157,26 @@ def test_a_sealed_train_read_chunk_by_chunk_is_reassembled(pair: tuple[Node, Nod
     assert b.sleeve.paths["sealed_reassembled"] == 1
 
 
+def test_a_coalesced_sealed_train_is_authenticated_and_taken_once(
+    pair: tuple[Node, Node],
+) -> None:
+    """The GRO fast path opens a whole sealed train without its chunks' headers in front:
+    a changed byte of it is refused, the original is taken once and its replay refused."""
+    a, b = pair
+    big = packet(60000)
+    a.send(big)
+    [(train, segment)] = sends(a)
+    b.sock.inbox.clear()
+    damaged = bytearray(train)
+    damaged[-100] ^= 1
+    for payload in (bytes(damaged), train, train):
+        b.sock.queue(payload, segment, (ADDRS["a"][0], 40000))
+    b.path.drain_udp()
+    assert b.tun.take() == [big]
+    assert b.sleeve.drops["auth"] == 1 and b.sleeve.drops["replay"] == 1
+    assert b.sleeve.paths["sealed_train"] == 3
+
+
 def test_a_tampered_or_spoofed_chunk_delivers_nothing(pair: tuple[Node, Node]) -> None:
     a, b = pair
     a.send(packet(30000))
