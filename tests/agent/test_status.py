@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent import status
 from agent.api import Api
+from agent.lab.kube import prometheus
 from agent.metrics import PEER_SERIES
 from agent.report import Connection, IpamStatus, Owner, Peer, Report, Route, Router
 
@@ -727,10 +729,15 @@ def test_per_peer_series_follow_the_documented_count_and_switch_off() -> None:
                                           ("type", "fastdp")))] == 1  # fmt: skip
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+PROMTOOL = next((p for p in (prometheus.PROMTOOL, shutil.which("promtool")) if p and
+                 os.access(p, os.X_OK)), None)  # fmt: skip
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="no promtool (scripts/fetch-prometheus fetches it)")
 def test_promtool_finds_nothing_to_say_about_the_exposition() -> None:
     body = api().respond("GET", "/metrics")[2]
-    lint = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True,
+    assert PROMTOOL is not None
+    lint = subprocess.run([PROMTOOL, "check", "metrics"], input=body, capture_output=True,
                           text=True, timeout=30, check=False)  # fmt: skip
     assert lint.returncode == 0 and not lint.stdout.strip(), lint.stdout + lint.stderr
 

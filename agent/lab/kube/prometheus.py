@@ -1,10 +1,10 @@
-"""Prometheus (Debian's package) in the cluster lab, as a user's would find the agents: the pods
-of kube-system found through the Kubernetes API, kept to those the manifest annotates
-(``prometheus.io/scrape``, ``/port``, ``/path``), scraped every second; run in the control
-plane's namespace, which reaches every node's address, and stopped by ``lab down`` with the
-control plane. Debian builds Prometheus without its Kubernetes discovery, so the pod role's
-targets and meta labels come from agent/lab/kube/discovery.py through ``file_sd_configs``;
-the relabelling is the one a ``kubernetes_sd_configs`` pod role would use.
+"""Prometheus (Debian's package) in the cluster lab, as a user's would find the agents: its
+Kubernetes discovery (``kubernetes_sd_configs``, role pod) lists and watches the pods of
+kube-system through the API, kept to those the manifest annotates (``prometheus.io/scrape``,
+``/port``, ``/path``), scraped every second; run in the control plane's namespace, which
+reaches the API and every node's address, and stopped by ``lab down`` with the control plane.
+Debian 12's Prometheus is built without that discovery, so the lab runs Debian 13's
+(scripts/fetch-prometheus puts it and its promtool in the cache).
 
 ``counters`` asks its HTTP API for one per-peer series; ``rising`` says which (node, peer)
 pairs it saw grow between two samples; ``check_exposition`` runs ``promtool check metrics``
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -30,16 +29,17 @@ from agent.lab.kube.processes import Daemon, spawn
 from overlay.netns import run_in_netns
 
 LISTEN = "127.0.0.1:9090"
-BINARY = "/usr/bin/prometheus"
-PROMTOOL = "/usr/bin/promtool"
+TOOLS = Path("/var/cache/weave-py/prometheus-trixie")  # scripts/fetch-prometheus
+BINARY, PROMTOOL = str(TOOLS / "prometheus"), str(TOOLS / "promtool")
 SCRAPE_INTERVAL = "1s"
 READY_TIMEOUT = 60.0
 Pair = tuple[str, str]  # (scraped node, peer nickname)
 
 
-def config(targets: Path) -> str:
-    """The scrape configuration: the annotated pods of kube-system (the pod role's targets in
-    ``targets``), at their annotated port and path, labelled with the node they run on."""
+def config(kubeconfig: Path) -> str:
+    """The scrape configuration: the annotated pods of kube-system, found through the API that
+    ``kubeconfig`` reaches, at their annotated port and path, labelled with the node they run
+    on."""
     relabel = [
         {"source_labels": ["__meta_kubernetes_pod_annotation_prometheus_io_scrape"],
          "action": "keep", "regex": "true"},
@@ -52,7 +52,8 @@ def config(targets: Path) -> str:
     ]  # fmt: skip
     job = {
         "job_name": "weave-py",
-        "file_sd_configs": [{"files": [str(targets)], "refresh_interval": "5s"}],
+        "kubernetes_sd_configs": [{"role": "pod", "kubeconfig_file": str(kubeconfig),
+                                   "namespaces": {"names": ["kube-system"]}}],
         "relabel_configs": relabel,
     }  # fmt: skip
     document = {"global": {"scrape_interval": SCRAPE_INTERVAL}, "scrape_configs": [job]}
@@ -64,13 +65,10 @@ def start(cluster: Cluster) -> Daemon:
     processes (so ``lab down`` stops it); returns once its API answers."""
     directory = cluster.plan.control_dir / "prometheus"
     directory.mkdir(parents=True, exist_ok=True)
-    targets, path = directory / "pods.json", directory / "prometheus.yml"
-    path.write_text(config(targets))
+    path = directory / "prometheus.yml"
+    path.write_text(config(cluster.control.admin_kubeconfig))
     inside = ["nsenter", f"--net=/run/netns/{cluster.plan.control_ns}", "--"]
     marker = str(cluster.plan.control_dir)
-    finder = [*inside, sys.executable, "-m", "agent.lab.kube.discovery",
-              str(cluster.control.admin_kubeconfig), "kube-system", str(targets)]  # fmt: skip
-    cluster.record(spawn("pod-discovery", finder, directory / "discovery.log", marker))
     argv = [*inside, BINARY, f"--config.file={path}", f"--storage.tsdb.path={directory / 'data'}",
             f"--web.listen-address={LISTEN}"]  # fmt: skip
     daemon = spawn("prometheus", argv, directory / "prometheus.log", marker)
