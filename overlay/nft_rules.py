@@ -1,14 +1,15 @@
-"""The rules of our nftables table as expressions, for ``overlay.nftables``: built from the
-seam's values and read back into them, a rule recognised only when every expression is exactly
-one we make (anything else reads as None).
+"""The rules of our nftables tables as expressions, for ``overlay.nftables`` and
+``overlay.nft_count``: built from the seam's values and read back into them, a rule recognised
+only when every expression is exactly one we make (anything else reads as None).
 
-The masquerade rule (chain postrouting), the guard's rule (chain input) and its two notrack
-rules (chains notrack-in, notrack-out), as ``nft`` would print them::
+The masquerade rule (chain postrouting), the guard's rule (chain input), and the traffic
+table's two notrack rules, whose set elements count (chains count-in, count-out), as ``nft``
+would print them::
 
     ip saddr 10.32.0.0/12 ip daddr != 10.32.0.0/12 masquerade
     meta l4proto udp udp dport 6784 ip saddr != @guard-hosts drop
-    meta l4proto udp udp dport 6784 ip saddr @guard-hosts notrack
-    meta l4proto udp udp dport 6784 ip daddr @guard-hosts notrack
+    meta l4proto udp udp dport 6784 ip saddr @rx notrack
+    meta l4proto udp udp dport 6784 ip daddr @tx notrack
 
 An address match loads four bytes of the IPv4 header (source at offset 12, destination at 16)
 into register 1, ANDs them with the prefix's netmask and compares with the network address.
@@ -108,26 +109,19 @@ def lookup_expressions(port: int, offset: int, name: str) -> list[Expression]:
     ]
 
 
-def notrack_expressions(port: int, offset: int) -> list[Expression]:
-    """``meta l4proto udp udp dport PORT ip saddr|daddr @GUARD_SET notrack``."""
+def notrack_expressions(port: int, offset: int, name: str) -> list[Expression]:
+    """``meta l4proto udp udp dport PORT ip saddr|daddr @NAME notrack``."""
     notrack = {"attrs": [("NFTA_EXPR_NAME", "notrack")]}  # an expression without data
-    return [*lookup_expressions(port, offset, GUARD_SET), notrack]
+    return [*lookup_expressions(port, offset, name), notrack]
 
 
-def read_lookup(msg: Message, offset: int, name: str) -> int | None:
-    """A rule read back: the port of the rule ``lookup_expressions`` makes for ``offset`` and
-    ``name``, or None when it is anything else."""
-    found = _found(msg)
-    return _read_lookup(found, offset, name) if len(found) == 6 else None
-
-
-def read_notrack(msg: Message, offset: int) -> int | None:
+def read_notrack(msg: Message, offset: int, name: str) -> int | None:
     """A rule read back: the port of the notrack rule ``notrack_expressions`` makes for
-    ``offset``, or None when it is anything else."""
+    ``offset`` and ``name``, or None when it is anything else."""
     found = _found(msg)
     if len(found) != 7 or found[6][0] != "notrack" or _attrs(found[6][1]):
         return None
-    return _read_lookup(found[:6], offset, GUARD_SET)
+    return _read_lookup(found[:6], offset, name)
 
 
 def _read_lookup(found: list[tuple[str, Message]], offset: int, name: str) -> int | None:

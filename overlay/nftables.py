@@ -1,10 +1,8 @@
 """The kernel's side of ``overlay.kernel.NatTables``: our nftables table over pyroute2's
 nfnetlink socket (its rules' expressions are ``overlay.nft_rules``').
 
-The table (family ip) holds the masquerade chain and, with a guard, the input chain, the set
-of hosts its rule reads and two chains that exempt the VXLAN datagrams between those hosts from
-connection tracking (they are never NATed; tracking each of them costs the fast path about a
-tenth of its throughput), what ``nft`` would print as::
+The table (family ip) holds the masquerade chain and, with a guard, the input chain and the set
+of hosts its rule reads, what ``nft`` would print as::
 
     table ip weave-py {
         set guard-hosts {
@@ -19,18 +17,12 @@ tenth of its throughput), what ``nft`` would print as::
             type filter hook input priority filter; policy accept;
             meta l4proto udp udp dport 6784 ip saddr != @guard-hosts drop
         }
-        chain notrack-in {
-            type filter hook prerouting priority raw; policy accept;
-            meta l4proto udp udp dport 6784 ip saddr @guard-hosts notrack
-        }
-        chain notrack-out {
-            type filter hook output priority raw; policy accept;
-            meta l4proto udp udp dport 6784 ip daddr @guard-hosts notrack
-        }
     }
 
 The table's use count (its chains and sets) tells whether there is more than the masquerade
-chain to read: 1 without a guard, 5 with one; anything else is not of our shape.
+chain to read: 1 without a guard, 3 with one; anything else is not of our shape. (The VXLAN
+datagrams' exemption from connection tracking is the traffic table's, ``overlay.nft_count``,
+whose one lookup per datagram both counts and exempts it.)
 Requests go through ``overlay.nft_wire``.
 """
 
@@ -60,26 +52,19 @@ from pyroute2.nftables.main import NFTables
 
 from overlay.netdev import Masquerade, NatTable, UdpGuard
 from overlay.nft_rules import (
-    DADDR,
     GUARD_SET,
-    SADDR,
     guard_expressions,
     masquerade_expressions,
-    notrack_expressions,
     read_guard,
     read_masquerade,
-    read_notrack,
 )
 from overlay.nft_wire import (
     ADDRESS_LEN,
     ELEMENTS_PER_MESSAGE,
     NF_INET_LOCAL_IN,
-    NF_INET_LOCAL_OUT,
     NF_INET_POST_ROUTING,
-    NF_INET_PRE_ROUTING,
     NF_IP_PRI_FILTER,
     NF_IP_PRI_NAT_SRC,
-    NF_IP_PRI_RAW,
     TYPE_IPADDR,
     Message,
     base_chain,
@@ -98,9 +83,8 @@ from overlay.nft_wire import (
 )
 
 CHAIN, GUARD_CHAIN = "postrouting", "input"
-NOTRACK_CHAINS = {"notrack-in": SADDR, "notrack-out": DADDR}  # chain: the address it matches
 SET_ID = 1  # names the set within the transaction that makes it
-USE_PLAIN, USE_GUARDED = 1, 5  # the table's chains and sets: ours alone, or with the guard's
+USE_PLAIN, USE_GUARDED = 1, 3  # the table's chains and sets: ours alone, or with the guard's
 
 
 class Nftables:
@@ -145,14 +129,7 @@ def _guard(table: str, guard: UdpGuard) -> list[Message]:
         *(_elements(table, hosts[i : i + step]) for i in range(0, len(hosts), step)),
         message(nft_chain_msg, NFT_MSG_NEWCHAIN, NLM_F_CREATE, **_guard_chain(table)),
         rule(table, GUARD_CHAIN, guard_expressions(guard.port)),
-        *(m for chain in NOTRACK_CHAINS for m in _notrack(table, chain, guard.port)),
     ]
-
-
-def _notrack(table: str, chain: str, port: int) -> list[Message]:
-    """A notrack chain and its rule."""
-    made = message(nft_chain_msg, NFT_MSG_NEWCHAIN, NLM_F_CREATE, **_notrack_chain(table, chain))
-    return [made, rule(table, chain, notrack_expressions(port, NOTRACK_CHAINS[chain]))]
 
 
 def _elements(table: str, hosts: list[IPv4Address]) -> Message:
@@ -175,24 +152,10 @@ def _observe(nft: NFTables, name: str) -> NatTable | None:
     guard = None
     if guard_chain is not None and is_ours(guard_chain, _guard_chain(name)):
         guard = _read_guard(nft, name, guarding)
-    if guard is not None and not _untracked(nft, name, found, guard.port):
-        guard = None
     ours = not table.get_attr("NFTA_TABLE_FLAGS") and chain is not None
     ours = ours and is_ours(chain, _chain(name))
     ours = ours and use == (USE_PLAIN if guard is None else USE_GUARDED)
     return NatTable(ours, rules, guard)
-
-
-def _untracked(nft: NFTables, table: str, rules: list[Message], port: int) -> bool:
-    """Whether both notrack chains are ours, each with exactly its one rule for ``port``."""
-    for chain, offset in NOTRACK_CHAINS.items():
-        found = get_chain(nft, table, chain)
-        if found is None or not is_ours(found, _notrack_chain(table, chain)):
-            return False
-        held = [m for m in rules if chain_of(m) == chain]
-        if len(held) != 1 or read_notrack(held[0], offset) != port:
-            return False
-    return True
 
 
 def _read_guard(nft: NFTables, table: str, rules: list[Message]) -> UdpGuard | None:
@@ -228,8 +191,3 @@ def _chain(table: str) -> dict[str, Any]:
 
 def _guard_chain(table: str) -> dict[str, Any]:
     return base_chain(table, GUARD_CHAIN, NF_INET_LOCAL_IN, NF_IP_PRI_FILTER, "filter")
-
-
-def _notrack_chain(table: str, chain: str) -> dict[str, Any]:
-    hook = NF_INET_PRE_ROUTING if NOTRACK_CHAINS[chain] == SADDR else NF_INET_LOCAL_OUT
-    return base_chain(table, chain, hook, NF_IP_PRI_RAW, "filter")

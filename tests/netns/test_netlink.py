@@ -197,34 +197,6 @@ def test_the_guard_drops_datagrams_to_its_port_from_other_hosts(scratch_netns) -
             sock.close()
 
 
-def test_the_guards_hosts_vxlan_datagrams_are_not_tracked_other_traffic_is(scratch_netns) -> None:
-    """With masquerade rules the namespace tracks connections; the VXLAN datagrams between the
-    guard's hosts are exempt both ways (notrack-in, notrack-out), any other port is not."""
-    a, b = _pair(scratch_netns, "ta", "tb")
-    with Netlink(a) as nl:
-        nl.ensure_address("wpu0", ipaddress.IPv4Interface("192.168.79.1/24"))
-    with Netlink(b) as nl:
-        nl.ensure_address("wpu1", ipaddress.IPv4Interface("192.168.79.2/24"))
-        cluster = ipaddress.IPv4Network("10.32.0.0/12")
-        peer = frozenset({ipaddress.IPv4Address("192.168.79.1")})
-        nl.replace_nat_table("weave-py", [Masquerade(cluster, cluster)], UdpGuard(6784, peer))
-    count = "net/netfilter/nf_conntrack_count"
-    receivers = [_udp(b, "192.168.79.2", port) for port in (6784, 6785)]
-    sender = _udp(a, "192.168.79.1", 40000)
-    try:
-        before = int(run_in_netns(b, read_sysctl, count))
-        sender.sendto(b"vxlan", ("192.168.79.2", 6784))
-        assert _arrivals(receivers[0]) == {b"vxlan"}
-        receivers[0].sendto(b"back", ("192.168.79.1", 6784))  # leaves by notrack-out
-        assert int(run_in_netns(b, read_sysctl, count)) == before
-        sender.sendto(b"other", ("192.168.79.2", 6785))
-        assert _arrivals(receivers[1]) == {b"other"}
-        assert int(run_in_netns(b, read_sysctl, count)) == before + 1
-    finally:
-        for sock in (*receivers, sender):
-            sock.close()
-
-
 def test_a_vtep_answers_through_forwarding_entries_alone(scratch_netns) -> None:
     """The fast path's kernel state, made with the seam's primitives only: a VXLAN device
     without a remote or learning on each side, the peer's VTEP routed on it with a permanent

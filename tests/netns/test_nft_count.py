@@ -1,18 +1,22 @@
 """The fast path's per-peer counters on the real kernel (overlay/nft_count.py): VXLAN-port
-datagrams to and from each listed host counted in its set element, other ports and other hosts
-not; ``sync`` keeps every count while it adds and removes hosts, does nothing when nothing
-differs, makes the table anew when someone changed it, and removes it when told."""
+datagrams to and from each listed host counted in its set element and exempt from connection
+tracking, other ports and other hosts not; ``sync`` keeps every count while it adds and
+removes hosts, does nothing when nothing differs, makes the table anew when someone changed
+it, and removes it when told."""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 from pyroute2.netlink.nfnetlink.nftsocket import NFT_MSG_DELCHAIN, nft_chain_msg
 
 from overlay import nft_rules, nft_wire
+from overlay.netdev import Masquerade, UdpGuard
 from overlay.netlink import Netlink
+from overlay.netns import run_in_netns
 from overlay.nft_count import TrafficCounters
+from overlay.sysctl import read_sysctl
 from overlay.traffic import Traffic
 from tests.netns.test_netlink import _arrivals, _pair, _udp
 
@@ -68,7 +72,7 @@ def test_sync_keeps_counts_while_hosts_change_and_remakes_a_changed_table(two) -
     assert counters.read() == {B: Traffic(1, 100, 0, 0), C: Traffic()}
     assert counters.sync(PORT, {B}) is True
     assert counters.read() == {B: Traffic(1, 100, 0, 0)}
-    extra = nft_rules.lookup_expressions(PORT, nft_rules.SADDR, "tx")  # a rule we never make
+    extra = nft_rules.notrack_expressions(PORT, nft_rules.SADDR, "tx")  # one we never make
     _append(a, nft_wire.rule(counters.table, "count-in", extra))
     assert counters.sync(PORT, {B}) is True  # not our shape: made anew, counts from zero
     assert counters.read() == {B: Traffic()}
@@ -85,3 +89,28 @@ def test_sync_keeps_counts_while_hosts_change_and_remakes_a_changed_table(two) -
 
 def _append(ns: str, message: object) -> None:
     nft_wire.run(ns, "append", lambda nft: nft_wire.transaction(nft, [message]))
+
+
+def test_counted_datagrams_are_not_tracked_other_traffic_is(two) -> None:
+    """With masquerade rules the namespace tracks connections; the VXLAN datagrams to and from
+    the counted hosts are exempt both ways (count-in, count-out), any other port is not."""
+    a, b = two
+    with Netlink(b) as nl:
+        cluster = IPv4Network("10.32.0.0/12")
+        nl.replace_nat_table("weave-py", [Masquerade(cluster, cluster)], UdpGuard(PORT, {A}))
+    TrafficCounters(b).sync(PORT, {A})
+    count = "net/netfilter/nf_conntrack_count"
+    receivers = [_udp(b, str(B), port) for port in (PORT, PORT + 1)]
+    sender = _udp(a, str(A), 40000)
+    try:
+        before = int(run_in_netns(b, read_sysctl, count))
+        sender.sendto(b"vxlan", (str(B), PORT))
+        assert _arrivals(receivers[0]) == {b"vxlan"}
+        receivers[0].sendto(b"back", (str(A), PORT))  # leaves by count-out
+        assert int(run_in_netns(b, read_sysctl, count)) == before
+        sender.sendto(b"other", (str(B), PORT + 1))
+        assert _arrivals(receivers[1]) == {b"other"}
+        assert int(run_in_netns(b, read_sysctl, count)) == before + 1
+    finally:
+        for sock in (*receivers, sender):
+            sock.close()
