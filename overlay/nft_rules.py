@@ -84,35 +84,31 @@ def masquerade_expressions(rule: Masquerade) -> list[Expression]:
 def guard_expressions(port: int) -> list[Expression]:
     """``meta l4proto udp udp dport PORT ip saddr != @GUARD_SET drop``."""
     drop = {"attrs": [("NFTA_DATA_VERDICT", {"attrs": [("NFTA_VERDICT_CODE", NF_DROP)]})]}
-    return [
-        _expression("meta", dreg=NFT_REG_1, key=NFT_META_L4PROTO),
-        _equals(bytes([IPPROTO_UDP])),
-        _load(TRANSPORT, DPORT, 2),
-        _equals(port.to_bytes(2, "big")),
-        _load(NETWORK, SADDR, 4),
-        _expression("lookup", sreg=NFT_REG_1, set=GUARD_SET, flags=frozenset({INVERTED})),
-        _expression("immediate", dreg=NFT_REG_VERDICT, data=drop),
-    ]
+    verdict = _expression("immediate", dreg=NFT_REG_VERDICT, data=drop)
+    return [*_lookup_expressions(port, SADDR, GUARD_SET, inverted=True), verdict]
 
 
-def lookup_expressions(port: int, offset: int, name: str) -> list[Expression]:
-    """``meta l4proto udp udp dport PORT ip saddr|daddr @NAME`` (the address at ``offset``:
-    SADDR for what arrives, DADDR for what leaves); a set whose elements hold a counter counts
-    every packet that matches."""
+def _lookup_expressions(
+    port: int, offset: int, name: str, inverted: bool = False
+) -> list[Expression]:
+    """``meta l4proto udp udp dport PORT ip saddr|daddr [!=] @NAME`` (the address at
+    ``offset``: SADDR for what arrives, DADDR for what leaves); a set whose elements hold a
+    counter counts every packet that matches."""
+    flags = {"flags": frozenset({INVERTED})} if inverted else {}
     return [
         _expression("meta", dreg=NFT_REG_1, key=NFT_META_L4PROTO),
         _equals(bytes([IPPROTO_UDP])),
         _load(TRANSPORT, DPORT, 2),
         _equals(port.to_bytes(2, "big")),
         _load(NETWORK, offset, 4),
-        _expression("lookup", sreg=NFT_REG_1, set=name),
+        _expression("lookup", sreg=NFT_REG_1, set=name, **flags),
     ]
 
 
 def notrack_expressions(port: int, offset: int, name: str) -> list[Expression]:
     """``meta l4proto udp udp dport PORT ip saddr|daddr @NAME notrack``."""
     notrack = {"attrs": [("NFTA_EXPR_NAME", "notrack")]}  # an expression without data
-    return [*lookup_expressions(port, offset, name), notrack]
+    return [*_lookup_expressions(port, offset, name), notrack]
 
 
 def read_notrack(msg: Message, offset: int, name: str) -> int | None:
@@ -124,7 +120,9 @@ def read_notrack(msg: Message, offset: int, name: str) -> int | None:
     return _read_lookup(found[:6], offset, name)
 
 
-def _read_lookup(found: list[tuple[str, Message]], offset: int, name: str) -> int | None:
+def _read_lookup(
+    found: list[tuple[str, Message]], offset: int, name: str, inverted: bool = False
+) -> int | None:
     names = ("meta", "cmp", "payload", "cmp", "payload", "lookup")
     if tuple(n for n, _ in found) != names:
         return None
@@ -141,7 +139,8 @@ def _read_lookup(found: list[tuple[str, Message]], offset: int, name: str) -> in
         lookup.get_attr("NFTA_LOOKUP_DREG"),
     )
     want = (REG, "NFT_META_L4PROTO", bytes([IPPROTO_UDP]), (TRANSPORT_HEADER, DPORT, 2),
-            (NETWORK_HEADER, offset, 4), REG, name, None, None)  # fmt: skip
+            (NETWORK_HEADER, offset, 4), REG, name, {INVERTED} if inverted else None,
+            None)  # fmt: skip
     value = _compared(port)
     if shape != want or value is None or len(value) != 2:
         return None
@@ -168,29 +167,9 @@ def read_masquerade(msg: Message) -> Masquerade | None:
 def read_guard(msg: Message) -> int | None:
     """A rule read back: the port of the guard's rule it is, or None when it is anything else."""
     found = _found(msg)
-    names = ("meta", "cmp", "payload", "cmp", "payload", "lookup", "immediate")
-    if tuple(name for name, _ in found) != names:
+    if len(found) != 7 or found[6][0] != "immediate" or _verdict(found[6][1]) != "NF_DROP":
         return None
-    (_, meta), (_, udp), (_, dport), (_, port), (_, saddr), (_, lookup), (_, verdict) = found
-    shape = (
-        meta.get_attr("NFTA_META_DREG"),
-        meta.get_attr("NFTA_META_KEY"),
-        _compared(udp),
-        _loaded(dport),
-        _loaded(saddr),
-        lookup.get_attr("NFTA_LOOKUP_SREG"),
-        lookup.get_attr("NFTA_LOOKUP_SET"),
-        lookup.get_attr("NFTA_LOOKUP_FLAGS"),
-        lookup.get_attr("NFTA_LOOKUP_DREG"),
-        _verdict(verdict),
-    )
-    want = (REG, "NFT_META_L4PROTO", bytes([IPPROTO_UDP]), (TRANSPORT_HEADER, DPORT, 2),
-            (NETWORK_HEADER, SADDR, 4), REG, GUARD_SET, {INVERTED}, None,
-            "NF_DROP")  # fmt: skip
-    value = _compared(port)
-    if shape != want or value is None or len(value) != 2:
-        return None
-    return int.from_bytes(value, "big")
+    return _read_lookup(found[:6], SADDR, GUARD_SET, inverted=True)
 
 
 def _loaded(payload: Message) -> tuple[Any, ...] | None:
