@@ -209,8 +209,10 @@ class Lab:
                 for x in self.report(i)["peers"] if x["nickname"] in nodes}  # fmt: skip
 
     def wait_paths(self, want: Mapping[tuple[int, int], str], timeout: float) -> None:
-        """Until node i reports path ``want[i, k]`` ("fastdp" or "sleeve") towards node k, for
-        every pair in ``want``; TimeoutError naming the pairs that differ."""
+        """Until node i reports path ``want[i, k]`` ("fastdp" or "sleeve") towards node k and
+        its kernel routes node k's space through that path's device, for every pair in
+        ``want`` (a switch is reported before the next reconcile puts it in the kernel);
+        TimeoutError naming the pairs that differ."""
         deadline = time.monotonic() + timeout
         while wrong := self._paths_differing(want):
             if time.monotonic() > deadline:
@@ -220,10 +222,25 @@ class Lab:
     def _paths_differing(self, want: Mapping[tuple[int, int], str]) -> dict[tuple[int, int], str]:
         try:
             seen = {i: self.paths(i) for i in sorted({i for i, _ in want})}
+            found = {pair: seen[pair[0]].get(pair[1], ("none", ""))[0] for pair in want}
+            wrong = {pair: path for pair, path in found.items() if path != want[pair]}
+            return wrong or self._routes_differing(want)
         except OSError as exc:
             return {pair: f"no report ({exc})" for pair in want}
-        found = {pair: seen[pair[0]].get(pair[1], ("none", ""))[0] for pair in want}
-        return {pair: path for pair, path in found.items() if path != want[pair]}
+
+    def _routes_differing(self, want: Mapping[tuple[int, int], str]) -> dict[tuple[int, int], str]:
+        """The pairs whose kernel routes do not yet carry node k's space by ``want[i, k]``."""
+        device = {"fastdp": self.plan.vxlan, "sleeve": self.plan.tun}
+        owned = {k: self.owned(k) for k in sorted({k for _, k in want})}
+        routes = {
+            i: {r["destination"]: r["device"] for r in self.report(i)["routes"]}
+            for i in sorted({i for i, _ in want})
+        }
+        return {
+            (i, k): f"{path} chosen, routed by {sorted({str(routes[i].get(b)) for b in owned[k]})}"
+            for (i, k), path in want.items()
+            if any(routes[i].get(b) != device.get(path) for b in owned[k])
+        }
 
     # -- pods --------------------------------------------------------------------------------
 
