@@ -5,7 +5,8 @@ Theory of operation. Every step the coordinator hands in the members (with the b
 lets us route to each), the peers path choice (overlay/paths.py) holds on the fast path and the
 time. ``FastPath`` answers with one ``Candidate`` per peer -- eligible with its VTEP, or not with
 the reason -- and the desired ``Fastdp`` state: a VTEP (neighbour, FDB entry, /32 route) for
-every eligible peer, and each fast peer's blocks routed via its VTEP.
+every eligible peer, each fast peer's blocks routed via its VTEP, and each eligible peer's
+blocks as the inner sources the guard lets its VXLAN frames carry.
 
 Rules this module keeps:
 - Eligible only when both ends run the fast path, this node holds no secret (the kernel would
@@ -105,7 +106,11 @@ class FastPath:
         }
         if grace:
             vteps, routes = self._with_kept(vteps, routes, own)
-        return replace(self.template, vteps=frozenset(vteps), fast_blocks=frozenset(routes))
+        host_of = {v.address: v.host for v in vteps}
+        spaces = {(r.vtep.host, b) for r in self.remotes.values() if r.vtep for b in r.blocks}
+        spaces |= {(host_of[via], block) for block, via in routes if via in host_of}
+        return replace(self.template, vteps=frozenset(vteps), fast_blocks=frozenset(routes),
+                       spaces=frozenset(spaces))  # fmt: skip
 
     def _remote(self, m: Member, blocks: tuple[Net, ...], now: float, grace: bool) -> Remote:
         record = m.record

@@ -36,7 +36,9 @@ class Fastdp:
     """The fast path as the node should have it: the VXLAN ``device`` (``vni``, UDP ``port``,
     sending from ``local``, our underlay address, with our VTEP ``mac``); ``vteps``: the
     fast-capable remote peers; ``fast_blocks``: remote blocks routed via a VTEP (each with the
-    VTEP it goes via; the other remote blocks go into the TUN)."""
+    VTEP it goes via; the other remote blocks go into the TUN); ``spaces``: each fast-capable
+    peer's host with a block of its (the inner sources its VXLAN frames may carry, whichever
+    path we chose for it, since the peer chooses its own)."""
 
     device: str
     vni: int
@@ -45,11 +47,15 @@ class Fastdp:
     mac: str
     vteps: frozenset[Vtep] = frozenset()
     fast_blocks: frozenset[tuple[IPv4Network, IPv4Address]] = frozenset()
+    spaces: frozenset[tuple[IPv4Address, IPv4Network]] = frozenset()
 
     @property
     def guard(self) -> UdpGuard:
-        """Our table's input rule: VXLAN datagrams only from the peers' underlay addresses."""
-        return UdpGuard(self.port, frozenset(vtep.host for vtep in self.vteps))
+        """Our table's input rule: VXLAN datagrams only from the peers' underlay addresses,
+        each carrying frames from that peer's ``spaces`` or its host address alone."""
+        hosts = {v.host for v in self.vteps}
+        own = {(host, IPv4Network(host)) for host in hosts}
+        return UdpGuard.of(self.port, own | {s for s in self.spaces if s[0] in hosts})
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ forwarding entries, our nftables table (masquerade and the UDP guard), and its o
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, collapse_addresses
 
 RTPROT_KERNEL = 2
 RTPROT_WEAVE_PY = 119
@@ -153,11 +154,29 @@ class Masquerade:
 
 @dataclass(frozen=True)
 class UdpGuard:
-    """The input rule of our table: UDP datagrams to ``port`` from any source outside
-    ``hosts`` are dropped (no hosts: every one to ``port`` is)."""
+    """The input rule of our table for the VXLAN datagrams to ``port``: one is dropped unless
+    its source host and the inner IPv4 source of the frame it carries are a pair of
+    ``spaces`` (a host, a network its frames may come from; no pairs: every one is dropped).
+    Build it with ``of``, which merges each host's networks as the kernel's set needs them."""
 
     port: int
-    hosts: frozenset[IPv4Address]
+    spaces: frozenset[tuple[IPv4Address, IPv4Network]]
+
+    @classmethod
+    def of(cls, port: int, spaces: Iterable[tuple[IPv4Address, IPv4Network]]) -> UdpGuard:
+        """The guard of these pairs, each host's networks merged (none overlaps another)."""
+        by_host: dict[IPv4Address, list[IPv4Network]] = {}
+        for host, network in spaces:
+            by_host.setdefault(host, []).append(network)
+        return cls(port, frozenset(
+            (host, merged) for host, networks in by_host.items()
+            for merged in collapse_addresses(networks)
+        ))  # fmt: skip
+
+    @property
+    def hosts(self) -> frozenset[IPv4Address]:
+        """The hosts whose VXLAN datagrams may come in at all."""
+        return frozenset(host for host, _ in self.spaces)
 
 
 @dataclass(frozen=True)

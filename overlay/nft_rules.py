@@ -7,15 +7,21 @@ table's two notrack rules, whose set elements count (chains count-in, count-out)
 would print them::
 
     ip saddr 10.32.0.0/12 ip daddr != 10.32.0.0/12 masquerade
-    meta l4proto udp udp dport 6784 ip saddr != @guard-hosts drop
+    meta l4proto udp udp dport 6784 ip saddr . @th,224,16 . @th,336,32 != @guard-sources drop
     meta l4proto udp udp dport 6784 ip saddr @rx notrack
     meta l4proto udp udp dport 6784 ip daddr @tx notrack
 
 An address match loads four bytes of the IPv4 header (source at offset 12, destination at 16)
 into register 1, ANDs them with the prefix's netmask and compares with the network address.
 Masks and addresses are packed here in network order (pyroute2's own ``ipv4addr`` helper packs
-non-byte-aligned masks wrongly). The guard's hosts are the elements of a set in the same table
-(``GUARD_SET``), looked up inverted: a source that is not in it matches, and is dropped.
+non-byte-aligned masks wrongly). The guard looks up, inverted, a key of three fields in a set of
+the same table (``GUARD_SET``, ranges of concatenations): the datagram's source host, and in the
+VXLAN frame it carries the inner EtherType (transport header offset 28: UDP 8, VXLAN 8, then the
+Ethernet type at 12) and the inner IPv4 source (offset 42: the IPv4 header follows the 14-byte
+Ethernet header, its source at 12). A datagram whose key is in no element's range -- a host that
+is not a peer's, a frame that is not IPv4, an inner source outside that host's space -- matches
+and is dropped. The fields go into consecutive 32-bit registers from register 1 (the EtherType's
+two bytes zero-padded), as ``nft`` lays out a concatenation.
 """
 
 from __future__ import annotations
@@ -33,7 +39,11 @@ NF_DROP = 0
 IPPROTO_UDP = 17
 SADDR, DADDR = 12, 16  # offsets in the IPv4 header
 DPORT = 2  # offset in the UDP header
-GUARD_SET = "guard-hosts"
+GUARD_SET = "guard-sources"
+NFT_REG32_01, NFT_REG32_02 = 9, 10  # a concatenation's second and third fields
+INNER_TYPE, INNER_SOURCE = 28, 42  # offsets in a VXLAN datagram's transport header
+ETH_P_IP = 0x0800
+GUARD_FIELDS = (4, 2, 4)  # the guard key's fields: source host, inner EtherType, inner source
 # the same values as pyroute2 names them in what it reads back
 REG, NETWORK_HEADER, BOOL = "NFT_REG_1", "NFT_PAYLOAD_NETWORK_HEADER", "NFT_BITWISE_BOOL"
 TRANSPORT_HEADER, INVERTED = "NFT_PAYLOAD_TRANSPORT_HEADER", "NFT_LOOKUP_F_INV"
@@ -82,26 +92,42 @@ def masquerade_expressions(rule: Masquerade) -> list[Expression]:
 
 
 def guard_expressions(port: int) -> list[Expression]:
-    """``meta l4proto udp udp dport PORT ip saddr != @GUARD_SET drop``."""
+    """``meta l4proto udp udp dport PORT ip saddr . @th,224,16 . @th,336,32 != @GUARD_SET
+    drop``."""
     drop = {"attrs": [("NFTA_DATA_VERDICT", {"attrs": [("NFTA_VERDICT_CODE", NF_DROP)]})]}
-    verdict = _expression("immediate", dreg=NFT_REG_VERDICT, data=drop)
-    return [*_lookup_expressions(port, SADDR, GUARD_SET, inverted=True), verdict]
+    return [
+        *_port_expressions(port),
+        _load(NETWORK, SADDR, 4),
+        _expression("payload", dreg=NFT_REG32_01, base=TRANSPORT, offset=INNER_TYPE, len=2),
+        _expression("payload", dreg=NFT_REG32_02, base=TRANSPORT, offset=INNER_SOURCE, len=4),
+        _expression("lookup", sreg=NFT_REG_1, set=GUARD_SET, flags=frozenset({INVERTED})),
+        _expression("immediate", dreg=NFT_REG_VERDICT, data=drop),
+    ]
 
 
-def _lookup_expressions(
-    port: int, offset: int, name: str, inverted: bool = False
-) -> list[Expression]:
-    """``meta l4proto udp udp dport PORT ip saddr|daddr [!=] @NAME`` (the address at
-    ``offset``: SADDR for what arrives, DADDR for what leaves); a set whose elements hold a
-    counter counts every packet that matches."""
-    flags = {"flags": frozenset({INVERTED})} if inverted else {}
+def guard_key(host: IPv4Address, source: IPv4Address) -> bytes:
+    """The guard set's key for ``host`` carrying an IPv4 frame from ``source``."""
+    return host.packed + ETH_P_IP.to_bytes(2, "big") + bytes(2) + source.packed
+
+
+def _port_expressions(port: int) -> list[Expression]:
+    """``meta l4proto udp udp dport PORT``."""
     return [
         _expression("meta", dreg=NFT_REG_1, key=NFT_META_L4PROTO),
         _equals(bytes([IPPROTO_UDP])),
         _load(TRANSPORT, DPORT, 2),
         _equals(port.to_bytes(2, "big")),
+    ]
+
+
+def _lookup_expressions(port: int, offset: int, name: str) -> list[Expression]:
+    """``meta l4proto udp udp dport PORT ip saddr|daddr @NAME`` (the address at ``offset``:
+    SADDR for what arrives, DADDR for what leaves); a set whose elements hold a counter counts
+    every packet that matches."""
+    return [
+        *_port_expressions(port),
         _load(NETWORK, offset, 4),
-        _expression("lookup", sreg=NFT_REG_1, set=name, **flags),
+        _expression("lookup", sreg=NFT_REG_1, set=name),
     ]
 
 
@@ -120,31 +146,39 @@ def read_notrack(msg: Message, offset: int, name: str) -> int | None:
     return _read_lookup(found[:6], offset, name)
 
 
-def _read_lookup(
-    found: list[tuple[str, Message]], offset: int, name: str, inverted: bool = False
-) -> int | None:
-    names = ("meta", "cmp", "payload", "cmp", "payload", "lookup")
-    if tuple(n for n, _ in found) != names:
+def _read_lookup(found: list[tuple[str, Message]], offset: int, name: str) -> int | None:
+    """The port of the six expressions ``_lookup_expressions`` makes, else None."""
+    port = _read_port(found[:4])
+    if port is None or [n for n, _ in found[4:]] != ["payload", "lookup"]:
         return None
-    (_, meta), (_, udp), (_, dport), (_, port), (_, address), (_, lookup) = found
+    (_, address), (_, lookup) = found[4:]
+    if _loaded(address) != (NETWORK_HEADER, offset, 4) or _looked_up(lookup) != (name, None):
+        return None
+    return port
+
+
+def _read_port(found: list[tuple[str, Message]]) -> int | None:
+    """The port of the four expressions ``_port_expressions`` makes, else None."""
+    if [n for n, _ in found] != ["meta", "cmp", "payload", "cmp"]:
+        return None
+    (_, meta), (_, udp), (_, dport), (_, port) = found
     shape = (
         meta.get_attr("NFTA_META_DREG"),
         meta.get_attr("NFTA_META_KEY"),
         _compared(udp),
         _loaded(dport),
-        _loaded(address),
-        lookup.get_attr("NFTA_LOOKUP_SREG"),
-        lookup.get_attr("NFTA_LOOKUP_SET"),
-        lookup.get_attr("NFTA_LOOKUP_FLAGS") or None,  # read back as an empty set
-        lookup.get_attr("NFTA_LOOKUP_DREG"),
     )
-    want = (REG, "NFT_META_L4PROTO", bytes([IPPROTO_UDP]), (TRANSPORT_HEADER, DPORT, 2),
-            (NETWORK_HEADER, offset, 4), REG, name, {INVERTED} if inverted else None,
-            None)  # fmt: skip
     value = _compared(port)
-    if shape != want or value is None or len(value) != 2:
+    if shape != (REG, "NFT_META_L4PROTO", bytes([IPPROTO_UDP]), (TRANSPORT_HEADER, DPORT, 2)):
         return None
-    return int.from_bytes(value, "big")
+    return int.from_bytes(value, "big") if value is not None and len(value) == 2 else None
+
+
+def _looked_up(lookup: Message) -> tuple[str, Any] | None:
+    """(set, flags) of a lookup of register 1 with no result register, else None."""
+    if lookup.get_attr("NFTA_LOOKUP_SREG") != REG or lookup.get_attr("NFTA_LOOKUP_DREG"):
+        return None
+    return lookup.get_attr("NFTA_LOOKUP_SET"), lookup.get_attr("NFTA_LOOKUP_FLAGS") or None
 
 
 def _found(msg: Message) -> list[tuple[str, Message]]:
@@ -167,14 +201,25 @@ def read_masquerade(msg: Message) -> Masquerade | None:
 def read_guard(msg: Message) -> int | None:
     """A rule read back: the port of the guard's rule it is, or None when it is anything else."""
     found = _found(msg)
-    if len(found) != 7 or found[6][0] != "immediate" or _verdict(found[6][1]) != "NF_DROP":
+    names = ["payload", "payload", "payload", "lookup", "immediate"]
+    if len(found) != 9 or [n for n, _ in found[4:]] != names:
         return None
-    return _read_lookup(found[:6], SADDR, GUARD_SET, inverted=True)
+    (_, source), (_, kind), (_, inner), (_, lookup), (_, verdict) = found[4:]
+    fields = (
+        _loaded(source),
+        _loaded(kind, "NFT_REG32_01"),
+        _loaded(inner, "NFT_REG32_02"),
+        _looked_up(lookup),
+        _verdict(verdict),
+    )
+    want = ((NETWORK_HEADER, SADDR, 4), (TRANSPORT_HEADER, INNER_TYPE, 2),
+            (TRANSPORT_HEADER, INNER_SOURCE, 4), (GUARD_SET, {INVERTED}), "NF_DROP")  # fmt: skip
+    return _read_port(found[:4]) if fields == want else None
 
 
-def _loaded(payload: Message) -> tuple[Any, ...] | None:
-    """(base, offset, length) of a load into register 1, else None."""
-    if payload.get_attr("NFTA_PAYLOAD_DREG") != REG or _attrs_named(payload) - LOAD:
+def _loaded(payload: Message, register: str = REG) -> tuple[Any, ...] | None:
+    """(base, offset, length) of a load into ``register``, else None."""
+    if payload.get_attr("NFTA_PAYLOAD_DREG") != register or _attrs_named(payload) - LOAD:
         return None
     return tuple(payload.get_attr(f"NFTA_PAYLOAD_{key}") for key in ("BASE", "OFFSET", "LEN"))
 

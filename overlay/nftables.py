@@ -2,12 +2,14 @@
 nfnetlink socket (its rules' expressions are ``overlay.nft_rules``').
 
 The table (family ip) holds the masquerade chain and, with a guard, the input chain and the set
-of hosts its rule reads, what ``nft`` would print as::
+its rule reads (each peer's host with the inner sources its VXLAN frames may carry: the peer's
+space and its host address), what ``nft`` would print as::
 
     table ip weave-py {
-        set guard-hosts {
-            type ipv4_addr
-            elements = { 192.168.1.8, 192.168.1.9 }
+        set guard-sources {
+            type ipv4_addr . ether_type . ipv4_addr
+            flags interval
+            elements = { 192.168.1.8 . ip . 10.32.0.0/19, 192.168.1.8 . ip . 192.168.1.8, ... }
         }
         chain postrouting {
             type nat hook postrouting priority srcnat; policy accept;
@@ -15,7 +17,7 @@ of hosts its rule reads, what ``nft`` would print as::
         }
         chain input {
             type filter hook input priority filter; policy accept;
-            meta l4proto udp udp dport 6784 ip saddr != @guard-hosts drop
+            udp dport 6784 ip saddr . @th,224,16 . @th,336,32 != @guard-sources drop
         }
     }
 
@@ -23,13 +25,16 @@ The table's use count (its chains and sets) tells whether there is more than the
 chain to read: 1 without a guard, 3 with one; anything else is not of our shape. (The VXLAN
 datagrams' exemption from connection tracking is the traffic table's, ``overlay.nft_count``,
 whose one lookup per datagram both counts and exempts it.)
-Requests go through ``overlay.nft_wire``.
+Requests go through ``overlay.nft_wire``. The set's description of its key's fields is written
+as raw attributes: pyroute2's type for it numbers the fields where the kernel wants each one an
+NFTA_LIST_ELEM (and decoding it does not return, so sets are never read back whole here).
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network, summarize_address_range
 from typing import Any
 
 from pyroute2.netlink import NLM_F_CREATE
@@ -52,25 +57,23 @@ from pyroute2.nftables.main import NFTables
 
 from overlay.netdev import Masquerade, NatTable, UdpGuard
 from overlay.nft_rules import (
+    GUARD_FIELDS,
     GUARD_SET,
     guard_expressions,
+    guard_key,
     masquerade_expressions,
     read_guard,
     read_masquerade,
 )
 from overlay.nft_wire import (
-    ADDRESS_LEN,
     ELEMENTS_PER_MESSAGE,
     NF_INET_LOCAL_IN,
     NF_INET_POST_ROUTING,
     NF_IP_PRI_FILTER,
     NF_IP_PRI_NAT_SRC,
-    TYPE_IPADDR,
     Message,
     base_chain,
     chain_of,
-    element_key,
-    element_keys,
     get,
     get_chain,
     get_one,
@@ -85,6 +88,32 @@ from overlay.nft_wire import (
 CHAIN, GUARD_CHAIN = "postrouting", "input"
 SET_ID = 1  # names the set within the transaction that makes it
 USE_PLAIN, USE_GUARDED = 1, 3  # the table's chains and sets: ours alone, or with the guard's
+NFTA_SET_DESC_CONCAT, NFTA_LIST_ELEM, NFTA_SET_FIELD_LEN, NLA_F_NESTED = 2, 1, 1, 0x8000
+GUARD_KEY_LEN = 12  # the fields, each padded to four bytes
+GUARD_SET_FLAGS = frozenset({"NFT_SET_INTERVAL", "NFT_SET_CONCAT"})
+
+
+class _guard_set_msg(nft_set_msg):
+    """NFT_MSG_NEWSET with its description given as raw bytes (see the module's note). Its
+    attribute table is compiled apart from its parent's: pyroute2 keeps the compiled table in
+    a class attribute, which a subclass would otherwise inherit once the parent's is made."""
+
+    _nlmsg_base__compiled_nla = False
+    nla_map = tuple(
+        (name, "cdata") if name == "NFTA_SET_DESC" else (name, kind)
+        for name, kind in nft_set_msg.nla_map
+    )
+
+
+def _concat_description(lengths: Sequence[int]) -> bytes:
+    """NFTA_SET_DESC's payload: NFTA_SET_DESC_CONCAT holding one NFTA_LIST_ELEM per field,
+    each with its NFTA_SET_FIELD_LEN."""
+    fields = b"".join(
+        struct.pack("=HH", 12, NFTA_LIST_ELEM) + struct.pack("=HH", 8, NFTA_SET_FIELD_LEN)
+        + struct.pack("!I", length)
+        for length in lengths
+    )  # fmt: skip
+    return struct.pack("=HH", 4 + len(fields), NFTA_SET_DESC_CONCAT | NLA_F_NESTED) + fields
 
 
 class Nftables:
@@ -119,23 +148,36 @@ class Nftables:
 
 
 def _guard(table: str, guard: UdpGuard) -> list[Message]:
-    """The set of hosts (its elements a few hundred a message), the input chain, its rule."""
-    hosts, step = sorted(guard.hosts), ELEMENTS_PER_MESSAGE
-    hold = message(nft_set_msg, NFT_MSG_NEWSET, NLM_F_CREATE, NFTA_SET_TABLE=table,
-                    NFTA_SET_NAME=GUARD_SET, NFTA_SET_KEY_TYPE=TYPE_IPADDR,
-                    NFTA_SET_KEY_LEN=ADDRESS_LEN, NFTA_SET_ID=SET_ID)  # fmt: skip
+    """The set of sources (its elements a few hundred a message), the input chain, its rule."""
+    spaces, step = sorted(guard.spaces), ELEMENTS_PER_MESSAGE
+    hold = message(_guard_set_msg, NFT_MSG_NEWSET, NLM_F_CREATE, NFTA_SET_TABLE=table,
+                    NFTA_SET_NAME=GUARD_SET, NFTA_SET_KEY_TYPE=0, NFTA_SET_KEY_LEN=GUARD_KEY_LEN,
+                    NFTA_SET_FLAGS=GUARD_SET_FLAGS, NFTA_SET_ID=SET_ID,
+                    NFTA_SET_DESC=_concat_description(GUARD_FIELDS))  # fmt: skip
     return [
         hold,
-        *(_elements(table, hosts[i : i + step]) for i in range(0, len(hosts), step)),
+        *(_elements(table, spaces[i : i + step]) for i in range(0, len(spaces), step)),
         message(nft_chain_msg, NFT_MSG_NEWCHAIN, NLM_F_CREATE, **_guard_chain(table)),
         rule(table, GUARD_CHAIN, guard_expressions(guard.port)),
     ]
 
 
-def _elements(table: str, hosts: list[IPv4Address]) -> Message:
+def _elements(table: str, spaces: list[tuple[IPv4Address, IPv4Network]]) -> Message:
+    """Elements of the guard's set: a range per host and network."""
+    elements = [
+        {"attrs": [
+            ("NFTA_SET_ELEM_KEY", _value(guard_key(host, network.network_address))),
+            ("NFTA_SET_ELEM_KEY_END", _value(guard_key(host, network.broadcast_address))),
+        ]}
+        for host, network in spaces
+    ]  # fmt: skip
     return message(nft_set_elem_list_msg, NFT_MSG_NEWSETELEM, NLM_F_CREATE,
                    NFTA_SET_ELEM_LIST_TABLE=table, NFTA_SET_ELEM_LIST_SET=GUARD_SET,
-                   NFTA_SET_ELEM_LIST_ELEMENTS=element_keys(hosts))  # fmt: skip
+                   NFTA_SET_ELEM_LIST_ELEMENTS=elements)  # fmt: skip
+
+
+def _value(data: bytes) -> dict[str, Any]:
+    return {"attrs": [("NFTA_DATA_VALUE", data)]}
 
 
 def _observe(nft: NFTables, name: str) -> NatTable | None:
@@ -160,29 +202,48 @@ def _observe(nft: NFTables, name: str) -> NatTable | None:
 
 def _read_guard(nft: NFTables, table: str, rules: list[Message]) -> UdpGuard | None:
     """The guard the input chain's rules and the set's elements make, None when they are not
-    exactly one rule of our shape and a set of addresses alone."""
+    exactly one rule of our shape and elements of our shape alone."""
     port = read_guard(rules[0]) if len(rules) == 1 else None
     if port is None:
         return None
     request = query(nft_set_elem_list_msg, NFTA_SET_ELEM_LIST_TABLE=table,
                    NFTA_SET_ELEM_LIST_SET=GUARD_SET)  # fmt: skip
-    hosts: set[IPv4Address] = set()
+    spaces: set[tuple[IPv4Address, IPv4Network]] = set()
     for msg in get(nft, NFT_MSG_GETSETELEM, request, dump=True):
         for element in msg.get_attr("NFTA_SET_ELEM_LIST_ELEMENTS") or ():
-            host = _host(element)
-            if host is None:
+            space = _space(element)
+            if space is None:
                 return None
-            hosts.add(host)
-    return UdpGuard(port, frozenset(hosts))
+            spaces.add(space)
+    return UdpGuard(port, frozenset(spaces))
 
 
-def _host(element: Message) -> IPv4Address | None:
-    """The address an element of our set holds; None for one with anything else to it."""
-    if {name for name, *_ in element["attrs"]} - {"NFTA_SET_ELEM_KEY", "NFTA_SET_ELEM_FLAGS"}:
+def _space(element: Message) -> tuple[IPv4Address, IPv4Network] | None:
+    """The host and network an element of our set holds; None for one with anything else to
+    it (other attributes or flags, another EtherType, a range that is not one network)."""
+    names = {name for name, *_ in element["attrs"]}
+    if names != {"NFTA_SET_ELEM_KEY", "NFTA_SET_ELEM_KEY_END"} or element.get_attr(
+        "NFTA_SET_ELEM_FLAGS"
+    ):
         return None
-    if element.get_attr("NFTA_SET_ELEM_FLAGS"):
+    start, end = (_key(element, name) for name in ("NFTA_SET_ELEM_KEY", "NFTA_SET_ELEM_KEY_END"))
+    if start is None or end is None or start[0] != end[0]:
         return None
-    return element_key(element)
+    if guard_key(start[0], start[1]) != start[2] or guard_key(end[0], end[1]) != end[2]:
+        return None
+    if start[1] > end[1]:
+        return None
+    networks = list(summarize_address_range(start[1], end[1]))
+    return (start[0], networks[0]) if len(networks) == 1 else None
+
+
+def _key(element: Message, name: str) -> tuple[IPv4Address, IPv4Address, bytes] | None:
+    """(host, inner source, the whole key) of one of an element's keys, else None."""
+    key = element.get_attr(name)
+    value = key.get_attr("NFTA_DATA_VALUE") if key is not None else None
+    if not isinstance(value, bytes) or len(value) != GUARD_KEY_LEN:
+        return None
+    return IPv4Address(value[:4]), IPv4Address(value[8:]), value
 
 
 def _chain(table: str) -> dict[str, Any]:

@@ -53,8 +53,11 @@ def test_egress_leaves_as_the_node_and_pod_traffic_keeps_its_address(lab_factory
     assert all(r.ok(pod_ips[src]) for (src, _), r in results.items()), probe.render(
         pod_ips, results
     )
-    with Netlink(lab.plan.node_ns(1)) as nl:  # and the fast path's guard: node 2's host only
-        guard = UdpGuard(FASTDP_PORT, frozenset({lab.address(2).ip}))
+    with Netlink(lab.plan.node_ns(1)) as nl:  # the fast path's guard: node 2's host, its space
+        host = lab.address(2).ip
+        spaces = [(host, ipaddress.IPv4Network(host))]
+        spaces += [(host, ipaddress.IPv4Network(block)) for block in lab.owned(2)]
+        guard = UdpGuard.of(FASTDP_PORT, spaces)
         assert nl.nat_table(NAT_TABLE) == NatTable(True, (Masquerade(POD_RANGE, POD_RANGE),), guard)
 
 

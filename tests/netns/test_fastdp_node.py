@@ -3,7 +3,7 @@ by a veth underlay, each reconciled by ``node.Reconciler`` with a ``Fastdp`` for
 pod namespace on each bridge. Pod-to-pod pings go through the VXLAN devices (their counters
 count them; nobody reads the TUNs, so nothing else could carry them); a block switched to the
 sleeve stops reaching the VXLAN device, and back again; the UDP guard drops VXLAN from a host
-that is not a peer's."""
+that is not a peer's, and frames from a peer's host with an inner source outside its space."""
 
 from __future__ import annotations
 
@@ -54,6 +54,7 @@ def spec(me: str, other: str, fast: bool = True) -> NodeSpec:
         vtep_mac(NAMES[me]),
         frozenset({vtep(other)}),
         frozenset({(BLOCKS[other], vtep(other).address)}) if fast else frozenset(),
+        frozenset({(HOSTS[other], BLOCKS[other])}),
     )
     return NodeSpec(BR, TUN, 1400, 64000, (gateway(me),), frozenset({BLOCKS[other]}),
                     fastdp=fastdp)  # fmt: skip
@@ -150,9 +151,13 @@ def test_a_block_switched_to_the_sleeve_leaves_the_vxlan_device(pair: Pair) -> N
 def test_the_guard_drops_vxlan_from_hosts_that_are_not_peers(pair: Pair) -> None:
     assert pings(pair, 2) == 2
     desired = spec("b", "a")
-    assert desired.guard == UdpGuard(FASTDP_PORT, frozenset({HOSTS["a"]}))
-    stranger = UdpGuard(FASTDP_PORT, frozenset({ADDR("198.51.100.9")}))
+    own = (HOSTS["a"], NET(HOSTS["a"]))
+    assert desired.guard == UdpGuard.of(FASTDP_PORT, [own, (HOSTS["a"], BLOCKS["a"])])
+    stranger = UdpGuard.of(FASTDP_PORT, [(ADDR("198.51.100.9"), BLOCKS["a"])])
     pair.handles["b"].replace_nat_table(NAT_TABLE, (), stranger)  # b trusts only .9
+    assert pings(pair, 2) == 0
+    elsewhere = UdpGuard.of(FASTDP_PORT, [own, (HOSTS["a"], NET("10.99.0.0/24"))])
+    pair.handles["b"].replace_nat_table(NAT_TABLE, (), elsewhere)  # a's host, not its pods
     assert pings(pair, 2) == 0
     assert pair.reconcile("b", desired) == [ReplaceNat((), desired.guard)]
     assert pings(pair, 2) == 2

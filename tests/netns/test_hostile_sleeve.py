@@ -1,6 +1,7 @@
 """A stranger on the underlay attacks a real 3-node lab with no secret through the data plane and
 the node itself (issue 13): sleeve frames from a wrong endpoint, with an inner source outside
-the sending peer's space, to the host's gateway and relayed into a third node, heartbeat acks
+the sending peer's space, to the host's gateway and relayed into a third node; VXLAN datagrams
+to the fast path's port with such sources; heartbeat acks
 for a dead path; the local API used by a user who is not root; a state file that lost what the
 node holds. None may reach a pod or a host, keep a dead path up or cost an address; what was
 refused is counted (the agent's /metrics or /report) and logged with the source
@@ -13,6 +14,8 @@ import subprocess
 
 import pytest
 
+from overlay.netlink import Netlink
+from overlay.vtep import FASTDP_PORT, FASTDP_VNI
 from tests.netns.hostile import evidence
 from tests.netns.hostile.evidence import Listener, counters
 from tests.netns.hostile.scene import (
@@ -21,7 +24,7 @@ from tests.netns.hostile.scene import (
     assert_refused,
     node3_under_forged_acks,
 )
-from tests.netns.hostile.sleeve import SleeveSender, data_frame, udp_packet
+from tests.netns.hostile.sleeve import SleeveSender, data_frame, udp_packet, vxlan_datagram
 
 pytestmark = pytest.mark.netns
 
@@ -67,6 +70,39 @@ def test_sleeve_injection(s: Scene) -> None:
     assert_intact(s)
     for i in (1, 2):
         assert_refused(before[i], logs, s, i, s.host.ip, sleeve=True)
+
+
+def test_vxlan_injection(s: Scene) -> None:
+    """The fast path's port: node 1's kernel decapsulates only frames a peer's host may send
+    (its space or its host address as inner source; tests/netns/test_netlink.py has the rule's
+    cases). A frame as node 2 from node 2's space is the control: it reaches the pod, so the
+    others are not lost for being malformed. Forging a peer's own space from its address is
+    what the fast path cannot tell apart (README: with a password all takes the sealed sleeve)."""
+    lab, pod = s.lab, s.lab.plan.pod_ns(1, 1)
+    pod_ip = s.baseline.pods[1, 1]
+    with Netlink(lab.plan.node_ns(1)) as nl:
+        device = nl.link(lab.plan.vxlan)
+    assert device is not None
+    two, three = _inside(s.baseline.owned[2]), _inside(s.baseline.owned[3])
+    sent = [  # marker, outer source, inner source
+        (b"vx-control", s.address(2), two),
+        (b"vx-outside-space", s.address(2), three),
+        (b"vx-not-a-peer", s.host.ip, two),
+        (b"vx-its-neighbours", s.address(2), s.address(3)),
+    ]
+    at_pod = Listener(pod, 9003)
+    try:
+        with SleeveSender(s.host) as sender:
+            for _ in range(5):
+                for marker, outer, inner in sent:
+                    packet = udp_packet(inner, pod_ip, 9003, marker)
+                    datagram = vxlan_datagram(FASTDP_VNI, device.mac, packet)
+                    sender.send_as(outer, s.address(1), datagram, FASTDP_PORT)
+        heard = set(at_pod.heard())
+    finally:
+        at_pod.close()
+    assert heard == {b"vx-control"}, f"decapsulated into the pod: {sorted(heard)}"
+    assert_intact(s)
 
 
 def test_spoofed_heartbeat_acks_keep_no_dead_path(s: Scene) -> None:

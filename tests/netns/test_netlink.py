@@ -124,7 +124,8 @@ def _append(ns: str, message: object) -> None:
 
 def test_a_guard_rule_of_another_shape_reads_as_not_ours(scratch_netns) -> None:
     ns = scratch_netns("guard")
-    guard = UdpGuard(6784, frozenset({ipaddress.IPv4Address("192.0.2.1")}))
+    host = ipaddress.IPv4Address("192.0.2.1")
+    guard = UdpGuard.of(6784, [(host, ipaddress.IPv4Network(host))])
     with Netlink(ns) as nl:
         nl.replace_nat_table("weave-py", [], guard)
         assert nl.nat_table("weave-py") == NatTable(True, (), guard)
@@ -171,27 +172,46 @@ def _arrivals(receiver: socket.socket) -> set[bytes]:
         return seen
 
 
-def test_the_guard_drops_datagrams_to_its_port_from_other_hosts(scratch_netns) -> None:
+def _vxlan(tag: bytes, inner_source: str, ethertype: int = 0x0800) -> bytes:
+    """A VXLAN datagram's payload: header, an inner Ethernet frame of ``ethertype`` holding
+    an IPv4 header from ``inner_source`` (to 10.40.2.2), then ``tag``."""
+    ip = bytes([0x45, 0, 0, 20 + len(tag), 0, 0, 0, 0, 64, 17, 0, 0])
+    ip += ipaddress.IPv4Address(inner_source).packed + ipaddress.IPv4Address("10.40.2.2").packed
+    frame = bytes(6) + bytes(6) + ethertype.to_bytes(2, "big") + ip + tag
+    return bytes([8, 0, 0, 0]) + (6784).to_bytes(3, "big") + bytes(1) + frame
+
+
+def test_the_guard_takes_from_a_peer_host_only_frames_from_its_space(scratch_netns) -> None:
     a, b = _pair(scratch_netns, "ga", "gb")
     with Netlink(a) as nl:
         for address in ("192.168.77.1/24", "192.168.77.3/24"):
             nl.ensure_address("wpu0", ipaddress.IPv4Interface(address))
+    peer_host = ipaddress.IPv4Address("192.168.77.1")
     with Netlink(b) as nl:
         nl.ensure_address("wpu1", ipaddress.IPv4Interface("192.168.77.2/24"))
-        allowed = frozenset({ipaddress.IPv4Address("192.168.77.1")})
-        nl.replace_nat_table("weave-py", [], UdpGuard(6784, allowed))
+        spaces = [(peer_host, ipaddress.IPv4Network("10.40.1.0/24")),
+                  (peer_host, ipaddress.IPv4Network(peer_host))]  # fmt: skip
+        nl.replace_nat_table("weave-py", [], UdpGuard.of(6784, spaces))
     guarded, open_port = _udp(b, "192.168.77.2", 6784), _udp(b, "192.168.77.2", 6785)
     peer, stranger = _udp(a, "192.168.77.1"), _udp(a, "192.168.77.3")
+    sent = {
+        (peer, _vxlan(b"pod", "10.40.1.7")),  # from the peer's space: in
+        (peer, _vxlan(b"last", "10.40.1.255")),
+        (peer, _vxlan(b"host", "192.168.77.1")),  # its host address (host-network pods)
+        (peer, _vxlan(b"outside", "10.40.2.7")),  # another's space: dropped
+        (peer, _vxlan(b"arp", "10.40.1.7", ethertype=0x0806)),  # not IPv4: dropped
+        (stranger, _vxlan(b"stranger", "10.40.1.7")),  # not a peer's host: dropped
+    }
     try:
-        for sender, name in ((peer, b"peer"), (stranger, b"stranger")):
-            sender.sendto(name, ("192.168.77.2", 6784))
-            sender.sendto(name, ("192.168.77.2", 6785))
-        assert _arrivals(guarded) == {b"peer"}
-        assert _arrivals(open_port) == {b"peer", b"stranger"}  # other ports: untouched
+        for sender, payload in sent:
+            sender.sendto(payload, ("192.168.77.2", 6784))
+            sender.sendto(payload, ("192.168.77.2", 6785))
+        assert {p[42:] for p in _arrivals(guarded)} == {b"pod", b"last", b"host"}  # the tags
+        assert len(_arrivals(open_port)) == len(sent)  # other ports: untouched
         with Netlink(b) as nl:
             nl.replace_nat_table("weave-py", [], UdpGuard(6784, frozenset()))
-        peer.sendto(b"peer again", ("192.168.77.2", 6784))
-        assert _arrivals(guarded) == set()  # no hosts: nobody
+        peer.sendto(_vxlan(b"again", "10.40.1.7"), ("192.168.77.2", 6784))
+        assert _arrivals(guarded) == set()  # no pairs: nobody
     finally:
         for sock in (guarded, open_port, peer, stranger):
             sock.close()
@@ -202,7 +222,7 @@ def test_a_vtep_answers_through_forwarding_entries_alone(scratch_netns) -> None:
     without a remote or learning on each side, the peer's VTEP routed on it with a permanent
     neighbour and a forwarding entry to the peer's host; a ping crosses, source bound to our
     VTEP on a bridge, and the peer's kernel answers the same way -- unless the peer's guard
-    leaves our host out."""
+    leaves our host out, or the VTEP's space as a source of our host's frames."""
     a, b = _pair(scratch_netns, "va", "vb")
     hosts = {a: "192.168.78.1", b: "192.168.78.2"}
     vteps = {a: "10.40.1.1", b: "10.40.2.1"}
@@ -214,8 +234,12 @@ def test_a_vtep_answers_through_forwarding_entries_alone(scratch_netns) -> None:
     with Netlink(b) as nl:  # the guard holds the VXLAN port too: only listed hosts get in
         nl.replace_nat_table("weave-py", [], UdpGuard(6784, frozenset()))
         assert not _ping(a, vteps[a], vteps[b], count=1)
-        listed = frozenset({ipaddress.IPv4Address(hosts[a])})
-        nl.replace_nat_table("weave-py", [], UdpGuard(6784, listed))
+        host = ipaddress.IPv4Address(hosts[a])  # a's host, but not the VTEP's space
+        alone = UdpGuard.of(6784, [(host, ipaddress.IPv4Network(host))])
+        nl.replace_nat_table("weave-py", [], alone)
+        assert not _ping(a, vteps[a], vteps[b], count=1)
+        space = ipaddress.IPv4Network(f"{vteps[a]}/24", strict=False)
+        nl.replace_nat_table("weave-py", [], UdpGuard.of(6784, [(host, space)]))
         assert _ping(a, vteps[a], vteps[b])
 
 

@@ -18,7 +18,7 @@ from overlay.netns import run_in_netns
 from overlay.nft_count import TrafficCounters
 from overlay.sysctl import read_sysctl
 from overlay.traffic import Traffic
-from tests.netns.test_netlink import _arrivals, _pair, _udp
+from tests.netns.test_netlink import _arrivals, _pair, _udp, _vxlan
 
 pytestmark = pytest.mark.netns
 
@@ -97,15 +97,16 @@ def test_counted_datagrams_are_not_tracked_other_traffic_is(two) -> None:
     a, b = two
     with Netlink(b) as nl:
         cluster = IPv4Network("10.32.0.0/12")
-        nl.replace_nat_table("weave-py", [Masquerade(cluster, cluster)], UdpGuard(PORT, {A}))
+        guard = UdpGuard.of(PORT, [(A, IPv4Network("10.40.1.0/24"))])  # A's frames from there
+        nl.replace_nat_table("weave-py", [Masquerade(cluster, cluster)], guard)
     TrafficCounters(b).sync(PORT, {A})
     count = "net/netfilter/nf_conntrack_count"
     receivers = [_udp(b, str(B), port) for port in (PORT, PORT + 1)]
     sender = _udp(a, str(A), 40000)
     try:
         before = int(run_in_netns(b, read_sysctl, count))
-        sender.sendto(b"vxlan", (str(B), PORT))
-        assert _arrivals(receivers[0]) == {b"vxlan"}
+        sender.sendto(_vxlan(b"vxlan", "10.40.1.7"), (str(B), PORT))
+        assert {p[42:] for p in _arrivals(receivers[0])} == {b"vxlan"}
         receivers[0].sendto(b"back", (str(A), PORT))  # leaves by count-out
         assert int(run_in_netns(b, read_sysctl, count)) == before
         sender.sendto(b"other", (str(B), PORT + 1))

@@ -53,6 +53,7 @@ def spec(
         MAC,
         frozenset(vteps),
         frozenset((block, vtep.address) for block, vtep in fast),
+        frozenset({(V2.host, B2), (V2.host, NET("10.244.9.0/25")), (V3.host, B3)}),
     )
     return NodeSpec(BR, TUN, 1376, 64000, (IFACE("10.244.1.1/24"),), frozenset({B2, B3}),
                     fastdp=fastdp)  # fmt: skip
@@ -89,7 +90,9 @@ def test_the_fast_path_converges_and_a_restart_finds_it(world: World) -> None:
     )
     assert rec.routes == tuple(spec().routes)
     table = nl.nat_table(NAT_TABLE)
-    assert table is not None and table.guard == UdpGuard(FASTDP_PORT, frozenset({V2.host, V3.host}))
+    hosts = {(v.host, NET(v.host)) for v in (V2, V3)}
+    spaces = {(V2.host, B2), (V2.host, NET("10.244.9.0/25")), (V3.host, B3)}
+    assert table is not None and table.guard == UdpGuard(FASTDP_PORT, frozenset(hosts | spaces))
     assert kept_fastdp(nl, VX) == KeptFastdp({B2: V2.address}, frozenset({V2, V3}))
     assert node.Reconciler(nl).run(spec()) == []  # a restarted agent changes nothing
 

@@ -50,6 +50,11 @@ B2, B3 = NET("10.32.2.0/24"), NET("10.32.3.0/24")
 INFO = VxlanInfo(FASTDP_VNI, LOCAL, FASTDP_PORT, False)
 
 
+def guard_of(*hosts: ADDR) -> UdpGuard:
+    """The guard of peers with these hosts and no blocks: each host's own address alone."""
+    return UdpGuard.of(FASTDP_PORT, [(host, NET(host)) for host in hosts])
+
+
 def fastdp(
     vteps: tuple[Vtep, ...] = (V2, V3), fast: tuple[tuple[NET, Vtep], ...] = ((B2, V2),)
 ) -> Fastdp:
@@ -183,7 +188,7 @@ def test_an_empty_node_gets_the_device_its_tables_routes_and_guard() -> None:
         AddRoute(Route(NET("10.32.2.1/32"), VX)),
         AddRoute(Route(B3, TUN)),
         AddRoute(Route(NET("10.32.3.1/32"), VX)),
-        ReplaceNat((), UdpGuard(FASTDP_PORT, frozenset({V2.host, V3.host}))),
+        ReplaceNat((), guard_of(V2.host, V3.host)),
     ]
     assert node.plan(spec(), model(empty(), actions)) == []
 
@@ -209,7 +214,7 @@ def test_a_changed_vtep_is_replaced_in_place() -> None:
     actions = node.plan(desired, done(spec()))
     assert actions == [
         ReplaceFdb(VX, FdbEntry(V2.mac, moved.host)),
-        ReplaceNat((), UdpGuard(FASTDP_PORT, frozenset({moved.host, V3.host}))),
+        ReplaceNat((), guard_of(moved.host, V3.host)),
     ]
     renamed = replace(V2, mac="02:00:00:00:00:22")  # a new MAC at the same address
     desired = spec(fastdp(vteps=(renamed, V3), fast=((B2, renamed),)))
@@ -229,7 +234,7 @@ def test_a_departed_peer_leaves_nothing_behind() -> None:
         RemoveFdb(VX, FdbEntry(V2.mac, V2.host)),
         RemoveRoute(Route(B2, VX, V2.address, onlink=True)),
         RemoveRoute(Route(NET("10.32.2.1/32"), VX)),
-        ReplaceNat((), UdpGuard(FASTDP_PORT, frozenset({V3.host}))),
+        ReplaceNat((), guard_of(V3.host)),
     ]
 
 
@@ -305,7 +310,7 @@ def test_the_guard_lives_beside_the_masquerade() -> None:
     cluster = NET("10.32.0.0/12")
     desired = replace(spec(), masquerade=cluster)
     assert node.plan(desired, done(spec())) == [
-        ReplaceNat(desired.nat_rules, UdpGuard(FASTDP_PORT, frozenset({V2.host, V3.host})))
+        ReplaceNat(desired.nat_rules, guard_of(V2.host, V3.host))
     ]
     assert node.plan(desired, done(desired)) == []
 
@@ -328,7 +333,7 @@ def test_vteps_that_could_mislead_the_kernel_are_not_installed() -> None:
         Route(NET("10.32.10.0/24"), VX, good.address, onlink=True),
         Route(NET("10.32.10.1/32"), VX),
     ]
-    assert desired.guard == UdpGuard(FASTDP_PORT, frozenset(v.host for v in vteps))
+    assert desired.guard == guard_of(*(v.host for v in vteps))
 
 
 def test_fast_routes_never_hold_an_underlay_address() -> None:

@@ -407,7 +407,11 @@ def test_nat_tables_by_name_read_back_exactly(world: World) -> None:
 def test_a_guard_shares_the_table_and_its_transaction(world: World) -> None:
     _, nl = world.space("a")
     masquerade = (Masquerade(NET("10.32.0.0/12"), NET("10.32.0.0/12")),)
-    guard = UdpGuard(6784, frozenset({ADDR("192.168.1.8"), ADDR("192.168.1.9")}))
+    guard = UdpGuard.of(6784, [
+        (ADDR("192.168.1.8"), NET("192.168.1.8/32")), (ADDR("192.168.1.8"), NET("10.32.0.0/19")),
+        (ADDR("192.168.1.8"), NET("10.32.32.0/19")), (ADDR("192.168.1.9"), NET("10.32.64.0/24")),
+    ])  # fmt: skip
+    assert (ADDR("192.168.1.8"), NET("10.32.0.0/18")) in guard.spaces  # a host's blocks merged
     nl.replace_nat_table("wpnat", masquerade, guard)
     assert nl.nat_table("wpnat") == NatTable(True, masquerade, guard)
     nobody = UdpGuard(6784, frozenset())  # drops every datagram to the port
@@ -415,8 +419,9 @@ def test_a_guard_shares_the_table_and_its_transaction(world: World) -> None:
     assert nl.nat_table("wpnat") == NatTable(True, (), nobody)
     nl.replace_nat_table("wpnat", masquerade)  # no guard: its chain and set are gone
     assert nl.nat_table("wpnat") == NatTable(True, masquerade, None)
-    many = UdpGuard(4789, frozenset(ADDR(0xC0A80000 + i) for i in range(600)))
-    nl.replace_nat_table("wpnat", masquerade, many)  # hosts sent in more than one message
+    many = UdpGuard.of(4789, [(ADDR(0xC0A80000 + i), NET((0x0A000000 + (i << 8), 24)))
+                              for i in range(600)])  # fmt: skip
+    nl.replace_nat_table("wpnat", masquerade, many)  # elements sent in more than one message
     assert nl.nat_table("wpnat") == NatTable(True, masquerade, many)
     nl.remove_nat_table("wpnat")
     assert nl.nat_table("wpnat") is None

@@ -1,4 +1,5 @@
-"""Crafted sleeve traffic: DATA frames around hand-made IPv4/UDP packets and heartbeat acks,
+"""Crafted sleeve traffic: DATA frames around hand-made IPv4/UDP packets and heartbeat acks (and
+VXLAN datagrams for the fast path's port),
 built with overlay/frame.py's encoders, sent from the stranger host either from its own address
 or with a forged outer source (a raw socket with IP_HDRINCL: the underlay bridge forwards it)."""
 
@@ -38,6 +39,13 @@ def data_frame(source_id: int, destination_id: int, *packets: bytes) -> bytes:
     return frame.encode_data(source_id, destination_id, [VNET_NONE + p for p in packets])
 
 
+def vxlan_datagram(vni: int, mac: str, packet: bytes) -> bytes:
+    """A VXLAN datagram's payload: the header with ``vni``, then an Ethernet frame to ``mac``
+    (a node's VXLAN device) carrying the IPv4 ``packet``."""
+    ethernet = bytes.fromhex(mac.replace(":", "")) + bytes.fromhex("020000000066") + b"\x08\x00"
+    return bytes([8, 0, 0, 0]) + vni.to_bytes(3, "big") + bytes(1) + ethernet + packet
+
+
 def heartbeat_ack(source_id: int, destination_id: int, sequence: int, uid: int) -> bytes:
     """A HEARTBEAT_ACK as ``source_id`` would answer heartbeat ``sequence``."""
     return frame.encode_heartbeat(frame.MessageType.HEARTBEAT_ACK, source_id, destination_id,
@@ -57,9 +65,9 @@ class SleeveSender:
         """From the stranger's own address."""
         self.plain.sendto(datagram, (target, PORT))
 
-    def send_as(self, forged_source: str, target: str, datagram: bytes) -> None:
-        """With the outer source address ``forged_source`` (say, a node's)."""
-        body = UDP.pack(PORT, PORT, UDP.size + len(datagram), 0) + datagram
+    def send_as(self, forged_source: str, target: str, datagram: bytes, port: int = PORT) -> None:
+        """With the outer source address ``forged_source`` (say, a node's), to ``port``."""
+        body = UDP.pack(port, port, UDP.size + len(datagram), 0) + datagram
         self.raw.sendto(ipv4(forged_source, target, PROTO_UDP, body), (target, 0))
 
     def close(self) -> None:
