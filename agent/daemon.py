@@ -51,14 +51,18 @@ from agent.supervisor import Supervisor, close_server, exit_if_stuck
 from gossip.identity import Identity
 from gossip.secret import Secrets
 from overlay import node, udp
-from overlay.datapath import Datapath
+from overlay.datapath import REFUSED_INTERVAL, Datapath
 from overlay.paths import Paths
 from overlay.prober import Prober
 from overlay.seal import Keyring
 from overlay.sleeve import Sleeve
-from overlay.traffic import Totals
+from overlay.traffic import Dropped, Totals
 
 log = logging.getLogger("weave-py")
+GUARD_DROPS = (
+    "dropped by the fast path's guard (not from a peer's host, or an inner source outside its "
+    "space)"
+)
 SHUTDOWN_GRACE = 5.0  # seconds a stop may take before the process exits regardless
 TRAFFIC_INTERVAL = 1.0  # seconds between readings of the fast path's per-peer counters
 
@@ -89,6 +93,8 @@ class Agent:
                                        fastpath=fastpath)  # fmt: skip
         self.paths = Paths()
         self.traffic = Totals()  # the fast path's per-peer counts (the kernel carries it)
+        self.guard_dropped = Dropped()  # VXLAN datagrams the kernel's guard refused
+        self._guard_told_at = 0.0
         self.prober = (Prober(self.paths, c.vxlan_device, self._paths_changed)
                        if fastpath.template is not None else None)  # fmt: skip
         self.keyring = (Keyring(identity.name, self.secrets, time.monotonic())
@@ -199,11 +205,16 @@ class Agent:
                 log.warning("reconcile node: repaired drift with %d change(s)", len(actions))
 
     async def _traffic_loop(self) -> None:
-        """Read the fast path's per-peer counters now and then, for the views."""
+        """Read the fast path's per-peer counters and its guard's drops now and then, for the
+        views and the log."""
         while True:
             readings = await self.kernel.read_traffic()
             guard = self.coordinator.node.guard if self.coordinator.node is not None else None
             self.traffic.update(readings, guard.hosts if guard is not None else frozenset())
+            self.guard_dropped.update(await self.kernel.read_guard_drops())
+            if time.monotonic() >= self._guard_told_at and (told := self.guard_dropped.untold()):
+                self._guard_told_at = time.monotonic() + REFUSED_INTERVAL
+                log.warning("refuse vxlan: %d datagram(s) %s", told, GUARD_DROPS)
             await asyncio.sleep(TRAFFIC_INTERVAL)
 
     # -- running -------------------------------------------------------------------------------
@@ -335,7 +346,7 @@ class Agent:
             sleeve=self.sleeve, routes=self.kernel.routes, control=self.source.connections(),
             terminations=self.source.terminations(), rejected=self.source.rejections(),
             paths=self.paths.states(), wall_offset=time.time() - time.monotonic(),
-            traffic=self.traffic,
+            traffic=self.traffic, kernel_drops={"vxlan_guard": self.guard_dropped.total},
         )  # fmt: skip
 
     def readiness(self) -> tuple[str, ...]:

@@ -18,10 +18,12 @@ from typing import TypeVar
 
 from agent.config import Config
 from overlay import fastdp, frame, node
+from overlay.actions import NAT_TABLE
 from overlay.kernel import NetlinkHandle
 from overlay.netdev import NetlinkFailure, Route
 from overlay.netlink import Netlink
 from overlay.nft_count import TrafficCounters
+from overlay.nftables import Nftables
 from overlay.seal import AEAD_EXTRA
 from overlay.sysctl import ensure_sysctl
 from overlay.traffic import Traffic
@@ -96,6 +98,7 @@ class NodeKernel:
     sysctl: Callable[[str, str], bool] = ensure_sysctl  # sets one, says whether it changed
     routes: tuple[Route, ...] = field(default=())  # ours after the last reconcile
     traffic: TrafficCounters | None = None  # the fast path's per-peer counters (None: none)
+    nat: Nftables | None = None  # our table, for its guard's drop counter (None: not read)
     _traffic_problem: str = ""  # the last refusal of the traffic table, logged once
 
     @classmethod
@@ -114,7 +117,7 @@ class NodeKernel:
         overhead = max(frame.OVERHEAD, VXLAN_OVERHEAD) + (AEAD_EXTRA if sealed else 0)
         mtu = config.mtu or underlay.mtu - overhead
         return cls(tun, tun.offload, underlay, mtu, thread, node.Reconciler(nl),
-                   traffic=TrafficCounters())  # fmt: skip
+                   traffic=TrafficCounters(), nat=Nftables())  # fmt: skip
 
     async def reconcile(self, spec: node.NodeSpec) -> list[node.Action]:
         """Bring bridge, TUN, addresses and routes to ``spec``; the changes made."""
@@ -131,6 +134,13 @@ class NodeKernel:
         if self.traffic is None:
             return {}
         return await self._counting(self.traffic.read) or {}
+
+    async def read_guard_drops(self) -> int | None:
+        """What the fast path's guard dropped since our table was last made; None when it
+        cannot be read (no guard, no table, a refusal)."""
+        if self.nat is None:
+            return None
+        return await self._counting(self.nat.guard_drops, NAT_TABLE)
 
     async def _counting(self, fn: Callable[..., T], *args: object) -> T | None:
         """``fn`` on the netlink thread; a refusal costs the counts, not the caller, and is

@@ -36,6 +36,7 @@ def take(
     paths: Mapping[str, PathState] | None = None,
     wall_offset: float = 0.0,
     traffic: Totals | None = None,
+    kernel_drops: Mapping[str, int] | None = None,
 ) -> Report:
     """The Report of this moment. ``waiting_for``: ``readiness()``; ``routes``: ours in the
     kernel after the last reconcile; ``control``: the peer source's ``connections()`` (empty
@@ -43,7 +44,9 @@ def take(
     input the peer source refused, by reason. ``paths``: each peer's path by mesh name (None:
     no path choice runs, every peer is on the sleeve); ``wall_offset``: ``time.time() -
     time.monotonic()``, which turns a switch's monotonic time into unix seconds; ``traffic``:
-    what the kernel carried on the fast path per peer host, added to the sleeve's counts."""
+    what the kernel carried on the fast path per peer host, added to the sleeve's counts;
+    ``kernel_drops``: what the kernel dropped for us, by reason, beside the sleeve's drops (a
+    reason at zero is left out, as the sleeve's are)."""
     peers = tuple(
         peer_of(state, path_of(state.spec, paths), wall_offset, fast_of(state.spec, traffic))
         for state in sleeve.peers.values()
@@ -56,7 +59,7 @@ def take(
         router=router,
         ipam=ipam,
         peers=peers,
-        drops=dict(sleeve.drops),
+        drops={**sleeve.drops, **{k: n for k, n in (kernel_drops or {}).items() if n}},
         super_packets_received=dict(sleeve.paths),
         routes=tuple(Route(r.destination, r.device) for r in routes),
         connections=connections_of(control, peers),

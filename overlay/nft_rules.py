@@ -7,7 +7,7 @@ table's two notrack rules, whose set elements count (chains count-in, count-out)
 would print them::
 
     ip saddr 10.32.0.0/12 ip daddr != 10.32.0.0/12 masquerade
-    meta l4proto udp udp dport 6784 ip saddr . @th,224,16 . @th,336,32 != @guard-sources drop
+    udp dport 6784 ip saddr . @th,224,16 . @th,336,32 != @guard-sources counter drop
     meta l4proto udp udp dport 6784 ip saddr @rx notrack
     meta l4proto udp udp dport 6784 ip daddr @tx notrack
 
@@ -21,7 +21,7 @@ Ethernet type at 12) and the inner IPv4 source (offset 42: the IPv4 header follo
 Ethernet header, its source at 12). A datagram whose key is in no element's range -- a host that
 is not a peer's, a frame that is not IPv4, an inner source outside that host's space -- matches
 and is dropped. The fields go into consecutive 32-bit registers from register 1 (the EtherType's
-two bytes zero-padded), as ``nft`` lays out a concatenation.
+two bytes zero-padded), as ``nft`` lays out a concatenation. Its counter counts what it drops.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def masquerade_expressions(rule: Masquerade) -> list[Expression]:
 
 def guard_expressions(port: int) -> list[Expression]:
     """``meta l4proto udp udp dport PORT ip saddr . @th,224,16 . @th,336,32 != @GUARD_SET
-    drop``."""
+    counter drop``."""
     drop = {"attrs": [("NFTA_DATA_VERDICT", {"attrs": [("NFTA_VERDICT_CODE", NF_DROP)]})]}
     return [
         *_port_expressions(port),
@@ -101,6 +101,7 @@ def guard_expressions(port: int) -> list[Expression]:
         _expression("payload", dreg=NFT_REG32_01, base=TRANSPORT, offset=INNER_TYPE, len=2),
         _expression("payload", dreg=NFT_REG32_02, base=TRANSPORT, offset=INNER_SOURCE, len=4),
         _expression("lookup", sreg=NFT_REG_1, set=GUARD_SET, flags=frozenset({INVERTED})),
+        {"attrs": [("NFTA_EXPR_NAME", "counter")]},  # from zero
         _expression("immediate", dreg=NFT_REG_VERDICT, data=drop),
     ]
 
@@ -201,10 +202,10 @@ def read_masquerade(msg: Message) -> Masquerade | None:
 def read_guard(msg: Message) -> int | None:
     """A rule read back: the port of the guard's rule it is, or None when it is anything else."""
     found = _found(msg)
-    names = ["payload", "payload", "payload", "lookup", "immediate"]
-    if len(found) != 9 or [n for n, _ in found[4:]] != names:
+    names = ["payload", "payload", "payload", "lookup", "counter", "immediate"]
+    if len(found) != 10 or [n for n, _ in found[4:]] != names:
         return None
-    (_, source), (_, kind), (_, inner), (_, lookup), (_, verdict) = found[4:]
+    (_, source), (_, kind), (_, inner), (_, lookup), _, (_, verdict) = found[4:]
     fields = (
         _loaded(source),
         _loaded(kind, "NFT_REG32_01"),
@@ -215,6 +216,16 @@ def read_guard(msg: Message) -> int | None:
     want = ((NETWORK_HEADER, SADDR, 4), (TRANSPORT_HEADER, INNER_TYPE, 2),
             (TRANSPORT_HEADER, INNER_SOURCE, 4), (GUARD_SET, {INVERTED}), "NF_DROP")  # fmt: skip
     return _read_port(found[:4]) if fields == want else None
+
+
+def guard_drops(msg: Message) -> int | None:
+    """The datagrams the guard's rule ``msg`` dropped so far (its counter), None when it is
+    not the guard's rule."""
+    if read_guard(msg) is None:
+        return None
+    counter = _found(msg)[8][1]
+    packets = counter.get_attr("NFTA_COUNTER_PACKETS") if counter is not None else None
+    return packets if isinstance(packets, int) else 0
 
 
 def _loaded(payload: Message, register: str = REG) -> tuple[Any, ...] | None:

@@ -17,7 +17,7 @@ space and its host address), what ``nft`` would print as::
         }
         chain input {
             type filter hook input priority filter; policy accept;
-            udp dport 6784 ip saddr . @th,224,16 . @th,336,32 != @guard-sources drop
+            udp dport 6784 ip saddr . @th,224,16 . @th,336,32 != @guard-sources counter drop
         }
     }
 
@@ -32,12 +32,14 @@ NFTA_LIST_ELEM (and decoding it does not return, so sets are never read back who
 
 from __future__ import annotations
 
+import errno
 import struct
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv4Network, summarize_address_range
 from typing import Any
 
 from pyroute2.netlink import NLM_F_CREATE
+from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nfnetlink.nftsocket import (
     NFT_MSG_DELTABLE,
     NFT_MSG_GETRULE,
@@ -59,6 +61,7 @@ from overlay.netdev import Masquerade, NatTable, UdpGuard
 from overlay.nft_rules import (
     GUARD_FIELDS,
     GUARD_SET,
+    guard_drops,
     guard_expressions,
     guard_key,
     masquerade_expressions,
@@ -141,6 +144,11 @@ class Nftables:
             batch += _guard(name, guard)
         run(self.netns, f"replace nat table {name}", lambda nft: transaction(nft, batch))
 
+    def guard_drops(self, name: str) -> int | None:
+        """What the guard of table ``name`` dropped since the table was made (its rule's
+        counter); None when it has no guard of ours."""
+        return run(self.netns, f"get guard of {name}", lambda nft: _guard_drops(nft, name))
+
     def remove(self, name: str) -> None:
         """Delete the table and all it holds; ENOENT when there is none."""
         delete = message(nft_table_msg, NFT_MSG_DELTABLE, 0, NFTA_TABLE_NAME=name)
@@ -198,6 +206,18 @@ def _observe(nft: NFTables, name: str) -> NatTable | None:
     ours = ours and is_ours(chain, _chain(name))
     ours = ours and use == (USE_PLAIN if guard is None else USE_GUARDED)
     return NatTable(ours, rules, guard)
+
+
+def _guard_drops(nft: NFTables, table: str) -> int | None:
+    request = query(nft_rule_msg, NFTA_RULE_TABLE=table, NFTA_RULE_CHAIN=GUARD_CHAIN)
+    try:
+        found = get(nft, NFT_MSG_GETRULE, request, dump=True)
+    except NetlinkError as exc:
+        if exc.code != errno.ENOENT:
+            raise
+        return None  # no table or no chain of that name
+    counts = [guard_drops(m) for m in found if chain_of(m) == GUARD_CHAIN]
+    return counts[0] if len(counts) == 1 else None
 
 
 def _read_guard(nft: NFTables, table: str, rules: list[Message]) -> UdpGuard | None:

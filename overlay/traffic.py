@@ -75,3 +75,27 @@ class Totals:
     def get(self, host: IPv4Address) -> Traffic:
         """The host's inner traffic so far (zero for a host never read)."""
         return self._before.get(host, ZERO) + self._last.get(host, ZERO)
+
+
+class Dropped:
+    """What a kernel drop counter (the fast path's guard, overlay/nftables.py) has dropped, read
+    now and then, as a total that never goes down: a reading below the last one means the
+    counter started again from zero (its table was made anew), and counts in full. Drops after
+    the last reading of a table that is then remade are lost."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._last = 0
+        self._told = 0
+
+    def update(self, reading: int | None) -> None:
+        """Take a reading of the counter (None: none could be read; nothing changes)."""
+        if reading is None:
+            return
+        self.total += reading - self._last if reading >= self._last else reading
+        self._last = reading
+
+    def untold(self) -> int:
+        """The drops since the last call (for one log line), none again until there are more."""
+        new, self._told = self.total - self._told, self.total
+        return new

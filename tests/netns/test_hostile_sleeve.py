@@ -90,6 +90,7 @@ def test_vxlan_injection(s: Scene) -> None:
         (b"vx-not-a-peer", s.host.ip, two),
         (b"vx-its-neighbours", s.address(2), s.address(3)),
     ]
+    logs, dropped = s.logs(), lab.report(1)["drops"].get("vxlan_guard", 0)
     at_pod = Listener(pod, 9003)
     try:
         with SleeveSender(s.host) as sender:
@@ -102,6 +103,13 @@ def test_vxlan_injection(s: Scene) -> None:
     finally:
         at_pod.close()
     assert heard == {b"vx-control"}, f"decapsulated into the pod: {sorted(heard)}"
+
+    def counted() -> int:
+        return int(lab.report(1)["drops"].get("vxlan_guard", 0)) - dropped
+
+    evidence.wait_until(lambda: counted() >= 15, 5)  # read every second
+    assert counted() == 15, "the guard's drops are not counted in /report"  # 3 kinds x 5
+    assert logs.wait_for(1, r"refuse vxlan: \d+ datagram", 15), s.log_tails()
     assert_intact(s)
 
 

@@ -32,6 +32,7 @@ from overlay.netdev import (
 )
 from overlay.netlink import Netlink
 from overlay.netns import NETNS_DIR, run_in_netns
+from overlay.nftables import Nftables
 from overlay.sysctl import ensure_sysctl, read_sysctl
 
 pytestmark = pytest.mark.netns
@@ -208,10 +209,16 @@ def test_the_guard_takes_from_a_peer_host_only_frames_from_its_space(scratch_net
             sender.sendto(payload, ("192.168.77.2", 6785))
         assert {p[42:] for p in _arrivals(guarded)} == {b"pod", b"last", b"host"}  # the tags
         assert len(_arrivals(open_port)) == len(sent)  # other ports: untouched
+        assert Nftables(b).guard_drops("weave-py") == 3  # the rule counts what it drops
         with Netlink(b) as nl:
             nl.replace_nat_table("weave-py", [], UdpGuard(6784, frozenset()))
         peer.sendto(_vxlan(b"again", "10.40.1.7"), ("192.168.77.2", 6784))
         assert _arrivals(guarded) == set()  # no pairs: nobody
+        assert Nftables(b).guard_drops("weave-py") == 1  # a table made anew counts from zero
+        with Netlink(b) as nl:
+            nl.replace_nat_table("weave-py", [])
+        assert Nftables(b).guard_drops("weave-py") is None  # no guard
+        assert Nftables(b).guard_drops("wp-none") is None  # no table
     finally:
         for sock in (guarded, open_port, peer, stranger):
             sock.close()

@@ -9,7 +9,7 @@ from ipaddress import IPv4Address
 from hypothesis import given
 from hypothesis import strategies as st
 
-from overlay.traffic import VXLAN_FRAME, Totals, Traffic, inner
+from overlay.traffic import VXLAN_FRAME, Dropped, Totals, Traffic, inner
 
 H1, H2 = IPv4Address("192.0.2.1"), IPv4Address("192.0.2.2")
 
@@ -51,3 +51,14 @@ def test_totals_never_go_down(changes: list[tuple[bool, int, int]]) -> None:
         now = totals.get(H1)
         assert not now.fell_from(last)
         last = now
+
+
+def test_the_guards_drops_add_up_across_a_remade_table_and_are_told_once() -> None:
+    dropped = Dropped()
+    for reading in (0, 3, None, 5, 2, 2):  # None: unreadable; 2 after 5: the table was remade
+        dropped.update(reading)
+    assert dropped.total == 7
+    assert dropped.untold() == 7
+    assert dropped.untold() == 0
+    dropped.update(4)
+    assert (dropped.total, dropped.untold()) == (9, 2)
