@@ -206,10 +206,6 @@ def _counts(nft: NFTables, table: str) -> Counts:
 
 def _counter(element: Message) -> tuple[int, int]:
     expr = element.get_attr("NFTA_SET_ELEM_EXPR")
-    data = expr.get_attr("NFTA_EXPR_DATA") if expr is not None else None
-    if data is None or expr.get_attr("NFTA_EXPR_NAME") != "counter":
+    if expr is None or expr.get_attr("NFTA_EXPR_NAME") != "counter":
         return (0, 0)
-    packets, octets = data.get_attr("NFTA_COUNTER_PACKETS"), data.get_attr("NFTA_COUNTER_BYTES")
-    if not isinstance(packets, int) or not isinstance(octets, int):
-        return (0, 0)
-    return (packets, octets)
+    return wire.counter_of(expr.get_attr("NFTA_EXPR_DATA")) or (0, 0)

@@ -30,6 +30,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
 from overlay.netdev import Masquerade
+from overlay.nft_wire import counter_of, data, data_of
 
 NETWORK, TRANSPORT = 1, 2  # NFT_PAYLOAD_NETWORK_HEADER, NFT_PAYLOAD_TRANSPORT_HEADER
 NFT_REG_VERDICT, NFT_REG_1 = 0, 1
@@ -58,27 +59,23 @@ def _expression(name: str, **data: Any) -> Expression:
     return {"attrs": [("NFTA_EXPR_NAME", name), ("NFTA_EXPR_DATA", {"attrs": attrs})]}
 
 
-def _value(data: bytes) -> dict[str, Any]:
-    return {"attrs": [("NFTA_DATA_VALUE", data)]}
-
-
 def _load(base: int, offset: int, length: int) -> Expression:
     return _expression("payload", dreg=NFT_REG_1, base=base, offset=offset, len=length)
 
 
-def _equals(data: bytes) -> Expression:
-    return _expression("cmp", sreg=NFT_REG_1, op=NFT_CMP_EQ, data=_value(data))
+def _equals(value: bytes) -> Expression:
+    return _expression("cmp", sreg=NFT_REG_1, op=NFT_CMP_EQ, data=data(value))
 
 
 def _match(offset: int, network: IPv4Network, op: int) -> list[Expression]:
     """The IPv4 address at ``offset`` is (EQ) or is not (NEQ) inside ``network``."""
-    mask = _value(network.netmask.packed)
+    mask = data(network.netmask.packed)
     return [
         _load(NETWORK, offset, 4),
         _expression(
-            "bitwise", sreg=NFT_REG_1, dreg=NFT_REG_1, len=4, mask=mask, xor=_value(bytes(4))
+            "bitwise", sreg=NFT_REG_1, dreg=NFT_REG_1, len=4, mask=mask, xor=data(bytes(4))
         ),
-        _expression("cmp", sreg=NFT_REG_1, op=op, data=_value(network.network_address.packed)),
+        _expression("cmp", sreg=NFT_REG_1, op=op, data=data(network.network_address.packed)),
     ]
 
 
@@ -223,9 +220,8 @@ def guard_drops(msg: Message) -> int | None:
     not the guard's rule."""
     if read_guard(msg) is None:
         return None
-    counter = _found(msg)[8][1]
-    packets = counter.get_attr("NFTA_COUNTER_PACKETS") if counter is not None else None
-    return packets if isinstance(packets, int) else 0
+    counted = counter_of(_found(msg)[8][1])
+    return counted[0] if counted is not None else 0
 
 
 def _loaded(payload: Message, register: str = REG) -> tuple[Any, ...] | None:
@@ -239,7 +235,7 @@ def _compared(cmp: Message) -> bytes | None:
     """The value register 1 must equal, else None."""
     if (cmp.get_attr("NFTA_CMP_SREG"), cmp.get_attr("NFTA_CMP_OP")) != (REG, "NFT_CMP_EQ"):
         return None
-    return _data(cmp, "NFTA_CMP_DATA")
+    return data_of(cmp, "NFTA_CMP_DATA")
 
 
 def _verdict(immediate: Message) -> str | None:
@@ -272,20 +268,14 @@ def _read_match(found: list[tuple[str, Message]], offset: int, op: str) -> IPv4N
         bitwise.get_attr("NFTA_BITWISE_DREG"),
         bitwise.get_attr("NFTA_BITWISE_LEN"),
         bitwise.get_attr("NFTA_BITWISE_OP") or BOOL,
-        _data(bitwise, "NFTA_BITWISE_XOR"),
+        data_of(bitwise, "NFTA_BITWISE_XOR"),
         cmp.get_attr("NFTA_CMP_SREG"),
         cmp.get_attr("NFTA_CMP_OP"),
     )
     if shape != ((NETWORK_HEADER, offset, 4), REG, REG, 4, BOOL, bytes(4), REG, op):
         return None
-    mask, address = _data(bitwise, "NFTA_BITWISE_MASK"), _data(cmp, "NFTA_CMP_DATA")
+    mask, address = data_of(bitwise, "NFTA_BITWISE_MASK"), data_of(cmp, "NFTA_CMP_DATA")
     try:
         return IPv4Network(f"{IPv4Address(address or b'')}/{IPv4Address(mask or b'')}")
     except ValueError:  # a mask that is not a prefix, host bits set, a short value
         return None
-
-
-def _data(expression: Message, key: str) -> bytes | None:
-    value = expression.get_attr(key)
-    data = value.get_attr("NFTA_DATA_VALUE") if value is not None else None
-    return data if isinstance(data, bytes) else None

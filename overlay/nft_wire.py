@@ -150,18 +150,34 @@ def is_ours(chain: Message, want: dict[str, Any]) -> bool:
     )
 
 
+def data(value: bytes) -> dict[str, Any]:
+    """An NFTA_DATA_VALUE attribute holding ``value`` (a compared value, a mask, a key)."""
+    return {"attrs": [("NFTA_DATA_VALUE", value)]}
+
+
+def data_of(msg: Message, key: str) -> bytes | None:
+    """The value of attribute ``key`` of ``msg`` read back as NFTA_DATA_VALUE, else None."""
+    attr = msg.get_attr(key)
+    value = attr.get_attr("NFTA_DATA_VALUE") if attr is not None else None
+    return value if isinstance(value, bytes) else None
+
+
+def counter_of(data: Message | None) -> tuple[int, int] | None:
+    """(packets, bytes) of a counter expression's data read back, else None."""
+    if data is None:
+        return None
+    packets, octets = data.get_attr("NFTA_COUNTER_PACKETS"), data.get_attr("NFTA_COUNTER_BYTES")
+    if not isinstance(packets, int) or not isinstance(octets, int):
+        return None
+    return packets, octets
+
+
 def element_key(element: Message) -> IPv4Address | None:
     """The address a set element read back holds as its key, None for anything else."""
-    key = element.get_attr("NFTA_SET_ELEM_KEY")
-    value = key.get_attr("NFTA_DATA_VALUE") if key is not None else None
-    if not isinstance(value, bytes) or len(value) != ADDRESS_LEN:
-        return None
-    return IPv4Address(value)
+    value = data_of(element, "NFTA_SET_ELEM_KEY")
+    return IPv4Address(value) if value is not None and len(value) == ADDRESS_LEN else None
 
 
 def element_keys(hosts: list[IPv4Address]) -> list[dict[str, Any]]:
     """Set elements of these addresses, keys alone."""
-    return [
-        {"attrs": [("NFTA_SET_ELEM_KEY", {"attrs": [("NFTA_DATA_VALUE", host.packed)]})]}
-        for host in hosts
-    ]
+    return [{"attrs": [("NFTA_SET_ELEM_KEY", data(host.packed))]} for host in hosts]

@@ -77,6 +77,8 @@ from overlay.nft_wire import (
     Message,
     base_chain,
     chain_of,
+    data,
+    data_of,
     get,
     get_chain,
     get_one,
@@ -174,18 +176,14 @@ def _elements(table: str, spaces: list[tuple[IPv4Address, IPv4Network]]) -> Mess
     """Elements of the guard's set: a range per host and network."""
     elements = [
         {"attrs": [
-            ("NFTA_SET_ELEM_KEY", _value(guard_key(host, network.network_address))),
-            ("NFTA_SET_ELEM_KEY_END", _value(guard_key(host, network.broadcast_address))),
+            ("NFTA_SET_ELEM_KEY", data(guard_key(host, network.network_address))),
+            ("NFTA_SET_ELEM_KEY_END", data(guard_key(host, network.broadcast_address))),
         ]}
         for host, network in spaces
     ]  # fmt: skip
     return message(nft_set_elem_list_msg, NFT_MSG_NEWSETELEM, NLM_F_CREATE,
                    NFTA_SET_ELEM_LIST_TABLE=table, NFTA_SET_ELEM_LIST_SET=GUARD_SET,
                    NFTA_SET_ELEM_LIST_ELEMENTS=elements)  # fmt: skip
-
-
-def _value(data: bytes) -> dict[str, Any]:
-    return {"attrs": [("NFTA_DATA_VALUE", data)]}
 
 
 def _observe(nft: NFTables, name: str) -> NatTable | None:
@@ -241,10 +239,7 @@ def _read_guard(nft: NFTables, table: str, rules: list[Message]) -> UdpGuard | N
 def _space(element: Message) -> tuple[IPv4Address, IPv4Network] | None:
     """The host and network an element of our set holds; None for one with anything else to
     it (other attributes or flags, another EtherType, a range that is not one network)."""
-    names = {name for name, *_ in element["attrs"]}
-    if names != {"NFTA_SET_ELEM_KEY", "NFTA_SET_ELEM_KEY_END"} or element.get_attr(
-        "NFTA_SET_ELEM_FLAGS"
-    ):
+    if {name for name, *_ in element["attrs"]} != {"NFTA_SET_ELEM_KEY", "NFTA_SET_ELEM_KEY_END"}:
         return None
     start, end = (_key(element, name) for name in ("NFTA_SET_ELEM_KEY", "NFTA_SET_ELEM_KEY_END"))
     if start is None or end is None or start[0] != end[0]:
@@ -259,9 +254,8 @@ def _space(element: Message) -> tuple[IPv4Address, IPv4Network] | None:
 
 def _key(element: Message, name: str) -> tuple[IPv4Address, IPv4Address, bytes] | None:
     """(host, inner source, the whole key) of one of an element's keys, else None."""
-    key = element.get_attr(name)
-    value = key.get_attr("NFTA_DATA_VALUE") if key is not None else None
-    if not isinstance(value, bytes) or len(value) != GUARD_KEY_LEN:
+    value = data_of(element, name)
+    if value is None or len(value) != GUARD_KEY_LEN:
         return None
     return IPv4Address(value[:4]), IPv4Address(value[8:]), value
 
