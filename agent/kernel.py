@@ -99,7 +99,7 @@ class NodeKernel:
     routes: tuple[Route, ...] = field(default=())  # ours after the last reconcile
     traffic: TrafficCounters | None = None  # the fast path's per-peer counters (None: none)
     nat: Nftables | None = None  # our table, for its guard's drop counter (None: not read)
-    _traffic_problem: str = ""  # the last refusal of the traffic table, logged once
+    _problems: dict[str, str] = field(default_factory=dict)  # per reading, its last refusal
 
     @classmethod
     async def open(cls, config: Config) -> NodeKernel:
@@ -126,35 +126,35 @@ class NodeKernel:
         if self.traffic is not None:
             guard = spec.guard
             port, hosts = (guard.port, guard.hosts) if guard is not None else (None, frozenset())
-            await self._counting(self.traffic.sync, port, hosts)
+            await self._counting("count traffic", self.traffic.sync, port, hosts)
         return actions
 
     async def read_traffic(self) -> dict[ipaddress.IPv4Address, Traffic]:
         """The fast path's counts per peer host (overlay/nft_count.py); empty without them."""
         if self.traffic is None:
             return {}
-        return await self._counting(self.traffic.read) or {}
+        return await self._counting("count traffic", self.traffic.read) or {}
 
     async def read_guard_drops(self) -> int | None:
         """What the fast path's guard dropped since our table was last made; None when it
         cannot be read (no guard, no table, a refusal)."""
         if self.nat is None:
             return None
-        return await self._counting(self.nat.guard_drops, NAT_TABLE)
+        return await self._counting("count guard drops", self.nat.guard_drops, NAT_TABLE)
 
-    async def _counting(self, fn: Callable[..., T], *args: object) -> T | None:
+    async def _counting(self, what: str, fn: Callable[..., T], *args: object) -> T | None:
         """``fn`` on the netlink thread; a refusal costs the counts, not the caller, and is
-        logged when it first happens and when it ends."""
+        logged under ``what`` when it first happens and when it ends (each reading apart, so
+        one that keeps failing never makes another's lines repeat)."""
         try:
             result = await _on(self._thread, fn, *args)
         except NetlinkFailure as exc:
-            if str(exc) != self._traffic_problem:
-                log.warning("count traffic: %s (per-peer fast path counts stop)", exc)
-            self._traffic_problem = str(exc)
+            if str(exc) != self._problems.get(what):
+                log.warning("%s: %s (the fast path's counts stop)", what, exc)
+            self._problems[what] = str(exc)
             return None
-        if self._traffic_problem:
-            log.info("count traffic: per-peer fast path counts work again")
-        self._traffic_problem = ""
+        if self._problems.pop(what, ""):
+            log.info("%s: the fast path's counts work again", what)
         return result
 
     async def ensure_forwarding(self, spec: node.NodeSpec) -> list[str]:
